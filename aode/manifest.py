@@ -1,0 +1,74 @@
+"""The manifest contract shared by data prep, training and evaluation.
+
+A manifest is a SpeechBrain CSV with (at least) these columns:
+
+=========  ==================================================================
+ID         unique utterance id (no commas)
+duration   seconds of audio in the segment (stop - start)
+wav        absolute path of the audio file; a row that mixes several files
+           (DiPCo's close-talk sum) joins their paths with ``WAV_SEPARATOR``
+           and the loader sums them sample by sample
+start      segment start in seconds within the file (0 for whole files)
+stop       segment end in seconds within the file (the duration for whole files)
+spk_id     speaker id
+wrd        normalised text: lowercase, apostrophes kept, markup and other
+           punctuation removed (:func:`aode.text.normalize_words`)
+wrd_raw    cleaned text with its original casing and punctuation (for Whisper)
+=========  ==================================================================
+
+Extra columns are allowed and carried through. Audio is read at its own rate and
+resampled to 16 kHz mono by :mod:`aode.data` at load time.
+"""
+
+import csv
+import os
+import tempfile
+
+MANIFEST_COLUMNS = ["ID", "duration", "wav", "start", "stop", "spk_id", "wrd", "wrd_raw"]
+WAV_SEPARATOR = "|"
+
+
+def write_manifest(path, rows, extra_columns=()):
+    """Write ``rows`` (dicts) as a manifest CSV, atomically.
+
+    The file is written under a temporary name in the same folder and renamed at the
+    end, so an interrupted run never leaves a half manifest that a later run trusts.
+    """
+    columns = MANIFEST_COLUMNS + [c for c in extra_columns if c not in MANIFEST_COLUMNS]
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".csv", dir=folder)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                for key in MANIFEST_COLUMNS:
+                    if key not in row:
+                        raise ValueError(f"manifest row {row.get('ID')!r} lacks column {key!r}")
+                out = dict(row)
+                for key in ("duration", "start", "stop"):
+                    out[key] = f"{float(row[key]):.3f}"
+                writer.writerow(out)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_manifest(path):
+    """Read a manifest as a list of dicts, checking the required columns."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"manifest not found: {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"manifest {path} lacks columns {missing}; has {reader.fieldnames}")
+        return list(reader)
+
+
+def split_wav_field(wav):
+    """The list of audio files a manifest row names."""
+    return [p for p in wav.split(WAV_SEPARATOR) if p]

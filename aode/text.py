@@ -1,0 +1,71 @@
+"""Text normalisers: one for manifests' ``wrd`` column, one for scoring.
+
+Scoring (WER/CER) applies ONE normaliser to both reference and hypothesis:
+
+* ``"whisper"`` (default): Whisper's English text normaliser (transformers'
+  ``EnglishTextNormalizer``): lowercase, punctuation removed, British spellings
+  Americanised, spoken numbers written as digits, fillers (um, uh) removed, contractions
+  expanded ("you've" -> "you have").
+* ``"basic"``: :func:`normalize_words` below (lowercase, apostrophes kept, other
+  punctuation removed). CTC models whose vocabulary is lowercase letters + apostrophe
+  already produce text in this form, so for them "basic" scores exactly what they emit;
+  the Whisper normaliser is still the default so that numbers of both families compare.
+* ``"none"``: whitespace collapsed only.
+"""
+
+import functools
+import re
+import unicodedata
+
+_KEEP = re.compile(r"[^a-z0-9' ]+")
+_APOS = re.compile(r"[\u2018\u2019\u02bc`]")
+
+
+def normalize_words(text):
+    """Lowercase, apostrophes inside words kept, other punctuation -> space.
+
+    Curly apostrophes are straightened ("you’ve" -> "you've"); hyphens split words
+    ("well-known" -> "well known"); quote marks at word edges are dropped ("'hello'" ->
+    "hello"), so a leading or trailing apostrophe ("'cause", "dogs'") is lost too.
+    """
+    text = _APOS.sub("'", unicodedata.normalize("NFKC", text)).lower()
+    words = (word.strip("'") for word in _KEEP.sub(" ", text).split())
+    return " ".join(word for word in words if word)
+
+
+@functools.lru_cache(maxsize=1)
+def _whisper_normalizer():
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    try:
+        from transformers.models.whisper.english_normalizer import ENGLISH_SPELLING_NORMALIZER  # noqa
+        spelling = ENGLISH_SPELLING_NORMALIZER
+    except ImportError:
+        spelling = _load_spelling_mapping()
+    return EnglishTextNormalizer(spelling)
+
+
+def _load_spelling_mapping():
+    import json
+    import os
+
+    here = os.path.join(os.path.dirname(__file__), "english_spelling.json")
+    if os.path.isfile(here):
+        with open(here, encoding="utf-8") as f:
+            return json.load(f)
+    return {}
+
+
+NORMALIZERS = ("whisper", "basic", "none")
+
+
+def get_normalizer(name="whisper"):
+    """The scoring normaliser called ``name`` (see module docstring)."""
+    if name == "whisper":
+        norm = _whisper_normalizer()
+        return lambda text: " ".join(norm(text).split())
+    if name == "basic":
+        return normalize_words
+    if name == "none":
+        return lambda text: " ".join(text.split())
+    raise ValueError(f"unknown text normaliser {name!r}; choose one of {NORMALIZERS}")
