@@ -10,6 +10,8 @@ import csv
 import json
 import logging
 import os
+import random
+import struct
 
 import soundfile as sf
 
@@ -67,16 +69,44 @@ class SkipLog:
         os.replace(tmp, os.path.join(save_folder, SKIPPED_FILE))
 
 
+def _wav_missing_bytes(path):
+    """Bytes a RIFF/WAVE file's ``data`` chunk promises beyond the end of the file (0 if none).
+
+    libsndfile silently shortens a truncated WAV to what the file holds, so reading the last
+    frame does not catch it; the header's own data size does. Streamed files that leave the
+    size at 0 or 0xFFFFFFFF, and non-RIFF files, count as complete.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return 0
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk_id, length = struct.unpack("<4sI", f.read(8))
+            if chunk_id == b"data":
+                if length in (0, 0xFFFFFFFF):
+                    return 0
+                return max(0, pos + 8 + length - size)
+            pos += 8 + length + (length & 1)
+    return 0
+
+
 def audio_info(path):
     """(duration in seconds, sample rate) of an audio file, or raise ValueError if unreadable.
 
-    Truncated files (header promising more frames than the file holds) are caught here by
-    reading the last frame.
+    Truncated files are caught here: a WAV whose data chunk promises more bytes than the file
+    holds (libsndfile would quietly shorten it), and any file whose last frame cannot be read.
     """
     try:
         info = sf.info(path)
         if info.frames <= 0:
             raise ValueError("no audio frames")
+        if info.format in ("WAV", "WAVEX"):
+            missing = _wav_missing_bytes(path)
+            if missing:
+                raise ValueError(f"truncated: {missing} bytes of audio data missing")
         with sf.SoundFile(path) as f:
             f.seek(info.frames - 1)
             if len(f.read(1)) != 1:
@@ -86,17 +116,18 @@ def audio_info(path):
         raise ValueError(f"unreadable audio ({err})") from err
 
 
-def finish(save_folder, splits, skipped, options, corpus):
+def finish(save_folder, splits, skipped, options, corpus, extra_columns=()):
     """Write each split's manifest, the skip log and the options; log a summary.
 
     ``splits`` maps manifest file name (e.g. "train.csv") to its list of rows. The options
     file is written last, so a crash before it means the next run redoes the preparation.
+    ``extra_columns`` (e.g. JL Corpus's "emotion") are written after the standard ones.
     Returns a dict ``{manifest: (utterances, hours)}``.
     """
     os.makedirs(save_folder, exist_ok=True)
     summary = {}
     for name, rows in splits.items():
-        write_manifest(os.path.join(save_folder, name), rows)
+        write_manifest(os.path.join(save_folder, name), rows, extra_columns=extra_columns)
         hours = sum(float(r["duration"]) for r in rows) / 3600
         summary[name] = (len(rows), hours)
         logger.info("%s %s: %d utterances, %.2f h", corpus, name, len(rows), hours)
@@ -106,6 +137,48 @@ def finish(save_folder, splits, skipped, options, corpus):
     with open(os.path.join(save_folder, OPTIONS_FILE), "w", encoding="utf-8") as f:
         json.dump(_jsonable(options), f, indent=1, sort_keys=True)
     return summary
+
+
+def read_transcript(path):
+    """The text of a one-utterance transcript file, whitespace collapsed.
+
+    UTF-8 (with or without BOM) is tried first, then cp1252, which some corpora's
+    hand-edited files use.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("cp1252", errors="replace")
+    return " ".join(text.split())
+
+
+def seeded_split(keys, valid_fraction, test_fraction, seed):
+    """Split ``keys`` (speakers or utterance ids) into (train, valid, test) sets, seeded.
+
+    The sorted unique keys are shuffled with ``random.Random(seed)``; test takes
+    ``round(test_fraction * n)`` keys, at least 1 when the fraction is above 0, valid likewise,
+    train the rest. The same keys and seed always give the same split. Raises ValueError when
+    train would be left empty.
+    """
+    keys = sorted(set(keys))
+    for name, value in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    n_valid = max(1, round(valid_fraction * len(keys))) if valid_fraction > 0 else 0
+    n_test = max(1, round(test_fraction * len(keys))) if test_fraction > 0 else 0
+    if n_valid + n_test >= len(keys):
+        raise ValueError(
+            f"cannot split {len(keys)} keys into {n_valid} valid + {n_test} test and a "
+            "non-empty train set"
+        )
+    rng = random.Random(seed)
+    rng.shuffle(keys)
+    test = set(keys[:n_test])
+    valid = set(keys[n_test:n_test + n_valid])
+    train = set(keys[n_test + n_valid:])
+    return train, valid, test
 
 
 def print_summary(summary, skipped_counts=None):
