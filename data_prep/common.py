@@ -16,6 +16,7 @@ import struct
 import soundfile as sf
 
 from aode.manifest import write_manifest
+from aode.text import normalize_words
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,40 @@ def finish(save_folder, splits, skipped, options, corpus, extra_columns=()):
     with open(os.path.join(save_folder, OPTIONS_FILE), "w", encoding="utf-8") as f:
         json.dump(_jsonable(options), f, indent=1, sort_keys=True)
     return summary
+
+
+NO_AUDIO = "transcript without audio"
+NO_TRANSCRIPT = "audio without transcript"
+EMPTY_TEXT = "empty text after cleaning"
+
+
+def whole_file_row(utt_id, wav, spk_id, text, skipped, source=None, **extra):
+    """The manifest row of a whole-file utterance, or None (and a skip log entry) if unusable.
+
+    ``wav`` or ``text`` None means the audio or the transcript is missing; ``source`` is the
+    file named in the skip log when there is no audio (the transcript's path). Text whose
+    normalised form is empty, and audio that :func:`audio_info` cannot read, are skipped too.
+    ``extra`` holds extra columns (e.g. ``emotion``).
+    """
+    if wav is None:
+        skipped.skip(utt_id, source or "", NO_AUDIO)
+        return None
+    if text is None:
+        skipped.skip(utt_id, wav, NO_TRANSCRIPT)
+        return None
+    words = normalize_words(text)
+    if not words:
+        skipped.skip(utt_id, wav, EMPTY_TEXT)
+        return None
+    try:
+        duration, _ = audio_info(wav)
+    except ValueError as err:
+        skipped.skip(utt_id, wav, str(err))
+        return None
+    row = {"ID": utt_id, "duration": duration, "wav": os.path.abspath(wav), "start": 0.0,
+           "stop": duration, "spk_id": spk_id, "wrd": words, "wrd_raw": text}
+    row.update(extra)
+    return row
 
 
 def read_transcript(path):
