@@ -216,6 +216,15 @@ def seeded_split(keys, valid_fraction, test_fraction, seed):
     return train, valid, test
 
 
+def skipped_counts(save_folder):
+    """``{reason: count}`` read back from a prepared folder's ``skipped.csv`` (for the CLIs)."""
+    path = os.path.join(save_folder, SKIPPED_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        return dict(collections.Counter(row["reason"] for row in csv.DictReader(f)))
+
+
 def print_summary(summary, skipped_counts=None):
     """Human-readable summary for the command lines."""
     for name, (count, hours) in summary.items():
