@@ -1,0 +1,233 @@
+"""Google NE (OpenSLR 70) preparation on a miniature copy of the unzipped archives (48 kHz)."""
+
+import filecmp
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from prep_fixtures_b import (
+    by_id,
+    check_manifest_rows,
+    load_with_speechbrain,
+    read_csv,
+    sentence,
+    stamps,
+    truncate,
+    write_audio,
+    write_text,
+)
+
+from aode.text import normalize_words
+from data_prep.common import LayoutError
+from data_prep.google_ne import main, prepare_google_ne, speaker_of
+
+RATE = 48000
+REPO = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))
+SPLITS = ("train", "valid", "test")
+
+# (folder, FileID, tsv line after the FileID) -- the real files' formats, defects included
+LINES = [
+    ("en_ng_female", "ngf_00295_01314275188", "\t" + sentence(0)),
+    ("en_ng_female", "ngf_00295_01598447523", "\tYou've done well, haven't you?"),
+    ("en_ng_female", "ngf_00295_00870216455", "\t" + sentence(2)),
+    # the known defect: an extra middle field; the sentence is the LAST field
+    ("en_ng_female", "ngf_00610_00456789012", "\tA thin stripe\tA thin stripe runs down the middle."),
+    ("en_ng_female", "ngf_00610_01876543210", "\t" + sentence(4)),
+    ("en_ng_female", "ngf_01208_00011122233", "\t" + sentence(5)),
+    ("en_ng_female", "ngf_01208_00044455566", "\t  What joy   there is in living.  "),
+    ("en_ng_male", "ngm_00123_01111111111", "\t" + sentence(7)),
+    ("en_ng_male", "ngm_00123_01222222222", "\t" + sentence(8)),
+    ("en_ng_male", "ngm_00456_01333333333", "\t" + sentence(9)),
+    ("en_ng_male", "ngm_00456_01444444444", "\t" + sentence(0)),
+    ("en_ng_male", "ngm_00789_01555555555", "\t" + sentence(1)),
+    ("en_ng_male", "ngm_00789_01666666666", "\t" + sentence(2)),
+]
+
+
+def build_google_ne(root, flat=False):
+    """Write the miniature corpus; returns (expected rows by ID, planted defects)."""
+    expected = {}
+    tsv = {}
+    for i, (folder, file_id, rest) in enumerate(LINES):
+        folder = "" if flat else folder
+        wav = os.path.join(root, folder, file_id + ".wav")
+        duration = write_audio(wav, i, RATE)
+        text = " ".join(rest.split("\t")[-1].split())
+        expected[file_id] = {"duration": duration, "wav": wav, "spk_id": file_id[:9],
+                             "wrd_raw": text, "wrd": normalize_words(text)}
+        tsv.setdefault(folder, []).append(file_id + rest)
+    female = "" if flat else "en_ng_female"
+    male = "" if flat else "en_ng_male"
+    # defects: truncated audio, audio not in the index, index line without audio,
+    # empty sentence, a line that lost its tab
+    write_audio(os.path.join(root, male, "ngm_00789_01777777777.wav"), 3, RATE)
+    truncate(os.path.join(root, male, "ngm_00789_01777777777.wav"))
+    tsv[male].append("ngm_00789_01777777777\t" + sentence(3))
+    write_audio(os.path.join(root, female, "ngf_01208_00099999999.wav"), 6, RATE)
+    tsv[female].append("ngf_00295_01000000000\tThis line has no audio.")
+    write_audio(os.path.join(root, male, "ngm_00123_01888888888.wav"), 4, RATE)
+    tsv[male].append("ngm_00123_01888888888\t  ")
+    tsv[female].append("ngf_00295_00000000009 This line lost its tab")
+    for folder, lines in tsv.items():
+        # the male index with Windows line ends, to be tolerant of either
+        end = "\r\n" if folder == male and not flat else "\n"
+        write_text(os.path.join(root, folder, "line_index.tsv"), end.join(lines) + end)
+    return expected
+
+
+def _all_rows(save):
+    return {s: read_csv(os.path.join(save, f"{s}.csv")) for s in SPLITS}
+
+
+@pytest.fixture
+def gne(tmp_path):
+    root = str(tmp_path / "slr70")
+    return root, str(tmp_path / "prepared"), build_google_ne(root)
+
+
+def test_manifests_row_by_row(gne):
+    data, save, expected = gne
+    summary = prepare_google_ne(data, save)
+    rows = _all_rows(save)
+    check_manifest_rows(sum(rows.values(), []), expected)
+    speakers = {s: {r["spk_id"] for r in rows[s]} for s in SPLITS}
+    assert len(speakers["valid"]) == 1 and len(speakers["test"]) == 1  # 10 % of 6, at least 1
+    assert len(speakers["train"]) == 4
+    assert not speakers["train"] & speakers["valid"]
+    assert not speakers["train"] & speakers["test"]
+    assert not speakers["valid"] & speakers["test"]
+    for s in SPLITS:
+        assert summary[f"{s}.csv"][0] == len(rows[s])
+    all_rows = by_id(sum(rows.values(), []))
+    assert all_rows["ngf_00610_00456789012"]["wrd_raw"] == "A thin stripe runs down the middle."
+    assert all_rows["ngf_00295_01598447523"]["wrd"] == "you've done well haven't you"
+    assert all_rows["ngf_01208_00044455566"]["wrd_raw"] == "What joy there is in living."
+    assert {r["spk_id"] for r in all_rows.values()} == {
+        "ngf_00295", "ngf_00610", "ngf_01208", "ngm_00123", "ngm_00456", "ngm_00789"}
+
+
+def test_defects_are_skipped_with_reasons(gne):
+    data, save, expected = gne
+    prepare_google_ne(data, save)
+    skipped = {row["ID"]: row for row in read_csv(os.path.join(save, "skipped.csv"))}
+    assert set(skipped) == {"ngm_00789_01777777777", "ngf_01208_00099999999",
+                            "ngf_00295_01000000000", "ngm_00123_01888888888",
+                            "ngf_00295_00000000009 This line lost its tab"}
+    assert skipped["ngm_00789_01777777777"]["reason"].startswith("unreadable audio (truncated")
+    assert skipped["ngf_01208_00099999999"]["reason"] == "audio without transcript"
+    assert skipped["ngf_00295_01000000000"]["reason"] == "transcript without audio"
+    assert "line_index.tsv:" in skipped["ngf_00295_01000000000"]["file"]
+    assert skipped["ngm_00123_01888888888"]["reason"] == "empty text after cleaning"
+    assert skipped["ngf_00295_00000000009 This line lost its tab"]["reason"] == (
+        "malformed line_index.tsv line")
+    ids = {r["ID"] for rows in _all_rows(save).values() for r in rows}
+    assert ids == set(expected)
+
+
+def test_flat_layout(tmp_path):
+    root = str(tmp_path / "flat")
+    expected = build_google_ne(root, flat=True)
+    save = str(tmp_path / "out")
+    prepare_google_ne(root, save)
+    check_manifest_rows(sum(_all_rows(save).values(), []), expected)
+
+
+def test_layout_errors(tmp_path):
+    with pytest.raises(LayoutError, match="does not exist"):
+        prepare_google_ne(str(tmp_path / "nowhere"), str(tmp_path / "out"))
+    root = tmp_path / "zipped"
+    root.mkdir()
+    (root / "en_ng_female.zip").write_bytes(b"PK")
+    write_audio(str(root / "loose" / "ngf_00295_01314275188.wav"), 0, RATE)
+    with pytest.raises(LayoutError) as err:
+        prepare_google_ne(str(root), str(tmp_path / "out"))
+    message = str(err.value)
+    assert "en_ng_female/line_index.tsv" in message
+    assert str(root) in message
+    assert "unzip en_ng_female.zip" in message
+    assert not os.path.exists(tmp_path / "out" / "train.csv")
+
+
+def test_same_seed_same_split_and_seed_matters(gne, tmp_path):
+    data, _, _ = gne
+    splits = set()
+    for seed in range(8):
+        save = str(tmp_path / f"seed{seed}")
+        prepare_google_ne(data, save, seed=seed)
+        rows = _all_rows(save)
+        splits.add(tuple(frozenset(r["spk_id"] for r in rows[s]) for s in ("valid", "test")))
+        if seed == 0:
+            again = str(tmp_path / "seed0_again")
+            prepare_google_ne(data, again, seed=0)
+            for s in SPLITS:
+                assert filecmp.cmp(os.path.join(save, f"{s}.csv"),
+                                   os.path.join(again, f"{s}.csv"), shallow=False)
+    assert len(splits) > 1
+
+
+def test_fractions(gne):
+    data, save, _ = gne
+    prepare_google_ne(data, save, valid_fraction=0.2, test_fraction=0.34)
+    rows = _all_rows(save)
+    assert len({r["spk_id"] for r in rows["valid"]}) == 1
+    assert len({r["spk_id"] for r in rows["test"]}) == 2
+    assert len({r["spk_id"] for r in rows["train"]}) == 3
+    with pytest.raises(ValueError, match="non-empty train"):
+        prepare_google_ne(data, save + "2", valid_fraction=0.5, test_fraction=0.5)
+
+
+def test_skip_when_prepared_and_redo_when_options_change(gne):
+    data, save, _ = gne
+    assert prepare_google_ne(data, save) is not None
+    before = stamps(save)
+    assert prepare_google_ne(data, save) is None
+    assert stamps(save) == before
+    prepare_google_ne(data, save, seed=7)
+    after = stamps(save)
+    assert all(after[name] != before[name] for name in before)
+    with open(os.path.join(save, "prep_options.json")) as f:
+        assert json.load(f)["seed"] == 7
+
+
+def test_speaker_parsing():
+    assert speaker_of("ngf_00295_01314275188") == ("ngf_00295", True)
+    assert speaker_of("ngm_00123_01111111111") == ("ngm_00123", True)
+    assert speaker_of("ngf_00295_0131_x")[0] == "ngf_00295"
+    assert speaker_of("ngf_00295") == ("ngf", False)
+    assert speaker_of("odd") == ("odd", False)
+
+
+def test_manifests_load_in_speechbrain(gne):
+    data, save, expected = gne
+    prepare_google_ne(data, save)
+    ids = []
+    for s in SPLITS:
+        items = load_with_speechbrain(os.path.join(save, f"{s}.csv"))
+        ids += [item["id"] for item in items]
+        for item in items:
+            assert item["wrd_raw"] == expected[item["id"]]["wrd_raw"]
+    assert sorted(ids) == sorted(expected)
+
+
+def test_command_line(gne, capsys):
+    data, save, expected = gne
+    main(["--data_folder", data, "--save_folder", save, "--seed", "3"])
+    out = capsys.readouterr().out
+    assert "train.csv:" in out and "test.csv:" in out
+    assert "skipped 1: transcript without audio" in out
+    with open(os.path.join(save, "prep_options.json")) as f:
+        assert json.load(f)["seed"] == 3
+    with pytest.raises(SystemExit) as exit_:
+        main(["--data_folder", data + "_missing", "--save_folder", save + "2"])
+    assert exit_.value.code == 2
+
+
+def test_runs_as_a_script():
+    result = subprocess.run([sys.executable, "data_prep/google_ne.py", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for option in ("--data_folder", "--save_folder", "--valid_fraction", "--test_fraction",
+                   "--seed"):
+        assert option in result.stdout
