@@ -1,0 +1,231 @@
+"""JL Corpus: emotional New Zealand English read speech (Kaggle ``tli725/jl-corpus``).
+
+What the paper did: fine-tuned the CTC model (Parakeet) on JL Corpus, a small pool of
+repeated phrases spoken with different emotions; it is easy to memorise and is the domain
+whose expert forgets the most (paper Tables III, IV, VII, VIII). The paper states no split;
+its 0.28 % test WER suggests a random utterance-level split, which is the default here
+(``split_by="utterance"``, 10 % validation, 10 % test, seeded); ``split_by="speaker"`` holds
+out whole speakers instead (4 speakers: one each for validation and test).
+
+Layout expected under ``data_folder``::
+
+    Raw JL corpus (unchecked and unannotated)/JL(wav+txt)/female1_angry_7b_1.wav
+    Raw JL corpus (unchecked and unannotated)/JL(wav+txt)/female1_angry_7b_1.txt   "Carl leaps into a jeep."
+
+When a ``JL(wav+txt)`` folder exists (``data_folder`` itself or anywhere below), only it is
+read; otherwise ``<stem>.wav`` + ``<stem>.txt`` pairs are collected from anywhere under
+``data_folder`` (a stem found twice is kept once, the other copies skipped as duplicates).
+
+Stems are ``(fe)male[12]_<emotion>_<sentence><a|b>_<session>``: the speaker is the first
+field (``female1``), the emotion the second (written to the extra manifest column
+``emotion``). WAV files whose name does not start with ``<(fe)male><n>_<emotion>`` are
+skipped with a reason; other text files (readmes) are ignored. Audio is 44.1 kHz and is not
+resampled here.
+"""
+
+import argparse
+import logging
+import os
+import re
+import sys
+
+if __name__ == "__main__":  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tqdm import tqdm  # noqa: E402
+
+from data_prep.common import (  # noqa: E402
+    LayoutError,
+    SkipLog,
+    already_prepared,
+    finish,
+    print_summary,
+    read_transcript,
+    require,
+    seeded_split,
+    skipped_counts,
+    whole_file_row,
+)
+
+logger = logging.getLogger(__name__)
+
+CORPUS = "jl_corpus"
+WAV_TXT_DIR = "JL(wav+txt)"
+RAW_DIR = "Raw JL corpus (unchecked and unannotated)"
+MANIFESTS = ("train.csv", "valid.csv", "test.csv")
+SPLIT_BY = ("utterance", "speaker")
+FORMAT_VERSION = 1
+# loose: what the speaker and emotion need; STRICT: the documented full stem
+LOOSE = re.compile(r"^((?:fe)?male\d+)_([A-Za-z]+)(?:_|$)", re.IGNORECASE)
+STRICT = re.compile(r"^(?:fe)?male\d+_[A-Za-z]+_\d+[ab]_\d+$", re.IGNORECASE)
+BAD_NAME = "file name is not <(fe)male><n>_<emotion>_<sentence><a|b>_<session>"
+
+
+def parse_stem(stem):
+    """(speaker, emotion) of a JL stem (``female1_angry_7b_1`` -> ``female1``, ``angry``),
+    or None when the name does not carry them."""
+    match = LOOSE.match(stem)
+    if not match:
+        return None
+    return match.group(1).lower(), match.group(2).lower()
+
+
+def _search_roots(data_folder):
+    if os.path.basename(os.path.normpath(data_folder)) == WAV_TXT_DIR:
+        return [data_folder]
+    roots = []
+    for folder, dirs, _ in os.walk(data_folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if WAV_TXT_DIR in dirs:
+            roots.append(os.path.join(folder, WAV_TXT_DIR))
+            dirs.remove(WAV_TXT_DIR)
+    return roots or [data_folder]
+
+
+def _files(roots, skipped):
+    """({stem: wav}, {stem: txt}) under ``roots``; duplicates and odd wav names skipped."""
+    wavs, txts = {}, {}
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                stem, ext = os.path.splitext(name)
+                ext = ext.lower()
+                if ext not in (".wav", ".txt") or name.startswith("."):
+                    continue
+                path = os.path.join(folder, name)
+                if parse_stem(stem) is None:
+                    if ext == ".wav":
+                        skipped.skip(stem, path, BAD_NAME)
+                    continue
+                found = wavs if ext == ".wav" else txts
+                if stem in found:
+                    skipped.skip(stem, path, f"duplicate of {found[stem]}")
+                    continue
+                found[stem] = path
+    return wavs, txts
+
+
+def _collect(data_folder, skipped):
+    require(
+        os.path.isdir(data_folder),
+        f"JL Corpus data_folder {data_folder!r} does not exist; expected "
+        f"'{RAW_DIR}/{WAV_TXT_DIR}/<stem>.wav' and '<stem>.txt' there",
+    )
+    roots = _search_roots(data_folder)
+    wavs, txts = _files(roots, skipped)
+    zips = [n for n in sorted(os.listdir(data_folder)) if n.lower().endswith(".zip")]
+    require(
+        wavs or txts,
+        f"JL Corpus layout not found under {data_folder!r}: expected "
+        f"'{RAW_DIR}/{WAV_TXT_DIR}/<stem>.wav' + '<stem>.txt' with stems like "
+        "female1_angry_7b_1 (searched " + ", ".join(repr(r) for r in roots) + ")"
+        + (f"; unzip {', '.join(zips)} first" if zips else ""),
+    )
+    irregular = sorted(s for s in set(wavs) | set(txts) if not STRICT.match(s))
+    if irregular:
+        logger.warning("%s: %d stems are not of the documented form (e.g. %s)",
+                       CORPUS, len(irregular), irregular[0])
+    rows = []
+    for stem in tqdm(sorted(set(wavs) | set(txts)), desc=CORPUS, unit="file"):
+        speaker, emotion = parse_stem(stem)
+        text = read_transcript(txts[stem]) if stem in txts else None
+        row = whole_file_row(stem, wavs.get(stem), speaker, text, skipped,
+                             source=txts.get(stem), emotion=emotion)
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def prepare_jl_corpus(
+    data_folder,
+    save_folder,
+    valid_fraction=0.1,
+    test_fraction=0.1,
+    split_by="utterance",
+    seed=1234,
+):
+    """Write train/valid/test manifests of JL Corpus into ``save_folder``.
+
+    Arguments
+    ---------
+    data_folder : str
+        The unpacked Kaggle download (or its ``JL(wav+txt)`` folder).
+    save_folder : str
+        Where ``train.csv``, ``valid.csv``, ``test.csv`` (with an extra ``emotion`` column),
+        ``skipped.csv`` and ``prep_options.json`` go.
+    valid_fraction, test_fraction : float
+        Share of the utterances (or speakers) held out for validation and test; at least one
+        each unless the fraction is 0.
+    split_by : "utterance" | "speaker"
+        Random utterance-level split (default; the same sentences and speakers then occur in
+        train and test, as the paper's WER suggests) or speaker-level split.
+    seed : int
+        Seed of the shuffle; the same seed and files give the same split.
+
+    Returns the summary ``{manifest: (utterances, hours)}``, or None when ``save_folder``
+    already holds manifests prepared with the same options.
+    """
+    if split_by not in SPLIT_BY:
+        raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
+    options = {
+        "corpus": CORPUS,
+        "format": FORMAT_VERSION,
+        "data_folder": os.path.abspath(data_folder),
+        "valid_fraction": valid_fraction,
+        "test_fraction": test_fraction,
+        "split_by": split_by,
+        "seed": seed,
+    }
+    if already_prepared(save_folder, MANIFESTS, options):
+        logger.info("%s already prepared in %s with the same options", CORPUS, save_folder)
+        return None
+    skipped = SkipLog()
+    rows = _collect(data_folder, skipped)
+    key = "ID" if split_by == "utterance" else "spk_id"
+    train, valid, test = seeded_split([r[key] for r in rows], valid_fraction, test_fraction,
+                                      seed)
+    splits = {
+        "train.csv": [r for r in rows if r[key] in train],
+        "valid.csv": [r for r in rows if r[key] in valid],
+        "test.csv": [r for r in rows if r[key] in test],
+    }
+    return finish(save_folder, splits, skipped, options, CORPUS, extra_columns=("emotion",))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Prepare JL Corpus manifests: a seeded split into train.csv, valid.csv "
+        "and test.csv, with an extra 'emotion' column."
+    )
+    parser.add_argument("--data_folder", required=True,
+                        help=f"the unpacked Kaggle download (holding '{RAW_DIR}/{WAV_TXT_DIR}')")
+    parser.add_argument("--save_folder", required=True, help="where the manifests are written")
+    parser.add_argument("--valid_fraction", type=float, default=0.1,
+                        help="share of utterances (or speakers) for validation, at least one "
+                        "(default: %(default)s)")
+    parser.add_argument("--test_fraction", type=float, default=0.1,
+                        help="share of utterances (or speakers) for test, at least one "
+                        "(default: %(default)s)")
+    parser.add_argument("--split_by", choices=SPLIT_BY, default="utterance",
+                        help="random utterance-level split or speaker-level split "
+                        "(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=1234,
+                        help="seed of the split (default: %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = prepare_jl_corpus(args.data_folder, args.save_folder,
+                                    valid_fraction=args.valid_fraction,
+                                    test_fraction=args.test_fraction, split_by=args.split_by,
+                                    seed=args.seed)
+    except (LayoutError, ValueError) as err:
+        parser.exit(2, f"error: {err}\n")
+    if summary is None:
+        print(f"already prepared with the same options: {args.save_folder}")
+    else:
+        print_summary(summary, skipped_counts(args.save_folder))
+
+
+if __name__ == "__main__":
+    main()
