@@ -1,0 +1,330 @@
+"""SPGISpeech data preparation (Kensho; earnings calls, fully formatted text).
+
+What the paper did (Plantinga et al., SLT 2024, Table VI): Whisper small.en was fine-tuned
+on a random ~1000 h subset of SPGISpeech's official training set and tested on a random
+2000-utterance subset of the official validation set.
+
+Layout (see ``spgispeech/{train,val}/<32-hex call id>/<n>.wav`` plus ``train.csv`` and
+``val.csv``; the ``spgispeech/`` level is optional): the CSVs are pipe-separated with the
+header ``wav_filename|wav_filesize|transcript``, 16 kHz 16-bit mono WAVs.
+
+What this writes (``save_folder``):
+
+* ``test.csv``: a seeded random subset of ``test_size`` (default 2000, the paper's)
+  utterances of the official ``val`` split.
+* ``valid.csv``: a seeded hold-out of ``valid_size`` (default 4000, common practice)
+  utterances of the official ``train`` split.
+* ``train.csv``: the rest of ``train``, optionally capped (seeded) at ``max_train_hours``
+  (the paper used ~1000 h; default ``None`` = all).
+* ``skipped.csv`` and ``prep_options.json`` (see :mod:`data_prep.common`).
+
+Durations come from ``wav_filesize``: (size - 44) / 32000 s. Every selected file is checked
+to exist (a missing file is skipped and logged), but it is NOT opened unless
+``check_audio=True``: the full corpus has ~5M files, too many to open in a preparation.
+With ``check_audio`` the duration is read from the file and unreadable/truncated files are
+skipped too. Utterances are picked in a seeded random order and checked one by one until each
+subset is full, so the files outside the chosen subsets are never touched (and not listed).
+
+Speaker = call id. ``wrd_raw`` keeps SPGISpeech's casing and punctuation; ``wrd`` is
+:func:`aode.text.normalize_words` of it.
+"""
+
+import argparse
+import collections
+import csv
+import logging
+import os
+import random
+import sys
+
+if __name__ == "__main__":  # run as a script: make the repository's packages importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tqdm import tqdm
+
+from aode.manifest import read_manifest
+from aode.text import normalize_words
+from data_prep.common import (
+    SKIPPED_FILE,
+    LayoutError,
+    SkipLog,
+    already_prepared,
+    audio_info,
+    finish,
+    print_summary,
+    require,
+)
+
+logger = logging.getLogger(__name__)
+
+MANIFESTS = ("train.csv", "valid.csv", "test.csv")
+HEADER = ["wav_filename", "wav_filesize", "transcript"]
+WAV_HEADER_BYTES = 44
+BYTES_PER_SECOND = 32000  # 16 kHz x 16 bit mono
+PREP_VERSION = 1
+
+
+def find_root(data_folder):
+    """The folder holding SPGISpeech's ``train.csv`` and ``val.csv`` (with or without the
+    ``spgispeech/`` level), or raise :class:`LayoutError`."""
+    require(os.path.isdir(data_folder), f"SPGISpeech data_folder {data_folder!r} does not exist")
+    for root in (data_folder, os.path.join(data_folder, "spgispeech")):
+        if os.path.isfile(os.path.join(root, "train.csv")) and os.path.isfile(
+            os.path.join(root, "val.csv")
+        ):
+            return root
+    raise LayoutError(
+        f"no train.csv and val.csv under {data_folder!r} (nor under its spgispeech/ folder); "
+        "SPGISpeech's layout is spgispeech/{train,val}/<call id>/<n>.wav plus "
+        "spgispeech/train.csv and spgispeech/val.csv (pipe-separated, header "
+        "wav_filename|wav_filesize|transcript)"
+    )
+
+
+def read_listing(csv_path):
+    """Rows ``(line number, wav_filename, wav_filesize string, transcript)`` of an
+    SPGISpeech CSV; raise :class:`LayoutError` if the header is not SPGISpeech's."""
+    rows = []
+    with open(csv_path, encoding="utf-8", newline="") as f:
+        header = f.readline().rstrip("\r\n").split("|")
+        require(
+            [h.strip() for h in header] == HEADER,
+            f"{csv_path!r} does not start with SPGISpeech's header "
+            f"{'|'.join(HEADER)!r} (found {'|'.join(header)!r})",
+        )
+        for number, line in enumerate(f, start=2):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            parts = line.split("|", 2)
+            while len(parts) < 3:
+                parts.append("")
+            rows.append((number, parts[0].strip(), parts[1].strip(), parts[2]))
+    return rows
+
+
+def utterance_id(wav_filename):
+    """``spgi_<call id>_<n>`` from ``<call id>/<n>.wav`` (no slashes, no commas)."""
+    stem = os.path.splitext(wav_filename.replace("\\", "/"))[0]
+    return "spgi_" + "_".join(p for p in stem.split("/") if p).replace(",", "_")
+
+
+def _make_row(split_dir, listing_row, check_audio, skipped):
+    """The manifest row of one listing row, or None (after logging why) if it is unusable."""
+    number, wav_filename, size_str, transcript = listing_row
+    uid = utterance_id(wav_filename) if wav_filename else f"spgi_line{number}"
+    path = os.path.abspath(os.path.join(split_dir, wav_filename))
+    if not wav_filename.lower().endswith(".wav"):
+        skipped.skip(uid, path, f"line {number}: wav_filename {wav_filename!r} is not a .wav")
+        return None
+    if not os.path.isfile(path):
+        skipped.skip(uid, path, "audio file missing")
+        return None
+    if check_audio:
+        try:
+            duration, _ = audio_info(path)
+        except ValueError as err:
+            skipped.skip(uid, path, str(err))
+            return None
+    else:
+        try:
+            duration = (int(size_str) - WAV_HEADER_BYTES) / BYTES_PER_SECOND
+        except ValueError:
+            skipped.skip(uid, path, f"line {number}: bad wav_filesize {size_str!r}")
+            return None
+        if duration <= 0:
+            skipped.skip(uid, path, f"line {number}: wav_filesize {size_str} holds no audio")
+            return None
+    text = " ".join(transcript.split())
+    words = normalize_words(text)
+    if not words:
+        skipped.skip(uid, path, "empty transcript")
+        return None
+    call_id = os.path.dirname(wav_filename.replace("\\", "/")).split("/")[-1] or "unknown"
+    return {
+        "ID": uid,
+        "duration": duration,
+        "wav": path,
+        "start": 0.0,
+        "stop": duration,
+        "spk_id": call_id,
+        "wrd": words,
+        "wrd_raw": text,
+    }
+
+
+def _pick(listing, split_dir, order, quotas, check_audio, skipped, desc):
+    """Walk ``listing`` in ``order``, checking rows, and fill ``quotas``.
+
+    ``quotas`` is a list of ``(max utterances or None, max hours or None)``; each row that
+    passes goes to the first quota not yet full. Stops once every quota is full. Returns one
+    row list per quota, each in corpus order.
+    """
+    picked = [[] for _ in quotas]
+    hours = [0.0 for _ in quotas]
+    current = 0
+    seen_ids = set()
+
+    def full(i):
+        count, max_hours = quotas[i]
+        if count is not None and len(picked[i]) >= count:
+            return True
+        return max_hours is not None and hours[i] >= max_hours
+
+    while current < len(quotas) and full(current):
+        current += 1
+    for index in tqdm(order, desc=desc, unit="utt", mininterval=2.0):
+        if current >= len(quotas):
+            break
+        row = _make_row(split_dir, listing[index], check_audio, skipped)
+        if row is None:
+            continue
+        if row["ID"] in seen_ids:
+            skipped.skip(row["ID"], row["wav"], "duplicate wav_filename")
+            continue
+        seen_ids.add(row["ID"])
+        picked[current].append((index, row))
+        hours[current] += row["duration"] / 3600
+        while current < len(quotas) and full(current):
+            current += 1
+    return [[row for _, row in sorted(rows, key=lambda x: x[0])] for rows in picked]
+
+
+def prepare_spgispeech(
+    data_folder,
+    save_folder,
+    test_size=2000,
+    valid_size=4000,
+    max_train_hours=None,
+    check_audio=False,
+    seed=1234,
+):
+    """Write SPGISpeech's ``train.csv``, ``valid.csv``, ``test.csv`` in ``save_folder``.
+
+    Paper (Table VI): test = a random 2000-utterance subset of the official val split; Whisper
+    trained on a random ~1000 h subset of train. Here:
+
+    Arguments
+    ---------
+    data_folder : str
+        The unpacked corpus (``spgispeech/`` or the folder that holds it).
+    save_folder : str
+        Where the manifests go.
+    test_size : int or None
+        Utterances drawn (seeded) from the official val split as test; None = all of val.
+    valid_size : int
+        Utterances of the official train split held out (seeded) as validation.
+    max_train_hours : float or None
+        Seeded random cap on the training hours (paper: ~1000); None = all the rest.
+    check_audio : bool
+        Open every selected file (duration from the audio, unreadable files skipped)
+        instead of trusting ``wav_filesize``. Off by default: ~5M files.
+    seed : int
+        Seed of the random subsets.
+
+    Returns the summary ``{manifest: (utterances, hours)}``, or None when ``save_folder``
+    was already prepared with the same options (nothing is rewritten then).
+    """
+    options = {
+        "corpus": "spgispeech",
+        "prep_version": PREP_VERSION,
+        "data_folder": os.path.abspath(data_folder),
+        "test_size": test_size,
+        "valid_size": valid_size,
+        "max_train_hours": max_train_hours,
+        "check_audio": bool(check_audio),
+        "seed": seed,
+    }
+    if already_prepared(save_folder, MANIFESTS, options):
+        logger.info("SPGISpeech already prepared in %s, skipping", save_folder)
+        return None
+    if test_size is not None and test_size < 0 or valid_size < 0:
+        raise ValueError("test_size and valid_size must not be negative")
+
+    root = find_root(data_folder)
+    skipped = SkipLog()
+
+    val = read_listing(os.path.join(root, "val.csv"))
+    order = list(range(len(val)))
+    random.Random(seed).shuffle(order)
+    (test,) = _pick(
+        val, os.path.join(root, "val"), order, [(test_size, None)], check_audio, skipped,
+        "SPGISpeech val",
+    )
+
+    train_listing = read_listing(os.path.join(root, "train.csv"))
+    order = list(range(len(train_listing)))
+    random.Random(seed + 1).shuffle(order)
+    valid, train = _pick(
+        train_listing, os.path.join(root, "train"), order,
+        [(valid_size, None), (None, max_train_hours)], check_audio, skipped,
+        "SPGISpeech train",
+    )
+    if test_size and len(test) < test_size:
+        logger.warning("SPGISpeech: only %d usable val utterances for test_size=%d",
+                       len(test), test_size)
+    if len(valid) < valid_size:
+        logger.warning("SPGISpeech: only %d usable train utterances for valid_size=%d",
+                       len(valid), valid_size)
+
+    splits = {"train.csv": train, "valid.csv": valid, "test.csv": test}
+    return finish(save_folder, splits, skipped, options, "SPGISpeech")
+
+
+def summary_from_disk(save_folder):
+    """``({manifest: (utterances, hours)}, {reason: count})`` read back from ``save_folder``."""
+    summary = {}
+    for name in MANIFESTS:
+        rows = read_manifest(os.path.join(save_folder, name))
+        summary[name] = (len(rows), sum(float(r["duration"]) for r in rows) / 3600)
+    counts = collections.Counter()
+    path = os.path.join(save_folder, SKIPPED_FILE)
+    if os.path.isfile(path):
+        with open(path, newline="", encoding="utf-8") as f:
+            counts.update(row["reason"] for row in csv.DictReader(f))
+    return summary, counts
+
+
+def _positive_or_none(value):
+    return None if value.lower() in ("none", "all", "") else float(value)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Prepare SPGISpeech manifests (train/valid/test CSVs) for AoDE. "
+        "Paper: test = random 2000 val utterances; Whisper trained on ~1000 h of train.",
+    )
+    parser.add_argument("--data_folder", required=True,
+                        help="unpacked SPGISpeech (the spgispeech/ folder or its parent)")
+    parser.add_argument("--save_folder", required=True, help="where the manifests are written")
+    parser.add_argument("--test_size", type=lambda v: None if v.lower() in ("none", "all") else int(v),
+                        default=2000,
+                        help="utterances of the official val split drawn as test "
+                        "(default 2000, the paper's; 'all' = the whole val split)")
+    parser.add_argument("--valid_size", type=int, default=4000,
+                        help="train utterances held out as validation (default 4000)")
+    parser.add_argument("--max_train_hours", type=_positive_or_none, default=None,
+                        help="seeded random cap on training hours (paper: ~1000; default: all)")
+    parser.add_argument("--check_audio", action="store_true",
+                        help="open every selected WAV (slow on the full corpus) instead of "
+                        "trusting wav_filesize; unreadable files are skipped")
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the random subsets")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = prepare_spgispeech(
+            args.data_folder, args.save_folder, test_size=args.test_size,
+            valid_size=args.valid_size, max_train_hours=args.max_train_hours,
+            check_audio=args.check_audio, seed=args.seed,
+        )
+    except LayoutError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if result is None:
+        print(f"already prepared with the same options: {args.save_folder}")
+    print_summary(*summary_from_disk(args.save_folder))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
