@@ -1,0 +1,84 @@
+"""Fisher-weighted averaging (Matena & Raffel, "Merging Models with Fisher-Weighted
+Averaging", NeurIPS 2022), with their diagonal-Fisher floor.
+
+    theta = sum_i w_i F_i' theta_i / sum_i w_i F_i',   F_i' = max(F_i, eps)
+
+``F_i`` is member i's diagonal Fisher for this tensor (same shape). The floor ``eps``
+(option, default 1e-6; Matena & Raffel's ``fisher_floor``) keeps the denominator positive:
+where every Fisher is ~0 the result is the plain weighted average. Where a Fisher is missing
+for this tensor in any member, the tensor falls back to the plain weighted average
+(:func:`aode.merge.linear.weighted_average`). mergekit has no Fisher merge.
+
+Fishers are stored as one safetensors file per member, keyed like the model's tensors,
+float32 (:func:`save_fisher` writes that format). The driver finds them through the option
+``fisher_files`` (one path per member, None for none; with ``include_base`` the base is the
+last member) or, by default, ``fisher.safetensors`` inside each member's folder.
+
+Options: ``fisher_files`` (driver), ``eps`` (1e-6).
+"""
+
+import logging
+import os
+
+import torch
+
+from .io import SafetensorsFile
+from .linear import weighted_average
+from .registry import register
+
+logger = logging.getLogger(__name__)
+
+FISHER_FILE = "fisher.safetensors"
+
+
+def save_fisher(path, fisher_dict):
+    """Write diagonal Fishers ``{tensor name: tensor}`` where Fisher merging looks for them.
+
+    ``path`` is a ``.safetensors`` file or a model folder (then ``<folder>/fisher.safetensors``).
+    Values are stored float32; they must be finite and non-negative.
+    """
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, FISHER_FILE)
+    out = {}
+    for name, t in fisher_dict.items():
+        t = t.detach().to("cpu", torch.float32).contiguous()
+        if not torch.isfinite(t).all() or (t < 0).any():
+            raise ValueError(f"Fisher of {name!r} has negative or non-finite values")
+        out[name] = t
+    save_file(out, path, metadata={"format": "pt", "content": "diagonal fisher"})
+    return path
+
+
+def _setup(member_dirs, options):
+    options = dict(options)
+    files = options.pop("fisher_files", None)
+    if files is None:
+        files = [os.path.join(d, FISHER_FILE) for d in member_dirs]
+        files = [f if os.path.isfile(f) else None for f in files]
+    elif len(files) != len(member_dirs):
+        raise ValueError(f"fisher_files has {len(files)} entries for {len(member_dirs)} members")
+    sources = []
+    for d, f in zip(member_dirs, files):
+        if f is None:
+            logger.warning("no Fisher for member %s: its tensors use the plain weighted average", d)
+            sources.append(None)
+        else:
+            sources.append(SafetensorsFile(f))
+    return options, {"fishers": sources}
+
+
+@register("fisher", elementwise=True, setup=_setup)
+def fisher(tensors, weights, base=None, generator=None, fishers=None, eps=1e-6):
+    """Fisher merging: ``sum_i w_i F_i theta_i / sum_i w_i F_i`` (F floored at ``eps``)."""
+    if fishers is None or any(f is None for f in fishers):
+        return weighted_average(tensors, weights)
+    num = torch.zeros_like(tensors[0])
+    den = torch.zeros_like(tensors[0])
+    for w, f, t in zip(weights, fishers, tensors):
+        c = w * f.float().clamp_min(eps)
+        num += c * t
+        den += c
+    return num / den
