@@ -1,0 +1,170 @@
+"""LibriSpeech test-clean and test-other (OpenSLR 12, CC BY 4.0): the forgetting sets.
+
+What the paper did: every model (pretrained, experts, merges) is evaluated on LibriSpeech
+test-clean and test-other, and "Forgetting %" compares their WER with the pretrained model's
+(paper Tables VII, VIII). No LibriSpeech audio is used for training.
+
+Layout expected (``data_folder`` is the ``LibriSpeech`` folder or its parent)::
+
+    LibriSpeech/test-clean/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac
+    LibriSpeech/test-clean/<spk>/<chapter>/<spk>-<chapter>.trans.txt   "<utt id> <UPPERCASE TEXT>"
+
+Each requested split (``splits``; default test-clean and test-other; any LibriSpeech split
+name works) becomes ``<split with _ for ->.csv``: ``test_clean.csv``, ``test_other.csv``.
+
+Text: LibriSpeech transcripts are uppercase without punctuation. ``wrd_raw`` keeps them
+exactly as given (no sentence casing is invented); ``wrd`` is their
+:func:`aode.text.normalize_words` form (lowercase, apostrophes kept: "DON'T" -> "don't").
+Audio is 16 kHz FLAC, read by soundfile.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+if __name__ == "__main__":  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tqdm import tqdm  # noqa: E402
+
+from data_prep.common import (  # noqa: E402
+    LayoutError,
+    SkipLog,
+    already_prepared,
+    finish,
+    print_summary,
+    require,
+    skipped_counts,
+    whole_file_row,
+)
+
+logger = logging.getLogger(__name__)
+
+CORPUS = "librispeech"
+SPLITS = ("test-clean", "test-other")
+FORMAT_VERSION = 1
+MALFORMED = "malformed .trans.txt line"
+
+
+def manifest_name(split):
+    """``test-clean`` -> ``test_clean.csv``."""
+    return split.replace("-", "_") + ".csv"
+
+
+def find_root(data_folder, splits):
+    """The ``LibriSpeech`` folder holding ``splits`` (``data_folder`` or its child)."""
+    require(
+        os.path.isdir(data_folder),
+        f"LibriSpeech data_folder {data_folder!r} does not exist; expected "
+        f"LibriSpeech/{splits[0]}/ (from {splits[0]}.tar.gz) there",
+    )
+    candidates = [os.path.join(data_folder, "LibriSpeech"), data_folder]
+    for root in candidates:
+        if all(os.path.isdir(os.path.join(root, split)) for split in splits):
+            return root
+    tars = [f"{s}.tar.gz" for s in splits if os.path.isfile(os.path.join(data_folder, f"{s}.tar.gz"))]
+    missing = [s for s in splits
+               if not any(os.path.isdir(os.path.join(r, s)) for r in candidates)]
+    raise LayoutError(
+        f"LibriSpeech layout not found under {data_folder!r}: expected "
+        + ", ".join(f"LibriSpeech/{s}/<spk>/<chapter>/" for s in splits)
+        + f" (missing: {', '.join(missing) or 'splits spread over two folders'})"
+        + (f"; extract {', '.join(tars)} first" if tars else "")
+    )
+
+
+def _read_split(split_dir, split, skipped):
+    """Rows of one split folder: FLACs paired with their ``.trans.txt`` lines."""
+    audio, texts = {}, {}
+    for folder, dirs, files in os.walk(split_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if name.endswith(".flac"):
+                audio[name[: -len(".flac")]] = path
+            elif name.endswith(".trans.txt"):
+                with open(path, encoding="utf-8-sig", errors="replace") as f:
+                    for lineno, line in enumerate(f, 1):
+                        if not line.strip():
+                            continue
+                        fields = line.split(maxsplit=1)
+                        utt_id = fields[0]
+                        if utt_id in texts:
+                            skipped.skip(utt_id, f"{path}:{lineno}", "duplicate utterance id")
+                            continue
+                        texts[utt_id] = (" ".join(fields[1].split()) if len(fields) > 1 else "",
+                                         f"{path}:{lineno}")
+    rows = []
+    for utt_id in tqdm(sorted(set(audio) | set(texts)), desc=f"{CORPUS} {split}", unit="file"):
+        text, where = texts.get(utt_id, (None, None))
+        row = whole_file_row(utt_id, audio.get(utt_id), utt_id.split("-")[0], text, skipped,
+                             source=where)
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def prepare_librispeech(data_folder, save_folder, splits=SPLITS, seed=None):
+    """Write one manifest per LibriSpeech split into ``save_folder``.
+
+    Arguments
+    ---------
+    data_folder : str
+        The ``LibriSpeech`` folder or its parent.
+    save_folder : str
+        Where ``test_clean.csv``, ``test_other.csv`` (one ``<split>.csv`` per split, ``-``
+        written ``_``), ``skipped.csv`` and ``prep_options.json`` go.
+    splits : sequence of str
+        LibriSpeech split folders to prepare (default test-clean and test-other).
+    seed : ignored
+        Accepted for a uniform signature; nothing is random here.
+
+    Returns the summary ``{manifest: (utterances, hours)}``, or None when ``save_folder``
+    already holds manifests prepared with the same options.
+    """
+    splits = list(dict.fromkeys(splits))
+    if not splits:
+        raise ValueError("splits is empty")
+    manifests = [manifest_name(s) for s in splits]
+    options = {
+        "corpus": CORPUS,
+        "format": FORMAT_VERSION,
+        "data_folder": os.path.abspath(data_folder),
+        "splits": splits,
+    }
+    if already_prepared(save_folder, manifests, options):
+        logger.info("%s already prepared in %s with the same options", CORPUS, save_folder)
+        return None
+    root = find_root(data_folder, splits)
+    skipped = SkipLog()
+    out = {}
+    for split, name in zip(splits, manifests):
+        out[name] = _read_split(os.path.join(root, split), split, skipped)
+    return finish(save_folder, out, skipped, options, CORPUS)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Prepare LibriSpeech manifests (default test-clean and test-other -> "
+        "test_clean.csv, test_other.csv), the paper's forgetting sets."
+    )
+    parser.add_argument("--data_folder", required=True,
+                        help="the LibriSpeech folder or the folder holding it")
+    parser.add_argument("--save_folder", required=True, help="where the manifests are written")
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS),
+                        help="LibriSpeech split folders to prepare (default: %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = prepare_librispeech(args.data_folder, args.save_folder, splits=args.splits)
+    except (LayoutError, ValueError) as err:
+        parser.exit(2, f"error: {err}\n")
+    if summary is None:
+        print(f"already prepared with the same options: {args.save_folder}")
+    else:
+        print_summary(summary, skipped_counts(args.save_folder))
+
+
+if __name__ == "__main__":
+    main()

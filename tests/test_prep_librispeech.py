@@ -1,0 +1,188 @@
+"""LibriSpeech test-clean/test-other preparation on a miniature copy (16 kHz FLAC)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from prep_fixtures_b import (
+    by_id,
+    check_manifest_rows,
+    load_with_speechbrain,
+    read_csv,
+    samples,
+    stamps,
+    truncate,
+    write_audio,
+    write_text,
+)
+
+from aode.text import normalize_words
+from data_prep.common import LayoutError
+from data_prep.librispeech import main, manifest_name, prepare_librispeech
+
+RATE = 16000
+REPO = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))
+MANIFESTS = ("test_clean.csv", "test_other.csv")
+# split -> speaker -> chapter -> utterance numbers
+LAYOUT = {
+    "test-clean": {"1089": {"134686": [0, 1, 2]}, "121": {"121726": [0, 5]}},
+    "test-other": {"1688": {"142285": [0, 1]}, "2033": {"164914": [3], "164915": [7]}},
+}
+
+
+def build_librispeech(parent):
+    """Write ``parent/LibriSpeech/{test-clean,test-other}``; returns expected rows per split."""
+    root = os.path.join(parent, "LibriSpeech")
+    expected = {}
+    i = 0
+    for split, speakers in LAYOUT.items():
+        expected[split] = {}
+        for spk, chapters in speakers.items():
+            for chapter, utts in chapters.items():
+                folder = os.path.join(root, split, spk, chapter)
+                lines = []
+                for n in utts:
+                    utt_id = f"{spk}-{chapter}-{n:04d}"
+                    text = samples()[i % 10]["wrd"]
+                    if i == 1:
+                        text = "I DON'T KNOW WHAT YOU'VE DONE"
+                    wav = os.path.join(folder, utt_id + ".flac")
+                    duration = write_audio(wav, i, RATE)
+                    lines.append(f"{utt_id} {text}")
+                    expected[split][utt_id] = {"duration": duration, "wav": wav, "spk_id": spk,
+                                               "wrd_raw": text, "wrd": normalize_words(text)}
+                    i += 1
+                write_text(os.path.join(folder, f"{spk}-{chapter}.trans.txt"),
+                           "\n".join(lines) + "\n")
+    # defects, all in test-other/1688/142285
+    folder = os.path.join(root, "test-other", "1688", "142285")
+    trans = os.path.join(folder, "1688-142285.trans.txt")
+    write_audio(os.path.join(folder, "1688-142285-0009.flac"), 2, RATE)
+    truncate(os.path.join(folder, "1688-142285-0009.flac"))
+    write_audio(os.path.join(folder, "1688-142285-0010.flac"), 3, RATE)  # no transcript line
+    write_audio(os.path.join(folder, "1688-142285-0011.flac"), 4, RATE)
+    with open(trans, "a", encoding="utf-8") as f:
+        f.write("1688-142285-0009 A TRUNCATED FILE\n")
+        f.write("1688-142285-0012 NO AUDIO FOR THIS LINE\n")
+        f.write("1688-142285-0011\n")  # id without text
+    return expected
+
+
+SKIPPED = {
+    "1688-142285-0009": "unreadable audio",
+    "1688-142285-0010": "audio without transcript",
+    "1688-142285-0012": "transcript without audio",
+    "1688-142285-0011": "empty text after cleaning",
+}
+
+
+@pytest.fixture
+def libri(tmp_path):
+    parent = str(tmp_path / "corpora")
+    return parent, str(tmp_path / "prepared"), build_librispeech(parent)
+
+
+def test_manifests_row_by_row(libri):
+    parent, save, expected = libri
+    summary = prepare_librispeech(parent, save)
+    assert set(summary) == set(MANIFESTS)
+    for split in LAYOUT:
+        rows = read_csv(os.path.join(save, manifest_name(split)))
+        check_manifest_rows(rows, expected[split])
+        assert summary[manifest_name(split)][0] == len(rows)
+    clean = by_id(read_csv(os.path.join(save, "test_clean.csv")))
+    assert clean["1089-134686-0001"]["wrd_raw"] == "I DON'T KNOW WHAT YOU'VE DONE"
+    assert clean["1089-134686-0001"]["wrd"] == "i don't know what you've done"
+    assert clean["1089-134686-0000"]["wrd"] == "the child almost hurt the small dog"
+    assert {r["spk_id"] for r in clean.values()} == {"1089", "121"}
+    assert not os.path.exists(os.path.join(save, "train.csv"))
+
+
+def test_defects_are_skipped_with_reasons(libri):
+    parent, save, _ = libri
+    prepare_librispeech(parent, save)
+    skipped = {row["ID"]: row for row in read_csv(os.path.join(save, "skipped.csv"))}
+    assert set(skipped) == set(SKIPPED)
+    for utt_id, reason in SKIPPED.items():
+        assert skipped[utt_id]["reason"].startswith(reason), (utt_id, skipped[utt_id])
+    assert skipped["1688-142285-0012"]["file"].endswith("1688-142285.trans.txt:4")
+    ids = {r["ID"] for r in read_csv(os.path.join(save, "test_other.csv"))}
+    assert not ids & set(SKIPPED)
+
+
+def test_data_folder_may_be_the_librispeech_folder(libri):
+    parent, save, expected = libri
+    prepare_librispeech(os.path.join(parent, "LibriSpeech"), save)
+    check_manifest_rows(read_csv(os.path.join(save, "test_clean.csv")), expected["test-clean"])
+
+
+def test_splits_option(libri):
+    parent, save, expected = libri
+    summary = prepare_librispeech(parent, save, splits=["test-clean"])
+    assert list(summary) == ["test_clean.csv"]
+    assert not os.path.exists(os.path.join(save, "test_other.csv"))
+    check_manifest_rows(read_csv(os.path.join(save, "test_clean.csv")), expected["test-clean"])
+    with pytest.raises(LayoutError, match="dev-clean"):
+        prepare_librispeech(parent, save, splits=["dev-clean"])
+
+
+def test_layout_errors(tmp_path):
+    with pytest.raises(LayoutError, match="does not exist"):
+        prepare_librispeech(str(tmp_path / "nowhere"), str(tmp_path / "out"))
+    parent = tmp_path / "dl"
+    (parent / "LibriSpeech" / "test-clean").mkdir(parents=True)
+    (parent / "test-other.tar.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(LayoutError) as err:
+        prepare_librispeech(str(parent), str(tmp_path / "out"))
+    message = str(err.value)
+    assert "LibriSpeech/test-other/<spk>/<chapter>/" in message
+    assert "missing: test-other" in message
+    assert str(parent) in message
+    assert "extract test-other.tar.gz" in message
+    assert not os.path.exists(tmp_path / "out" / "test_clean.csv")
+
+
+def test_skip_when_prepared_and_redo_when_options_change(libri):
+    parent, save, _ = libri
+    assert prepare_librispeech(parent, save) is not None
+    before = stamps(save, MANIFESTS)
+    assert prepare_librispeech(parent, save) is None
+    assert stamps(save, MANIFESTS) == before
+    prepare_librispeech(parent, save, splits=["test-other", "test-clean"])
+    after = stamps(save, MANIFESTS)
+    assert all(after[name] != before[name] for name in before)
+    with open(os.path.join(save, "prep_options.json")) as f:
+        assert json.load(f)["splits"] == ["test-other", "test-clean"]
+
+
+def test_manifests_load_in_speechbrain(libri):
+    parent, save, expected = libri
+    prepare_librispeech(parent, save)
+    for split in LAYOUT:
+        items = load_with_speechbrain(os.path.join(save, manifest_name(split)))
+        assert sorted(item["id"] for item in items) == sorted(expected[split])
+        for item in items:
+            assert item["wav"].endswith(".flac") and os.path.isfile(item["wav"])
+            assert abs(float(item["duration"]) - expected[split][item["id"]]["duration"]) < 1e-3
+
+
+def test_command_line(libri, capsys):
+    parent, save, expected = libri
+    main(["--data_folder", parent, "--save_folder", save, "--splits", "test-other"])
+    out = capsys.readouterr().out
+    assert f"test_other.csv: {len(expected['test-other'])} utterances" in out
+    assert "test_clean.csv" not in out
+    assert "skipped 1: transcript without audio" in out
+    with pytest.raises(SystemExit) as exit_:
+        main(["--data_folder", parent + "_missing", "--save_folder", save + "2"])
+    assert exit_.value.code == 2
+
+
+def test_runs_as_a_script():
+    result = subprocess.run([sys.executable, "data_prep/librispeech.py", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for option in ("--data_folder", "--save_folder", "--splits"):
+        assert option in result.stdout
