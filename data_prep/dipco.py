@@ -1,0 +1,404 @@
+"""DiPCo data preparation (Amazon Dinner Party Corpus, CDLA-Permissive).
+
+What the paper did (Plantinga et al., SLT 2024, Table VI): Whisper small.en fine-tuned on
+DiPCo with the audio = the sum of the close-talk microphones, segments of at most 30 s; it
+reports 2.7 h of dev and 3.4 h of test (DiPCo's official dev and eval parts). DiPCo has no
+training part and the paper does not say how it split dev for training and validation.
+
+Our split (documented choice):
+
+* train = the dev sessions (S02 S04 S05 S09 S10) except ``n_valid_sessions`` (default 1)
+  session(s) picked with ``seed``;
+* valid = those held-out dev session(s) (``n_valid_sessions=0``: an empty valid.csv);
+* test = every eval session (S01 S03 S06 S07 S08), as in the paper.
+
+A participant may appear in several sessions, hence possibly in train and valid.
+
+Layout: ``audio/{dev,eval}/<session>_<Pxx>.wav`` (close-talk, one per participant, 16 kHz;
+the far-field ``<session>_Uxx.CHy.wav`` files are ignored) and
+``transcriptions/{dev,eval}/<session>.json`` (optionally under one more folder, e.g. the
+tarball's ``Dipco/``). Each JSON is a list of utterances with ``session_id``, ``speaker_id``,
+``words``, ``start_time``/``end_time`` dicts keyed by ``"close-talk"``, ``"U01"``.. holding
+``"HH:MM:SS.ff"`` strings; the close-talk times are used.
+
+Audio (option ``channel``):
+
+* ``"sum"`` (default, the paper's): the sum of ALL the session's close-talk microphones. The
+  ``wav`` field joins their paths with :data:`aode.manifest.WAV_SEPARATOR` and the loader
+  sums them sample by sample, so no second copy of the corpus is written.
+* ``"own"``: only the speaker's own close-talk microphone.
+
+Text (:func:`clean_words`): utterances containing ``[redacted]`` are dropped,
+``[inaudible ...]`` tags removed, ``mm-`` -> ``mm``, every other ``[...]`` tag removed as a
+non-word.
+
+Segments: one utterance each by default; an utterance longer than ``max_segment_seconds``
+(30) is skipped with a reason. With ``merge_consecutive``, consecutive utterances of one
+speaker in a session (ordered by start time) are merged up to ``max_segment_seconds``.
+Skipped with a reason in ``skipped.csv``: ``[redacted]``, empty text after cleaning, an
+impossible or unparsable time, too long, past the end of the audio, missing or
+unreadable/truncated audio, an unreadable transcription file.
+"""
+
+import argparse
+import collections
+import csv
+import glob
+import json
+import logging
+import os
+import random
+import re
+import sys
+
+if __name__ == "__main__":  # run as a script: make the repository's packages importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tqdm import tqdm
+
+from aode.manifest import WAV_SEPARATOR, read_manifest
+from aode.text import normalize_words
+from data_prep.common import (
+    SKIPPED_FILE,
+    LayoutError,
+    SkipLog,
+    already_prepared,
+    audio_info,
+    finish,
+    print_summary,
+    require,
+)
+
+logger = logging.getLogger(__name__)
+
+MANIFESTS = ("train.csv", "valid.csv", "test.csv")
+CHANNELS = ("sum", "own")
+PREP_VERSION = 1
+END_TOLERANCE = 0.05  # seconds an utterance may end past its audio (clipped)
+
+_REDACTED = re.compile(r"\[\s*redacted\s*\]", re.I)
+_INAUDIBLE = re.compile(r"\[\s*inaudible[^\]]*\]", re.I)
+_TAG = re.compile(r"\[[^\]]*\]")
+_MM = re.compile(r"(?<![\w'-])(mm)-(?![\w'])", re.I)
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
+_LEADING_PUNCT = re.compile(r"^[\s,.;:!?-]+")
+_CLOSE_TALK = re.compile(r"^(S\d+)_(P\d+)\.wav$", re.I)
+_TIME = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")
+
+
+def has_redacted(words):
+    """True when the utterance holds a ``[redacted]`` tag (such utterances are dropped)."""
+    return bool(_REDACTED.search(words))
+
+
+def clean_words(words):
+    """DiPCo ``words`` -> cleaned text with casing and punctuation ('' if no words left).
+
+    >>> clean_words("Mm- yeah [laugh] it was [inaudible 0:12] good.")
+    'Mm yeah it was good.'
+    """
+    text = _INAUDIBLE.sub(" ", words)
+    text = _TAG.sub(" ", text)
+    text = _MM.sub(lambda m: m.group(1), text)
+    text = " ".join(text.split())
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+    text = _LEADING_PUNCT.sub("", text)
+    return text if normalize_words(text) else ""
+
+
+def parse_time(value):
+    """Seconds from DiPCo's ``"HH:MM:SS.ff"``; ValueError if malformed."""
+    match = _TIME.match(str(value).strip())
+    if not match:
+        raise ValueError(f"bad time {value!r}")
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def find_root(data_folder):
+    """The folder holding ``audio/`` and ``transcriptions/`` (``data_folder`` or one
+    subfolder of it), or raise :class:`LayoutError`."""
+    require(os.path.isdir(data_folder), f"DiPCo data_folder {data_folder!r} does not exist")
+    candidates = [data_folder] + sorted(
+        os.path.join(data_folder, d) for d in os.listdir(data_folder)
+        if os.path.isdir(os.path.join(data_folder, d))
+    )
+    for root in candidates:
+        if all(os.path.isdir(os.path.join(root, part, split))
+               for part in ("audio", "transcriptions") for split in ("dev", "eval")):
+            return root
+    raise LayoutError(
+        f"no DiPCo layout under {data_folder!r}: expected audio/{{dev,eval}}/<session>_<Pxx>.wav "
+        "and transcriptions/{dev,eval}/<session>.json (in the data folder or one folder below "
+        "it, e.g. Dipco/)"
+    )
+
+
+def _ms(seconds):
+    return int(round(seconds * 1000))
+
+
+def session_segments(root, split, session, channel, max_segment_seconds, merge_consecutive,
+                     skipped):
+    """Manifest rows of one session; every dropped utterance goes to ``skipped``."""
+    json_path = os.path.join(root, "transcriptions", split, session + ".json")
+    audio_dir = os.path.join(root, "audio", split)
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            utterances = json.load(f)
+        if not isinstance(utterances, list):
+            raise ValueError("not a list of utterances")
+    except (OSError, ValueError) as err:
+        skipped.skip(session, json_path, f"unreadable transcription ({err})")
+        return []
+
+    mics = {}
+    for path in sorted(glob.glob(os.path.join(audio_dir, session + "_*.wav"))):
+        match = _CLOSE_TALK.match(os.path.basename(path))
+        if match and match.group(1) == session:
+            mics[match.group(2)] = os.path.abspath(path)
+    infos = {}
+    for spk, path in mics.items():
+        try:
+            infos[spk] = audio_info(path)[0]
+        except ValueError as err:
+            infos[spk] = err
+
+    def audio_for(speaker):
+        """``(wav field, duration, None)``, or ``(file, None, reason)`` when unusable."""
+        if channel == "own":
+            path = mics.get(speaker)
+            if path is None:
+                missing = os.path.join(audio_dir, f"{session}_{speaker}.wav")
+                return missing, None, "close-talk audio file missing"
+            if isinstance(infos[speaker], ValueError):
+                return path, None, str(infos[speaker])
+            return path, infos[speaker], None
+        if not mics:
+            return os.path.join(audio_dir, f"{session}_P*.wav"), None, \
+                "no close-talk audio file for the session"
+        for spk, info in infos.items():
+            if isinstance(info, ValueError):
+                return mics[spk], None, f"{info} (one of the summed close-talk files)"
+        return WAV_SEPARATOR.join(mics.values()), min(infos.values()), None
+
+    items = []  # in transcription order; None where an utterance was skipped
+    for index, utt in enumerate(utterances):
+        speaker = str(utt.get("speaker_id", "unknown")) if isinstance(utt, dict) else "unknown"
+        uid = f"{session}_{speaker}_{index:04d}"
+        if not isinstance(utt, dict):
+            skipped.skip(uid, json_path, "malformed utterance entry")
+            items.append(None)
+            continue
+        try:
+            start = parse_time(utt["start_time"]["close-talk"])
+            stop = parse_time(utt["end_time"]["close-talk"])
+        except (KeyError, TypeError, ValueError) as err:
+            skipped.skip(uid, json_path, f"impossible time (no close-talk time: {err})")
+            items.append(None)
+            continue
+        uid = f"{session}_{speaker}_{_ms(start):08d}_{_ms(stop):08d}"
+        wav, duration, reason = audio_for(speaker)
+        words = str(utt.get("words", ""))
+        text = clean_words(words)
+        if reason is not None:
+            pass
+        elif stop <= start:
+            reason = f"impossible time ({start:.2f} s to {stop:.2f} s)"
+        elif stop - start > max_segment_seconds:
+            reason = f"utterance longer than max_segment_seconds={max_segment_seconds}"
+        elif stop > duration + END_TOLERANCE:
+            reason = f"runs past the end of its audio ({stop:.2f} s > {duration:.2f} s)"
+        elif has_redacted(words):
+            reason = "contains [redacted]"
+        elif not text:
+            reason = "empty text after cleaning"
+        if reason is not None:
+            skipped.skip(uid, wav, reason)
+            items.append(None)
+            continue
+        items.append({"ID": uid, "speaker": speaker, "start": start,
+                      "stop": min(stop, duration), "wav": wav, "text": text})
+
+    if merge_consecutive:
+        # transcription order; a skipped utterance (None) ends the current segment
+        merged, current = [], None
+        for item in items:
+            if (item is not None and current is not None
+                    and item["speaker"] == current["speaker"]
+                    and max(item["stop"], current["stop"]) - min(item["start"], current["start"])
+                    <= max_segment_seconds):
+                current["start"] = min(item["start"], current["start"])
+                current["stop"] = max(item["stop"], current["stop"])
+                current["text"] += " " + item["text"]
+                current["ID"] = (f"{session}_{current['speaker']}_{_ms(current['start']):08d}"
+                                 f"_{_ms(current['stop']):08d}")
+                continue
+            if current is not None:
+                merged.append(current)
+            current = dict(item) if item is not None else None
+        if current is not None:
+            merged.append(current)
+        items = merged
+
+    rows, seen = [], collections.Counter()
+    for item in items:
+        if item is None:
+            continue
+        uid = item["ID"]
+        seen[uid] += 1
+        if seen[uid] > 1:
+            uid = f"{uid}_{seen[uid]}"
+        rows.append({
+            "ID": uid,
+            "duration": item["stop"] - item["start"],
+            "wav": item["wav"],
+            "start": item["start"],
+            "stop": item["stop"],
+            "spk_id": item["speaker"],
+            "wrd": normalize_words(item["text"]),
+            "wrd_raw": item["text"],
+        })
+    return rows
+
+
+def list_sessions(root, split):
+    """Session ids (``S02``..) with a transcription file in ``split`` (dev or eval)."""
+    folder = os.path.join(root, "transcriptions", split)
+    return sorted(os.path.splitext(n)[0] for n in os.listdir(folder) if n.endswith(".json"))
+
+
+def prepare_dipco(
+    data_folder,
+    save_folder,
+    channel="sum",
+    max_segment_seconds=30.0,
+    merge_consecutive=False,
+    n_valid_sessions=1,
+    seed=1234,
+):
+    """Write DiPCo's ``train.csv``, ``valid.csv``, ``test.csv`` in ``save_folder``.
+
+    Paper: close-talk sum, segments <= 30 s, dev 2.7 h / test (eval) 3.4 h. Here train = dev
+    sessions minus ``n_valid_sessions`` seeded ones (valid), test = eval (module docstring).
+
+    Arguments
+    ---------
+    data_folder : str
+        The unpacked corpus (the folder with ``audio/`` and ``transcriptions/``, or its parent).
+    save_folder : str
+        Where the manifests go.
+    channel : "sum" or "own"
+        Sum of all the session's close-talk mics (paper) or only the speaker's own mic.
+    max_segment_seconds : float
+        Longest segment; longer utterances are skipped with a reason.
+    merge_consecutive : bool
+        Merge consecutive utterances of one speaker up to ``max_segment_seconds``.
+    n_valid_sessions : int
+        Dev sessions held out (seeded) for validation.
+    seed : int
+        Seed of the session pick.
+
+    Returns the summary ``{manifest: (utterances, hours)}``, or None when ``save_folder``
+    was already prepared with the same options.
+    """
+    if channel not in CHANNELS:
+        raise ValueError(f"channel must be one of {CHANNELS}, not {channel!r}")
+    options = {
+        "corpus": "dipco",
+        "prep_version": PREP_VERSION,
+        "data_folder": os.path.abspath(data_folder),
+        "channel": channel,
+        "max_segment_seconds": float(max_segment_seconds),
+        "merge_consecutive": bool(merge_consecutive),
+        "n_valid_sessions": int(n_valid_sessions),
+        "seed": seed,
+    }
+    if already_prepared(save_folder, MANIFESTS, options):
+        logger.info("DiPCo already prepared in %s, skipping", save_folder)
+        return None
+    if max_segment_seconds <= 0 or n_valid_sessions < 0:
+        raise ValueError("max_segment_seconds must be positive, n_valid_sessions not negative")
+
+    root = find_root(data_folder)
+    dev = list_sessions(root, "dev")
+    test_sessions = list_sessions(root, "eval")
+    require(dev and test_sessions,
+            f"DiPCo under {root!r} lacks session files: expected "
+            "transcriptions/dev/<session>.json and transcriptions/eval/<session>.json "
+            f"(found dev: {dev}, eval: {test_sessions})")
+    if len(dev) <= n_valid_sessions:
+        raise ValueError(f"DiPCo: {len(dev)} dev sessions ({dev}), too few for "
+                         f"n_valid_sessions={n_valid_sessions} plus training")
+    order = list(dev)
+    random.Random(seed).shuffle(order)
+    valid_sessions = sorted(order[:n_valid_sessions])
+    train_sessions = sorted(order[n_valid_sessions:])
+    logger.info("DiPCo train sessions %s, valid %s, test %s", train_sessions, valid_sessions,
+                test_sessions)
+
+    skipped = SkipLog()
+    splits = {"train.csv": [], "valid.csv": [], "test.csv": []}
+    jobs = ([("train.csv", "dev", s) for s in train_sessions]
+            + [("valid.csv", "dev", s) for s in valid_sessions]
+            + [("test.csv", "eval", s) for s in test_sessions])
+    for name, split, session in tqdm(jobs, desc="DiPCo", unit="session"):
+        splits[name].extend(session_segments(root, split, session, channel,
+                                             max_segment_seconds, merge_consecutive, skipped))
+    return finish(save_folder, splits, skipped, options, "DiPCo")
+
+
+def summary_from_disk(save_folder):
+    """``({manifest: (utterances, hours)}, {reason: count})`` read back from ``save_folder``."""
+    summary = {}
+    for name in MANIFESTS:
+        rows = read_manifest(os.path.join(save_folder, name))
+        summary[name] = (len(rows), sum(float(r["duration"]) for r in rows) / 3600)
+    counts = collections.Counter()
+    path = os.path.join(save_folder, SKIPPED_FILE)
+    if os.path.isfile(path):
+        with open(path, newline="", encoding="utf-8") as f:
+            counts.update(row["reason"] for row in csv.DictReader(f))
+    return summary, counts
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Prepare DiPCo manifests (train/valid/test CSVs) for AoDE. Train = dev "
+        "sessions minus the held-out valid session(s); test = eval (the paper's test).",
+    )
+    parser.add_argument("--data_folder", required=True,
+                        help="unpacked DiPCo (the folder with audio/ and transcriptions/, "
+                        "or its parent)")
+    parser.add_argument("--save_folder", required=True, help="where the manifests are written")
+    parser.add_argument("--channel", choices=CHANNELS, default="sum",
+                        help="'sum': all the session's close-talk mics summed at load time "
+                        "(paper, default); 'own': the speaker's own close-talk mic")
+    parser.add_argument("--max_segment_seconds", type=float, default=30.0,
+                        help="longest segment; longer utterances are skipped (default 30)")
+    parser.add_argument("--merge_consecutive", action="store_true",
+                        help="merge consecutive utterances of one speaker up to "
+                        "--max_segment_seconds (default: one utterance per segment)")
+    parser.add_argument("--n_valid_sessions", type=int, default=1,
+                        help="dev sessions held out for validation (default 1)")
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the session pick")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = prepare_dipco(
+            args.data_folder, args.save_folder, channel=args.channel,
+            max_segment_seconds=args.max_segment_seconds,
+            merge_consecutive=args.merge_consecutive, n_valid_sessions=args.n_valid_sessions,
+            seed=args.seed,
+        )
+    except (LayoutError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if result is None:
+        print(f"already prepared with the same options: {args.save_folder}")
+    print_summary(*summary_from_disk(args.save_folder))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
