@@ -1,0 +1,163 @@
+"""The one Brain every recipe uses: forward, loss, decoding, metrics, checkpoint policy.
+
+* compute_forward / compute_objectives for both families (:mod:`aode.models`).
+* LLRD parameter groups in one optimizer (:mod:`aode.llrd`), STLR applied to each
+  group's own rate before every step (:mod:`aode.schedule`).
+* Gradient clipping over every group (SpeechBrain's ``optimizers_step`` clips only
+  ``param_groups[0]``).
+* WER and CER after one scoring normaliser (:mod:`aode.text`), checkpoints kept by best
+  dev WER (plus the most recent, for resuming), per-utterance outputs at evaluation.
+"""
+
+import csv
+import logging
+import os
+
+import speechbrain as sb
+import torch
+
+from aode.llrd import llrd_param_groups
+from aode.text import get_normalizer
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap(module):
+    return getattr(module, "module", module)
+
+
+class ASRBrain(sb.Brain):
+    """Brain for ``WhisperASR`` and ``CTCASR`` (``modules={"model": ...}``).
+
+    hparams used (all optional except where training needs them): ``lr``,
+    ``llrd_alpha``, ``llrd_mode``, ``weight_decay``, ``adam_betas``, ``scheduler``
+    (an :class:`aode.schedule.STLR`), ``normalizer``, ``train_logger``,
+    ``utterance_output`` (CSV path written at TEST).
+    """
+
+    @property
+    def asr(self):
+        return unwrap(self.modules.model)
+
+    def _hp(self, name, default=None):
+        return getattr(self.hparams, name, default)
+
+    # ------------------------------------------------------------------ forward / loss
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        if self.asr.family == "whisper":
+            tokens_bos, _ = batch.tokens_bos
+            return self.modules.model(wavs, wav_lens, tokens_bos)
+        return self.modules.model(wavs, wav_lens)
+
+    def compute_objectives(self, predictions, batch, stage):
+        if self.asr.family == "whisper":
+            tokens, lens = batch.tokens_eos
+        else:
+            tokens, lens = batch.tokens
+        loss = self.asr.loss(predictions, tokens, lens)
+        if stage != sb.Stage.TRAIN:
+            wavs, wav_lens = batch.sig
+            if self.asr.family == "whisper":
+                hyps = self.asr.transcribe(wavs, wav_lens, encoder_out=predictions["encoder_out"])
+            else:
+                hyps = self.asr.transcribe(wavs, wav_lens, outputs=predictions)
+            self._score(batch.id, hyps, batch.text)
+        return loss
+
+    def _score(self, ids, hyps, refs):
+        norm = self._normalize
+        hyp_words = [norm(h).split() for h in hyps]
+        ref_words = [norm(r).split() for r in refs]
+        self.wer_metric.append(ids, hyp_words, ref_words)
+        self.cer_metric.append(ids, [" ".join(w) for w in hyp_words], [" ".join(w) for w in ref_words])
+        for utt, hyp, ref in zip(ids, hyps, refs):
+            self.utterances.append({"ID": utt, "ref": ref, "hyp": hyp})
+
+    # ------------------------------------------------------------------ stages
+    def on_stage_start(self, stage, epoch=None):
+        if stage != sb.Stage.TRAIN:
+            self._normalize = get_normalizer(self._hp("normalizer", "whisper"))
+            self.wer_metric = sb.utils.metric_stats.ErrorRateStats()
+            self.cer_metric = sb.utils.metric_stats.ErrorRateStats(split_tokens=True)
+            self.utterances = []
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        stats = {"loss": stage_loss}
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+            return
+        stats["WER"] = self.wer_metric.summarize("error_rate")
+        stats["CER"] = self.cer_metric.summarize("error_rate")
+        self.last_stats = stats
+        train_logger = self._hp("train_logger")
+        if stage == sb.Stage.VALID:
+            lrs = {"lr_top": max(g["lr"] for g in self.optimizer.param_groups)} if self.optimizer else {}
+            if train_logger is not None:
+                train_logger.log_stats({"epoch": epoch, **lrs}, train_stats=getattr(self, "train_stats", None),
+                                       valid_stats=stats)
+            if self.checkpointer is not None:
+                self.checkpointer.save_and_keep_only(meta={"WER": stats["WER"]}, min_keys=["WER"])
+        elif stage == sb.Stage.TEST:
+            if train_logger is not None:
+                train_logger.log_stats({"Epoch loaded": self.hparams.epoch_counter.current}
+                                       if self._hp("epoch_counter") else {}, test_stats=stats)
+            path = self._hp("utterance_output")
+            if path and sb.utils.distributed.if_main_process():
+                self.write_utterances(path)
+
+    def write_utterances(self, path):
+        """Per-utterance reference, hypothesis and word errors, plus SpeechBrain's alignment file."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+        per_utt = {s["key"]: s for s in self.wer_metric.scores}
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["ID", "errors", "words", "ref", "hyp"])
+            writer.writeheader()
+            for row in self.utterances:
+                score = per_utt.get(row["ID"], {})
+                writer.writerow({"ID": row["ID"], "errors": score.get("num_edits", ""),
+                                 "words": score.get("num_ref_tokens", ""), "ref": row["ref"], "hyp": row["hyp"]})
+        with open(os.path.splitext(path)[0] + "_alignments.txt", "w", encoding="utf-8") as f:
+            self.wer_metric.write_stats(f)
+
+    # ------------------------------------------------------------------ optimisation
+    def init_optimizers(self):
+        """One AdamW over LLRD parameter groups (paper III-A)."""
+        groups = llrd_param_groups(
+            self.modules.named_parameters(), lr=self._hp("lr", 1e-5), alpha=self._hp("llrd_alpha", 1.0),
+            mode=self._hp("llrd_mode", "paper"), weight_decay=self._hp("weight_decay", 0.0),
+        )
+        for group in groups:
+            logger.debug("group %s: lr scale %.4g, %d tensors", group["name"], group["lr_scale"], len(group["params"]))
+        self.optimizer = torch.optim.AdamW(groups, betas=tuple(self._hp("adam_betas", (0.9, 0.98))))
+        self.optimizers_dict = {"optimizer": self.optimizer}
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    def on_fit_batch_start(self, batch, should_step):
+        scheduler = self._hp("scheduler")
+        if scheduler is not None:
+            scheduler.apply(self.optimizer)
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        scheduler = self._hp("scheduler")
+        if should_step and scheduler is not None:
+            scheduler.current_step += 1
+
+    def optimizers_step(self):
+        """SpeechBrain's step, but clipping the gradient norm over EVERY parameter group."""
+        optimizers = list(self.freeze_optimizers(self.optimizers_dict).values())
+        for opt in optimizers:
+            self.scaler.unscale_(opt)
+        params = [p for opt in optimizers for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if self.max_grad_norm and params:
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        if not self.scaler.is_enabled() and self.skip_nonfinite_grads:
+            self.check_gradients()
+        for opt in optimizers:
+            self.scaler.step(opt)
+        self.scaler.update()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        self.optimizer_step += 1

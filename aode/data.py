@@ -1,0 +1,145 @@
+"""The shared data pipeline: manifest -> DynamicItemDataset with 16 kHz mono audio.
+
+A row's audio is its ``wav`` file(s) from ``start`` to ``stop`` seconds, read at the
+file's own rate with soundfile, channels averaged to mono, files of a multi-file row
+(``aode.manifest.WAV_SEPARATOR``) summed sample by sample (DiPCo's close-talk sum), and
+resampled to 16 kHz. No rate is assumed: it is read from each file.
+"""
+
+import csv
+import functools
+import logging
+import os
+
+import soundfile as sf
+import speechbrain as sb
+import torch
+import torchaudio
+
+from aode.manifest import MANIFEST_COLUMNS, split_wav_field
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig, new):
+    return torchaudio.transforms.Resample(orig, new)
+
+
+def read_audio_segment(wav, start=0.0, stop=None, sample_rate=SAMPLE_RATE):
+    """Float32 mono tensor of ``wav`` (one path or several joined by the separator) from
+    ``start`` to ``stop`` seconds, at ``sample_rate``."""
+    signals = []
+    for path in split_wav_field(wav):
+        info = sf.info(path)
+        first = int(round(float(start) * info.samplerate))
+        last = info.frames if stop is None else int(round(float(stop) * info.samplerate))
+        if first < 0 or last > info.frames + 1 or last <= first:
+            raise ValueError(
+                f"segment {start}-{stop} s is outside {path} ({info.frames / info.samplerate:.3f} s)"
+            )
+        data, rate = sf.read(path, start=first, stop=min(last, info.frames), dtype="float32",
+                             always_2d=True)
+        signal = torch.from_numpy(data).mean(dim=1)
+        if rate != sample_rate:
+            signal = _resampler(rate, sample_rate)(signal.unsqueeze(0)).squeeze(0)
+        signals.append(signal)
+    if not signals:
+        raise ValueError(f"no audio file in wav field {wav!r}")
+    length = max(len(s) for s in signals)
+    mixed = torch.zeros(length)
+    for signal in signals:
+        mixed[: len(signal)] += signal
+    return mixed
+
+
+def check_manifest(path, check_audio=True):
+    """Rows of a manifest whose audio is readable, and the (ID, reason) of the others.
+
+    Raises a clear error for a missing or empty manifest or missing columns.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"manifest not found: {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"manifest {path} lacks columns {missing}")
+        rows = list(reader)
+    if not rows:
+        raise ValueError(f"manifest {path} has no rows")
+    bad = []
+    if check_audio:
+        for row in rows:
+            for file in split_wav_field(row["wav"]):
+                try:
+                    info = sf.info(file)
+                    if float(row["stop"]) > info.frames / info.samplerate + 0.05:
+                        raise ValueError("segment runs past the end of the audio")
+                except Exception as err:  # soundfile raises several types
+                    bad.append((row["ID"], f"{file}: {err}"))
+                    break
+    return rows, bad
+
+
+def make_dataset(path, model, hparams, check_audio=True, skip_log=None):
+    """A ``DynamicItemDataset`` from a manifest with ``sig`` and the model's text items.
+
+    Unreadable rows are dropped, counted and (with ``skip_log``) appended to that CSV.
+    """
+    rows, bad = check_manifest(path, check_audio)
+    if bad:
+        logger.warning("%s: skipping %d of %d rows with unreadable audio (first: %s)",
+                       path, len(bad), len(rows), bad[0])
+        if skip_log:
+            new = not os.path.exists(skip_log)
+            with open(skip_log, "a", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                if new:
+                    writer.writerow(["manifest", "ID", "reason"])
+                writer.writerows([path, i, r] for i, r in bad)
+    bad_ids = {i for i, _ in bad}
+    data = {r["ID"]: {k: v for k, v in r.items() if k != "ID"} for r in rows if r["ID"] not in bad_ids}
+    if not data:
+        raise ValueError(f"manifest {path}: no readable rows")
+    for entry in data.values():
+        entry["duration"] = float(entry["duration"])
+    dataset = sb.dataio.dataset.DynamicItemDataset(data)
+    add_pipelines(dataset, model)
+    max_duration = hparams.get("max_duration")
+    if max_duration:
+        dataset = dataset.filtered_sorted(key_max_value={"duration": float(max_duration)})
+    return dataset
+
+
+def add_pipelines(dataset, model):
+    """Audio (``sig``) and text (``text``, ``tokens``... per model family) pipelines."""
+
+    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav, start, stop):
+        return read_audio_segment(wav, float(start), float(stop))
+
+    if model.family == "whisper":
+        @sb.utils.data_pipeline.takes(model.text_field)
+        @sb.utils.data_pipeline.provides("text", "tokens_bos", "tokens_eos")
+        def text_pipeline(text):
+            yield text
+            bos, eos = model.encode_text(text)
+            yield bos
+            yield eos
+
+        keys = ["id", "sig", "text", "tokens_bos", "tokens_eos"]
+    else:
+        @sb.utils.data_pipeline.takes(model.text_field)
+        @sb.utils.data_pipeline.provides("text", "tokens")
+        def text_pipeline(text):
+            yield text
+            yield model.encode_text(text)
+
+        keys = ["id", "sig", "text", "tokens"]
+    dataset.add_dynamic_item(audio_pipeline)
+    dataset.add_dynamic_item(text_pipeline)
+    dataset.set_output_keys(keys)

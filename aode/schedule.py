@@ -1,0 +1,65 @@
+"""Slanted triangular learning rates (STLR, Howard & Ruder 2018; paper III-A).
+
+Linear warm-up to the peak at ``peak_fraction`` of the steps, then linear decay; the
+factor runs from ``1 / ratio`` to 1 and back. It multiplies each parameter group's own
+``initial_lr``, so LLRD's per-group ratios are the same at every step (SpeechBrain's
+schedulers write one rate into every group, which would erase them).
+"""
+
+import speechbrain as sb
+
+
+def stlr_factor(step, total_steps, peak_fraction=0.1, ratio=32.0):
+    """The STLR multiplier at optimizer step ``step`` (0-based) of ``total_steps``."""
+    if total_steps <= 0:
+        raise ValueError("STLR needs total_steps > 0")
+    if not 0 < peak_fraction < 1:
+        raise ValueError(f"peak_fraction must be in (0, 1), got {peak_fraction}")
+    cut = max(1, int(total_steps * peak_fraction))
+    t = min(step, total_steps)
+    if t < cut:
+        p = t / cut
+    else:
+        p = max(0.0, 1 - (t - cut) / max(1, total_steps - cut))
+    return (1 + p * (ratio - 1)) / ratio
+
+
+@sb.utils.checkpoints.register_checkpoint_hooks
+class STLR:
+    """Sets every group's ``lr`` to ``initial_lr * stlr_factor(step)``; checkpointable.
+
+    Call :meth:`step` once per optimizer step (the Brain does, after each update) and
+    :meth:`apply` before the first one.
+    """
+
+    def __init__(self, total_steps, peak_fraction=0.1, ratio=32.0):
+        self.total_steps = int(total_steps)
+        self.peak_fraction = peak_fraction
+        self.ratio = ratio
+        self.current_step = 0
+
+    def factor(self):
+        return stlr_factor(self.current_step, self.total_steps, self.peak_fraction, self.ratio)
+
+    def apply(self, optimizer):
+        factor = self.factor()
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        return factor
+
+    def step(self, optimizer):
+        self.current_step += 1
+        return self.apply(optimizer)
+
+    @sb.utils.checkpoints.mark_as_saver
+    def save(self, path):
+        import torch
+
+        torch.save({"current_step": self.current_step, "total_steps": self.total_steps}, path)
+
+    @sb.utils.checkpoints.mark_as_loader
+    def load(self, path, end_of_epoch=False):
+        import torch
+
+        state = torch.load(path, weights_only=True)
+        self.current_step = state["current_step"]

@@ -1,0 +1,193 @@
+"""Expert training shared by every recipe: prep -> model -> LLRD fine-tuning -> export.
+
+``recipes/<Corpus>/train.py`` only names its data preparation and calls :func:`main`.
+The hparams file holds scalars (see hparams/*.yaml); the objects (checkpointer, epoch
+counter, logger, scheduler) are built here so every recipe gets the same policy.
+"""
+
+import inspect
+import logging
+import math
+import os
+import sys
+
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+
+from aode.brain import ASRBrain
+from aode.data import make_dataset
+from aode.lora import add_lora, has_lora, merge_lora
+from aode.models import check_same_architecture, load_asr_model, load_config
+from aode.schedule import STLR
+
+logger = logging.getLogger(__name__)
+
+EXPERT_DIR = "expert"
+
+
+def load_hparams(argv, defaults=None):
+    """SpeechBrain-style: ``hparams.yaml [--key value ...]``; returns (hparams, run_opts,
+    file, overrides). ``defaults`` are overrides the command line can still replace."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    given = overrides if isinstance(overrides, dict) else (load_hyperpyyaml(overrides) if overrides else {})
+    for key, value in (defaults or {}).items():
+        if key not in (given or {}):
+            overrides = _add_override(overrides, key, value)
+    if not os.path.isfile(hparams_file):
+        raise FileNotFoundError(f"hparams file not found: {hparams_file}")
+    with open(hparams_file, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f, overrides)
+    return hparams, run_opts, hparams_file, overrides
+
+
+def _add_override(overrides, key, value):
+    import yaml
+
+    if isinstance(overrides, dict):
+        return {**overrides, key: value}
+    return (overrides or "") + "\n" + yaml.safe_dump({key: value})
+
+
+def freeze_non_encoder(hf_model):
+    """Frozen-decoder baseline (Takashima et al.): train the encoder only.
+
+    For Whisper the decoder is frozen; for CTC models everything outside ``encoder.``
+    (the CTC head, a wav2vec2 convolutional front end) is frozen too.
+    """
+    frozen = 0
+    for name, param in hf_model.named_parameters():
+        if not (name.startswith("encoder.") or ".encoder." in name):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    logger.info("frozen decoder: %d parameters frozen", frozen)
+    return frozen
+
+
+def build_model(hparams):
+    """The ASR model of the run: ``init_from`` (an earlier expert or merge) or ``model_source``."""
+    source = hparams.get("init_from") or hparams["model_source"]
+    if hparams.get("init_from"):
+        check_same_architecture(load_config(hparams["init_from"]), load_config(hparams["model_source"]),
+                                f"init_from {hparams['init_from']!r}", f"model_source {hparams['model_source']!r}")
+    asr = load_asr_model(
+        source, family=hparams.get("family"), save_path=hparams.get("pretrained_cache"),
+        beam_size=hparams.get("beam_size", 1), label_smoothing=hparams.get("label_smoothing", 0.0),
+        max_decode_ratio=hparams.get("max_decode_ratio", 1.0),
+    )
+    if hparams.get("freeze_decoder"):
+        freeze_non_encoder(asr.hf_model)
+    if hparams.get("lora_rank", 0):
+        add_lora(asr.hf_model, rank=hparams["lora_rank"], alpha=hparams.get("lora_alpha"),
+                 target_modules=hparams["lora_targets"], dropout=hparams.get("lora_dropout", 0.0))
+    return asr, source
+
+
+def train_loader_options(hparams, dataset):
+    """Batches per epoch and loader kwargs; ``steps_per_epoch`` fixes the step count."""
+    batch_size = hparams["batch_size"]
+    steps = hparams.get("steps_per_epoch")
+    accumulation = hparams.get("grad_accumulation_factor", 1)
+    if steps:
+        generator = torch.Generator().manual_seed(hparams.get("seed", 0))
+        sampler = torch.utils.data.RandomSampler(
+            dataset, replacement=False, num_samples=steps * batch_size * accumulation, generator=generator)
+        kwargs = {"batch_size": batch_size, "sampler": sampler}
+        batches = steps * accumulation
+    else:
+        kwargs = {"batch_size": batch_size, "shuffle": True}
+        batches = math.ceil(len(dataset) / batch_size)
+    kwargs["num_workers"] = hparams.get("num_workers", 0)
+    return kwargs, batches
+
+
+def export_expert(brain, asr, folder, provenance):
+    """Recover the best-dev-WER checkpoint, fold LoRA in, write a model folder."""
+    if brain.checkpointer is not None and brain.checkpointer.find_checkpoint(min_key="WER") is not None:
+        brain.checkpointer.recover_if_possible(min_key="WER")
+    if has_lora(asr.hf_model):
+        merged = merge_lora(asr.hf_model)
+        provenance["lora_merged_modules"] = merged
+    if sb.utils.distributed.if_main_process():
+        tmp = folder + ".tmp"
+        asr.export(tmp, provenance)
+        if os.path.isdir(folder):
+            import shutil
+
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    return folder
+
+
+def run(argv, prepare=None, corpus=None):
+    """Train one expert; returns the exported folder. ``prepare(**kwargs)`` writes manifests."""
+    hparams, run_opts, hparams_file, overrides = load_hparams(argv, {"domain": corpus} if corpus else None)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file,
+                                   overrides=overrides)
+    if prepare is not None and hparams.get("data_folder"):
+        wanted = inspect.signature(prepare).parameters
+        kwargs = {k: v for k, v in (hparams.get("prep_options") or {}).items() if k in wanted}
+        sb.utils.distributed.run_on_main(prepare, kwargs={
+            "data_folder": hparams["data_folder"], "save_folder": hparams["prep_folder"], **kwargs})
+    return train_expert(hparams, run_opts, corpus=corpus)
+
+
+def train_expert(hparams, run_opts=None, corpus=None):
+    """Fine-tune and export; usable from Python with an already-loaded hparams dict."""
+    run_opts = dict(run_opts or {})
+    torch.manual_seed(hparams.get("seed", 0))
+    output = hparams["output_folder"]
+    os.makedirs(output, exist_ok=True)
+    asr, source = build_model(hparams)
+    skip_log = os.path.join(output, "skipped_audio.csv")
+    check = hparams.get("check_audio", True)
+    train_set = make_dataset(hparams["train_csv"], asr, hparams, check, skip_log)
+    valid_set = make_dataset(hparams["valid_csv"], asr, hparams, check, skip_log)
+    test_sets = {name: make_dataset(path, asr, hparams, check, skip_log)
+                 for name, path in (hparams.get("test_csvs") or {}).items()}
+    loader_kwargs, batches = train_loader_options(hparams, train_set)
+    epochs = hparams["number_of_epochs"]
+    total_steps = max(1, epochs * batches // hparams.get("grad_accumulation_factor", 1))
+    epoch_counter = sb.utils.epoch_loop.EpochCounter(epochs)
+    scheduler = STLR(total_steps, hparams.get("peak_fraction", 0.1), hparams.get("stlr_ratio", 32.0))
+    checkpointer = sb.utils.checkpoints.Checkpointer(
+        os.path.join(output, "save"),
+        recoverables={"model": asr, "scheduler": scheduler, "counter": epoch_counter})
+    brain_hparams = dict(hparams)
+    brain_hparams.update(
+        scheduler=scheduler, epoch_counter=epoch_counter,
+        train_logger=sb.utils.train_logger.FileTrainLogger(os.path.join(output, "train_log.txt")))
+    run_opts.setdefault("max_grad_norm", hparams.get("max_grad_norm", 5.0))
+    run_opts.setdefault("grad_accumulation_factor", hparams.get("grad_accumulation_factor", 1))
+    if hparams.get("precision"):
+        run_opts.setdefault("precision", hparams["precision"])
+    brain = ASRBrain(modules={"model": asr}, opt_class=torch.optim.AdamW, hparams=brain_hparams,
+                     run_opts=run_opts, checkpointer=checkpointer)
+    eval_kwargs = {"batch_size": hparams.get("eval_batch_size", hparams["batch_size"]),
+                   "num_workers": hparams.get("num_workers", 0)}
+    brain.fit(epoch_counter, train_set, valid_set, train_loader_kwargs=loader_kwargs,
+              valid_loader_kwargs=eval_kwargs, progressbar=hparams.get("progressbar", True))
+    folder = os.path.join(output, EXPERT_DIR)
+    provenance = {
+        "kind": "expert", "base_model": hparams["model_source"], "init_from": hparams.get("init_from"),
+        "domain": corpus or hparams.get("domain"), "train_csv": hparams["train_csv"],
+        "dev_wer": brain.checkpointer.find_checkpoint(min_key="WER").meta.get("WER")
+        if brain.checkpointer.find_checkpoint(min_key="WER") else None,
+        "hparams": {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool, type(None)))},
+        "lora": {"rank": hparams.get("lora_rank"), "alpha": hparams.get("lora_alpha")} if hparams.get("lora_rank") else None,
+    }
+    export_expert(brain, asr, folder, provenance)
+    brain.checkpointer = None  # the model now holds the best weights (LoRA folded in)
+    for name, test_set in test_sets.items():
+        brain.hparams.utterance_output = os.path.join(output, f"test_{name}.csv")
+        brain.evaluate(test_set, test_loader_kwargs=eval_kwargs,
+                       progressbar=hparams.get("progressbar", True))
+    return folder
+
+
+def main(argv=None, prepare=None, corpus=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    folder = run(sys.argv[1:] if argv is None else argv, prepare=prepare, corpus=corpus)
+    print(f"expert written to {folder}")
+    return folder

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny offline models saved to temp folders, manifests of real speech."""
+
+import csv
+import os
+
+import pytest
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+SAMPLES = os.path.join(DATA, "samples")
+
+
+def sample_rows():
+    """The real recordings (tests/data/samples) as manifest rows."""
+    import soundfile as sf
+
+    from aode.text import normalize_words
+
+    rows = []
+    with open(os.path.join(SAMPLES, "speech.csv"), newline="") as f:
+        for r in csv.DictReader(f):
+            path = os.path.join(SAMPLES, r["wav"])
+            duration = sf.info(path).duration
+            rows.append({"ID": r["ID"], "duration": duration, "wav": path, "start": 0, "stop": duration,
+                         "spk_id": r["spk_id"], "wrd": normalize_words(r["wrd"]),
+                         "wrd_raw": r["wrd"].capitalize() + "."})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def sample_manifest(tmp_path_factory):
+    from aode.manifest import write_manifest
+
+    path = tmp_path_factory.mktemp("manifest") / "samples.csv"
+    write_manifest(str(path), sample_rows())
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_parakeet(tmp_path_factory):
+    from aode.builders import build_parakeet_ctc
+
+    folder = tmp_path_factory.mktemp("models") / "parakeet"
+    return build_parakeet_ctc(str(folder), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                              conv_kernel_size=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory):
+    from aode.builders import build_whisper
+
+    folder = tmp_path_factory.mktemp("models") / "whisper"
+    return build_whisper(str(folder), d_model=32, layers=2, heads=2, ffn=64)
