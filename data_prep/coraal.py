@@ -370,7 +370,15 @@ def prepare_coraal(
         except ValueError as err:
             skipped.skip(basefile, wav, str(err))
             continue
-        rows = read_transcript(txt)
+        try:
+            rows = read_transcript(txt)
+        except OSError as err:
+            rows, why = None, f"unreadable transcript ({err})"
+        else:
+            why = "transcript header lacks Spkr, StTime, Content or EnTime"
+        if rows is None:
+            skipped.skip(basefile, txt, why)
+            continue
         segments = segment_rows(basefile, rows, duration, wav, keep_interviewer,
                                 max_segment_seconds, skipped)
         by_speaker[interviewee_code(basefile)].extend(segments)

@@ -30,6 +30,7 @@ Speaker = call id. ``wrd_raw`` keeps SPGISpeech's casing and punctuation; ``wrd`
 """
 
 import argparse
+import array
 import collections
 import csv
 import logging
@@ -81,26 +82,50 @@ def find_root(data_folder):
     )
 
 
-def read_listing(csv_path):
-    """Rows ``(line number, wav_filename, wav_filesize string, transcript)`` of an
-    SPGISpeech CSV; raise :class:`LayoutError` if the header is not SPGISpeech's."""
-    rows = []
-    with open(csv_path, encoding="utf-8", newline="") as f:
-        header = f.readline().rstrip("\r\n").split("|")
-        require(
-            [h.strip() for h in header] == HEADER,
-            f"{csv_path!r} does not start with SPGISpeech's header "
-            f"{'|'.join(HEADER)!r} (found {'|'.join(header)!r})",
-        )
-        for number, line in enumerate(f, start=2):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split("|", 2)
-            while len(parts) < 3:
-                parts.append("")
-            rows.append((number, parts[0].strip(), parts[1].strip(), parts[2]))
-    return rows
+class Listing:
+    """An SPGISpeech CSV, read lazily: only the byte offset of each line is kept in memory
+    (train.csv has ~5M lines), a line is parsed when asked for.
+
+    ``listing[i]`` is ``(line number, wav_filename, wav_filesize string, transcript)``.
+    Raises :class:`LayoutError` if the header is not SPGISpeech's.
+    """
+
+    def __init__(self, csv_path):
+        self.path = csv_path
+        offsets = array.array("q")
+        with open(csv_path, "rb") as f:
+            header = f.readline().decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r\n")
+            require(
+                [h.strip() for h in header.split("|")] == HEADER,
+                f"{csv_path!r} does not start with SPGISpeech's header "
+                f"{'|'.join(HEADER)!r} (found {header!r})",
+            )
+            position = f.tell()
+            for line in f:
+                if line.strip():
+                    offsets.append(position)
+                position += len(line)
+        self.offsets = offsets
+        self._file = None
+
+    def __len__(self):
+        return len(self.offsets)
+
+    def __getitem__(self, index):
+        if self._file is None:
+            self._file = open(self.path, "rb")
+        self._file.seek(self.offsets[index])
+        line = self._file.readline().decode("utf-8", "replace").rstrip("\r\n")
+        parts = line.split("|", 2)
+        while len(parts) < 3:
+            parts.append("")
+        # the line number (1-based, header = 1) is exact unless the file has blank lines
+        return (index + 2, parts[0].strip(), parts[1].strip(), parts[2])
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def utterance_id(wav_filename):
@@ -109,8 +134,8 @@ def utterance_id(wav_filename):
     return "spgi_" + "_".join(p for p in stem.split("/") if p).replace(",", "_")
 
 
-def _make_row(split_dir, listing_row, check_audio, skipped):
-    """The manifest row of one listing row, or None (after logging why) if it is unusable."""
+def _check(split_dir, listing_row, check_audio, skipped):
+    """The duration of one listing row, or None (after logging why) if it is unusable."""
     number, wav_filename, size_str, transcript = listing_row
     uid = utterance_id(wav_filename) if wav_filename else f"spgi_line{number}"
     path = os.path.abspath(os.path.join(split_dir, wav_filename))
@@ -135,20 +160,46 @@ def _make_row(split_dir, listing_row, check_audio, skipped):
         if duration <= 0:
             skipped.skip(uid, path, f"line {number}: wav_filesize {size_str} holds no audio")
             return None
-    text = " ".join(transcript.split())
-    words = normalize_words(text)
-    if not words:
+    if not normalize_words(transcript):
         skipped.skip(uid, path, "empty transcript")
         return None
+    return duration
+
+
+class _Rows:
+    """The manifest rows of chosen listing lines, rebuilt on each iteration from the listing
+    (so the ~5M rows of a full training set are never all held in memory)."""
+
+    def __init__(self, listing, split_dir, indices, durations):
+        order = sorted(range(len(indices)), key=indices.__getitem__)
+        self.listing = listing
+        self.split_dir = split_dir
+        self.indices = array.array("q", (indices[i] for i in order))
+        self.durations = array.array("d", (durations[i] for i in order))
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __iter__(self):
+        for index, duration in zip(self.indices, self.durations):
+            yield _row(self.split_dir, self.listing[index], duration)
+
+    def ids(self):
+        return [row["ID"] for row in self]
+
+
+def _row(split_dir, listing_row, duration):
+    _, wav_filename, _, transcript = listing_row
+    text = " ".join(transcript.split())
     call_id = os.path.dirname(wav_filename.replace("\\", "/")).split("/")[-1] or "unknown"
     return {
-        "ID": uid,
+        "ID": utterance_id(wav_filename),
         "duration": duration,
-        "wav": path,
+        "wav": os.path.abspath(os.path.join(split_dir, wav_filename)),
         "start": 0.0,
         "stop": duration,
         "spk_id": call_id,
-        "wrd": words,
+        "wrd": normalize_words(text),
         "wrd_raw": text,
     }
 
@@ -158,16 +209,17 @@ def _pick(listing, split_dir, order, quotas, check_audio, skipped, desc):
 
     ``quotas`` is a list of ``(max utterances or None, max hours or None)``; each row that
     passes goes to the first quota not yet full. Stops once every quota is full. Returns one
-    row list per quota, each in corpus order.
+    :class:`_Rows` per quota, each in corpus order.
     """
-    picked = [[] for _ in quotas]
+    indices = [array.array("q") for _ in quotas]
+    durations = [array.array("d") for _ in quotas]
     hours = [0.0 for _ in quotas]
     current = 0
-    seen_ids = set()
+    seen = set()  # hashes of the accepted wav_filenames (a listed file twice is skipped)
 
     def full(i):
         count, max_hours = quotas[i]
-        if count is not None and len(picked[i]) >= count:
+        if count is not None and len(indices[i]) >= count:
             return True
         return max_hours is not None and hours[i] >= max_hours
 
@@ -176,18 +228,22 @@ def _pick(listing, split_dir, order, quotas, check_audio, skipped, desc):
     for index in tqdm(order, desc=desc, unit="utt", mininterval=2.0):
         if current >= len(quotas):
             break
-        row = _make_row(split_dir, listing[index], check_audio, skipped)
-        if row is None:
+        listing_row = listing[index]
+        duration = _check(split_dir, listing_row, check_audio, skipped)
+        if duration is None:
             continue
-        if row["ID"] in seen_ids:
-            skipped.skip(row["ID"], row["wav"], "duplicate wav_filename")
+        key = hash(listing_row[1])
+        if key in seen:
+            skipped.skip(utterance_id(listing_row[1]), os.path.join(split_dir, listing_row[1]),
+                         "duplicate wav_filename")
             continue
-        seen_ids.add(row["ID"])
-        picked[current].append((index, row))
-        hours[current] += row["duration"] / 3600
+        seen.add(key)
+        indices[current].append(index)
+        durations[current].append(duration)
+        hours[current] += duration / 3600
         while current < len(quotas) and full(current):
             current += 1
-    return [[row for _, row in sorted(rows, key=lambda x: x[0])] for rows in picked]
+    return [_Rows(listing, split_dir, i, d) for i, d in zip(indices, durations)]
 
 
 def prepare_spgispeech(
@@ -244,15 +300,14 @@ def prepare_spgispeech(
     root = find_root(data_folder)
     skipped = SkipLog()
 
-    val = read_listing(os.path.join(root, "val.csv"))
+    val = Listing(os.path.join(root, "val.csv"))
+    train_listing = Listing(os.path.join(root, "train.csv"))
     order = list(range(len(val)))
     random.Random(seed).shuffle(order)
     (test,) = _pick(
         val, os.path.join(root, "val"), order, [(test_size, None)], check_audio, skipped,
         "SPGISpeech val",
     )
-
-    train_listing = read_listing(os.path.join(root, "train.csv"))
     order = list(range(len(train_listing)))
     random.Random(seed + 1).shuffle(order)
     valid, train = _pick(
@@ -260,6 +315,7 @@ def prepare_spgispeech(
         [(valid_size, None), (None, max_train_hours)], check_audio, skipped,
         "SPGISpeech train",
     )
+    del order
     if test_size and len(test) < test_size:
         logger.warning("SPGISpeech: only %d usable val utterances for test_size=%d",
                        len(test), test_size)
@@ -268,7 +324,11 @@ def prepare_spgispeech(
                        len(valid), valid_size)
 
     splits = {"train.csv": train, "valid.csv": valid, "test.csv": test}
-    return finish(save_folder, splits, skipped, options, "SPGISpeech")
+    try:
+        return finish(save_folder, splits, skipped, options, "SPGISpeech")
+    finally:
+        val.close()
+        train_listing.close()
 
 
 def summary_from_disk(save_folder):
