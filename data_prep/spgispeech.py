@@ -24,6 +24,8 @@ to exist (a missing file is skipped and logged), but it is NOT opened unless
 With ``check_audio`` the duration is read from the file and unreadable/truncated files are
 skipped too. Utterances are picked in a seeded random order and checked one by one until each
 subset is full, so the files outside the chosen subsets are never touched (and not listed).
+Only the byte offset of each CSV line is held in memory (train.csv has ~5M lines); manifest
+rows are rebuilt from the CSV when they are written.
 
 Speaker = call id. ``wrd_raw`` keeps SPGISpeech's casing and punctuation; ``wrd`` is
 :func:`aode.text.normalize_words` of it.
