@@ -13,6 +13,9 @@ Layout expected under ``data_folder``: the unzipped ``en_ng_female.zip`` and
     en_ng_male/line_index.tsv
     en_ng_male/ngm_...wav ...
 
+Both archives carry a ``line_index.tsv`` and may hold their files without a top folder
+(unverified): unzip each into its own folder (``unzip en_ng_female.zip -d en_ng_female``), else one index
+overwrites the other and its WAVs show up in ``skipped.csv`` as "audio without transcript".
 Any ``line_index.tsv`` found under ``data_folder`` (at any depth, the folder itself included)
 is read, and its FileIDs are looked up among the WAVs in its folder and the folders below.
 WAVs under ``data_folder`` that no ``line_index.tsv`` lists are reported as "audio without
@@ -222,7 +225,8 @@ def main(argv=None):
         "speaker-level split into train.csv, valid.csv and test.csv."
     )
     parser.add_argument("--data_folder", required=True,
-                        help="folder with the unzipped en_ng_female/ and en_ng_male/")
+                        help="folder with en_ng_female/ and en_ng_male/ (each zip unzipped "
+                        "into its own folder)")
     parser.add_argument("--save_folder", required=True, help="where the manifests are written")
     parser.add_argument("--valid_fraction", type=float, default=0.1,
                         help="share of speakers held out for validation, at least one "

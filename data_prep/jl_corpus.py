@@ -10,7 +10,8 @@ out whole speakers instead (4 speakers: one each for validation and test).
 Layout expected under ``data_folder``::
 
     Raw JL corpus (unchecked and unannotated)/JL(wav+txt)/female1_angry_7b_1.wav
-    Raw JL corpus (unchecked and unannotated)/JL(wav+txt)/female1_angry_7b_1.txt   "Carl leaps into a jeep."
+    Raw JL corpus (unchecked and unannotated)/JL(wav+txt)/female1_angry_7b_1.txt
+        (holding "Carl leaps into a jeep.")
 
 When a ``JL(wav+txt)`` folder exists (``data_folder`` itself or anywhere below), only it is
 read; otherwise ``<stem>.wav`` + ``<stem>.txt`` pairs are collected from anywhere under

@@ -63,7 +63,8 @@ def find_root(data_folder, splits):
     for root in candidates:
         if all(os.path.isdir(os.path.join(root, split)) for split in splits):
             return root
-    tars = [f"{s}.tar.gz" for s in splits if os.path.isfile(os.path.join(data_folder, f"{s}.tar.gz"))]
+    tars = [f"{s}.tar.gz" for s in splits
+            if os.path.isfile(os.path.join(data_folder, f"{s}.tar.gz"))]
     missing = [s for s in splits
                if not any(os.path.isdir(os.path.join(r, s)) for r in candidates)]
     raise LayoutError(

@@ -33,7 +33,8 @@ LINES = [
     ("en_ng_female", "ngf_00295_01598447523", "\tYou've done well, haven't you?"),
     ("en_ng_female", "ngf_00295_00870216455", "\t" + sentence(2)),
     # the known defect: an extra middle field; the sentence is the LAST field
-    ("en_ng_female", "ngf_00610_00456789012", "\tA thin stripe\tA thin stripe runs down the middle."),
+    ("en_ng_female", "ngf_00610_00456789012",
+     "\tA thin stripe\tA thin stripe runs down the middle."),
     ("en_ng_female", "ngf_00610_01876543210", "\t" + sentence(4)),
     ("en_ng_female", "ngf_01208_00011122233", "\t" + sentence(5)),
     ("en_ng_female", "ngf_01208_00044455566", "\t  What joy   there is in living.  "),
