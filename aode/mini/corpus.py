@@ -33,8 +33,10 @@ Output (the project's manifest contract, :mod:`aode.manifest`)::
 
 Everything random is drawn up front in the parent process from the seed (texts, voices,
 rates, pitches, padding, levels, effect parameters, a per-utterance noise seed), so the result
-does not depend on how the worker processes are scheduled. espeak-ng itself can differ by a
-few samples between calls; everything else is reproducible. ``corpus_info.json`` is written
+does not depend on how the worker processes are scheduled. Only espeak-ng's waveform is not
+bit-exact: it depends slightly on what the engine synthesised before in the same process (its
+pitch-flutter state, which no API resets), so a rerun's durations may differ by up to ~20 ms
+and levels by a fraction of a dB; texts, voices, prosody, effects and IDs are identical. ``corpus_info.json`` is written
 last; a later call with the same (scaled) config, seed and generator version returns it
 without regenerating.
 
@@ -403,7 +405,7 @@ def generate_corpus(out_folder, seed=0, config=None, scale=1.0, workers=2, progr
         "notes": {
             "jl": "jl splits share the scripted phrases by design; they differ in voice/prosody draws only",
             "vocabulary_overlap": "share of each target's word types (all splits) found in general/train texts",
-            "determinism": "all choices are seeded; espeak-ng may differ by a few samples between runs",
+            "determinism": "all choices are seeded; espeak-ng audio may differ by up to ~20 ms between runs",
         },
     }
     tmp = os.path.join(out_folder, INFO_FILE + ".tmp")

@@ -7,7 +7,9 @@ loaded at run time from the optional PyPI package ``espeakng-loader`` (which shi
     pip install espeakng-loader        # or: pip install -e .[mini]
 
 The engine is a process-wide singleton inside libespeak-ng and is not thread-safe: use one
-:class:`Synthesizer` per process (the corpus generator runs one per worker process).
+:class:`Synthesizer` per process (the corpus generator runs one per worker process). Its output
+is not bit-exact across calls: variants with pitch flutter (most ``+f``/``+m`` variants) carry
+state from earlier utterances in the process, which moves durations by up to ~300 samples.
 
 Voices are named ``<language>[+<variant>]`` as espeak-ng understands them, e.g. ``en-us``,
 ``en`` (British English), ``en-gb-scotland``, ``en-us+f3``, ``en-029+m2``.
