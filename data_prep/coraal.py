@@ -43,6 +43,7 @@ import argparse
 import collections
 import csv
 import logging
+import math
 import os
 import random
 import re
@@ -247,7 +248,7 @@ def segment_rows(basefile, rows, audio_duration, wav, keep_interviewer, max_segm
                          f"{audio_duration:.2f} s)")
             close()
             continue
-        stop = min(stop, audio_duration)
+        stop = min(stop, math.floor(audio_duration * 1000) / 1000)  # 3 decimals, inside
         text = clean_content(content)
         if not text:
             skipped.skip(row_id, wav, "empty text after cleaning")

@@ -46,6 +46,7 @@ import csv
 import glob
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -218,7 +219,8 @@ def session_segments(root, split, session, channel, max_segment_seconds, merge_c
             items.append(None)
             continue
         items.append({"ID": uid, "speaker": speaker, "start": start,
-                      "stop": min(stop, duration), "wav": wav, "text": text})
+                      "stop": min(stop, math.floor(duration * 1000) / 1000),  # 3 decimals
+                      "wav": wav, "text": text})
 
     if merge_consecutive:
         # transcription order; a skipped utterance (None) ends the current segment

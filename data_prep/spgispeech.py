@@ -36,6 +36,7 @@ import array
 import collections
 import csv
 import logging
+import math
 import os
 import random
 import sys
@@ -192,6 +193,9 @@ class _Rows:
 
 def _row(split_dir, listing_row, duration):
     _, wav_filename, _, transcript = listing_row
+    # floored to the millisecond: the manifest keeps 3 decimals, and a stop rounded up past
+    # the last sample would put the segment outside its file
+    duration = math.floor(duration * 1000) / 1000
     text = " ".join(transcript.split())
     call_id = os.path.dirname(wav_filename.replace("\\", "/")).split("/")[-1] or "unknown"
     return {

@@ -193,6 +193,13 @@ def test_loads_with_speechbrain(tmp_path):
         items = list(data)
         assert items and all(float(i["stop"]) > float(i["start"]) >= 0 for i in items)
         assert all(os.path.isfile(i["wav"]) for i in items)
+    # the project's loader reads each segment at 16 kHz from the 44.1 kHz interview
+    from aode.data import read_audio_segment
+
+    for row in read_manifest(os.path.join(out, "train.csv")):
+        audio = read_audio_segment(row["wav"], row["start"], row["stop"])
+        assert abs(len(audio) - float(row["duration"]) * 16000) <= 16
+        assert float(audio.abs().max()) > 0.01  # the segment holds the placed speech
 
 
 def test_command_line(tmp_path):

@@ -210,6 +210,20 @@ def test_loads_with_speechbrain(tmp_path):
         items = list(data)
         assert items and all(all(os.path.isfile(p) for p in split_wav_field(i["wav"]))
                              for i in items)
+    # the project's loader sums the close-talk files: where the other mic is silent the sum
+    # equals the speaker's own mic; P01's last utterance overlaps P02's speech, which the
+    # sum must carry
+    import torch
+
+    from aode.data import read_audio_segment
+
+    for row in read_manifest(os.path.join(out, "test.csv")):
+        mixed = read_audio_segment(row["wav"], row["start"], row["stop"])
+        own = read_audio_segment(mic(corpus, row["ID"][:3], row["spk_id"]), row["start"],
+                                 row["stop"])
+        assert abs(len(mixed) - float(row["duration"]) * 16000) <= 16
+        overlapped = row["ID"] == uid("S01", "P01", 7.0, 8.9)
+        assert torch.allclose(mixed, own, atol=1e-4) != overlapped
 
 
 def test_command_line(tmp_path):

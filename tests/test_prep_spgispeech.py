@@ -33,6 +33,7 @@ def check_row(row, expected, from_header=True):
     assert float(row["duration"]) == pytest.approx(expected["duration"], abs=1e-3)
     assert float(row["start"]) == 0.0
     assert float(row["stop"]) == pytest.approx(float(row["duration"]), abs=1e-3)
+    assert float(row["stop"]) <= expected["duration"]  # never past the last sample
     assert row["spk_id"] == expected["spk"]
     assert row["wrd_raw"] == expected["text"]
     assert row["wrd"] == normalize_words(expected["text"])
@@ -159,6 +160,12 @@ def test_loads_with_speechbrain(tmp_path):
         rows = list(data)
         assert len(rows) == len(manifests(out)[name]) > 0
         assert all(os.path.isfile(r["wav"]) and r["duration"] > 0 for r in rows)
+    # the project's loader reads every row (whole files: stop must not pass the last sample)
+    from aode.data import read_audio_segment
+
+    for row in read_manifest(os.path.join(out, "train.csv")):
+        audio = read_audio_segment(row["wav"], row["start"], row["stop"])
+        assert abs(len(audio) - float(row["duration"]) * 16000) <= 16
 
 
 def test_utterance_id():
