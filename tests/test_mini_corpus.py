@@ -43,8 +43,12 @@ def built(tmp_path_factory):
     if not _has_espeak():
         pytest.skip("espeakng-loader not installed")
     info = corpus.generate_corpus(first, seed=0, scale=SCALE, workers=2, progress=False)
-    assert corpus.main(["--out", second, "--seed", "0", "--scale", str(SCALE), "--workers", "1",
-                        "--quiet"]) == 0
+    assert (
+        corpus.main(
+            ["--out", second, "--seed", "0", "--scale", str(SCALE), "--workers", "1", "--quiet"]
+        )
+        == 0
+    )
     return first, second, info
 
 
@@ -111,7 +115,9 @@ def test_vocabulary_overlap_in_target_band():
 def test_effects_behave():
     rng = np.random.default_rng(0)
     t = np.arange(16000) / 16000
-    tone = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 6000 * t)).astype(np.float32)
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 6000 * t)).astype(
+        np.float32
+    )
     assert effects.high_band_ratio(tone) > 0.05
     assert effects.high_band_ratio(effects.telephone(tone)) < 1e-3
     assert len(effects.telephone(tone)) == len(tone)
@@ -132,8 +138,11 @@ def test_effects_behave():
     sources = [tone, np.roll(tone, 100), tone[::-1].copy()]
     bab = effects.babble(8000, sources, [0, 2], [0.1, 0.7])
     assert len(bab) == 8000 and abs(effects.rms(bab) - 1) < 1e-3
-    chain = [{"op": "babble", "snr": 12.0, "picks": [0, 1], "offsets": [0.0, 0.5]},
-             {"op": "telephone"}, {"op": "level", "dbfs": -25.0}]
+    chain = [
+        {"op": "babble", "snr": 12.0, "picks": [0, 1], "offsets": [0.0, 0.5]},
+        {"op": "telephone"},
+        {"op": "level", "dbfs": -25.0},
+    ]
     assert effects.describe_chain(chain) == "babble2@12.0dB+telephone"
     assert effects.chain_snr(chain) == 12.0
     assert effects.describe_chain([{"op": "level", "dbfs": -20}]) == "clean"
@@ -168,7 +177,9 @@ def test_synthesizer_voices():
     x = tts.synthesize("Hello there.", voice="en-us+f3", rate=170)
     assert x.dtype == np.float32 and 0.4 < len(x) / 16000 < 2.5 and np.abs(x).max() > 0.05
     for spec in corpus.DOMAIN_SPECS.values():
-        for voices in [spec["voices"]] + [s["voices"] for s in spec.get("splits", {}).values() if "voices" in s]:
+        for voices in [spec["voices"]] + [
+            s["voices"] for s in spec.get("splits", {}).values() if "voices" in s
+        ]:
             for voice in voices:
                 tts.check_voice(voice)
     with pytest.raises(ValueError):
@@ -191,7 +202,9 @@ def test_manifests_follow_the_contract(built):
         for row in rows:
             assert row["ID"] not in ids and "," not in row["ID"]
             ids.add(row["ID"])
-            assert os.path.isabs(row["wav"]) and os.path.dirname(row["wav"]) == os.path.join(first, domain, "wav")
+            assert os.path.isabs(row["wav"]) and os.path.dirname(row["wav"]) == os.path.join(
+                first, domain, "wav"
+            )
             assert row["wrd"] == normalize_words(row["wrd_raw"])
             assert row["spk_id"] == row["voice"]
             assert float(row["start"]) == 0 and float(row["stop"]) == float(row["duration"])
@@ -228,7 +241,18 @@ def test_same_seed_same_corpus(built):
     for key in a:
         assert len(a[key]) == len(b[key])
         for ra, rb in zip(a[key], b[key]):
-            for col in ("ID", "spk_id", "wrd", "wrd_raw", "voice", "rate", "pitch", "range", "snr", "effect"):
+            for col in (
+                "ID",
+                "spk_id",
+                "wrd",
+                "wrd_raw",
+                "voice",
+                "rate",
+                "pitch",
+                "range",
+                "snr",
+                "effect",
+            ):
                 assert ra[col] == rb[col], (key, col)
             assert os.path.basename(ra["wav"]) == os.path.basename(rb["wav"])
             assert abs(float(ra["duration"]) - float(rb["duration"])) < 0.025
@@ -260,7 +284,9 @@ def test_domains_differ_measurably(built):
     assert min(effects.estimate_snr_db(x) for x in clean) > 60
     # ne is read slower than coraal is spoken
     rows = {d: read_manifest(os.path.join(first, d, "train.csv")) for d in ("ne", "coraal")}
-    rate = {d: np.mean([len(r["wrd"].split()) / float(r["duration"]) for r in rows[d]]) for d in rows}
+    rate = {
+        d: np.mean([len(r["wrd"].split()) / float(r["duration"]) for r in rows[d]]) for d in rows
+    }
     assert rate["coraal"] > 1.2 * rate["ne"], rate
 
 

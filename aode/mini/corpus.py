@@ -78,14 +78,18 @@ def _voices(langs, variants):
 # range (0-100, espeak default 50) and the effect recipe. ``splits`` overrides per split.
 DOMAIN_SPECS = {
     "general": {
-        "voices": _voices(["en-us"], ["m1", "m3", "f1", "f4"]) + _voices(["en"], ["m2", "m4", "f2"])
+        "voices": _voices(["en-us"], ["m1", "m3", "f1", "f4"])
+        + _voices(["en"], ["m2", "m4", "f2"])
         + _voices(["en-gb-x-rp"], ["m3", "f4"]),
-        "rate": (150, 190), "pitch": (35, 65), "range": (40, 70),
+        "rate": (150, 190),
+        "pitch": (35, 65),
+        "range": (40, 70),
         "effects": {"noise": {"kinds": ["white", "pink"], "snr": (25, 40)}},
         "splits": {
             "test_clean": {"effects": {}},
             "test_other": {
-                "voices": _voices(["en-us"], ["m6", "f5"]) + _voices(["en"], ["m7", "steph"])
+                "voices": _voices(["en-us"], ["m6", "f5"])
+                + _voices(["en"], ["m7", "steph"])
                 + _voices(["en-gb-x-rp"], ["m6"]),
                 "rate": (140, 200),
                 "effects": {"noise": {"kinds": ["white", "pink"], "snr": (15, 25)}},
@@ -95,28 +99,57 @@ DOMAIN_SPECS = {
     "vctk": {
         "voices": _voices(["en-gb-scotland"], ["m1", "m3", "m5", "f2", "f4"])
         + _voices(["en-gb-x-gbcwmd"], ["m2", "m4", "f1", "f3"]),
-        "rate": (150, 180), "pitch": (30, 70), "range": (40, 80),
+        "rate": (150, 180),
+        "pitch": (30, 70),
+        "range": (40, 80),
         "effects": {"noise": {"kinds": ["white", "pink", "brown"], "snr": (5, 15)}},
     },
     "coraal": {
         "voices": _voices(["en-us-nyc"], ["m1", "m2", "m3", "m5", "f1", "f2", "f4"]),
-        "rate": (195, 240), "pitch": (30, 60), "range": (25, 55),
+        "rate": (195, 240),
+        "pitch": (30, 60),
+        "range": (25, 55),
         "effects": {"babble": {"talkers": (3, 6), "snr": (8, 18)}, "telephone": {}},
     },
     "jl": {
         "voices": _voices(
             ["en-gb-x-gbclan"],
-            ["m1", "m2", "m3", "m4", "m5", "m6", "f1", "f2", "f3", "f4", "f5", "Annie", "aunty",
-             "linda", "steph", "michel", "travis", "quincy", "grandma"],
+            [
+                "m1",
+                "m2",
+                "m3",
+                "m4",
+                "m5",
+                "m6",
+                "f1",
+                "f2",
+                "f3",
+                "f4",
+                "f5",
+                "Annie",
+                "aunty",
+                "linda",
+                "steph",
+                "michel",
+                "travis",
+                "quincy",
+                "grandma",
+            ],
         ),
-        "rate": (120, 220), "pitch": (20, 90), "range": (0, 100),
+        "rate": (120, 220),
+        "pitch": (20, 90),
+        "range": (0, 100),
         "effects": {"noise": {"kinds": ["white", "pink"], "snr": (30, 40)}},
     },
     "ne": {
         "voices": _voices(["en-029"], ["m1", "m2", "m3", "m4", "f1", "f2", "f4"]),
-        "rate": (130, 150), "pitch": (40, 60), "range": (50, 80),
-        "effects": {"reverb": {"rirs": list(effects.RIR_NAMES), "wet": (0.15, 0.4)},
-                    "noise": {"kinds": ["pink"], "snr": (25, 35)}},
+        "rate": (130, 150),
+        "pitch": (40, 60),
+        "range": (50, 80),
+        "effects": {
+            "reverb": {"rirs": list(effects.RIR_NAMES), "wet": (0.15, 0.4)},
+            "noise": {"kinds": ["pink"], "snr": (25, 35)},
+        },
     },
 }
 
@@ -151,18 +184,25 @@ def _draw_chain(recipe, rng):
     chain = []
     if "reverb" in recipe:
         r = recipe["reverb"]
-        chain.append({"op": "reverb", "rir": rng.choice(r["rirs"]), "wet": round(rng.uniform(*r["wet"]), 3)})
+        chain.append(
+            {"op": "reverb", "rir": rng.choice(r["rirs"]), "wet": round(rng.uniform(*r["wet"]), 3)}
+        )
     if "noise" in recipe:
         r = recipe["noise"]
-        chain.append({"op": "noise", "kind": rng.choice(r["kinds"]), "snr": round(rng.uniform(*r["snr"]), 2)})
+        chain.append(
+            {"op": "noise", "kind": rng.choice(r["kinds"]), "snr": round(rng.uniform(*r["snr"]), 2)}
+        )
     if "babble" in recipe:
         r = recipe["babble"]
         talkers = rng.randint(*r["talkers"])
-        chain.append({
-            "op": "babble", "snr": round(rng.uniform(*r["snr"]), 2),
-            "picks": rng.sample(range(BABBLE_POOL_SIZE), talkers),
-            "offsets": [round(rng.random(), 4) for _ in range(talkers)],
-        })
+        chain.append(
+            {
+                "op": "babble",
+                "snr": round(rng.uniform(*r["snr"]), 2),
+                "picks": rng.sample(range(BABBLE_POOL_SIZE), talkers),
+                "offsets": [round(rng.random(), 4) for _ in range(talkers)],
+            }
+        )
     if "telephone" in recipe:
         chain.append({"op": "telephone"})
     chain.append({"op": "level", "dbfs": round(rng.uniform(*LEVEL_DBFS), 2)})
@@ -184,20 +224,22 @@ def plan_corpus(out_folder, seed=0, config=None):
             rows = []
             for i, raw in enumerate(texts[domain][split]):
                 uid = f"{domain}-{split}-{i:05d}"
-                rows.append({
-                    "ID": uid,
-                    "wav": os.path.join(out_folder, domain, "wav", f"{uid}.wav"),
-                    "wrd_raw": raw,
-                    "wrd": normalize_words(raw),
-                    "voice": rng.choice(spec["voices"]),
-                    "rate": rng.randint(*spec["rate"]),
-                    "pitch": rng.randint(*spec["pitch"]),
-                    "range": rng.randint(*spec["range"]),
-                    "lead": round(rng.uniform(*LEAD_PAD), 3),
-                    "trail": round(rng.uniform(*TRAIL_PAD), 3),
-                    "chain": _draw_chain(spec["effects"], rng),
-                    "seed": rng.getrandbits(63),
-                })
+                rows.append(
+                    {
+                        "ID": uid,
+                        "wav": os.path.join(out_folder, domain, "wav", f"{uid}.wav"),
+                        "wrd_raw": raw,
+                        "wrd": normalize_words(raw),
+                        "voice": rng.choice(spec["voices"]),
+                        "rate": rng.randint(*spec["rate"]),
+                        "pitch": rng.randint(*spec["pitch"]),
+                        "range": rng.randint(*spec["range"]),
+                        "lead": round(rng.uniform(*LEAD_PAD), 3),
+                        "trail": round(rng.uniform(*TRAIL_PAD), 3),
+                        "chain": _draw_chain(spec["effects"], rng),
+                        "seed": rng.getrandbits(63),
+                    }
+                )
             plan[domain][split] = rows
     return plan
 
@@ -208,10 +250,15 @@ def babble_pool(seed=0):
     spec = DOMAIN_SPECS["general"]
     pool = []
     for raw in textgen.generate_texts("general", BABBLE_POOL_SIZE, seed=f"{seed}-babble"):
-        pool.append({
-            "text": raw, "voice": rng.choice(spec["voices"]), "rate": rng.randint(*spec["rate"]),
-            "pitch": rng.randint(*spec["pitch"]), "range": rng.randint(*spec["range"]),
-        })
+        pool.append(
+            {
+                "text": raw,
+                "voice": rng.choice(spec["voices"]),
+                "rate": rng.randint(*spec["rate"]),
+                "pitch": rng.randint(*spec["pitch"]),
+                "range": rng.randint(*spec["range"]),
+            }
+        )
     return pool
 
 
@@ -219,7 +266,10 @@ def vocabulary_overlaps(plan_or_texts):
     """Per target domain, :func:`textgen.vocabulary_overlap` of all its texts against the
     general training texts."""
     texts = {
-        d: {s: [r["wrd_raw"] if isinstance(r, dict) else r for r in rows] for s, rows in splits.items()}
+        d: {
+            s: [r["wrd_raw"] if isinstance(r, dict) else r for r in rows]
+            for s, rows in splits.items()
+        }
         for d, splits in plan_or_texts.items()
     }
     general = texts.get("general", {}).get("train", [])
@@ -227,7 +277,9 @@ def vocabulary_overlaps(plan_or_texts):
     for domain, splits in texts.items():
         if domain == "general" or not general:
             continue
-        out[domain] = textgen.vocabulary_overlap([t for rows in splits.values() for t in rows], general)
+        out[domain] = textgen.vocabulary_overlap(
+            [t for rows in splits.values() for t in rows], general
+        )
     return out
 
 
@@ -274,7 +326,9 @@ def render(row):
     x = effects.trim_silence(x, lead=row["lead"], trail=row["trail"])
     needs_babble = any(spec["op"] == "babble" for spec in row["chain"])
     y = effects.apply_chain(
-        x, row["chain"], np.random.default_rng(row["seed"]),
+        x,
+        row["chain"],
+        np.random.default_rng(row["seed"]),
         _babble_sources() if needs_babble else None,
     )
     write_wav(row["wav"], y)
@@ -303,10 +357,20 @@ def _manifest_row(row, n_samples):
     duration = n_samples / SAMPLE_RATE
     snr = effects.chain_snr(row["chain"])
     return {
-        "ID": row["ID"], "duration": duration, "wav": row["wav"], "start": 0.0, "stop": duration,
-        "spk_id": row["voice"], "wrd": row["wrd"], "wrd_raw": row["wrd_raw"],
-        "voice": row["voice"], "rate": row["rate"], "pitch": row["pitch"], "range": row["range"],
-        "snr": "" if snr is None else f"{snr:.2f}", "effect": effects.describe_chain(row["chain"]),
+        "ID": row["ID"],
+        "duration": duration,
+        "wav": row["wav"],
+        "start": 0.0,
+        "stop": duration,
+        "spk_id": row["voice"],
+        "wrd": row["wrd"],
+        "wrd_raw": row["wrd_raw"],
+        "voice": row["voice"],
+        "rate": row["rate"],
+        "pitch": row["pitch"],
+        "range": row["range"],
+        "snr": "" if snr is None else f"{snr:.2f}",
+        "effect": effects.describe_chain(row["chain"]),
     }
 
 
@@ -314,7 +378,9 @@ def _mp_context():
     methods = multiprocessing.get_all_start_methods()
     # fork is cheap and needs no __main__ guard; the parent never touches espeak-ng's engine
     # before forking (the Synthesizer is created lazily per process id).
-    return multiprocessing.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
+    return multiprocessing.get_context(
+        "fork" if "fork" in methods and sys.platform == "linux" else "spawn"
+    )
 
 
 # ------------------------------------------------------------------------- public API
@@ -336,8 +402,12 @@ def generate_corpus(out_folder, seed=0, config=None, scale=1.0, workers=2, progr
     config = scaled_config(config, scale)
     out_folder = os.path.abspath(out_folder)
     stored = load_info(out_folder)
-    if (stored and stored.get("config") == config and stored.get("seed") == seed
-            and stored.get("version") == GENERATOR_VERSION):
+    if (
+        stored
+        and stored.get("config") == config
+        and stored.get("seed") == seed
+        and stored.get("version") == GENERATOR_VERSION
+    ):
         if progress:
             print(f"[aode.mini] corpus already generated in {out_folder}; skipping")
         stored["skipped"] = True
@@ -355,7 +425,11 @@ def generate_corpus(out_folder, seed=0, config=None, scale=1.0, workers=2, progr
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-    bar = tqdm(total=len(rows), desc="aode.mini corpus", unit="utt", disable=not progress) if tqdm else None
+    bar = (
+        tqdm(total=len(rows), desc="aode.mini corpus", unit="utt", disable=not progress)
+        if tqdm
+        else None
+    )
     if workers and workers > 1:
         with _mp_context().Pool(workers, initializer=_init_worker, initargs=(pool_specs,)) as pool:
             for uid, n, _ in pool.imap_unordered(render, rows, chunksize=8):
@@ -435,8 +509,10 @@ def summary(info):
         line = f"  {domain:8s} {hrs['total']:.3f} h: {parts}"
         ov = info["vocabulary_overlap"].get(domain)
         if ov:
-            line += (f"; word types shared with general/train {ov['types']:.0%} "
-                     f"({ov['shared_types']}/{ov['target_types']}), tokens covered {ov['tokens']:.0%}")
+            line += (
+                f"; word types shared with general/train {ov['types']:.0%} "
+                f"({ov['shared_types']}/{ov['target_types']}), tokens covered {ov['tokens']:.0%}"
+            )
         lines.append(line)
     return "\n".join(lines)
 
@@ -449,8 +525,9 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    info = generate_corpus(args.out, seed=args.seed, scale=args.scale, workers=args.workers,
-                           progress=not args.quiet)
+    info = generate_corpus(
+        args.out, seed=args.seed, scale=args.scale, workers=args.workers, progress=not args.quiet
+    )
     if info.get("skipped") and not args.quiet:
         print(summary(info))
     return 0

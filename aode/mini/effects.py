@@ -66,10 +66,13 @@ def trim_silence(x, threshold_db=-45.0, lead=0.1, trail=0.2, sample_rate=SAMPLE_
         return x.astype(np.float32)
     thresh = np.max(np.abs(x)) * 10 ** (threshold_db / 20)
     idx = np.flatnonzero(np.abs(x) > thresh)
-    core = x[idx[0]: idx[-1] + 1] if len(idx) else x
+    core = x[idx[0] : idx[-1] + 1] if len(idx) else x
     return np.concatenate(
-        [np.zeros(int(lead * sample_rate), np.float32), core.astype(np.float32),
-         np.zeros(int(trail * sample_rate), np.float32)]
+        [
+            np.zeros(int(lead * sample_rate), np.float32),
+            core.astype(np.float32),
+            np.zeros(int(trail * sample_rate), np.float32),
+        ]
     )
 
 
@@ -114,7 +117,7 @@ def babble(n, sources, picks, offsets):
         src = src / max(np.sqrt(active_power(src)), 1e-12)
         start = int(offset * len(src)) % len(src)
         reps = int(np.ceil((n + start) / len(src))) + 1
-        out += np.tile(src, reps)[start: start + n]
+        out += np.tile(src, reps)[start : start + n]
     out -= out.mean() if n else 0.0
     return (out / max(rms(out), 1e-12)).astype(np.float32)
 
@@ -172,7 +175,7 @@ def load_rir(name):
         raise ValueError(f"{path}: expected {SAMPLE_RATE} Hz, got {sr}")
     rir = rir[:, 0]
     peak = int(np.argmax(np.abs(rir)))
-    rir = rir[max(0, peak - 16):]
+    rir = rir[max(0, peak - 16) :]
     return rir / np.max(np.abs(rir))
 
 

@@ -98,7 +98,12 @@ def _load_lib():
             loader = _loader()
             lib = ctypes.CDLL(loader.get_library_path())
             lib.espeak_Initialize.restype = ctypes.c_int
-            lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+            lib.espeak_Initialize.argtypes = [
+                ctypes.c_int,
+                ctypes.c_int,
+                ctypes.c_char_p,
+                ctypes.c_int,
+            ]
             lib.espeak_SetSynthCallback.argtypes = [_CALLBACK_TYPE]
             lib.espeak_SetSynthCallback.restype = None
             lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
@@ -106,8 +111,14 @@ def _load_lib():
             lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
             lib.espeak_SetParameter.restype = ctypes.c_int
             lib.espeak_Synth.argtypes = [
-                ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+                ctypes.c_char_p,
+                ctypes.c_size_t,
+                ctypes.c_uint,
+                ctypes.c_int,
+                ctypes.c_uint,
+                ctypes.c_uint,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
             ]
             lib.espeak_Synth.restype = ctypes.c_int
             lib.espeak_Synchronize.restype = ctypes.c_int
@@ -165,12 +176,17 @@ class Synthesizer:
         if self.lib.espeak_SetVoiceByName(name.encode()) != 0:
             raise ValueError(f"espeak-ng refused voice {name!r}")
         for param, value in (
-            (espeakRATE, rate), (espeakPITCH, pitch), (espeakRANGE, range_), (espeakVOLUME, volume),
+            (espeakRATE, rate),
+            (espeakPITCH, pitch),
+            (espeakRANGE, range_),
+            (espeakVOLUME, volume),
         ):
             self.lib.espeak_SetParameter(param, int(round(value)), 0)
         self._chunks = []
         data = text.encode("utf-8")
-        err = self.lib.espeak_Synth(data, len(data) + 1, 0, POS_CHARACTER, 0, espeakCHARS_UTF8, None, None)
+        err = self.lib.espeak_Synth(
+            data, len(data) + 1, 0, POS_CHARACTER, 0, espeakCHARS_UTF8, None, None
+        )
         if err != 0:
             raise RuntimeError(f"espeak_Synth failed with code {err}")
         self.lib.espeak_Synchronize()

@@ -79,10 +79,24 @@ def _c(text):
 
 
 _IRREGULAR_PLURALS = {
-    "man": "men", "woman": "women", "child": "children", "mouse": "mice", "goose": "geese",
-    "sheep": "sheep", "deer": "deer", "fish": "fish", "wolf": "wolves", "knife": "knives",
-    "shelf": "shelves", "leaf": "leaves", "loaf": "loaves", "fisherman": "fishermen",
-    "potato": "potatoes", "tomato": "tomatoes", "foot": "feet", "tooth": "teeth",
+    "man": "men",
+    "woman": "women",
+    "child": "children",
+    "mouse": "mice",
+    "goose": "geese",
+    "sheep": "sheep",
+    "deer": "deer",
+    "fish": "fish",
+    "wolf": "wolves",
+    "knife": "knives",
+    "shelf": "shelves",
+    "leaf": "leaves",
+    "loaf": "loaves",
+    "fisherman": "fishermen",
+    "potato": "potatoes",
+    "tomato": "tomatoes",
+    "foot": "feet",
+    "tooth": "teeth",
 }
 
 
@@ -146,17 +160,50 @@ GENERAL_LEXICON = {
         "pleased sleepy"
     ),
     "vt": [
-        ("see", "saw"), ("find", "found"), ("take", "took"), ("carry", "carried"),
-        ("open", "opened"), ("close", "closed"), ("bring", "brought"), ("buy", "bought"),
-        ("sell", "sold"), ("build", "built"), ("break", "broke"), ("hold", "held"),
-        ("paint", "painted"), ("wash", "washed"), ("clean", "cleaned"), ("fix", "fixed"),
-        ("lose", "lost"), ("hide", "hid"), ("throw", "threw"), ("catch", "caught"),
-        ("pull", "pulled"), ("push", "pushed"), ("fill", "filled"), ("drop", "dropped"),
-        ("lift", "lifted"), ("watch", "watched"), ("follow", "followed"), ("visit", "visited"),
-        ("help", "helped"), ("meet", "met"), ("leave", "left"), ("keep", "kept"),
-        ("draw", "drew"), ("mend", "mended"), ("borrow", "borrowed"), ("count", "counted"),
-        ("cover", "covered"), ("choose", "chose"), ("forget", "forgot"), ("touch", "touched"),
-        ("move", "moved"), ("give", "gave"), ("steal", "stole"), ("feed", "fed"),
+        ("see", "saw"),
+        ("find", "found"),
+        ("take", "took"),
+        ("carry", "carried"),
+        ("open", "opened"),
+        ("close", "closed"),
+        ("bring", "brought"),
+        ("buy", "bought"),
+        ("sell", "sold"),
+        ("build", "built"),
+        ("break", "broke"),
+        ("hold", "held"),
+        ("paint", "painted"),
+        ("wash", "washed"),
+        ("clean", "cleaned"),
+        ("fix", "fixed"),
+        ("lose", "lost"),
+        ("hide", "hid"),
+        ("throw", "threw"),
+        ("catch", "caught"),
+        ("pull", "pulled"),
+        ("push", "pushed"),
+        ("fill", "filled"),
+        ("drop", "dropped"),
+        ("lift", "lifted"),
+        ("watch", "watched"),
+        ("follow", "followed"),
+        ("visit", "visited"),
+        ("help", "helped"),
+        ("meet", "met"),
+        ("leave", "left"),
+        ("keep", "kept"),
+        ("draw", "drew"),
+        ("mend", "mended"),
+        ("borrow", "borrowed"),
+        ("count", "counted"),
+        ("cover", "covered"),
+        ("choose", "chose"),
+        ("forget", "forgot"),
+        ("touch", "touched"),
+        ("move", "moved"),
+        ("give", "gave"),
+        ("steal", "stole"),
+        ("feed", "fed"),
     ],
     "vi": _w(
         "walked ran slept laughed cried sang danced waited smiled shouted whispered jumped "
@@ -312,7 +359,9 @@ CORAAL_LEXICON = {
         "plant, factory, post office, navy yard, hospital, cafeteria, warehouse, shipyard, "
         "bus company, department store, hotel"
     ),
-    "game": _c("kickball, hopscotch, double dutch, stickball, tag, jacks, marbles, basketball, baseball"),
+    "game": _c(
+        "kickball, hopscotch, double dutch, stickball, tag, jacks, marbles, basketball, baseball"
+    ),
     "church": _w("baptist methodist pentecostal holiness"),
     "churchword": _c("choir, revival, usher board, bible study, youth group"),
     "grade": _w("first second third fourth fifth sixth seventh eighth ninth tenth"),
@@ -329,8 +378,11 @@ CORAAL_LEXICON = {
     "year": [year_words(y) for y in range(1948, 1996, 3)],
 }
 CORAAL_PROPER = (
-    set(CORAAL_LEXICON["street"]) | set(CORAAL_LEXICON["city"]) | set(CORAAL_LEXICON["surname"])
-    | set(CORAAL_LEXICON["weekday"]) | {"baptist", "methodist", "pentecostal", "bible"}
+    set(CORAAL_LEXICON["street"])
+    | set(CORAAL_LEXICON["city"])
+    | set(CORAAL_LEXICON["surname"])
+    | set(CORAAL_LEXICON["weekday"])
+    | {"baptist", "methodist", "pentecostal", "bible"}
 )
 CORAAL_TEMPLATES = [
     "I grew up on {street} street right by the {spot}.",
@@ -403,9 +455,7 @@ NE_LEXICON = {
         "shooting stars, kwara united, plateau united"
     ),
     "office": _w("governor senator minister chairman commissioner president speaker"),
-    "body": _c(
-        "senate, house of assembly, ministry, tribunal, committee, electoral commission"
-    ),
+    "body": _c("senate, house of assembly, ministry, tribunal, committee, electoral commission"),
     "policy": _w("budget bill policy reform programme initiative"),
     "gverb": _w("announced approved inaugurated commissioned launched suspended unveiled"),
     "sayverb": _w("urged condemned declared warned assured appealed"),
@@ -423,10 +473,25 @@ NE_LEXICON = {
     "weekday": _w("monday tuesday wednesday thursday friday saturday sunday"),
 }
 NE_PROPER = (
-    set(NE_LEXICON["state"]) | set(NE_LEXICON["ncity"]) | set(NE_LEXICON["month"])
-    | set(NE_LEXICON["weekday"]) | {"enyimba", "pillars", "rangers", "sharks", "heartland",
-                                    "remo", "stars", "sunshine", "shooting", "kwara", "united",
-                                    "nigeria", "kano"}
+    set(NE_LEXICON["state"])
+    | set(NE_LEXICON["ncity"])
+    | set(NE_LEXICON["month"])
+    | set(NE_LEXICON["weekday"])
+    | {
+        "enyimba",
+        "pillars",
+        "rangers",
+        "sharks",
+        "heartland",
+        "remo",
+        "stars",
+        "sunshine",
+        "shooting",
+        "kwara",
+        "united",
+        "nigeria",
+        "kano",
+    }
 )
 NE_TEMPLATES = [
     "Government has {gverb} {money} for the {project} in {state}.",
@@ -467,7 +532,9 @@ def _score(rng):
 
 
 def _count(rng):
-    return number_words(rng.choice([rng.randint(20, 99), rng.randint(1, 9) * 100, rng.randint(1, 12) * 1000]))
+    return number_words(
+        rng.choice([rng.randint(20, 99), rng.randint(1, 9) * 100, rng.randint(1, 12) * 1000])
+    )
 
 
 _SLOT = re.compile(r"\{([a-z_]+?)(_past|_pl)?(\d*)\}")
@@ -476,7 +543,9 @@ _SLOT = re.compile(r"\{([a-z_]+?)(_past|_pl)?(\d*)\}")
 def _general_slot(name, suffix, rng):
     lex = GENERAL_LEXICON
     if name == "bignum":
-        return number_words(rng.choice([rng.randint(13, 99), rng.randint(1, 9) * 100, rng.randint(100, 999)]))
+        return number_words(
+            rng.choice([rng.randint(13, 99), rng.randint(1, 9) * 100, rng.randint(100, 999)])
+        )
     if name == "year":
         return year_words(rng.randint(1800, 1950))
     if name == "vt":
@@ -531,7 +600,9 @@ _EXTRA = {
     "vctk": {},
     "coraal": {},
     "ne": {
-        "money": _money, "pct": _pct, "count": _count,
+        "money": _money,
+        "pct": _pct,
+        "count": _count,
         "score": _score,
         "year": lambda rng: year_words(rng.randint(2019, 2026)),
     },
@@ -605,7 +676,7 @@ def plan_texts(counts, seed=0):
         plan[domain] = {}
         start = 0
         for split, n in splits.items():
-            plan[domain][split] = texts[start:start + n]
+            plan[domain][split] = texts[start : start + n]
             start += n
     return plan
 
