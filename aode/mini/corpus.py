@@ -56,7 +56,7 @@ from aode.manifest import write_manifest
 from aode.mini import effects, textgen
 from aode.text import normalize_words
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 SAMPLE_RATE = 16000
 EXTRA_COLUMNS = ("voice", "rate", "pitch", "range", "snr", "effect")
 INFO_FILE = "corpus_info.json"

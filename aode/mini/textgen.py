@@ -319,6 +319,7 @@ VCTK_LEXICON = {
     "time": _c("tonight, tomorrow, today, later today, this morning, this evening, this weekend"),
     "num": _w("two three four five six seven eight nine ten"),
     "feeling": _w("delighted furious disappointed relieved thrilled"),
+    "eventadj": _w("wonderful dreadful brilliant crowded freezing magic"),
     "pron": _w("her him them us"),
 }
 VCTK_PROPER = set(VCTK_LEXICON["vname"]) | set(VCTK_LEXICON["city"])
@@ -332,13 +333,13 @@ VCTK_TEMPLATES = [
     "There were {num} hundred {group} at the {event}.",
     "The {civic} has {cverb} plans for a new {facility}.",
     "{group} in {city} were {feeling} with the decision.",
-    "{weather} is expected in {city} {time}.",
+    "There may be {weather} in {city} {time}.",
     "The {event} in {city} was {delay} because of the {weather}.",
     "We also need a {qadj} snack for {vname}.",
     "{vname} will meet {pron} at the {facility} {time}.",
     "The {facility} in {city} is {delay} until {time}.",
     "Local {group} {cverb} the new {facility}.",
-    "{vname} said the {event} was {feeling}.",
+    "{vname} said the {event} was {eventadj}.",
     "We had {weather} in {city} all week.",
     "The rainbow appeared over the {region} after the {weather}.",
     "She can scoop these things into {num} {qadj} bags.",
@@ -382,6 +383,7 @@ CORAAL_PROPER = (
     | set(CORAAL_LEXICON["city"])
     | set(CORAAL_LEXICON["surname"])
     | set(CORAAL_LEXICON["weekday"])
+    | set(CORAAL_LEXICON["title"])
     | {"baptist", "methodist", "pentecostal", "bible"}
 )
 CORAAL_TEMPLATES = [
@@ -403,7 +405,7 @@ CORAAL_TEMPLATES = [
     "My {relative} sang in the {churchword} for {num} years.",
     "Them kids don't go outside and play {game} no more.",
     "I remember when the {building} opened up on {street} avenue.",
-    "My {relative} ain't never left {city}, she still there.",
+    "My {relative} ain't never left {city}, still living there.",
     "We'd sit on the {spot} and talk till late at night.",
     "I was the oldest so I had to look after my {relative}.",
     "That's when I got the job at the {work}.",
