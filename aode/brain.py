@@ -121,6 +121,19 @@ class ASRBrain(sb.Brain):
         with open(os.path.splitext(path)[0] + "_alignments.txt", "w", encoding="utf-8") as f:
             self.wer_metric.write_stats(f)
 
+    def _wrap_distributed(self):
+        """SpeechBrain converts BatchNorm (Parakeet's convolution module) to SyncBatchNorm,
+        which only runs on GPUs; on CPU (gloo) wrap in DDP as is, buffers broadcast from rank 0."""
+        if self.distributed_launch and self.distributed_backend == "gloo":
+            from torch.nn.parallel import DistributedDataParallel
+
+            for name, module in self.modules.items():
+                if any(p.requires_grad for p in module.parameters()):
+                    self.modules[name] = DistributedDataParallel(
+                        module, device_ids=None, find_unused_parameters=self.find_unused_parameters)
+            return
+        super()._wrap_distributed()
+
     # ------------------------------------------------------------------ optimisation
     def init_optimizers(self):
         """One AdamW over LLRD parameter groups (paper III-A)."""

@@ -36,7 +36,8 @@ def read_audio_segment(wav, start=0.0, stop=None, sample_rate=SAMPLE_RATE):
         info = sf.info(path)
         first = int(round(float(start) * info.samplerate))
         last = info.frames if stop is None else int(round(float(stop) * info.samplerate))
-        if first < 0 or last > info.frames + 1 or last <= first:
+        # manifests round times to the millisecond: tolerate 10 ms past the end
+        if first < 0 or last > info.frames + info.samplerate // 100 or last <= first:
             raise ValueError(
                 f"segment {start}-{stop} s is outside {path} ({info.frames / info.samplerate:.3f} s)"
             )

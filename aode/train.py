@@ -144,8 +144,9 @@ def train_expert(hparams, run_opts=None, corpus=None):
     check = hparams.get("check_audio", True)
     train_set = make_dataset(hparams["train_csv"], asr, hparams, check, skip_log)
     valid_set = make_dataset(hparams["valid_csv"], asr, hparams, check, skip_log)
-    test_sets = {name: make_dataset(path, asr, hparams, check, skip_log)
-                 for name, path in (hparams.get("test_csvs") or {}).items()}
+    test_csvs = {"test": hparams["test_csv"]} if hparams.get("test_csv") else {}
+    test_csvs.update(hparams.get("extra_test_csvs") or {})
+    test_sets = {name: make_dataset(path, asr, hparams, check, skip_log) for name, path in test_csvs.items()}
     loader_kwargs, batches = train_loader_options(hparams, train_set)
     epochs = hparams["number_of_epochs"]
     total_steps = max(1, epochs * batches // hparams.get("grad_accumulation_factor", 1))

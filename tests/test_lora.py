@@ -1,0 +1,58 @@
+import pytest
+import torch
+from torch import nn
+
+from aode.lora import LoRAWrapper, add_lora, has_lora, lora_delta, lora_state_dict, merge_lora
+from aode.models import load_asr_model
+
+
+def _randomise_lora(model):
+    torch.manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, LoRAWrapper):
+            nn.init.normal_(module.lora_B, std=0.1)
+
+
+def test_lora_merge_reproduces_adapted_parakeet(tiny_parakeet):
+    asr = load_asr_model(tiny_parakeet)
+    model = asr.hf_model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    wrapped = add_lora(model, rank=4, target_modules=["q_proj", "v_proj", "linear1", "depthwise_conv"])
+    assert any("depthwise_conv" in n for n in wrapped)
+    conv = model.get_submodule([n for n in wrapped if "depthwise_conv" in n][0])
+    assert conv.base.groups == conv.base.in_channels  # really depthwise
+    assert conv.scaling == 2.0  # alpha defaults to 2 x rank
+    _randomise_lora(model)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    x = torch.randn(2, 16000)
+    lens = torch.tensor([1.0, 0.7])
+    with torch.no_grad():
+        adapted = asr(x, lens)["logits"]
+    merge_lora(model)
+    assert not has_lora(model)
+    after = model.state_dict()
+    assert set(after) == set(before)
+    changed = [k for k in after if not torch.equal(after[k], before[k])]
+    assert any("depthwise_conv.weight" in k for k in changed) and any("q_proj.weight" in k for k in changed)
+    with torch.no_grad():
+        merged = asr(x, lens)["logits"]
+    assert torch.allclose(adapted, merged, atol=1e-5)
+
+
+def test_lora_delta_matches_peft_conventions():
+    torch.manual_seed(0)
+    conv = nn.Conv1d(6, 6, 5, groups=6)
+    wrapper = LoRAWrapper(conv, rank=2, alpha=4)
+    nn.init.normal_(wrapper.lora_B)
+    state = lora_state_dict(nn.ModuleDict({"c": wrapper}))
+    a, b = state["base_model.model.c.lora_A.weight"], state["base_model.model.c.lora_B.weight"]
+    assert a.shape == (2, 1, 5) and b.shape == (6, 2, 1)
+    expected = 2.0 * (b.squeeze(-1) @ a.flatten(1)).reshape(6, 1, 5)
+    assert torch.allclose(lora_delta(a, b, 2.0, conv.weight.shape), expected)
+    assert torch.allclose(wrapper.delta(), expected)
+
+
+def test_no_matching_target_is_an_error(tiny_parakeet):
+    model = load_asr_model(tiny_parakeet).hf_model
+    with pytest.raises(ValueError, match="no Linear/Conv1d module matches"):
+        add_lora(model, target_modules=["nope"])
