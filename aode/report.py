@@ -1,0 +1,199 @@
+"""The paper's tables from a WER table: Average, Forgetting %, and plots.
+
+* Average = unweighted mean of the WER columns (paper Tables VII/VIII).
+* Forgetting % = 100 * (sum of the forgetting sets' WER / the same sum for the
+  baseline - 1); with LibriSpeech test-clean and test-other this is the paper's
+  100 * ((WER_clean + WER_other) / (WER_clean_pre + WER_other_pre) - 1).
+* Per forgetting set, the relative increase in %, as extra columns.
+* Gain kept (issue: merging beyond the mean) = mean over target domains of
+  (WER_pre - WER_model) / (WER_pre - WER_expert).
+
+Command line::
+
+    python -m aode.report wer.csv [--baseline NAME] [--forgetting COL ...] [--csv OUT]
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+
+DERIVED = ("Average", "Forgetting %")
+
+
+def read_wer_csv(path):
+    """(model names in order, set names, {model: {set: wer}}); derived columns ignored."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"WER table not found: {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header or len(header) < 2:
+            raise ValueError(f"{path}: expected a header 'model,<test set>,...'")
+        sets = [h for h in header[1:] if h not in DERIVED and not h.startswith(("Forgetting", "Gain kept"))]
+        index = {h: i for i, h in enumerate(header)}
+        names, table = [], {}
+        for row in reader:
+            if not row:
+                continue
+            try:
+                table[row[0]] = {s: float(row[index[s]]) for s in sets}
+            except (ValueError, IndexError) as err:
+                raise ValueError(f"{path}: bad row {row!r}: {err}") from err
+            names.append(row[0])
+    if not names:
+        raise ValueError(f"{path}: no rows")
+    return names, sets, table
+
+
+def default_forgetting_sets(sets):
+    """The columns that measure forgetting when none are named: LibriSpeech-like clean/other."""
+    found = [s for s in sets if "clean" in s.lower()] + [s for s in sets if "other" in s.lower()]
+    return found
+
+
+def forgetting(row, baseline_row, forgetting_sets):
+    total = sum(row[s] for s in forgetting_sets)
+    base = sum(baseline_row[s] for s in forgetting_sets)
+    return 100.0 * (total / base - 1.0)
+
+
+def summarize(table, baseline, forgetting_sets=None, sets=None, expert_of=None):
+    """Rows ``{model, <sets>, Average, Forgetting %, Forgetting <set> %, [Gain kept]}``.
+
+    ``expert_of`` maps a target test set to the model name of its domain's expert; it
+    enables the "Gain kept" column.
+    """
+    if baseline not in table:
+        raise ValueError(f"baseline {baseline!r} is not a row; rows: {list(table)}")
+    sets = sets or list(next(iter(table.values())))
+    forgetting_sets = forgetting_sets or default_forgetting_sets(sets)
+    missing = [s for s in forgetting_sets if s not in sets]
+    if missing or not forgetting_sets:
+        raise ValueError(f"forgetting sets {forgetting_sets} must be columns of the table: {sets}")
+    base = table[baseline]
+    rows = []
+    for name, wers in table.items():
+        row = {"model": name, **{s: wers[s] for s in sets}}
+        row["Average"] = sum(wers[s] for s in sets) / len(sets)
+        row["Forgetting %"] = forgetting(wers, base, forgetting_sets)
+        for s in forgetting_sets:
+            row[f"Forgetting {s} %"] = 100.0 * (wers[s] / base[s] - 1.0)
+        if expert_of:
+            row["Gain kept"] = gain_kept(wers, base, {s: table[e] for s, e in expert_of.items() if e in table})
+        rows.append(row)
+    return rows
+
+
+def gain_kept(wers, base, experts):
+    """Mean over target sets of (WER_pre - WER_model) / (WER_pre - WER_expert)."""
+    shares = [(base[s] - wers[s]) / (base[s] - expert[s]) for s, expert in experts.items()
+              if base[s] != expert[s]]
+    return sum(shares) / len(shares) if shares else float("nan")
+
+
+def _fmt(value, digits=2):
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def markdown(rows):
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows, path):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(v, 4) for k, v in row.items()})
+
+
+def write_wer_csv(table, path, sets=None):
+    sets = sets or list(next(iter(table.values())))
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model"] + sets)
+        for name, wers in table.items():
+            writer.writerow([name] + [f"{wers[s]:.4f}" for s in sets])
+    os.replace(tmp, path)
+
+
+def plot(rows, sets, path, title="AoDE"):
+    """WER per set per model (bars), and Average against Forgetting % (scatter)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        ax1.bar([j + i * width for j in range(len(sets))], [row[s] for s in sets], width, label=row["model"])
+    ax1.set_xticks([j + 0.4 - width / 2 for j in range(len(sets))])
+    ax1.set_xticklabels(sets, rotation=20)
+    ax1.set_ylabel("WER %")
+    ax1.set_title("WER per test set")
+    ax1.legend(fontsize=7, ncol=2)
+    for row in rows:
+        ax2.scatter(row["Forgetting %"], row["Average"])
+        ax2.annotate(row["model"], (row["Forgetting %"], row["Average"]), fontsize=7,
+                     xytext=(3, 3), textcoords="offset points")
+    ax2.axvline(0, color="grey", lw=0.5)
+    ax2.set_xlabel("Forgetting %  (lower is better)")
+    ax2.set_ylabel("Average WER %  (lower is better)")
+    ax2.set_title("Average against forgetting")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(table, folder, baseline, forgetting_sets=None, expert_of=None, title="AoDE", sets=None):
+    """wer.csv, results.csv, results.md, results.json, results.png in ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    sets = sets or list(next(iter(table.values())))
+    write_wer_csv(table, os.path.join(folder, "wer.csv"), sets)
+    rows = summarize(table, baseline, forgetting_sets, sets, expert_of)
+    write_csv(rows, os.path.join(folder, "results.csv"))
+    text = markdown(rows)
+    with open(os.path.join(folder, "results.md"), "w", encoding="utf-8") as f:
+        f.write(f"# {title}\n\nWER % per test set; Average = mean of the columns; Forgetting % against "
+                f"{baseline!r} on {', '.join(forgetting_sets or default_forgetting_sets(sets))}.\n\n" + text)
+    with open(os.path.join(folder, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"baseline": baseline, "rows": rows}, f, indent=1)
+    plot(rows, sets, os.path.join(folder, "results.png"), title)
+    return rows, text
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m aode.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("wer_csv", help="CSV: model,<test set>,... (Average/Forgetting columns are recomputed)")
+    parser.add_argument("--baseline", help="row that forgetting is measured against (default: the first)")
+    parser.add_argument("--forgetting", nargs="+", help="forgetting columns (default: the clean/other sets)")
+    parser.add_argument("--csv", help="write the table with Average and Forgetting %% columns here")
+    args = parser.parse_args(argv)
+    try:
+        names, sets, table = read_wer_csv(args.wer_csv)
+        rows = summarize(table, args.baseline or names[0], args.forgetting, sets)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(markdown(rows), end="")
+    if args.csv:
+        write_csv(rows, args.csv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
