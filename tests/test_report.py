@@ -20,6 +20,11 @@ def _significant(value, figures):
     return float(f"{value:.{figures}g}")
 
 
+def _half_unit(printed):
+    decimals = len(printed.split(".")[1]) if "." in printed else 0
+    return 0.5 * 10 ** -decimals
+
+
 def test_reproduces_table7():
     names, sets, table = read_wer_csv(TABLE7)
     assert sets == ["VCTK", "CORAAL", "JL Corpus", "Google NE", "LS test-clean", "LS test-other"]
@@ -29,12 +34,13 @@ def test_reproduces_table7():
     for row in rows:
         p = printed[row["model"]]
         assert _significant(row["Forgetting %"], 2) == float(p["Forgetting %"]), row["model"]
-        # the paper averaged unrounded WERs: allow the printed inputs' rounding (<= 0.05)
+        # the paper averaged unrounded WERs: allow the rounding of the printed inputs and output
         off = abs(row["Average"] - float(p["Average"]))
+        tolerance = sum(_half_unit(p[s]) for s in sets) / len(sets) + _half_unit(p["Average"])
         if row["model"] == PRINTED_TYPO:
             assert off > 0.3 and _significant(row["Average"], 3) == 7.16
         else:
-            assert off <= 0.051, row["model"]
+            assert off <= tolerance + 1e-9, row["model"]
 
 
 def test_gain_kept_matches_the_issue_numbers():
