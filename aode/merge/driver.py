@@ -122,7 +122,7 @@ def _read_provenance(folder):
 
 def merge_models(members, output, method="average", weights=None, base=None,
                  include_base=False, weight_rules=None, options=None, seed=0, progress=True,
-                 overwrite=False, max_chunk_bytes=64 * 2**20):
+                 overwrite=False, max_chunk_bytes=8 * 2**20):
     """Merge model folders into the model folder ``output`` (AoDE, paper III-C).
 
     Args:
@@ -142,8 +142,11 @@ def merge_models(members, output, method="average", weights=None, base=None,
         seed: seeds each tensor's generator together with the tensor name.
         progress: show a tqdm bar over tensors.
         overwrite: replace an existing ``output``.
-        max_chunk_bytes: element-wise methods read large tensors in slices holding at most
-            this many float32 bytes over all inputs.
+        max_chunk_bytes: read buffers hold at most this many bytes over all inputs:
+            element-wise methods get large tensors in slices of ``max_chunk_bytes / inputs``
+            bytes per input (8 MiB keeps a slice of every member in the CPU cache while it
+            is merged); other methods get whole tensors (then memory is about one tensor per
+            member, e.g. N x 160 MB for Whisper small's token embedding).
 
     Returns the output folder path.
     """
@@ -223,10 +226,11 @@ def merge_models(members, output, method="average", weights=None, base=None,
                                        metadata={"format": "pt"})
             n_read = len(inputs) + (1 if spec.uses_base and base_src is not None else 0) \
                 + sum(1 for srcs in aligned.values() if any(s is not None for s in srcs))
+            scratch = _Scratch(max(4096, max_chunk_bytes // n_read))
             for name, dtype, shape in tqdm(entries, disable=not progress, unit="tensor",
                                            desc=f"merge ({method})"):
                 _merge_tensor(name, dtype, shape, spec, inputs, base_src, aligned, options,
-                              default_w, rules, seed, writer, n_read, max_chunk_bytes)
+                              default_w, rules, seed, writer, scratch)
             writer.close()
             _write_folder_files(tmp, inputs, base_src)
             provenance = {
@@ -272,15 +276,34 @@ def _weights_for(name, default_w, rules):
     return default_w
 
 
-def _read_checked(src, name, start, stop):
-    t = src.read(name, start, stop).float()
-    if not torch.isfinite(t).all():
+class _Scratch:
+    """Reusable read buffers (one per input slot, ``size`` bytes each), so that reading a
+    slice copies into memory that is already mapped and, for small slices, still cached."""
+
+    def __init__(self, size):
+        self.size = size
+        self._buffers = {}
+
+    def get(self, slot, nbytes):
+        if nbytes > self.size:
+            return None
+        buf = self._buffers.get(slot)
+        if buf is None:
+            buf = self._buffers[slot] = torch.empty(self.size, dtype=torch.uint8)
+        return buf
+
+
+def _read_checked(src, name, start, stop, buffer=None):
+    t = src.read(name, start, stop, buffer).float()
+    # One cheap reduction first; the exact test only when the sum is not finite (a NaN/inf
+    # element, or a float32 overflow of the sum).
+    if not math.isfinite(t.sum().item()) and not torch.isfinite(t).all():
         raise MergeError(f"{src.label}: tensor {name!r} has non-finite values (NaN or inf)")
     return t
 
 
 def _merge_tensor(name, dtype, shape, spec, inputs, base_src, aligned, options, default_w,
-                  rules, seed, writer, n_read, max_chunk_bytes):
+                  rules, seed, writer, scratch):
     if not _is_float(dtype):
         # Integer / bool tensors (buffers: step counters, index tables) are copied from the
         # first member and must agree everywhere.
@@ -296,26 +319,30 @@ def _merge_tensor(name, dtype, shape, spec, inputs, base_src, aligned, options, 
     w = _weights_for(name, default_w, rules)
     generator = torch.Generator().manual_seed(tensor_seed(seed, name))
     numel = math.prod(shape)
-    if spec.elementwise and numel * 4 * n_read > max_chunk_bytes:
-        step = max(1, max_chunk_bytes // (4 * n_read))
+    # Slices of at most scratch.size bytes per input (float32), element-wise methods only.
+    step = max(1, scratch.size // 4)
+    if spec.elementwise and numel > step:
         ranges = [(s, min(s + step, numel)) for s in range(0, numel, step)]
     else:
         ranges = [(None, None)]
+    itemsize = torch.empty((), dtype=dtype).element_size()
     for start, stop in ranges:
-        tensors = [_read_checked(src, name, start, stop) for src in inputs]
+        nbytes = (numel if start is None else stop - start) * itemsize
+        tensors = [_read_checked(src, name, start, stop, scratch.get(i, nbytes))
+                   for i, src in enumerate(inputs)]
         base_t = None
         if spec.uses_base and base_src is not None:
-            base_t = _read_checked(base_src, name, start, stop)
+            base_t = _read_checked(base_src, name, start, stop, scratch.get("base", nbytes))
         extra = {}
         for kw, srcs in aligned.items():
-            extra[kw] = [s.read(name, start, stop).float() if s is not None and name in s
-                         else None for s in srcs]
+            extra[kw] = [s.read(name, start, stop, scratch.get((kw, i), nbytes)).float()
+                         if s is not None and name in s else None for i, s in enumerate(srcs)]
         out = spec.fn(tensors, w, base_t, generator, **options, **extra)
         del tensors, base_t, extra
         if tuple(out.shape) != tuple(shape if start is None else (stop - start,)):
             raise MergeError(f"method {spec.name!r} returned shape {list(out.shape)} for "
                              f"tensor {name!r} of shape {list(shape)}")
-        if not torch.isfinite(out).all():
+        if not math.isfinite(out.sum().item()) and not torch.isfinite(out).all():
             raise MergeError(f"method {spec.name!r} produced non-finite values for tensor "
                              f"{name!r}")
         writer.write(name, out.to(dtype))

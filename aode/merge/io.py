@@ -135,8 +135,12 @@ class SafetensorsFile:
         dtype, shape, _ = self._entries[name]
         return TensorInfo(dtype, shape)
 
-    def read(self, name, start=None, stop=None):
-        """The tensor ``name``; with ``start``/``stop``, that range of its flattened elements."""
+    def read(self, name, start=None, stop=None, buffer=None):
+        """The tensor ``name``; with ``start``/``stop``, that range of its flattened elements.
+
+        ``buffer``: an optional uint8 tensor to read into when it is large enough (the
+        result is then a view of it, valid until the buffer is reused).
+        """
         dtype, shape, begin = self._entries[name]
         numel = _numel(shape)
         whole = start is None and stop is None
@@ -145,7 +149,11 @@ class SafetensorsFile:
         if not 0 <= start <= stop <= numel:
             raise IndexError(f"{name}: element range [{start}, {stop}) outside [0, {numel})")
         size = _itemsize(dtype)
-        buf = torch.empty((stop - start) * size, dtype=torch.uint8)
+        nbytes = (stop - start) * size
+        if buffer is not None and buffer.numel() >= nbytes:
+            buf = buffer[:nbytes]
+        else:
+            buf = torch.empty(nbytes, dtype=torch.uint8)
         if self._file is None:
             self._file = open(self.path, "rb", buffering=0)
         self._file.seek(self._data_start + begin + start * size)
@@ -303,7 +311,9 @@ class ModelSource:
         self.infos = {}
         self.model_folder = path  # where config.json / processor files live
 
-    def read(self, name, start=None, stop=None):
+    def read(self, name, start=None, stop=None, buffer=None):
+        """Tensor ``name`` (or elements [start, stop) of it, flattened); ``buffer``: an
+        optional uint8 scratch tensor the source may read into (the result may be a view)."""
         raise NotImplementedError
 
     def close(self):
@@ -323,8 +333,8 @@ class SafetensorsSource(ModelSource):
                 self._where[name] = sf
                 self.infos[name] = sf.info(name)
 
-    def read(self, name, start=None, stop=None):
-        return self._where[name].read(name, start, stop)
+    def read(self, name, start=None, stop=None, buffer=None):
+        return self._where[name].read(name, start, stop, buffer)
 
     def close(self):
         for sf in self.files:
@@ -347,7 +357,7 @@ class StateDictSource(ModelSource):
                 self.state[name] = t
         self.infos = {n: TensorInfo(t.dtype, tuple(t.shape)) for n, t in self.state.items()}
 
-    def read(self, name, start=None, stop=None):
+    def read(self, name, start=None, stop=None, buffer=None):
         t = self.state[name]
         if start is None and stop is None:
             return t
@@ -464,11 +474,11 @@ class LoraSource(ModelSource):
             self._cache = (name, d)
         return self._cache[1]
 
-    def read(self, name, start=None, stop=None):
+    def read(self, name, start=None, stop=None, buffer=None):
         if name in self.replaced:
             t = self.replaced[name]
             return t if start is None and stop is None else t.reshape(-1)[start:stop]
-        base = self.base.read(name, start, stop)
+        base = self.base.read(name, start, stop, buffer)
         if name not in self.adapted:
             return base
         d = self._delta(name)

@@ -8,11 +8,13 @@ Same convention as mergekit's ``linear`` with ``normalize: true``.
 
 Exact expression (float32, members in the given order)::
 
-    acc = zeros_like(theta_1)
-    for i in 1..N: acc = acc + w_i * theta_i     # w_i a float32 scalar tensor
+    acc = w_1 * theta_1
+    for i in 2..N: acc = acc + w_i * theta_i     # w_i a float32 scalar; w_i * t is
+                                                  # skipped (t itself) when w_i == 1
     theta = acc / sum(w)                          # sum(w) = weights.sum() in float32
 
-so with weights all 1 the result is bit-for-bit ``((theta_1 + theta_2) + ...) / N``.
+so with weights all 1 the result is bit-for-bit ``(((theta_1 + theta_2) + ...) + theta_N) / N``
+as computed by hand in float32 (``torch.equal`` holds; the test does exactly this).
 """
 
 import torch
@@ -25,10 +27,16 @@ def weighted_average(tensors, weights):
     total = weights.sum()
     if total == 0:
         raise ValueError(f"the weights sum to zero ({weights.tolist()}); cannot average")
-    acc = torch.zeros_like(tensors[0], dtype=torch.float32)
-    for w, t in zip(weights, tensors):
-        acc += w * t
-    return acc / total
+    acc = None
+    for w, t in zip(weights.tolist(), tensors):
+        # w * t with w == 1 is t itself, bit for bit: skip the multiply (and its temporary).
+        term = t if w == 1.0 else torch.tensor(w, dtype=torch.float32) * t
+        if acc is None:
+            acc = term.to(torch.float32, copy=True) if term is t else term.float()
+        else:
+            acc += term
+    acc /= total
+    return acc
 
 
 @register("average", elementwise=True)
