@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""Every scenario of the paper from one driver.
+
+    python recipes/average/reproduce.py hparams/mini.yaml            # the miniature (CPU, minutes)
+    python recipes/average/reproduce.py hparams/mini_full.yaml       # every row of Tables VII/VIII
+    python recipes/average/reproduce.py hparams/<experiment>.yaml --output_folder DIR
+
+Stages are resumable: rerunning skips finished experts, merges and evaluations.
+"""
+
+import logging
+import sys
+
+from hyperpyyaml import load_hyperpyyaml
+import speechbrain as sb
+
+from aode.experiment import Experiment
+
+
+def main(argv):
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    hparams_file, _, overrides = sb.parse_arguments(argv)
+    with open(hparams_file, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f, overrides)
+    experiment = Experiment(hparams)
+    outputs = experiment.run()
+    for name, text in outputs.items():
+        print(f"\n## {name} ({hparams['output_folder']}/{name}/results.md)\n")
+        print(text)
+    timings = ", ".join(f"{k} {v:.0f} s" for k, v in experiment.timings.items())
+    print(f"time: {timings}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

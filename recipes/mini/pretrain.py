@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Pretrain the miniature's generalist on the synthetic general domain, then ship it.
+
+    python recipes/mini/pretrain.py hparams/mini_pretrain.yaml [--number_of_epochs 12]
+
+Generates the corpus if missing, builds a fresh ParakeetForCTC from the hparams, trains it
+with the same Brain as every expert (no LLRD: from scratch), and copies the exported
+model folder to ``ship_to`` (aode/mini_generalist, the start of hparams/mini.yaml).
+"""
+
+import logging
+import os
+import shutil
+import sys
+
+from aode.builders import build_parakeet_ctc
+from aode.train import load_hparams, train_expert
+
+
+def main(argv):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    hparams, run_opts, _, _ = load_hparams(argv)
+    from aode.mini.corpus import generate_corpus
+
+    corpus = hparams["corpus_folder"]
+    generate_corpus(corpus, seed=hparams["corpus_seed"], scale=hparams["corpus_scale"])
+    init = os.path.join(hparams["output_folder"], "init")
+    if not os.path.isdir(init):
+        build_parakeet_ctc(init, hidden_size=hparams["hidden_size"], num_layers=hparams["num_layers"],
+                           num_heads=hparams["num_heads"], intermediate_size=hparams["intermediate_size"],
+                           subsampling_factor=hparams["subsampling_factor"],
+                           conv_kernel_size=hparams["conv_kernel_size"], seed=hparams["seed"])
+    general = os.path.join(corpus, "general")
+    hparams.update(model_source=init, domain="general", train_csv=os.path.join(general, "train.csv"),
+                   valid_csv=os.path.join(general, "valid.csv"), test_csv=os.path.join(general, "test_clean.csv"),
+                   extra_test_csvs={"test_other": os.path.join(general, "test_other.csv")})
+    folder = train_expert(hparams, run_opts, corpus="general")
+    if hparams.get("ship_to"):
+        if os.path.isdir(hparams["ship_to"]):
+            shutil.rmtree(hparams["ship_to"])
+        shutil.copytree(folder, hparams["ship_to"])
+        print(f"generalist shipped to {hparams['ship_to']}")
+    return folder
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
