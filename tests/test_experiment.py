@@ -1,0 +1,124 @@
+"""The averaging recipe and the scenario driver, end to end on tiny offline models."""
+
+import csv
+import json
+import os
+import sys
+
+import pytest
+
+from aode.manifest import write_manifest
+from conftest import sample_rows
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "recipes", "average"))
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory):
+    """Two 'domains' (the two speakers of the real samples) and a forgetting set."""
+    folder = tmp_path_factory.mktemp("domains")
+    rows = sample_rows()
+    paths = {}
+    for spk in ("spk1", "spk2"):
+        path = str(folder / f"{spk}.csv")
+        write_manifest(path, [r for r in rows if r["spk_id"] == spk])
+        paths[spk] = path
+    paths["all"] = str(folder / "all.csv")
+    write_manifest(paths["all"], rows)
+    return paths
+
+
+def _yaml(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_merge_recipe(tiny_parakeet, domains, tmp_path, capsys):
+    from aode.train import train_expert
+    import merge as merge_recipe
+
+    experts = {}
+    for spk in ("spk1", "spk2"):
+        experts[spk] = train_expert(dict(
+            output_folder=str(tmp_path / spk), train_csv=domains[spk], valid_csv=domains[spk], model_source=tiny_parakeet,
+            lr=3e-3, number_of_epochs=1, steps_per_epoch=2, batch_size=2, progressbar=False))
+    hp = _yaml(tmp_path / "aode.yaml", f"""
+output_folder: {tmp_path / 'out'}
+original: {tiny_parakeet}
+experts:
+    spk1: {experts['spk1']}
+    spk2: {experts['spk2']}
+include_original: True
+test_sets:
+    spk1: {domains['spk1']}
+    spk2: {domains['spk2']}
+    clean: {domains['all']}
+    other: {domains['all']}
+forgetting_sets: [clean, other]
+expert_of_test_set: {{spk1: spk1, spk2: spk2}}
+normalizer: basic
+progressbar: False
+""")
+    merge_recipe.main([hp])
+    out = tmp_path / "out"
+    assert (out / "merged" / "model.safetensors").exists()
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["model", "spk1", "spk2", "clean", "other"] and "Forgetting %" in header
+    rows = list(csv.DictReader(open(out / "wer.csv")))
+    assert [r["model"] for r in rows] == ["original", "spk1", "spk2", "AoDE"]
+    provenance = json.load(open(out / "merged" / "aode.json"))
+    assert provenance["method"] == "average"
+    # a second run decodes nothing: every result comes from the cache
+    stamps = {p: os.path.getmtime(p) for p in (out / "eval").rglob("*.json")}
+    merge_recipe.main([hp])
+    assert stamps == {p: os.path.getmtime(p) for p in (out / "eval").rglob("*.json")}
+
+
+@pytest.mark.slow
+def test_reproduce_every_scenario(tiny_parakeet, domains, tmp_path):
+    import reproduce
+
+    hp = _yaml(tmp_path / "exp.yaml", f"""
+title: tiny
+output_folder: {tmp_path / 'exp'}
+original: {tiny_parakeet}
+domains:
+    a: {{train_csv: {domains['spk1']}, valid_csv: {domains['spk1']}, test_csv: {domains['spk1']}}}
+    b: {{train_csv: {domains['spk2']}, valid_csv: {domains['spk2']}, test_csv: {domains['spk2']}}}
+forgetting_sets:
+    clean: {domains['all']}
+    other: {domains['all']}
+scenarios: [experts, sequential, aode, aode_with_original, combined, resampled, iterative, weighted, lora, oracle,
+            methods, greedy_soup]
+sequential_orders: [[a, b]]
+iterations: 2
+merge_methods:
+    TIES: {{method: ties, options: {{density: 0.5}}}}
+train_hparams_file: {ROOT}/hparams/parakeet_llrd.yaml
+train_overrides: {{lr: 0.003, number_of_epochs: 1, steps_per_epoch: 1, batch_size: 2, num_workers: 0,
+                  progressbar: False, normalizer: basic}}
+lora_hparams_file: {ROOT}/hparams/parakeet_lora.yaml
+lora_overrides: {{number_of_epochs: 1, steps_per_epoch: 1, batch_size: 2, num_workers: 0, progressbar: False,
+                 lora_rank: 2, lora_alpha: 4}}
+normalizer: basic
+progressbar: False
+""")
+    reproduce.main([hp])
+    out = tmp_path / "exp"
+    t7 = [r["model"] for r in csv.DictReader(open(out / "table7" / "results.csv"))]
+    assert t7 == ["Pretrained", "Fine-tuned - a", "Fine-tuned - b", "Sequential FT - a;b", "AoDE", "AoDE with orig.",
+                  "Combined data", "Resampled data", "AoDE - iteration 2", "AoDE - iteration 2 w/ orig.", "LoRA - a",
+                  "LoRA - b", "LoRA AoDE", "Oracle domain (FT)", "Oracle domain (LoRA)"]
+    t8 = [r["model"] for r in csv.DictReader(open(out / "table8" / "results.csv"))]
+    assert t8 == ["Pretrained", "AoDE", "AoDE - a x4", "AoDE - b x4"]
+    methods = list(csv.DictReader(open(out / "methods" / "results.csv")))
+    assert methods[3]["model"] == "TIES" and "Gain kept" in methods[0]
+    oracle = next(r for r in csv.DictReader(open(out / "table7" / "results.csv")) if r["model"] == "Oracle domain (FT)")
+    assert float(oracle["Forgetting %"]) == 0
+    assert (out / "greedy_soup.json").exists() and (out / "table7" / "results.png").exists()
+    # resumable: a rerun trains, merges and decodes nothing
+    files = {p: os.path.getmtime(p) for p in out.rglob("*.safetensors")}
+    files.update({p: os.path.getmtime(p) for p in (out / "eval").rglob("*.json")})
+    reproduce.main([hp])
+    assert files == {p: os.path.getmtime(p) for p in files}
