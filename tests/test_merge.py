@@ -158,9 +158,10 @@ def test_weights_honoured(toys, tmp_path):
     out = merge_models(folders, tmp_path / "merged", weights=[4, 1, 1, 1], progress=False)
     merged = load_file(os.path.join(out, "model.safetensors"))
     name = "decoder.proj.weight"
-    acc = torch.zeros_like(states[0][name])
-    for w, st in zip([4.0, 1.0, 1.0, 1.0], states):
-        acc += torch.tensor(w) * st[name]
+    # the documented expression: acc = 4 * theta_1; acc += theta_i (w == 1); acc / 7
+    acc = torch.tensor(4.0) * states[0][name]
+    for st in states[1:]:
+        acc += st[name]
     assert torch.equal(merged[name], acc / 7)
     expected = (4 * states[0][name] + states[1][name] + states[2][name] + states[3][name]) / 7
     assert torch.allclose(merged[name], expected, atol=1e-6)
@@ -316,6 +317,10 @@ def test_non_finite_names_member_and_tensor(toys, tmp_path):
     msg = _expect_fail([folders[0], badf2], tmp_path / "o2", "non-finite",
                        max_chunk_bytes=64)
     assert badf2 in msg
+    # a method that does not propagate NaN (checked input by input)
+    msg = _expect_fail([folders[0], badf], tmp_path / "o3", "'decoder.proj.weight'",
+                       method="least_extreme")
+    assert badf in msg and "non-finite" in msg
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 
 
@@ -518,3 +523,34 @@ def test_merged_folder_transcribes_with_pipeline(w2v_folders, tmp_path):
     asr = pipeline("automatic-speech-recognition", model=out, device="cpu")
     result = asr({"raw": np.asarray(audio), "sampling_rate": 16000})
     assert isinstance(result["text"], str)
+
+
+def test_lora_rslora_and_modules_to_save(toys, tmp_path):
+    from aode.lora import lora_delta
+
+    states, folders = toys
+    adapter = tmp_path / "adapter"
+    os.makedirs(adapter)
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(2, 6, generator=g), torch.randn(10, 2, generator=g)
+    bias = torch.randn(6, generator=g)
+    save_file({"base_model.model.decoder.proj.lora_A.weight": a,
+               "base_model.model.decoder.proj.lora_B.weight": b,
+               "base_model.model.encoder.layer.0.bias": bias},
+              str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"r": 2, "lora_alpha": 4, "use_rslora": True,
+         "base_model_name_or_path": os.path.abspath(folders[0])}))
+    src = open_model(str(adapter))
+    w = "decoder.proj.weight"
+    expected = states[0][w] + lora_delta(a, b, 4 / math.sqrt(2), (10, 6))
+    assert torch.equal(src.read(w), expected)
+    assert torch.equal(src.read(w, 5, 17), expected.reshape(-1)[5:17])
+    assert torch.equal(src.read("encoder.layer.0.bias"), bias)
+    assert torch.equal(src.read("decoder.scale"), states[0]["decoder.scale"])
+    src.close()
+    save_file({"base_model.model.nowhere.lora_A.weight": a,
+               "base_model.model.nowhere.lora_B.weight": b},
+              str(adapter / "adapter_model.safetensors"))
+    with pytest.raises(ValueError, match="'nowhere'"):
+        open_model(str(adapter))

@@ -122,7 +122,7 @@ def _read_provenance(folder):
 
 def merge_models(members, output, method="average", weights=None, base=None,
                  include_base=False, weight_rules=None, options=None, seed=0, progress=True,
-                 overwrite=False, max_chunk_bytes=8 * 2**20):
+                 overwrite=False, max_chunk_bytes=8 * 2**20, num_threads=1):
     """Merge model folders into the model folder ``output`` (AoDE, paper III-C).
 
     Args:
@@ -147,6 +147,11 @@ def merge_models(members, output, method="average", weights=None, base=None,
             bytes per input (8 MiB keeps a slice of every member in the CPU cache while it
             is merged); other methods get whole tensors (then memory is about one tensor per
             member, e.g. N x 160 MB for Whisper small's token embedding).
+        num_threads: torch intra-op threads during the merge (restored afterwards); None
+            keeps the current setting. The default 1 is deliberate: the work is thousands
+            of small cache-sized slices, which gain nothing from threads, and on a busy
+            machine OpenMP's per-op barriers made 2 threads 10x slower than 1
+            (bench/RESULTS.md, "Merge").
 
     Returns the output folder path.
     """
@@ -174,6 +179,9 @@ def merge_models(members, output, method="average", weights=None, base=None,
 
     opened = []
     aligned = {}
+    saved_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
     try:
         inputs = []
         for i, m in enumerate(members):
@@ -261,12 +269,17 @@ def merge_models(members, output, method="average", weights=None, base=None,
         logger.info("merged %s in %.1f s", output, time.time() - start_time)
         return output
     finally:
+        torch.set_num_threads(saved_threads)
         for src in opened:
             src.close()
         for srcs in aligned.values():
             for s in srcs:
                 if s is not None:
                     s.close()
+
+
+def _base_used(spec, base_src):
+    return spec.uses_base and base_src is not None
 
 
 def _weights_for(name, default_w, rules):
@@ -293,12 +306,20 @@ class _Scratch:
         return buf
 
 
-def _read_checked(src, name, start, stop, buffer=None):
-    t = src.read(name, start, stop, buffer).float()
+def _all_finite(t):
     # One cheap reduction first; the exact test only when the sum is not finite (a NaN/inf
     # element, or a float32 overflow of the sum).
-    if not math.isfinite(t.sum().item()) and not torch.isfinite(t).all():
-        raise MergeError(f"{src.label}: tensor {name!r} has non-finite values (NaN or inf)")
+    return math.isfinite(t.sum().item()) or bool(torch.isfinite(t).all())
+
+
+def _nonfinite_error(src, name):
+    return MergeError(f"{src.label}: tensor {name!r} has non-finite values (NaN or inf)")
+
+
+def _read_checked(src, name, start, stop, buffer=None, check=True):
+    t = src.read(name, start, stop, buffer).float()
+    if check and not _all_finite(t):
+        raise _nonfinite_error(src, name)
     return t
 
 
@@ -328,11 +349,15 @@ def _merge_tensor(name, dtype, shape, spec, inputs, base_src, aligned, options, 
     itemsize = torch.empty((), dtype=dtype).element_size()
     for start, stop in ranges:
         nbytes = (numel if start is None else stop - start) * itemsize
-        tensors = [_read_checked(src, name, start, stop, scratch.get(i, nbytes))
+        # Methods whose output is non-finite wherever an input is get their inputs checked
+        # through the output (below); the others input by input.
+        check = not spec.propagates_nonfinite
+        tensors = [_read_checked(src, name, start, stop, scratch.get(i, nbytes), check)
                    for i, src in enumerate(inputs)]
         base_t = None
         if spec.uses_base and base_src is not None:
-            base_t = _read_checked(base_src, name, start, stop, scratch.get("base", nbytes))
+            base_t = _read_checked(base_src, name, start, stop, scratch.get("base", nbytes),
+                                   check)
         extra = {}
         for kw, srcs in aligned.items():
             extra[kw] = [s.read(name, start, stop, scratch.get((kw, i), nbytes)).float()
@@ -342,7 +367,11 @@ def _merge_tensor(name, dtype, shape, spec, inputs, base_src, aligned, options, 
         if tuple(out.shape) != tuple(shape if start is None else (stop - start,)):
             raise MergeError(f"method {spec.name!r} returned shape {list(out.shape)} for "
                              f"tensor {name!r} of shape {list(shape)}")
-        if not math.isfinite(out.sum().item()) and not torch.isfinite(out).all():
+        if not _all_finite(out):
+            suspects = inputs + ([base_src] if _base_used(spec, base_src) else [])
+            for src in suspects:  # name the member that brought the NaN / inf
+                if not _all_finite(src.read(name, start, stop).float()):
+                    raise _nonfinite_error(src, name)
             raise MergeError(f"method {spec.name!r} produced non-finite values for tensor "
                              f"{name!r}")
         writer.write(name, out.to(dtype))

@@ -27,19 +27,23 @@ def weighted_average(tensors, weights):
     total = weights.sum()
     if total == 0:
         raise ValueError(f"the weights sum to zero ({weights.tolist()}); cannot average")
-    acc = None
+    acc = first = None
     for w, t in zip(weights.tolist(), tensors):
         # w * t with w == 1 is t itself, bit for bit: skip the multiply (and its temporary).
         term = t if w == 1.0 else torch.tensor(w, dtype=torch.float32) * t
-        if acc is None:
-            acc = term.to(torch.float32, copy=True) if term is t else term.float()
+        if first is None:
+            first = term
+        elif acc is None:
+            acc = first + term  # a new tensor: the inputs are never modified
         else:
             acc += term
+    if acc is None:
+        acc = first.clone() if first is tensors[0] else first
     acc /= total
     return acc
 
 
-@register("average", elementwise=True)
+@register("average", elementwise=True, propagates_nonfinite=True)
 def average(tensors, weights, base=None, generator=None):
     """AoDE (paper III-C): the weighted element-wise mean ``sum_i w_i theta_i / sum_i w_i``.
 

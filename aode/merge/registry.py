@@ -23,6 +23,9 @@ know about them:
 * ``elementwise``: the result at an element depends only on the members' values at that
   element (and the weights), so the driver may call the method on flattened 1-D slices of a
   large tensor to bound memory; such a method must not depend on the shape it is given;
+* ``propagates_nonfinite``: a NaN/inf in any input always makes the output non-finite at
+  that element (true of sums and averages with finite weights), so the driver may check
+  the output only and look for the culprit member when it fails (saves a pass per input);
 * ``min_members`` / ``max_members``: how many members the method accepts;
 * ``setup``: optional hook ``setup(member_dirs, options) -> (options, aligned)`` run once per
   merge; it may consume options and return ``aligned``, a dict ``kwarg -> list`` of one
@@ -44,6 +47,7 @@ class MethodSpec:
     needs_base: bool = False
     uses_base: bool = False
     elementwise: bool = False
+    propagates_nonfinite: bool = False
     min_members: int = 1
     max_members: Optional[int] = None
     setup: Optional[Callable] = None
@@ -52,8 +56,8 @@ class MethodSpec:
 _METHODS = {}
 
 
-def register(name, *, needs_base=False, uses_base=None, elementwise=False, min_members=1,
-             max_members=None, setup=None):
+def register(name, *, needs_base=False, uses_base=None, elementwise=False,
+             propagates_nonfinite=False, min_members=1, max_members=None, setup=None):
     """Decorator: register a merge method under ``name`` (see the module docstring)."""
 
     def decorator(fn):
@@ -65,6 +69,7 @@ def register(name, *, needs_base=False, uses_base=None, elementwise=False, min_m
             needs_base=needs_base,
             uses_base=needs_base if uses_base is None else (uses_base or needs_base),
             elementwise=elementwise,
+            propagates_nonfinite=propagates_nonfinite,
             min_members=min_members,
             max_members=max_members,
             setup=setup,

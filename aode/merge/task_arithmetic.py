@@ -30,7 +30,7 @@ def weighted_delta_sum(deltas, weights):
     return acc
 
 
-@register("task_arithmetic", needs_base=True, elementwise=True)
+@register("task_arithmetic", needs_base=True, elementwise=True, propagates_nonfinite=True)
 def task_arithmetic(tensors, weights, base, generator=None, lam=1.0):
     """Task arithmetic: ``theta_0 + lam * sum_i w_i (theta_i - theta_0)``. Option ``lam``."""
     require_base(base, "task_arithmetic")
