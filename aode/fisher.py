@@ -1,0 +1,194 @@
+"""Diagonal Fisher estimation for Fisher-weighted averaging (Matena & Raffel, NeurIPS 2022).
+
+:func:`estimate_fisher` computes, for one expert, the diagonal empirical Fisher of its own
+training loss on a seeded random subset of its own training manifest, and writes it where
+the ``fisher`` merge method (:mod:`aode.merge.fisher`) looks for it by default:
+``<model folder>/fisher.safetensors``, keyed like the folder's ``model.safetensors``.
+
+The estimator
+-------------
+The exact empirical Fisher is the mean over utterances of the squared per-utterance
+gradient, ``F = 1/N sum_i g_i**2`` (``per_utterance=True``: batches of one utterance).
+Per-utterance backward passes are slow on CPU, so by default it is estimated per
+mini-batch: with ``g_b`` the gradient of the batch's (mean) loss over ``B`` utterances,
+
+    F ~= 1/N sum_b B * (B * g_b**2)
+
+``B * g_b**2`` estimates the batch's mean ``g_i**2`` when the per-utterance gradients are
+uncorrelated around a negligible mean gradient (E[g_b**2] = E[g_i**2] / B), which is the
+case for an expert at the end of fine-tuning on the very data it was trained on; each batch
+counts for its ``B`` utterances. This keeps batched and per-utterance Fishers on the same
+scale, which matters when members' Fishers are compared in one merge. Where the mean
+gradient is not negligible the batched estimate overstates ``F`` (up to ``B`` times), the
+same for every member estimated with the same settings.
+
+The model is in eval mode (no dropout, BatchNorm on its running statistics) with gradients
+on. Only trainable parameters get a Fisher; buffers (BatchNorm statistics) have none, so the
+``fisher`` merge falls back to the plain weighted average for them.
+"""
+
+import logging
+import os
+import random
+
+import torch
+from tqdm.auto import tqdm
+
+from aode.merge.fisher import FISHER_FILE, save_fisher
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["estimate_fisher", "load_fisher", "fisher_path"]
+
+
+def fisher_path(model_folder):
+    """Where :func:`estimate_fisher` writes by default and Fisher merging reads by default."""
+    return os.path.join(os.fspath(model_folder), FISHER_FILE)
+
+
+def load_fisher(path):
+    """``{tensor name: float32 tensor}`` of a Fisher file (or a model folder's)."""
+    from safetensors.torch import load_file
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = fisher_path(path)
+    return load_file(path)
+
+
+def _weight_names(model_folder):
+    from aode.merge.io import open_model
+
+    src = open_model(model_folder)
+    try:
+        return set(src.infos)
+    finally:
+        src.close()
+
+
+def _name_map(asr, model_folder):
+    """hf parameter name -> the tensor name in the folder's weights (Whisper's exported
+    ``WhisperForConditionalGeneration`` prefixes the ``WhisperModel`` names with ``model.``)."""
+    stored = _weight_names(model_folder)
+    mapping, unmatched = {}, []
+    for name, param in asr.hf_model.named_parameters():
+        if not param.requires_grad:
+            continue
+        for candidate in (name, f"model.{name}"):
+            if candidate in stored:
+                mapping[name] = candidate
+                break
+        else:
+            unmatched.append(name)
+    if unmatched:
+        logger.warning("%s: %d parameters have no tensor in the saved weights and get no Fisher "
+                       "(first: %s)", model_folder, len(unmatched), unmatched[0])
+    if not mapping:
+        raise ValueError(f"{model_folder}: no parameter matches a tensor of its saved weights")
+    return mapping
+
+
+def _subset(dataset, n_utterances, seed):
+    """Seeded random choice of ``n_utterances`` items, ordered by duration (less padding)."""
+    ids = list(dataset.data_ids)
+    rng = random.Random(seed)
+    chosen = sorted(rng.sample(range(len(ids)), min(n_utterances, len(ids))))
+    if len(ids) < n_utterances:
+        logger.info("the manifest has %d usable utterances (< %d): using all", len(ids), n_utterances)
+    chosen.sort(key=lambda i: (-float(dataset.data[ids[i]]["duration"]), ids[i]))
+    return chosen
+
+
+def _batch_loss(asr, batch, device):
+    batch = batch.to(device)
+    wavs, wav_lens = batch.sig
+    if asr.family == "whisper":
+        tokens_bos, _ = batch.tokens_bos
+        tokens, lens = batch.tokens_eos
+        outputs = asr(wavs, wav_lens, tokens_bos)
+    else:
+        tokens, lens = batch.tokens
+        outputs = asr(wavs, wav_lens)
+    return asr.loss(outputs, tokens, lens)
+
+
+def estimate_fisher(model_folder, manifest, out_path=None, n_utterances=200, batch_size=8, seed=0,
+                    device="cpu", progress=True, per_utterance=False, max_duration=None,
+                    overwrite=False):
+    """Diagonal empirical Fisher of ``model_folder``'s training loss on its own data.
+
+    Args:
+        model_folder: a transformers model folder (an AoDE expert, :func:`aode.models.load_asr_model`).
+        manifest: the expert's training manifest (AoDE CSV); ``n_utterances`` rows are drawn
+            from it at random with ``seed``.
+        out_path: the ``.safetensors`` file to write; default ``<model_folder>/fisher.safetensors``
+            (where the ``fisher`` merge method looks). If it exists it is loaded and returned
+            without any computation (unless ``overwrite``).
+        batch_size: utterances per backward pass (the mini-batch estimator, module docstring).
+        per_utterance: batches of one utterance: the exact per-utterance empirical Fisher.
+        max_duration: drop utterances longer than this many seconds (as in training).
+
+    Returns ``{tensor name: float32 tensor}``, named as in the folder's ``model.safetensors``
+    (``asr.hf_model.named_parameters()`` names, ``model.``-prefixed for Whisper exports).
+    """
+    import speechbrain as sb
+
+    from aode.data import make_dataset
+    from aode.models import load_asr_model
+
+    model_folder = os.fspath(model_folder)
+    out_path = os.fspath(out_path) if out_path is not None else fisher_path(model_folder)
+    if os.path.isfile(out_path) and not overwrite:
+        logger.info("Fisher %s exists: loading it", out_path)
+        return load_fisher(out_path)
+    if per_utterance:
+        batch_size = 1
+    if n_utterances < 1 or batch_size < 1:
+        raise ValueError("n_utterances and batch_size must be positive")
+
+    asr = load_asr_model(model_folder).to(device).eval()
+    names = _name_map(asr, model_folder)
+    params = dict(asr.hf_model.named_parameters())
+    for p in asr.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        params[name].requires_grad_(True)
+
+    dataset = make_dataset(manifest, asr, {"max_duration": max_duration})
+    indices = _subset(dataset, n_utterances, seed)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+        collate_fn=sb.dataio.batch.PaddedBatch,
+    )
+    sums = {name: torch.zeros_like(params[name], dtype=torch.float32) for name in names}
+    counted = skipped = 0
+    torch.manual_seed(seed)
+    for batch in tqdm(loader, disable=not progress, desc=f"Fisher {os.path.basename(model_folder)}",
+                      unit="batch"):
+        n = len(batch.id)
+        asr.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = _batch_loss(asr, batch, device)
+            if not torch.isfinite(loss):
+                logger.warning("non-finite loss on %s: batch skipped", batch.id)
+                skipped += n
+                continue
+            loss.backward()
+        scale = float(n * n)  # n * (n * g_b**2): n utterances, each ~ n * g_b**2
+        for name in names:
+            grad = params[name].grad
+            if grad is not None:
+                sums[name].add_(grad.detach().float().pow(2), alpha=scale)
+        counted += n
+    asr.zero_grad(set_to_none=True)
+    if counted == 0:
+        raise RuntimeError(f"Fisher of {model_folder}: no utterance gave a finite loss")
+    if skipped:
+        logger.warning("Fisher of %s: %d utterances skipped (non-finite loss)", model_folder, skipped)
+    fisher = {names[name]: (s / counted).cpu() for name, s in sums.items()}
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tmp = out_path + f".tmp-{os.getpid()}.safetensors"
+    save_fisher(tmp, fisher)
+    os.replace(tmp, out_path)
+    logger.info("Fisher of %s from %d utterances written to %s", model_folder, counted, out_path)
+    return fisher
