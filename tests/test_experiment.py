@@ -50,6 +50,7 @@ experts:
     spk1: {experts['spk1']}
     spk2: {experts['spk2']}
 include_original: True
+merged_name: AoDE
 test_sets:
     spk1: {domains['spk1']}
     spk2: {domains['spk2']}

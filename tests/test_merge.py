@@ -554,3 +554,15 @@ def test_lora_rslora_and_modules_to_save(toys, tmp_path):
               str(adapter / "adapter_model.safetensors"))
     with pytest.raises(ValueError, match="'nowhere'"):
         open_model(str(adapter))
+
+
+def test_batchnorm_step_counter_may_differ(toys, tmp_path):
+    """Experts trained for different step counts disagree on num_batches_tracked: the first
+    member's counter is kept instead of failing (inference never reads it)."""
+    states, folders = toys
+    a, b = toy_state(1), toy_state(2)
+    a["encoder.norm.num_batches_tracked"] = torch.tensor(100)
+    b["encoder.norm.num_batches_tracked"] = torch.tensor(250)
+    out = merge_models([save_folder(tmp_path / "a", a), save_folder(tmp_path / "b", b)], tmp_path / "m",
+                       progress=False)
+    assert load_file(os.path.join(out, "model.safetensors"))["encoder.norm.num_batches_tracked"].item() == 100

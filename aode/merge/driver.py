@@ -61,6 +61,9 @@ def _option_names(fn):
     return [p.name for p in params]
 
 
+STEP_COUNTERS = ("num_batches_tracked",)
+
+
 def _is_float(dtype):
     return dtype.is_floating_point
 
@@ -326,9 +329,15 @@ def _read_checked(src, name, start, stop, buffer=None, check=True):
 def _merge_tensor(name, dtype, shape, spec, inputs, base_src, aligned, options, default_w,
                   rules, seed, writer, scratch):
     if not _is_float(dtype):
-        # Integer / bool tensors (buffers: step counters, index tables) are copied from the
-        # first member and must agree everywhere.
+        # Integer / bool tensors (buffers: index tables) are copied from the first member and
+        # must agree everywhere. BatchNorm's num_batches_tracked is the exception: a step
+        # counter that differs between any two experts trained for different step counts and
+        # that inference never reads (it matters only with momentum=None); the first
+        # member's is kept.
         first = inputs[0].read(name)
+        if name.endswith(STEP_COUNTERS):
+            writer.write(name, first.to(dtype))
+            return
         for src in inputs[1:]:
             other = src.read(name)
             if other.dtype != first.dtype or not torch.equal(other, first):
