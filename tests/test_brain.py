@@ -109,3 +109,13 @@ def test_exported_whisper_expert_gives_the_brains_logits(tiny_whisper, sample_ma
         mel = asr.whisper._get_mel(wavs)
         theirs = plain(input_features=mel, decoder_input_ids=tokens).logits
     assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_whisper_greedy_and_beam_decoding(tiny_whisper, sample_manifest, beam_size):
+    asr = load_asr_model(tiny_whisper, beam_size=beam_size, max_decode_ratio=0.02).eval()
+    batch = _batch(asr, sample_manifest, 2)
+    texts = asr.transcribe(*batch.sig)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    searcher = type(asr._get_searcher()).__name__
+    assert searcher == ("S2SWhisperBeamSearcher" if beam_size > 1 else "S2SWhisperGreedySearcher")
