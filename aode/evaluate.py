@@ -25,8 +25,9 @@ def model_fingerprint(model):
     """Identifies a model folder's weights (names, sizes, mtimes) or a hub id as given."""
     if not os.path.isdir(model):
         return str(model)
+    # weights and config only: a fisher.safetensors written beside them changes no output
     parts = sorted(_file_fingerprint(os.path.join(model, f)) for f in os.listdir(model)
-                   if f.endswith((".safetensors", ".bin", "config.json")))
+                   if f.startswith(("model", "pytorch_model")) or f == "config.json")
     return hashlib.sha1("|".join(parts).encode()).hexdigest()
 
 

@@ -12,7 +12,9 @@ file, written under a temporary name and renamed, and is not redone):
 6. iterative - fine-tune the average again on each domain and average again (3)
 7. weighted  - each member weighted x4 (4/8 for it, 1/8 for the others; Table VIII)
 8. lora      - LoRA experts (merged into the weights) and their average
-9. methods   - other merge methods (aode.merge registry), greedy soup
+9. methods   - other merge methods (aode.merge registry), Fisher-weighted averaging (Fishers
+               estimated on each expert's training data), weight search on the dev sets,
+               greedy soup
 10. evaluate - every model on every test set (cached), oracle hot swap rows, tables
 
 Folder: ``experts/<name>/expert``, ``merges/<name>``, ``eval/<model>/<set>.json``,
@@ -38,7 +40,7 @@ from aode.report import write_report
 logger = logging.getLogger(__name__)
 
 SCENARIOS = ("experts", "sequential", "aode", "aode_with_original", "combined", "resampled", "iterative",
-             "weighted", "lora", "oracle", "methods", "greedy_soup")
+             "weighted", "lora", "oracle", "methods", "fisher", "weight_search", "greedy_soup")
 
 
 def _import(dotted):
@@ -65,6 +67,7 @@ class Experiment:
             raise ValueError(f"unknown scenarios {unknown}; known: {SCENARIOS}")
         self.scenarios = set(hparams.get("scenarios", ["experts", "aode", "aode_with_original"]))
         self.rows = collections.OrderedDict([(hparams.get("original_name", "Pretrained"), self.original)])
+        self.method_rows = []  # rows of the merge-methods table
         self.timings = collections.OrderedDict()
         os.makedirs(self.out, exist_ok=True)
 
@@ -194,6 +197,11 @@ class Experiment:
                 self.rows[name] = self.merge(name, members, method=spec["method"], options=spec.get("options"),
                                              include_original=spec.get("include_original", False),
                                              weights=spec.get("weights"), weight_rules=spec.get("weight_rules"))
+                self.method_rows.append(name)
+        if "fisher" in self.scenarios:
+            self.fisher_merge(experts)
+        if "weight_search" in self.scenarios:
+            self.weight_search(experts)
         table = self.evaluate()
         if "greedy_soup" in self.scenarios:
             table = self.greedy_soup(experts, table)
@@ -213,12 +221,50 @@ class Experiment:
                                      include_original=with_original)
                 self.rows[f"AoDE - iteration {k}{suffix}"] = current
 
+    def _eval_kwargs(self):
+        return dict(batch_size=self.hp.get("eval_batch_size", 16), normalizer=self.hp.get("normalizer", "whisper"),
+                    device=self.hp.get("device", "cpu"), progress=self.hp.get("progressbar", True))
+
+    def fisher_merge(self, experts):
+        """Fisher-weighted averaging (Matena & Raffel 2022), each expert's diagonal Fisher
+        estimated on ``fisher_utterances`` of its own training data."""
+        from aode.fisher import estimate_fisher
+
+        for d, folder in experts.items():
+            print(f"[aode] Fisher of expert {d}", flush=True)
+            self._timed("fisher", estimate_fisher, folder, self.domains[d]["train_csv"],
+                        n_utterances=self.hp.get("fisher_utterances", 200), seed=self.hp.get("seed", 0),
+                        device=self.hp.get("device", "cpu"), progress=self.hp.get("progressbar", True))
+        self.rows["Fisher-weighted"] = self.merge("Fisher-weighted", list(experts.values()), method="fisher")
+        self.method_rows.append("Fisher-weighted")
+
+    def weight_search(self, experts):
+        """Member weights chosen on the dev sets (aode.search), the original optional."""
+        from aode.search import search_weights
+
+        spec = self.hp.get("weight_search") or {}
+        dev_sets = collections.OrderedDict((d, s["valid_csv"]) for d, s in self.domains.items())
+        forgetting = self.hp.get("forgetting_dev_sets")
+        if not forgetting:
+            raise ValueError("weight_search needs forgetting_dev_sets (dev sets of the original domain)")
+        print("[aode] weight search on the dev sets", flush=True)
+        result = self._timed("search", search_weights, list(experts.values()), self.original, dev_sets, forgetting,
+                             os.path.join(self.out, "search"), method=spec.get("method", "average"),
+                             objective=spec.get("objective", "average"), max_forgetting=spec.get("max_forgetting"),
+                             n_random=spec.get("n_random", 8), seed=self.hp.get("seed", 0),
+                             eval_kwargs=self._eval_kwargs(), progress=self.hp.get("progressbar", True))
+        label = spec.get("objective", "average")
+        if spec.get("max_forgetting") is not None:
+            label += f", forgetting <= {spec['max_forgetting']} %"
+        name = f"Weight search ({label})"
+        self.rows[name] = result["folder"]
+        self.method_rows.append(name)
+
     def evaluate(self, rows=None):
         rows = rows or self.rows
         print(f"[aode] evaluating {len(rows)} models on {len(self.test_sets())} test sets (cached)", flush=True)
         return self._timed("evaluate", evaluate_models, rows, self.test_sets(), os.path.join(self.out, "eval"),
-                           batch_size=self.hp.get("eval_batch_size", 16), normalizer=self.hp.get("normalizer", "whisper"),
-                           device=self.hp.get("device", "cpu"), progress=self.hp.get("progressbar", True))
+                           **self._eval_kwargs())
 
     def greedy_soup(self, experts, table):
         """Greedy soup (Wortsman et al. 2022) on the dev sets: add experts in order of their
@@ -226,8 +272,7 @@ class Experiment:
         dev_sets = collections.OrderedDict((d, spec["valid_csv"]) for d, spec in self.domains.items())
         dev_sets.update(self.hp.get("forgetting_dev_sets") or {})
         dev_eval = os.path.join(self.out, "eval_dev")
-        kw = dict(batch_size=self.hp.get("eval_batch_size", 16), normalizer=self.hp.get("normalizer", "whisper"),
-                  progress=self.hp.get("progressbar", True))
+        kw = self._eval_kwargs()
         dev = evaluate_models(dict(experts), dev_sets, dev_eval, **kw)
         order = sorted(experts, key=lambda d: sum(dev[d].values()) / len(dev_sets))
         soup, best = [order[0]], sum(dev[order[0]].values()) / len(dev_sets)
@@ -245,6 +290,7 @@ class Experiment:
             json.dump(log, f, indent=1)
         folder = experts[soup[0]] if len(soup) == 1 else self.merge(f"soup {'+'.join(soup)}", [experts[x] for x in soup])
         self.rows[f"Greedy soup ({'+'.join(soup)})"] = folder
+        self.method_rows.append(f"Greedy soup ({'+'.join(soup)})")
         return self.evaluate()
 
     def oracle_rows(self, table, experts_by_domain, label):
@@ -265,8 +311,7 @@ class Experiment:
                 table.update(self.oracle_rows(table, {d: f"LoRA - {d}" for d in lora_experts}, "Oracle domain (LoRA)"))
         forgetting = list(self.forgetting_sets)
         weighted = [n for n in table if " x4" in n]
-        methods = [n for n in (self.hp.get("merge_methods") or {}) if n in table] + [
-            n for n in table if n.startswith("Greedy soup")]
+        methods = [n for n in self.method_rows if n in table]
         main_rows = [n for n in table if n not in weighted and n not in methods]
         title = self.hp.get("title", "AoDE")
         outputs = {}

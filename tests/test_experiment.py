@@ -91,7 +91,10 @@ forgetting_sets:
     clean: {domains['all']}
     other: {domains['all']}
 scenarios: [experts, sequential, aode, aode_with_original, combined, resampled, iterative, weighted, lora, oracle,
-            methods, greedy_soup]
+            methods, fisher, weight_search, greedy_soup]
+forgetting_dev_sets: {{clean_dev: {domains['all']}}}
+fisher_utterances: 4
+weight_search: {{objective: constrained, max_forgetting: 50, n_random: 1}}
 sequential_orders: [[a, b]]
 iterations: 2
 merge_methods:
@@ -114,7 +117,10 @@ progressbar: False
     t8 = [r["model"] for r in csv.DictReader(open(out / "table8" / "results.csv"))]
     assert t8 == ["Pretrained", "AoDE", "AoDE - a x4", "AoDE - b x4"]
     methods = list(csv.DictReader(open(out / "methods" / "results.csv")))
-    assert methods[3]["model"] == "TIES" and "Gain kept" in methods[0]
+    assert [m["model"] for m in methods][3:6] == ["TIES", "Fisher-weighted",
+                                                  "Weight search (constrained, forgetting <= 50 %)"]
+    assert methods[6]["model"].startswith("Greedy soup") and "Gain kept" in methods[0]
+    assert (out / "search" / "search.png").exists()
     oracle = next(r for r in csv.DictReader(open(out / "table7" / "results.csv")) if r["model"] == "Oracle domain (FT)")
     assert float(oracle["Forgetting %"]) == 0
     assert (out / "greedy_soup.json").exists() and (out / "table7" / "results.png").exists()

@@ -1,0 +1,57 @@
+"""The miniature experiment: the shipped generalist, the calibration of the domains, and a
+reduced run of README's main job through the real driver."""
+
+import csv
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GENERALIST = os.path.join(ROOT, "aode", "mini_generalist")
+sys.path.insert(0, os.path.join(ROOT, "recipes", "average"))
+
+# Fresh utterances: seed 1 draws new texts, voices and prosody from the same domain
+# distributions as the seed-0 corpus the generalist was pretrained on.
+HELD_OUT = {"general": {"test_clean": 40, "test_other": 40}, "vctk": {"test": 40}, "coraal": {"test": 40},
+            "jl": {"test": 40}, "ne": {"test": 40}}
+
+
+def test_generalist_is_a_small_parakeet_and_loads():
+    from transformers import ParakeetForCTC
+
+    model = ParakeetForCTC.from_pretrained(GENERALIST)
+    assert sum(p.numel() for p in model.parameters()) < 5e6
+
+
+@pytest.mark.slow
+def test_targets_are_hard_for_the_generalist_but_not_foreign(tmp_path):
+    from aode.evaluate import evaluate_model
+    from aode.mini.corpus import generate_corpus
+
+    generate_corpus(str(tmp_path / "corpus"), seed=1, config=HELD_OUT, progress=False)
+    sets = {f"{d}/{s}": str(tmp_path / "corpus" / d / f"{s}.csv") for d, splits in HELD_OUT.items() for s in splits}
+    results = evaluate_model(GENERALIST, sets, str(tmp_path / "eval"), batch_size=20, normalizer="basic",
+                             progress=False)
+    wer = {name: r["wer"] for name, r in results.items()}
+    print(wer)
+    assert wer["general/test_clean"] < 15
+    assert wer["general/test_other"] < 30
+    for target in ("vctk/test", "coraal/test", "jl/test", "ne/test"):
+        assert wer[target] > 1.5 * wer["general/test_clean"], target
+        assert wer[target] < 100, target  # hard, not foreign
+
+
+@pytest.mark.slow
+def test_reduced_main_job(tmp_path):
+    import reproduce
+
+    out = tmp_path / "mini"
+    reproduce.main([os.path.join(ROOT, "hparams", "mini.yaml"), "--output_folder", str(out),
+                    "--original", GENERALIST, "--synthetic_corpus", "{scale: 0.03}",
+                    "--train_overrides", "{steps_per_epoch: 3}", "--progressbar", "False"])
+    rows = list(csv.DictReader(open(out / "table7" / "results.csv")))
+    assert [r["model"] for r in rows] == ["Pretrained generalist", "Fine-tuned - vctk", "Fine-tuned - coraal",
+                                          "Fine-tuned - jl", "Fine-tuned - ne", "AoDE", "AoDE with orig."]
+    assert "Forgetting general_clean %" in rows[0] and "Gain kept" in rows[0]
+    assert (out / "table7" / "results.png").stat().st_size > 10000
