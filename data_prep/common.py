@@ -225,6 +225,18 @@ def skipped_counts(save_folder):
         return dict(collections.Counter(row["reason"] for row in csv.DictReader(f)))
 
 
+def summary_from_disk(save_folder, manifests):
+    """``({manifest: (utterances, hours)}, {reason: count})`` read back from ``save_folder``
+    (what the CLIs print when the preparation was skipped as already done)."""
+    from aode.manifest import read_manifest
+
+    summary = {}
+    for name in manifests:
+        rows = read_manifest(os.path.join(save_folder, name))
+        summary[name] = (len(rows), sum(float(r["duration"]) for r in rows) / 3600)
+    return summary, skipped_counts(save_folder)
+
+
 def print_summary(summary, skipped_counts=None):
     """Human-readable summary for the command lines."""
     for name, (count, hours) in summary.items():

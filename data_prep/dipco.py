@@ -42,7 +42,6 @@ unreadable/truncated audio, an unreadable transcription file.
 
 import argparse
 import collections
-import csv
 import glob
 import json
 import logging
@@ -57,16 +56,16 @@ if __name__ == "__main__":  # run as a script: make the repository's packages im
 
 from tqdm import tqdm
 
-from aode.manifest import WAV_SEPARATOR, read_manifest
+from aode.manifest import WAV_SEPARATOR
 from aode.text import normalize_words
 from data_prep.common import (
-    SKIPPED_FILE,
     LayoutError,
     SkipLog,
     already_prepared,
     audio_info,
     finish,
     print_summary,
+    summary_from_disk,
     require,
 )
 
@@ -350,19 +349,6 @@ def prepare_dipco(
     return finish(save_folder, splits, skipped, options, "DiPCo")
 
 
-def summary_from_disk(save_folder):
-    """``({manifest: (utterances, hours)}, {reason: count})`` read back from ``save_folder``."""
-    summary = {}
-    for name in MANIFESTS:
-        rows = read_manifest(os.path.join(save_folder, name))
-        summary[name] = (len(rows), sum(float(r["duration"]) for r in rows) / 3600)
-    counts = collections.Counter()
-    path = os.path.join(save_folder, SKIPPED_FILE)
-    if os.path.isfile(path):
-        with open(path, newline="", encoding="utf-8") as f:
-            counts.update(row["reason"] for row in csv.DictReader(f))
-    return summary, counts
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
@@ -398,7 +384,7 @@ def main(argv=None):
         return 2
     if result is None:
         print(f"already prepared with the same options: {args.save_folder}")
-    print_summary(*summary_from_disk(args.save_folder))
+    print_summary(*summary_from_disk(args.save_folder, MANIFESTS))
     return 0
 
 

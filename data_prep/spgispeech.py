@@ -33,8 +33,6 @@ Speaker = call id. ``wrd_raw`` keeps SPGISpeech's casing and punctuation; ``wrd`
 
 import argparse
 import array
-import collections
-import csv
 import logging
 import math
 import os
@@ -46,16 +44,15 @@ if __name__ == "__main__":  # run as a script: make the repository's packages im
 
 from tqdm import tqdm
 
-from aode.manifest import read_manifest
 from aode.text import normalize_words
 from data_prep.common import (
-    SKIPPED_FILE,
     LayoutError,
     SkipLog,
     already_prepared,
     audio_info,
     finish,
     print_summary,
+    summary_from_disk,
     require,
 )
 
@@ -337,19 +334,6 @@ def prepare_spgispeech(
         train_listing.close()
 
 
-def summary_from_disk(save_folder):
-    """``({manifest: (utterances, hours)}, {reason: count})`` read back from ``save_folder``."""
-    summary = {}
-    for name in MANIFESTS:
-        rows = read_manifest(os.path.join(save_folder, name))
-        summary[name] = (len(rows), sum(float(r["duration"]) for r in rows) / 3600)
-    counts = collections.Counter()
-    path = os.path.join(save_folder, SKIPPED_FILE)
-    if os.path.isfile(path):
-        with open(path, newline="", encoding="utf-8") as f:
-            counts.update(row["reason"] for row in csv.DictReader(f))
-    return summary, counts
-
 
 def _positive_or_none(value):
     return None if value.lower() in ("none", "all", "") else float(value)
@@ -388,7 +372,7 @@ def main(argv=None):
         return 2
     if result is None:
         print(f"already prepared with the same options: {args.save_folder}")
-    print_summary(*summary_from_disk(args.save_folder))
+    print_summary(*summary_from_disk(args.save_folder, MANIFESTS))
     return 0
 
 
