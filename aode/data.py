@@ -16,7 +16,7 @@ import speechbrain as sb
 import torch
 import torchaudio
 
-from aode.manifest import MANIFEST_COLUMNS, split_wav_field
+from aode.manifest import read_manifest, split_wav_field
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +61,7 @@ def check_manifest(path, check_audio=True):
 
     Raises a clear error for a missing or empty manifest or missing columns.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"manifest not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"manifest {path} lacks columns {missing}")
-        rows = list(reader)
+    rows = read_manifest(path)
     if not rows:
         raise ValueError(f"manifest {path} has no rows")
     bad = []
