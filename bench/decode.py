@@ -82,7 +82,8 @@ def main():
             "| decoder | seconds | utterances/s | real-time factor |\n|---|---|---|---|\n"
             f"| aode.evaluate (ASRBrain) | {aode_s:.2f} | {len(rows) / aode_s:.1f} | {aode_s / seconds_audio:.4f} |\n"
             f"| transformers.pipeline | {pipe_s:.2f} | {len(rows) / pipe_s:.1f} | {pipe_s / seconds_audio:.4f} |\n\n"
-            f"Identical transcripts: {same} of {len(rows)} (the pipeline's own CTC decode may differ in spacing).\n")
+            f"Identical transcripts: {same} of {len(rows)} (batches differ between the two decoders, and a "
+            "padding-sensitive model may then differ slightly).\n")
     print(text)
     with open(args.results, "a", encoding="utf-8") as f:
         f.write(text)
