@@ -164,8 +164,8 @@ class Experiment:
             self.rows[f"Fine-tuned - {d}"] = experts[d]
         orders = (self.hp.get("sequential_orders") or []) if "sequential" in self.scenarios else []
         for order in orders:
-            previous = self.original
-            for i, d in enumerate(order):
+            previous = experts[order[0]]  # the first step is that domain's expert itself
+            for i, d in enumerate(order[1:], start=1):
                 spec = self.domains[d]
                 previous = self.expert(f"seq_{'-'.join(order[:i + 1])}", spec["train_csv"], spec["valid_csv"],
                                        init_from=previous)
