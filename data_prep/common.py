@@ -243,3 +243,20 @@ def print_summary(summary, skipped_counts=None):
         print(f"{name}: {count} utterances, {hours:.2f} h")
     for reason, count in sorted((skipped_counts or {}).items()):
         print(f"skipped {count}: {reason}")
+
+
+def run_cli(prepare, data_folder, save_folder, manifests, **options):
+    """The command lines' shared tail: prepare, print the summary; exit status 2 with one
+    line on a layout or option error."""
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = prepare(data_folder, save_folder, **options)
+    except (LayoutError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if result is None:
+        print(f"already prepared with the same options: {save_folder}")
+    print_summary(*summary_from_disk(save_folder, manifests))
+    return 0

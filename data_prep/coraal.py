@@ -55,13 +55,11 @@ from tqdm import tqdm
 
 from aode.text import normalize_words
 from data_prep.common import (
-    LayoutError,
     SkipLog,
     already_prepared,
     audio_info,
     finish,
-    print_summary,
-    summary_from_disk,
+    run_cli,
     require,
 )
 
@@ -419,21 +417,10 @@ def main(argv=None):
                         help="interviewees held out for test (default 5)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the speaker split")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = prepare_coraal(
-            args.data_folder, args.save_folder, keep_interviewer=args.keep_interviewer,
-            max_segment_seconds=args.max_segment_seconds,
-            n_valid_speakers=args.n_valid_speakers, n_test_speakers=args.n_test_speakers,
-            seed=args.seed,
-        )
-    except (LayoutError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if result is None:
-        print(f"already prepared with the same options: {args.save_folder}")
-    print_summary(*summary_from_disk(args.save_folder, MANIFESTS))
-    return 0
+    return run_cli(prepare_coraal, args.data_folder, args.save_folder, MANIFESTS,
+                   keep_interviewer=args.keep_interviewer, max_segment_seconds=args.max_segment_seconds,
+                   n_valid_speakers=args.n_valid_speakers, n_test_speakers=args.n_test_speakers,
+                   seed=args.seed)
 
 
 if __name__ == "__main__":

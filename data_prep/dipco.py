@@ -64,8 +64,7 @@ from data_prep.common import (
     already_prepared,
     audio_info,
     finish,
-    print_summary,
-    summary_from_disk,
+    run_cli,
     require,
 )
 
@@ -371,21 +370,9 @@ def main(argv=None):
                         help="dev sessions held out for validation (default 1)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the session pick")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = prepare_dipco(
-            args.data_folder, args.save_folder, channel=args.channel,
-            max_segment_seconds=args.max_segment_seconds,
-            merge_consecutive=args.merge_consecutive, n_valid_sessions=args.n_valid_sessions,
-            seed=args.seed,
-        )
-    except (LayoutError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if result is None:
-        print(f"already prepared with the same options: {args.save_folder}")
-    print_summary(*summary_from_disk(args.save_folder, MANIFESTS))
-    return 0
+    return run_cli(prepare_dipco, args.data_folder, args.save_folder, MANIFESTS, channel=args.channel,
+                   max_segment_seconds=args.max_segment_seconds, merge_consecutive=args.merge_consecutive,
+                   n_valid_sessions=args.n_valid_sessions, seed=args.seed)
 
 
 if __name__ == "__main__":

@@ -51,8 +51,7 @@ from data_prep.common import (
     already_prepared,
     audio_info,
     finish,
-    print_summary,
-    summary_from_disk,
+    run_cli,
     require,
 )
 
@@ -360,21 +359,9 @@ def main(argv=None):
                         "trusting wav_filesize; unreadable files are skipped")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the random subsets")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = prepare_spgispeech(
-            args.data_folder, args.save_folder, test_size=args.test_size,
-            valid_size=args.valid_size, max_train_hours=args.max_train_hours,
-            check_audio=args.check_audio, seed=args.seed,
-        )
-    except LayoutError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if result is None:
-        print(f"already prepared with the same options: {args.save_folder}")
-    print_summary(*summary_from_disk(args.save_folder, MANIFESTS))
-    return 0
-
+    return run_cli(prepare_spgispeech, args.data_folder, args.save_folder, MANIFESTS,
+                   test_size=args.test_size, valid_size=args.valid_size,
+                   max_train_hours=args.max_train_hours, check_audio=args.check_audio, seed=args.seed)
 
 if __name__ == "__main__":
     sys.exit(main())
