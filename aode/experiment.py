@@ -10,7 +10,8 @@ file, written under a temporary name and renamed, and is not redone):
 4. aode      - average of the experts; with the original as one more member (scenario 2)
 5. combined  - one fine-tune on all domains' data; "resampled" balances the domains (3)
 6. iterative - fine-tune the average again on each domain and average again (3)
-7. weighted  - each member weighted x4 (4/8 for it, 1/8 for the others; Table VIII)
+7. weighted  - each expert weighted x4: 4/8 for it, 1/8 for each other expert and the original
+               (Table VIII)
 8. lora      - LoRA experts (merged into the weights) and their average
 9. methods   - other merge methods (aode.merge registry), Fisher-weighted averaging (Fishers
                estimated on each expert's training data), weight search on the dev sets,
@@ -182,9 +183,12 @@ class Experiment:
         if "iterative" in self.scenarios:
             self.iterate(experts)
         if "weighted" in self.scenarios:
+            # Table VIII: one member at 4/8 of the total, the others (the original among them,
+            # which is what makes the shares add up with four experts) at 1/8 each
             for i, d in enumerate(domains):
-                weights = [4.0 if j == i else 1.0 for j in range(len(domains))]
-                self.rows[f"AoDE - {d} x4"] = self.merge(f"AoDE {d} x4", members, weights=weights)
+                weights = [4.0 if j == i else 1.0 for j in range(len(domains))] + [1.0]
+                self.rows[f"AoDE w/ orig. - {d} x4"] = self.merge(f"AoDE with orig {d} x4", members, weights=weights,
+                                                                  include_original=True)
         lora_experts = collections.OrderedDict()
         if "lora" in self.scenarios:
             for d in domains:
@@ -319,14 +323,14 @@ class Experiment:
                                   forgetting, expert_of=fine_tuned, title=f"{title}: Table VII")
         outputs["table7"] = text
         if weighted:
-            keep = [original_name] + [n for n in ("AoDE",) if n in table] + weighted
+            keep = [original_name] + [n for n in ("AoDE", "AoDE with orig.") if n in table] + weighted
             outputs["table8"] = write_report({n: table[n] for n in keep}, os.path.join(self.out, "table8"),
-                                             original_name, forgetting, expert_of=fine_tuned,
+                                             original_name, forgetting, expert_of=fine_tuned, lookup=table,
                                              title=f"{title}: Table VIII (each member x4)")[1]
         if methods:
             keep = [original_name] + [n for n in ("AoDE", "AoDE with orig.") if n in table] + methods
             outputs["methods"] = write_report({n: table[n] for n in keep}, os.path.join(self.out, "methods"),
-                                              original_name, forgetting, expert_of=fine_tuned,
+                                              original_name, forgetting, expert_of=fine_tuned, lookup=table,
                                               title=f"{title}: merge methods")[1]
         with open(os.path.join(self.out, "timings.json"), "w", encoding="utf-8") as f:
             json.dump(self.timings, f, indent=1)

@@ -60,12 +60,14 @@ def forgetting(row, baseline_row, forgetting_sets):
     return 100.0 * (total / base - 1.0)
 
 
-def summarize(table, baseline, forgetting_sets=None, sets=None, expert_of=None):
+def summarize(table, baseline, forgetting_sets=None, sets=None, expert_of=None, lookup=None):
     """Rows ``{model, <sets>, Average, Forgetting %, Forgetting <set> %, [Gain kept]}``.
 
     ``expert_of`` maps a target test set to the model name of its domain's expert; it
-    enables the "Gain kept" column.
+    enables the "Gain kept" column. Experts are looked up in ``lookup`` (default: ``table``),
+    so a table without expert rows can still show the column.
     """
+    lookup = lookup or table
     if baseline not in table:
         raise ValueError(f"baseline {baseline!r} is not a row; rows: {list(table)}")
     sets = sets or list(next(iter(table.values())))
@@ -82,7 +84,7 @@ def summarize(table, baseline, forgetting_sets=None, sets=None, expert_of=None):
         for s in forgetting_sets:
             row[f"Forgetting {s} %"] = 100.0 * (wers[s] / base[s] - 1.0)
         if expert_of:
-            row["Gain kept"] = gain_kept(wers, base, {s: table[e] for s, e in expert_of.items() if e in table})
+            row["Gain kept"] = gain_kept(wers, base, {s: lookup[e] for s, e in expert_of.items() if e in lookup})
         rows.append(row)
     return rows
 
@@ -159,12 +161,13 @@ def plot(rows, sets, path, title="AoDE"):
     plt.close(fig)
 
 
-def write_report(table, folder, baseline, forgetting_sets=None, expert_of=None, title="AoDE", sets=None):
+def write_report(table, folder, baseline, forgetting_sets=None, expert_of=None, title="AoDE", sets=None,
+                 lookup=None):
     """wer.csv, results.csv, results.md, results.json, results.png in ``folder``."""
     os.makedirs(folder, exist_ok=True)
     sets = sets or list(next(iter(table.values())))
     write_wer_csv(table, os.path.join(folder, "wer.csv"), sets)
-    rows = summarize(table, baseline, forgetting_sets, sets, expert_of)
+    rows = summarize(table, baseline, forgetting_sets, sets, expert_of, lookup)
     write_csv(rows, os.path.join(folder, "results.csv"))
     text = markdown(rows)
     with open(os.path.join(folder, "results.md"), "w", encoding="utf-8") as f:

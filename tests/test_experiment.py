@@ -115,7 +115,9 @@ progressbar: False
                   "Combined data", "Resampled data", "AoDE - iteration 2", "AoDE - iteration 2 w/ orig.", "LoRA - a",
                   "LoRA - b", "LoRA AoDE", "Oracle domain (FT)", "Oracle domain (LoRA)"]
     t8 = [r["model"] for r in csv.DictReader(open(out / "table8" / "results.csv"))]
-    assert t8 == ["Pretrained", "AoDE", "AoDE - a x4", "AoDE - b x4"]
+    assert t8 == ["Pretrained", "AoDE", "AoDE with orig.", "AoDE w/ orig. - a x4", "AoDE w/ orig. - b x4"]
+    weighted = json.load(open(out / "merges" / "AoDE_with_orig_a_x4" / "aode.json"))
+    assert weighted["weights"] == [4.0, 1.0, 1.0]
     methods = list(csv.DictReader(open(out / "methods" / "results.csv")))
     assert [m["model"] for m in methods][3:6] == ["TIES", "Fisher-weighted",
                                                   "Weight search (constrained, forgetting <= 50 %)"]

@@ -566,3 +566,17 @@ def test_batchnorm_step_counter_may_differ(toys, tmp_path):
     out = merge_models([save_folder(tmp_path / "a", a), save_folder(tmp_path / "b", b)], tmp_path / "m",
                        progress=False)
     assert load_file(os.path.join(out, "model.safetensors"))["encoder.norm.num_batches_tracked"].item() == 100
+
+
+def test_batchnorm_statistics_are_averaged_by_every_method(toys, tmp_path):
+    """Task-vector methods would scale or drop the deltas of running variances (which can
+    turn negative); statistics are averaged whatever the method."""
+    base, a, b = toy_state(1), toy_state(2), toy_state(3)
+    base["enc.bn.running_var"] = torch.tensor([1.0, 1.0])
+    a["enc.bn.running_var"] = torch.tensor([0.2, 3.0])
+    b["enc.bn.running_var"] = torch.tensor([0.4, 5.0])
+    folders = [save_folder(tmp_path / n, s) for n, s in (("base", base), ("a", a), ("b", b))]
+    out = merge_models(folders[1:], tmp_path / "ta", method="task_arithmetic", base=folders[0],
+                       options={"lam": 2.0}, progress=False)
+    merged = load_file(os.path.join(out, "model.safetensors"))
+    assert torch.allclose(merged["enc.bn.running_var"], torch.tensor([0.3, 4.0]))

@@ -62,6 +62,7 @@ def _option_names(fn):
 
 
 STEP_COUNTERS = ("num_batches_tracked",)
+RUNNING_STATISTICS = ("running_mean", "running_var")
 
 
 def _is_float(dtype):
@@ -347,6 +348,10 @@ def _merge_tensor(name, dtype, shape, spec, inputs, base_src, aligned, options, 
         writer.write(name, first.to(dtype))
         return
     w = _weights_for(name, default_w, rules)
+    if name.endswith(RUNNING_STATISTICS) and spec.name != "average":
+        # BatchNorm statistics are no task vector: trimming, dropping or scaling their deltas
+        # can make a variance negative (the model then decodes nothing); average them
+        spec, options, aligned = get_spec("average"), {}, {}
     generator = torch.Generator().manual_seed(tensor_seed(seed, name))
     numel = math.prod(shape)
     # Slices of at most scratch.size bytes per input (float32), element-wise methods only.
