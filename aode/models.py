@@ -97,11 +97,16 @@ def write_provenance(folder, info):
 
 
 def read_provenance(folder):
+    """A model folder's ``aode.json``; None when it has none or it cannot be read."""
     path = os.path.join(folder, PROVENANCE_FILE)
     if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        logger.warning("unreadable provenance file %s", path)
+        return None
 
 
 class WhisperASR(nn.Module):

@@ -170,11 +170,11 @@ def train_expert(hparams, run_opts=None, corpus=None):
     brain.fit(epoch_counter, train_set, valid_set, train_loader_kwargs=loader_kwargs,
               valid_loader_kwargs=eval_kwargs, progressbar=hparams.get("progressbar", True))
     folder = os.path.join(output, EXPERT_DIR)
+    best = brain.checkpointer.find_checkpoint(min_key="WER")
     provenance = {
         "kind": "expert", "base_model": hparams["model_source"], "init_from": hparams.get("init_from"),
         "domain": corpus or hparams.get("domain"), "train_csv": hparams["train_csv"],
-        "dev_wer": brain.checkpointer.find_checkpoint(min_key="WER").meta.get("WER")
-        if brain.checkpointer.find_checkpoint(min_key="WER") else None,
+        "dev_wer": best.meta.get("WER") if best else None,
         "hparams": {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool, type(None)))},
         "lora": {"rank": hparams.get("lora_rank"), "alpha": hparams.get("lora_alpha")} if hparams.get("lora_rank") else None,
     }

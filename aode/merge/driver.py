@@ -21,6 +21,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from aode.models import read_provenance
 from .io import (SafetensorsWriter, copy_processor_files, open_model, safetensors_layout)
 from .registry import get_spec
 
@@ -111,17 +112,6 @@ def _check_tensors(sources):
 
 def _json_safe(obj):
     return json.loads(json.dumps(obj, default=str))
-
-
-def _read_provenance(folder):
-    path = os.path.join(folder, "aode.json")
-    if os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return None
-    return None
 
 
 def merge_models(members, output, method="average", weights=None, base=None,
@@ -255,7 +245,7 @@ def merge_models(members, output, method="average", weights=None, base=None,
                 "include_base": bool(include_base),
                 "options": _json_safe(user_options),
                 "seed": seed,
-                "member_provenance": [_read_provenance(m) for m in members],
+                "member_provenance": [read_provenance(m) for m in members],
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             }
             with open(os.path.join(tmp, "aode.json"), "w", encoding="utf-8") as f:
