@@ -177,9 +177,16 @@ class Experiment:
         if "aode_with_original" in self.scenarios:
             self.rows["AoDE with orig."] = self.merge("AoDE with orig", members, include_original=True)
         for balanced, scenario, label in ((False, "combined", "Combined data"), (True, "resampled", "Resampled data")):
-            if scenario in self.scenarios:
-                self.rows[label] = self.expert(scenario, self.combined_manifest("train", balanced),
-                                               self.combined_manifest("valid"))
+            if scenario not in self.scenarios:
+                continue
+            train = self.combined_manifest("train", balanced)
+            if balanced and "Combined data" in self.rows and _read_rows(train) == _read_rows(
+                    self.combined_manifest("train")):
+                print("[aode] resampled data = combined data (every domain has as many training rows); "
+                      "reusing the combined model", flush=True)
+                self.rows[label] = self.rows["Combined data"]
+                continue
+            self.rows[label] = self.expert(scenario, train, self.combined_manifest("valid"))
         if "iterative" in self.scenarios:
             self.iterate(experts)
         if "weighted" in self.scenarios:

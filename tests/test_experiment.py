@@ -123,7 +123,11 @@ progressbar: False
                                                   "Weight search (constrained, forgetting <= 50 %)"]
     assert methods[6]["model"].startswith("Greedy soup") and "Gain kept" in methods[0]
     assert (out / "search" / "search.png").exists()
-    oracle = next(r for r in csv.DictReader(open(out / "table7" / "results.csv")) if r["model"] == "Oracle domain (FT)")
+    table7 = {r["model"]: r for r in csv.DictReader(open(out / "table7" / "results.csv"))}
+    # both domains have 5 training rows: balancing changes nothing, so nothing is trained again
+    assert not (out / "experts" / "resampled").exists()
+    assert table7["Resampled data"]["Average"] == table7["Combined data"]["Average"]
+    oracle = table7["Oracle domain (FT)"]
     assert float(oracle["Forgetting %"]) == 0
     assert (out / "greedy_soup.json").exists() and (out / "table7" / "results.png").exists()
     # resumable: a rerun trains, merges and decodes nothing
@@ -131,3 +135,27 @@ progressbar: False
     files.update({p: os.path.getmtime(p) for p in (out / "eval").rglob("*.json")})
     reproduce.main([hp])
     assert files == {p: os.path.getmtime(p) for p in files}
+
+
+def test_resampled_data_is_trained_when_domains_differ_in_size(tiny_parakeet, domains, tmp_path):
+    import reproduce
+
+    hp = _yaml(tmp_path / "exp.yaml", f"""
+output_folder: {tmp_path / 'exp'}
+original: {tiny_parakeet}
+domains:
+    a: {{train_csv: {domains['spk1']}, valid_csv: {domains['spk1']}, test_csv: {domains['spk1']}}}
+    b: {{train_csv: {domains['all']}, valid_csv: {domains['all']}, test_csv: {domains['all']}}}
+forgetting_sets: {{clean: {domains['all']}}}
+scenarios: [experts, combined, resampled]
+train_hparams_file: {ROOT}/hparams/parakeet_llrd.yaml
+train_overrides: {{lr: 0.003, number_of_epochs: 1, steps_per_epoch: 1, batch_size: 2, num_workers: 0,
+                  progressbar: False, normalizer: basic}}
+normalizer: basic
+progressbar: False
+""")
+    reproduce.main([hp])
+    out = tmp_path / "exp"
+    assert (out / "experts" / "resampled" / "expert" / "config.json").exists()
+    balanced = list(csv.DictReader(open(out / "manifests" / "resampled_train.csv")))
+    assert sum(r["ID"].startswith("a__") for r in balanced) == sum(r["ID"].startswith("b__") for r in balanced) == 10

@@ -100,12 +100,16 @@ def test_splits_disjoint_in_text_except_jl():
 
 
 def test_vocabulary_overlap_in_target_band():
-    """30-50 % of each target's word types occur in the general training text (default sizes)."""
+    """Most of each target's running words occur in the general training text, but not all:
+    its names, dialect and jargon stay new (default sizes). A 30-50 % type overlap (generator
+    1.1) left every target foreign to the character-CTC generalist: 52-66 % WER on target
+    texts read by general voices with no effect at all, against 10 % on general text."""
     plan = textgen.plan_texts(corpus.DEFAULT_CONFIG, seed=0)
     overlaps = corpus.vocabulary_overlaps(plan)
     assert set(overlaps) == set(textgen.TARGET_DOMAINS)
     for domain, ov in overlaps.items():
-        assert 0.30 <= ov["types"] <= 0.50, (domain, ov)
+        assert 0.55 <= ov["types"] <= 0.90, (domain, ov)
+        assert 0.72 <= ov["tokens"] <= 0.92, (domain, ov)
         assert ov["tokens"] > ov["types"]  # shared words are the frequent ones
     general = textgen.word_types(plan["general"]["train"])
     assert 400 <= len(general) <= 2000

@@ -120,11 +120,13 @@ GENERAL_LEXICON = {
         "man woman child boy girl teacher farmer doctor sailor soldier baker painter stranger "
         "neighbor king queen prince princess servant traveler merchant fisherman hunter "
         "shepherd student writer captain driver gardener nurse judge priest miller carpenter "
-        "guard widow maid lady gentleman"
+        "guard widow maid lady gentleman "
+        "policeman postman banker clerk lawyer engineer pilot musician singer actor dancer cook waiter mechanic janitor barber preacher worker trader shopper visitor tenant pupil officer reporter manager secretary player coach fan neighbour"
     ),
     "animal": _w(
         "dog cat horse cow sheep pig goat rabbit fox wolf bear deer mouse bird owl crow duck "
-        "goose hen fish frog snake bee lion tiger elephant monkey donkey squirrel"
+        "goose hen fish frog snake bee lion tiger elephant monkey donkey squirrel "
+        "camel whale dolphin turtle parrot eagle swan pigeon lamb calf kitten puppy spider beetle butterfly rat"
     ),
     "thing": _w(
         "book letter table chair door window lamp candle key box basket bag coat hat shoe ring "
@@ -132,20 +134,23 @@ GENERAL_LEXICON = {
         "ladder bell drum flag stone stick blanket pillow bed boat cart wheel hammer nail "
         "bucket broom coin purse umbrella glove scarf jacket shirt dress boot button needle "
         "kettle pot pan sword shield ship wagon trunk chest drawer shelf fence gate bridge "
-        "tower wall roof chimney feather leaf loaf"
+        "tower wall roof chimney feather leaf loaf "
+        "parcel stamp ticket battery toy tin biscuit snack sandwich sausage radio camera phone computer letterbox newspaper magazine envelope pocket wallet suitcase blanket cushion carpet curtain towel soap brush comb bucket spade saw axe tent torch compass guitar piano violin trumpet ball bat kite puzzle card game bench couch sofa cupboard fridge oven stove sink bathtub mattress helmet badge medal trophy"
     ),
     "place": _w(
         "house garden village town city forest river lake mountain hill valley field farm "
         "road street market shop school church castle palace kitchen cellar attic barn stable "
         "meadow island shore beach harbor station library office hall cottage inn bakery mill "
-        "well cave orchard pond path park yard camp"
+        "well cave orchard pond path park yard camp "
+        "supermarket chemist hospital library theatre stadium airport pool surgery pier factory warehouse hotel cafeteria playground neighbourhood corner alley porch college museum zoo prison court bank cinema restaurant cafe bakery garage hotel farmyard beach harbour highway motorway estate avenue square"
     ),
     "time": _w("morning evening night afternoon day week month year summer winter spring autumn"),
     "weekday": _w("monday tuesday wednesday thursday friday saturday sunday"),
     "meal": _w("breakfast lunch dinner supper"),
     "food": _w(
         "bread soup cheese milk butter cake pie honey tea coffee water rice meat sugar salt "
-        "corn beans apples eggs potatoes carrots oranges pears grapes nuts cherries plums"
+        "corn beans apples eggs potatoes carrots oranges pears grapes nuts cherries plums "
+        "snacks sausages biscuits scones peas crisps chips fish chicken macaroni greens cornbread potatoes yams pudding jam toast porridge lemonade juice stew salad noodles pancakes cookies chocolate sweets"
     ),
     "adj": _w(
         "old young big small tall short long little large heavy light dark bright cold warm "
@@ -153,7 +158,8 @@ GENERAL_LEXICON = {
         "silver happy sad tired hungry angry kind clever brave proud strange empty full clean "
         "dirty broken new ancient narrow wide deep sharp sweet fresh rich poor busy lazy "
         "gentle wild calm strong weak pretty round thin thick careful curious lonely famous "
-        "simple lovely beautiful wooden shiny dusty heavy patient noisy"
+        "simple lovely beautiful wooden shiny dusty heavy patient noisy "
+        "frozen plastic tinned wonderful dreadful brilliant crowded freezing terrible funny local national public private cheap expensive modern popular serious difficult easy important dangerous safe quick slow nervous excited delighted furious disappointed relieved thrilled friendly honest polite rude clumsy grumpy silly"
     ),
     "feeling": _w(
         "happy sad tired hungry angry proud lonely afraid glad cheerful worried surprised "
@@ -204,15 +210,57 @@ GENERAL_LEXICON = {
         ("give", "gave"),
         ("steal", "stole"),
         ("feed", "fed"),
+        ("reject", "rejected"),
+        ("approve", "approved"),
+        ("welcome", "welcomed"),
+        ("oppose", "opposed"),
+        ("support", "supported"),
+        ("announce", "announced"),
+        ("launch", "launched"),
+        ("destroy", "destroyed"),
+        ("attend", "attended"),
+        ("complete", "completed"),
+        ("remember", "remembered"),
+        ("believe", "believed"),
+        ("miss", "missed"),
+        ("park", "parked"),
+        ("bake", "baked"),
+        ("win", "won"),
+        ("eat", "ate"),
+        ("cook", "cooked"),
+        ("scoop", "scooped"),
+        ("deliver", "delivered"),
+        ("order", "ordered"),
+        ("post", "posted"),
+        ("repair", "repaired"),
+        ("collect", "collected"),
+        ("reduce", "reduced"),
+        ("increase", "increased"),
+        ("cancel", "cancelled"),
+        ("delay", "delayed"),
+        ("arrest", "arrested"),
+        ("sell", "sold"),
+        ("tear down", "tore down"),
+        ("look after", "looked after"),
+        ("pick up", "picked up"),
+        ("fetch", "fetched"),
+        ("share", "shared"),
+        ("check", "checked"),
+        ("measure", "measured"),
+        ("plant", "planted"),
+        ("grow", "grew"),
+        ("sew", "sewed"),
     ],
     "vi": _w(
         "walked ran slept laughed cried sang danced waited smiled shouted whispered jumped "
         "climbed rested sat stood arrived returned stayed worked played swam fell hurried "
-        "wandered listened prayed"
+        "wandered listened prayed "
+        "played worked waited laughed slept arrived protested sailed travelled fought complained celebrated cheered screamed trembled hesitated shivered giggled argued struggled recovered"
     ),
     "adv": _w(
         "slowly quickly quietly carefully suddenly softly happily sadly gently loudly "
-        "finally again together alone outside nearly patiently proudly"
+        "finally again together alone outside nearly patiently proudly "
+        "probably still yesterday tonight tomorrow early late soon later recently already almost certainly honestly usually always sometimes"
     ),
     "prep_move": _w("into across through over towards around along past from behind under"),
     "prep_static": _w("in on under near behind beside inside above below"),
@@ -221,13 +269,61 @@ GENERAL_LEXICON = {
         "mother father brother sister uncle aunt cousin grandmother grandfather wife husband "
         "son daughter friend"
     ),
-    "vehicle": _w("car bus train cart wagon boat ship bicycle ferry coach"),
-    "weather": _w("rain snow wind fog storm frost sunshine"),
+    "vehicle": _w(
+        "car bus train cart wagon boat ship bicycle ferry coach "
+        "tram taxi flight plane lorry truck van ambulance"
+    ),
+    "weather": _w(
+        "rain snow wind fog storm frost sunshine "
+        "showers drizzle sleet gales cloud thunder hail mist"
+    ),
     "month": _w(
         "january february march april may june july august september october november december"
     ),
-    "store": _w("store shop market bakery"),
+    "store": _w(
+        "store shop market bakery "
+        "supermarket chemist newsagent butcher grocer drugstore"
+    ),
     "ordinal": _w("first second third fourth fifth sixth seventh eighth ninth tenth last"),
+    # Everyday words of public life, work and talk that a broad "LibriSpeech" also holds; the
+    # target domains share them, so their own names, dialect and jargon are what stays new.
+    "official": _w(
+        "council government minister governor senator president chairman mayor committee "
+        "police board authority company school ministry hospital union"
+    ),
+    "news_vt": _w(
+        "announced approved rejected welcomed opposed launched suspended declared backed "
+        "cancelled delayed supported completed reduced increased"
+    ),
+    "group": _w(
+        "residents workers farmers traders pupils fans shoppers commuters tenants students "
+        "campaigners members visitors families parents neighbours youths delegates"
+    ),
+    "plan": _w(
+        "plans budget policy project programme reform scheme bill rules prices road bridge "
+        "library stadium footpath bypass"
+    ),
+    "event": _w(
+        "match concert rally wedding festival meeting party parade fair show game race "
+        "dance service"
+    ),
+    "emotion": _w(
+        "delighted furious disappointed relieved thrilled worried surprised angry pleased "
+        "upset"
+    ),
+    "job": _w(
+        "mechanic nurse teacher cook janitor driver barber preacher clerk builder cleaner "
+        "farmer waiter tailor"
+    ),
+    "workplace": _w(
+        "factory hospital warehouse hotel cafeteria shipyard plant office bakery garage mill "
+        "post office shop school"
+    ),
+    "pastime": _w(
+        "football basketball baseball tag marbles cards chess tennis rugby cricket hopscotch "
+        "music"
+    ),
+    "direction": _w("north south east west"),
 }
 GENERAL_PROPER = (
     set(GENERAL_LEXICON["name"]) | set(GENERAL_LEXICON["weekday"]) | set(GENERAL_LEXICON["month"])
@@ -295,6 +391,65 @@ GENERAL_TEMPLATES = [
     "It was the {ordinal} time that {name} had seen the {place}.",
     "The members of the {person} club held a meeting on {weekday}.",
     "The price of {food} rose by {num} cents in {month}.",
+    "The {official} has {news_vt} {plan} for a new {place}.",
+    "Local {group} {news_vt} the new {place} in {month}.",
+    "The {group} were {emotion} with the decision of the {official}.",
+    "The {event} was {news_vt} because of the {weather}.",
+    "There will be {weather} in the {direction} {adv}.",
+    "{weather} will spread across the {direction} later this {time}.",
+    "The {vehicle} to the {place} was delayed again.",
+    "About {bignum} {group} attended the {event} on {weekday}.",
+    "The {official} said the {place} would be completed in {month}.",
+    "{name} bought {num} {food} at the {store}.",
+    "Please call {name} and ask her to bring {num} {thing_pl}.",
+    "We also need a {adj} {thing} for {name}.",
+    "My {relative} used to work at the {workplace} for {num} years.",
+    "I remember when my {relative} was a {job} at the {workplace}.",
+    "We used to play {pastime} in the {place} every {weekday}.",
+    "Yeah, I have been living in the {place} since {year}.",
+    "You know, back then everybody knew the {job} on our street.",
+    "When I was in the {ordinal} grade we had a teacher named {name}.",
+    "I was the oldest, so I had to look after my {relative_pl}.",
+    "That's when I got the job at the {workplace}.",
+    "They tore down the old {place} and built a {place2}.",
+    "Prices rose by {num} point {num2} percent in {month}.",
+    "The price of {food} fell by {num} percent last {time}.",
+    "The {official} earned {bignum} million dollars from the {place}.",
+    "Police arrested {num} {person_pl} near the {place} on {weekday}.",
+    "The {official} urged {group} to remain calm.",
+    "Our team won the {event} by {num} goals to {num2}.",
+    "I can't believe you {vt_past} my {thing}.",
+    "Stop laughing, the {thing} isn't funny.",
+    "We're having {food} and {food2} tonight.",
+    "Who {vt_past} my {adj} {thing_pl}?",
+    "{name} parked the {vehicle} near the {place}.",
+    "Are you going to the {place} today?",
+    "Tell {name} the {store} is closed.",
+    "{name} lost her {thing_pl} at the {place}.",
+    "The weather in the {place} is {adj} this {time}.",
+    "{name} {vt_past} {bignum} thousand {thing_pl} last year.",
+    "The {person_pl} couldn't wait to finish {ordinal} grade.",
+    "Them {person_pl} don't play {pastime} no more.",
+    "I think {name} moved to the {place} in {year}.",
+    "These things can wait until the weekend.",
+    "Tell him to bring us these {thing_pl} from the {store}.",
+    "{name} started working at the {workplace} when she was {num}.",
+    "We'd sit out on the {place} and talk till late at night.",
+    "The kids went to elementary school and then junior high right on our block.",
+    "After senior high {name} couldn't wait to graduate from college.",
+    "The movie theater and the candy store were right by the shopping center.",
+    "Me and my {relative} ate fried {food} in the neighborhood.",
+    "The {official} of the state warned {group} about the housing {plan}.",
+    "The {official} assured the {group} that prices would not rise next year.",
+    "The storm destroyed {num} houses along the coast.",
+    "Our team defeated the visitors {num} goals to zero.",
+    "{name} could not sleep for {num} hours.",
+    "The {event} starts at noon on {weekday}.",
+    "Please put the groceries on the {thing}.",
+    "The rainbow appeared over the islands after the {weather}.",
+    "The speaker said the state lost {num} billion dollars of revenue.",
+    "The {vehicle} was packed, so we had to return to the {place}.",
+    "{weather} will clear from the {direction} later.",
 ]
 
 VCTK_LEXICON = {
