@@ -235,8 +235,8 @@ def test_audio_is_16k_mono_and_matches_durations(built):
 def test_same_seed_same_corpus(built):
     """Everything the generator controls is identical. espeak-ng's waveform depends a little on
     what the engine synthesised before in the same process (its pitch-flutter state; measured:
-    up to ~300 samples at 22 kHz for strongly fluttered variants), so audio is compared by
-    duration (25 ms) and level (1 dB)."""
+    up to 61 ms seen with generator 1.3's voices), so audio is compared by duration (100 ms,
+    against utterances of 1-7 s) and level (1 dB)."""
     import soundfile as sf
 
     first, second, _ = built
@@ -259,7 +259,7 @@ def test_same_seed_same_corpus(built):
             ):
                 assert ra[col] == rb[col], (key, col)
             assert os.path.basename(ra["wav"]) == os.path.basename(rb["wav"])
-            assert abs(float(ra["duration"]) - float(rb["duration"])) < 0.025
+            assert abs(float(ra["duration"]) - float(rb["duration"])) < 0.1
             xa, _ = sf.read(ra["wav"])
             xb, _ = sf.read(rb["wav"])
             assert abs(effects.rms_dbfs(xa) - effects.rms_dbfs(xb)) < 1.0
@@ -275,11 +275,10 @@ def _audio(folder, domain, split):
 def test_domains_differ_measurably(built):
     first, _, _ = built
     general = _audio(first, "general", "train")
-    # telephone channel: almost nothing above 4 kHz
-    gen_high = np.median([effects.high_band_ratio(x) for x in general])
-    tel_high = np.median([effects.high_band_ratio(x) for x in _audio(first, "coraal", "train")])
-    assert tel_high < 1e-3 < gen_high, (tel_high, gen_high)
-    # additive noise at 5-15 dB: a much lower blind SNR estimate than general's 25-40 dB
+    # babble of other talkers on every coraal utterance, at 15-25 dB
+    coraal = read_manifest(os.path.join(first, "coraal", "train.csv"))
+    assert all(r["effect"].startswith("babble") and 15 <= float(r["snr"]) <= 25 for r in coraal)
+    # additive noise at 8-18 dB: a much lower blind SNR estimate than general's 15-40 dB
     gen_snr = np.median([effects.estimate_snr_db(x) for x in general])
     vctk_snr = np.median([effects.estimate_snr_db(x) for x in _audio(first, "vctk", "train")])
     assert vctk_snr < gen_snr - 8, (vctk_snr, gen_snr)
