@@ -176,17 +176,8 @@ class Experiment:
             self.rows["AoDE"] = self.merge("AoDE", members)
         if "aode_with_original" in self.scenarios:
             self.rows["AoDE with orig."] = self.merge("AoDE with orig", members, include_original=True)
-        for balanced, scenario, label in ((False, "combined", "Combined data"), (True, "resampled", "Resampled data")):
-            if scenario not in self.scenarios:
-                continue
-            train = self.combined_manifest("train", balanced)
-            if balanced and "Combined data" in self.rows and _read_rows(train) == _read_rows(
-                    self.combined_manifest("train")):
-                print("[aode] resampled data = combined data (every domain has as many training rows); "
-                      "reusing the combined model", flush=True)
-                self.rows[label] = self.rows["Combined data"]
-                continue
-            self.rows[label] = self.expert(scenario, train, self.combined_manifest("valid"))
+        if "combined" in self.scenarios or "resampled" in self.scenarios:
+            self.combined_data()
         if "iterative" in self.scenarios:
             self.iterate(experts)
         if "weighted" in self.scenarios:
@@ -218,6 +209,23 @@ class Experiment:
             table = self.greedy_soup(experts, table)
         self.timings["total"] = time.time() - start
         return self.report(table, experts, lora_experts)
+
+    def combined_data(self):
+        """One fine-tune on all domains' data, and on the same data balanced by resampling; the
+        resampled model is the combined one when balancing changes nothing."""
+        valid = self.combined_manifest("valid")
+        combined = self.combined_manifest("train")
+        if "combined" in self.scenarios:
+            self.rows["Combined data"] = self.expert("combined", combined, valid)
+        if "resampled" not in self.scenarios:
+            return
+        resampled = self.combined_manifest("train", balanced=True)
+        if "Combined data" in self.rows and _read_rows(resampled) == _read_rows(combined):
+            print("[aode] resampled data = combined data (every domain has as many training rows); "
+                  "reusing the combined model", flush=True)
+            self.rows["Resampled data"] = self.rows["Combined data"]
+        else:
+            self.rows["Resampled data"] = self.expert("resampled", resampled, valid)
 
     def iterate(self, experts):
         """Iterative AoDE (paper III-C): fine-tune the average on each domain, average again."""

@@ -41,10 +41,10 @@ Everything random is drawn up front in the parent process from the seed (texts, 
 rates, pitches, padding, levels, effect parameters, a per-utterance noise seed), so the result
 does not depend on how the worker processes are scheduled. Only espeak-ng's waveform is not
 bit-exact: it depends slightly on what the engine synthesised before in the same process (its
-pitch-flutter state, which no API resets), so a rerun's durations may differ by a few tens of ms (up to 61 ms seen)
-and levels by a fraction of a dB; texts, voices, prosody, effects and IDs are identical. ``corpus_info.json`` is written
-last; a later call with the same (scaled) config, seed and generator version returns it
-without regenerating.
+pitch-flutter state, which no API resets), so a rerun's durations may differ by a few tens of
+ms (up to 61 ms seen) and levels by a fraction of a dB; texts, voices, prosody, effects and IDs
+are identical. ``corpus_info.json`` is written last; a later call with the same (scaled)
+config, seed and generator version returns it without regenerating.
 
 CLI: ``python -m aode.mini.corpus --out DIR [--seed N] [--scale S] [--workers W]``.
 """
