@@ -18,14 +18,31 @@ wrd_raw    cleaned text with its original casing and punctuation (for Whisper)
 
 Extra columns are allowed and carried through. Audio is read at its own rate and
 resampled to 16 kHz mono by :mod:`aode.data` at load time.
+
+A manifest loads with SpeechBrain's own reader (``speechbrain.dataio.dataio.load_data_csv``)
+too. That reader treats ``$word`` in any field as a variable to replace and raises when none
+is given, so a dollar sign in text before a letter, digit or dot ("$5 million", SPGISpeech's
+formatted text) is written as the fullwidth dollar sign U+FF04; :func:`read_manifest` turns it
+back into "$", and Unicode compatibility normalisation (NFKC/NFKD, as Whisper's normaliser
+applies) maps it to "$" as well, so scoring is unchanged either way.
 """
 
 import csv
 import os
+import re
 import tempfile
 
 MANIFEST_COLUMNS = ["ID", "duration", "wav", "start", "stop", "spk_id", "wrd", "wrd_raw"]
 WAV_SEPARATOR = "|"
+
+# SpeechBrain's load_data_csv substitutes r"\$([\w.]+)"; the fullwidth sign escapes it.
+_SPEECHBRAIN_VARIABLE = re.compile(r"\$(?=[\w.])")
+FULLWIDTH_DOLLAR = "\uff04"
+_NOT_TEXT = ("ID", "duration", "wav", "start", "stop")
+
+
+def _escape_dollars(value):
+    return _SPEECHBRAIN_VARIABLE.sub(FULLWIDTH_DOLLAR, value) if isinstance(value, str) else value
 
 
 def write_manifest(path, rows, extra_columns=()):
@@ -46,7 +63,7 @@ def write_manifest(path, rows, extra_columns=()):
                 for key in MANIFEST_COLUMNS:
                     if key not in row:
                         raise ValueError(f"manifest row {row.get('ID')!r} lacks column {key!r}")
-                out = dict(row)
+                out = {k: v if k in _NOT_TEXT else _escape_dollars(v) for k, v in row.items()}
                 for key in ("duration", "start", "stop"):
                     out[key] = f"{float(row[key]):.3f}"
                 writer.writerow(out)
@@ -66,7 +83,12 @@ def read_manifest(path):
         missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"manifest {path} lacks columns {missing}; has {reader.fieldnames}")
-        return list(reader)
+        rows = list(reader)
+    for row in rows:
+        for key, value in row.items():
+            if key not in _NOT_TEXT and value and FULLWIDTH_DOLLAR in value:
+                row[key] = value.replace(FULLWIDTH_DOLLAR, "$")
+    return rows
 
 
 def split_wav_field(wav):

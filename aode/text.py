@@ -2,8 +2,9 @@
 
 Scoring (WER/CER) applies ONE normaliser to both reference and hypothesis:
 
-* ``"whisper"`` (default): Whisper's English text normaliser (transformers'
-  ``EnglishTextNormalizer``): lowercase, punctuation removed, British spellings
+* ``"whisper"`` (default): Whisper's English text normaliser as published (transformers'
+  ``EnglishTextNormalizer`` with openai-whisper's spelling map; it gives exactly what
+  openai-whisper's own ``EnglishTextNormalizer`` gives, tested): lowercase, punctuation removed, British spellings
   Americanised, spoken numbers written as digits, fillers (um, uh) removed, contractions
   expanded ("you've" -> "you have").
 * ``"basic"``: :func:`normalize_words` below (lowercase, apostrophes kept, other
@@ -14,6 +15,8 @@ Scoring (WER/CER) applies ONE normaliser to both reference and hypothesis:
 """
 
 import functools
+import json
+import os
 import re
 import unicodedata
 
@@ -33,27 +36,25 @@ def normalize_words(text):
     return " ".join(word for word in words if word)
 
 
+SPELLING_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "english_spelling.json")
+
+
 @functools.lru_cache(maxsize=1)
 def _whisper_normalizer():
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-    try:
-        from transformers.models.whisper.english_normalizer import ENGLISH_SPELLING_NORMALIZER  # noqa
-        spelling = ENGLISH_SPELLING_NORMALIZER
-    except ImportError:
-        spelling = _load_spelling_mapping()
-    return EnglishTextNormalizer(spelling)
+    return EnglishTextNormalizer(load_spelling_mapping())
 
 
-def _load_spelling_mapping():
-    import json
-    import os
+def load_spelling_mapping():
+    """Whisper's British-to-American spelling map (1,739 entries, "colour" -> "color").
 
-    here = os.path.join(os.path.dirname(__file__), "english_spelling.json")
-    if os.path.isfile(here):
-        with open(here, encoding="utf-8") as f:
-            return json.load(f)
-    return {}
+    ``english_spelling.json`` is ``whisper/normalizers/english.json`` of the openai-whisper
+    package (MIT licence), shipped with AoDE because transformers keeps the same map only in
+    each hub checkpoint's ``normalizer.json``, which cannot be fetched offline.
+    """
+    with open(SPELLING_FILE, encoding="utf-8") as f:
+        return json.load(f)
 
 
 NORMALIZERS = ("whisper", "basic", "none")

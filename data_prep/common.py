@@ -117,15 +117,67 @@ def audio_info(path):
         raise ValueError(f"unreadable audio ({err})") from err
 
 
-def finish(save_folder, splits, skipped, options, corpus, extra_columns=()):
+class EmptyPreparationError(LayoutError):
+    """A preparation lost a split, or most of its items: nothing is marked prepared."""
+
+
+NO_AUDIO = "transcript without audio"
+NO_TRANSCRIPT = "audio without transcript"
+EMPTY_TEXT = "empty text after cleaning"
+
+# Skip reasons that mean "the layout is not what we think", not "this item is bad".
+LOST_REASONS = (NO_AUDIO, NO_TRANSCRIPT)
+
+
+def check_not_lost(splits, skipped, corpus, likely_cause=None, lost_reasons=LOST_REASONS,
+                   max_lost_fraction=0.5):
+    """Raise :class:`EmptyPreparationError` when a split came out empty, or when more than
+    ``max_lost_fraction`` of the items were dropped for a reason in ``lost_reasons`` (audio or
+    transcript not found: a layout problem, never a property of the data).
+
+    The message names the split, the most frequent skip reasons and ``likely_cause``.
+    """
+    counts = skipped.counts()
+    top = ", ".join(f"{n} x {reason!r}" for reason, n in counts.most_common(3)) or "none"
+    hint = f" Likely cause: {likely_cause}." if likely_cause else ""
+    empty = [name for name, rows in splits.items() if not rows]
+    if empty:
+        raise EmptyPreparationError(
+            f"{corpus}: {', '.join(empty)} came out empty (skipped: {top}).{hint} Nothing was "
+            "marked prepared; see skipped.csv, fix the data folder and run again."
+        )
+    kept = sum(len(rows) for rows in splits.values())
+    lost = sum(counts[reason] for reason in lost_reasons)
+    if lost > max_lost_fraction * (kept + lost):
+        raise EmptyPreparationError(
+            f"{corpus}: {lost} of {kept + lost} items were dropped because their audio or "
+            f"transcript was not found (skipped: {top}).{hint} Nothing was marked prepared; "
+            "see skipped.csv, fix the data folder and run again."
+        )
+
+
+def finish(save_folder, splits, skipped, options, corpus, extra_columns=(), likely_cause=None,
+           lost_reasons=LOST_REASONS, max_lost_fraction=0.5):
     """Write each split's manifest, the skip log and the options; log a summary.
 
     ``splits`` maps manifest file name (e.g. "train.csv") to its list of rows. The options
     file is written last, so a crash before it means the next run redoes the preparation.
     ``extra_columns`` (e.g. JL Corpus's "emotion") are written after the standard ones.
+    Before anything is written, :func:`check_not_lost` refuses an empty split or a mostly
+    lost corpus (``likely_cause``, ``lost_reasons``, ``max_lost_fraction`` go to it): then
+    only ``skipped.csv`` is written, for the user to read, and any earlier options file is
+    removed so that the next run does the work.
     Returns a dict ``{manifest: (utterances, hours)}``.
     """
     os.makedirs(save_folder, exist_ok=True)
+    try:
+        check_not_lost(splits, skipped, corpus, likely_cause, lost_reasons, max_lost_fraction)
+    except EmptyPreparationError:
+        options_path = os.path.join(save_folder, OPTIONS_FILE)
+        if os.path.exists(options_path):
+            os.remove(options_path)
+        skipped.write(save_folder)
+        raise
     summary = {}
     for name, rows in splits.items():
         write_manifest(os.path.join(save_folder, name), rows, extra_columns=extra_columns)
@@ -140,9 +192,6 @@ def finish(save_folder, splits, skipped, options, corpus, extra_columns=()):
     return summary
 
 
-NO_AUDIO = "transcript without audio"
-NO_TRANSCRIPT = "audio without transcript"
-EMPTY_TEXT = "empty text after cleaning"
 
 
 def whole_file_row(utt_id, wav, spk_id, text, skipped, source=None, **extra):
@@ -178,10 +227,14 @@ def read_transcript(path):
     """The text of a one-utterance transcript file, whitespace collapsed.
 
     UTF-8 (with or without BOM) is tried first, then cp1252, which some corpora's
-    hand-edited files use.
+    hand-edited files use. An unreadable file (permissions, I/O error) raises ValueError
+    with the reason, as :func:`audio_info` does for audio, so callers skip and log it.
     """
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ValueError(f"unreadable transcript ({err.strerror or err})") from err
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
