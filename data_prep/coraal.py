@@ -5,36 +5,58 @@ the long sociolinguistic interviews were cut into segments from the transcript t
 at most 30 s; 5 speakers were held out for validation and 5 for test (~5 h each).
 
 Layout: per component (ATL, DCA, DCB, DTA, LES, PRV, ROC, VLD) flat tarballs of
-``<basefile>.wav`` (~44.1 kHz) and ``<basefile>.txt`` (e.g. ``DCB_se1_ag1_f_01_1``). They may
-be unpacked into one folder or several: every ``.txt`` under ``data_folder`` (recursively)
-whose first line is the transcript header ``Line<TAB>Spkr<TAB>StTime<TAB>Content<TAB>EnTime``
-is a transcript, and its audio is the ``<basefile>.wav`` found anywhere under
-``data_folder`` (the same folder first). Other ``.txt`` files (metadata, READMEs) are ignored.
+``<basefile>.wav`` (~44.1 kHz, ``<C>_audio_partNN_<ver>.tar.gz``) and ``<basefile>.txt``
+(``<C>_textfiles_<ver>.tar.gz``), e.g. ``DCB_se1_ag1_f_01_1``. They may be unpacked into one
+folder or several: every ``.txt`` under ``data_folder`` (recursively) whose first line is the
+transcript header ``Line<TAB>Spkr<TAB>StTime<TAB>Content<TAB>EnTime`` is a transcript, and its
+audio is the ``<basefile>.wav`` found anywhere under ``data_folder`` (the same folder first).
+Transcripts are read as UTF-8 (with or without BOM), falling back to cp1252 (so a Windows
+``’`` stays an apostrophe). Other ``.txt`` files (metadata, READMEs) are ignored, except that
+a ``.txt`` named like a basefile (``<C>_se<d>_ag<d>_<g>_<NN>_<part>``, or with a ``.wav`` of
+the same name) but without the header (0-byte, another export) is logged in ``skipped.csv``.
+A ``.wav`` with no transcript is logged too. macOS ``._*`` files are ignored.
+
+Cleaning (:func:`clean_content`; checked against NeMo-speech-data-processor's CORAAL config,
+whose test cases are in tests/test_prep_coraal.py, and Koenecke et al.'s ``clean_coraal``):
+
+* removed: pauses ``(pause 0.17)``/``{pause 0.17}`` (also unclosed, ``(pause 0.5``), every
+  other round- or curly-brace note (``(laughing)``, ``(whispered)``, ``{laughs}``), angle tags
+  (``<laugh>``, ``<ts>``, malformed ``<laugh]``), redactions ``/RD-NAME-2/`` with a clitic
+  glued to them (``/RD-NAME-2/'s``), ``/unintelligible/``, ``/inaudible/``, ``/?/``, and
+  square-bracketed sounds such as ``[laughing]``;
+* kept: ``[ ]`` marks overlapping speech; the words inside are spoken, so the brackets go and
+  the words stay, glued to an adjacent letter (``something [els]e`` -> ``something else``, as
+  NeMo; Koenecke et al. drop overlap text instead); ``/word/`` keeps ``word``;
+* spelling as NeMo and Koenecke et al.: busses->buses, aks->ask, aksing->asking, aksed->asked.
 
 Segmentation (:func:`segment_rows`):
 
-* Content is cleaned by :func:`clean_content` (pauses, ``<laugh>``/``<ts>``-style tags,
-  ``/RD-.../`` redactions, ``/unintelligible/``, ``/inaudible/``, ``/?/``, non-speech
-  ``[laughing]``-style tags removed; ``[word]`` keeps ``word``; malformed variants such as
-  ``/RD-NAME-3.``, ``[/RD-NAME-2/-]``, ``<laugh]`` handled; busses->buses, aks->ask,
-  aksing->asking, aksed->asked).
-* Pause-only rows are dropped (logged with reason "pause-only row"); they do not break a
-  segment. Interviewer turns are dropped by default (logged; option ``keep_interviewer``):
-  the interviewee is the speaker whose ``Spkr`` code is a prefix of the basefile; every other
-  speaker counts as an interviewer.
+* Rows are taken in ``StTime`` order (as Koenecke et al. sort by start time); a row whose
+  StTime is not a number keeps its place after its predecessor in the file.
+* An empty Content cell is skipped ("empty Content cell") and, like any skipped row, ends the
+  current segment. Pause-only rows are skipped ("pause-only row") and do not end a segment
+  (NeMo drops every row that contains a pause; we only drop rows that hold nothing else).
+  Interviewer turns are dropped by default (logged; option ``keep_interviewer``): the
+  interviewee is the speaker whose ``Spkr`` code is a prefix of the basefile (NeMo's and
+  Koenecke et al.'s ``Spkr in Basefile``); every other speaker counts as an interviewer.
 * Consecutive rows of one speaker are merged into segments of at most
   ``max_segment_seconds`` (30, the paper's). A row of another speaker, a row that is empty
   after cleaning (e.g. only ``/unintelligible/``: its audio holds untranscribed speech) or a
-  skipped row ends the current segment, so a segment never covers audio its text lacks.
-* Skipped with a reason in ``skipped.csv``: an impossible time (non-numeric, negative,
-  end <= start), a row longer than ``max_segment_seconds``, a row that runs past the end of
-  its audio, a row empty after cleaning, every row of a transcript whose audio is missing or
-  unreadable/truncated.
+  skipped row ends the current segment, and two rows are never merged when another speaker's
+  (or a skipped) row reaches into the time between them, so a merged segment never spans
+  speech its text lacks. A single row that overlaps another speaker's row (CORAAL marks
+  the overlap with ``[ ]``) is kept, as NeMo does (Koenecke et al. drop it).
+* Skipped with a generic reason in ``skipped.csv`` (details in the log at DEBUG level): an
+  impossible time (non-numeric, negative, end <= start), a row longer than
+  ``max_segment_seconds``, a row that runs past the end of its audio, a row empty after
+  cleaning, every row of a transcript whose audio is missing ("transcript without audio") or
+  unreadable/truncated ("unreadable audio").
 
 Speaker = the interviewee code (the basefile minus its trailing ``_<part>``, e.g.
 ``DCB_se1_ag1_f_01``); kept interviewer turns get their own ``Spkr`` code as speaker but
 follow their interview into its split. The split is by interviewee, seeded:
-``n_valid_speakers`` (5) for validation, ``n_test_speakers`` (5) for test, the rest train.
+``n_valid_speakers`` (5) for validation, ``n_test_speakers`` (5) for test, the rest train;
+only interviewees whose audio was found count.
 
 Audio stays at its own rate (~44.1 kHz); the loader (:mod:`aode.data`) resamples at load time.
 """
@@ -55,6 +77,9 @@ from tqdm import tqdm
 
 from aode.text import normalize_words
 from data_prep.common import (
+    EMPTY_TEXT,
+    NO_AUDIO,
+    NO_TRANSCRIPT,
     SkipLog,
     already_prepared,
     audio_info,
@@ -67,10 +92,32 @@ logger = logging.getLogger(__name__)
 
 MANIFESTS = ("train.csv", "valid.csv", "test.csv")
 HEADER = ("line", "spkr", "sttime", "content", "entime")
-PREP_VERSION = 1
+# 2: notes in ( ) and { } removed, [ ] glued to words, rows in StTime order (outputs differ).
+PREP_VERSION = 2
 # A segment may end this much past the end of its audio (rounding in the timings); it is
 # clipped to the audio. Anything later is skipped.
 END_TOLERANCE = 0.05
+
+# Skip reasons: generic, so that the summary groups them (details go to the log).
+PAUSE_ONLY = "pause-only row"
+EMPTY_CONTENT = "empty Content cell"
+INTERVIEWER = "interviewer turn (keep_interviewer off)"
+IMPOSSIBLE_TIME = "impossible time"
+TOO_LONG = "row longer than max_segment_seconds={:g}"
+PAST_AUDIO_END = "runs past the end of its audio"
+NO_HEADER = "transcript without header line"
+NO_ROWS = "transcript without rows"
+UNREADABLE_AUDIO = "unreadable audio"
+UNREADABLE_TRANSCRIPT = "unreadable transcript"
+
+TEXT_ONLY_CAUSE = (
+    "no transcript has its audio: only the textfiles seem to be unpacked; unpack the "
+    "<C>_audio_partNN_<ver>.tar.gz tarballs under data_folder too (any subfolder), so that "
+    "each <basefile>.wav lies somewhere below it"
+)
+
+# A basefile: <component>_se<d>_ag<d>_<gender>_<NN>_<part>, e.g. DCB_se1_ag1_f_01_1.
+_BASEFILE = re.compile(r"^[A-Z]{3}_se\d+_ag\d+_[a-z]_\d+_\d+$", re.I)
 
 # Bracketed tags that are sounds, not words: removed (any other "[word]" keeps "word").
 NON_SPEECH = {
@@ -82,14 +129,20 @@ NON_SPEECH = {
     "silence", "unintelligible", "inaudible", "cries", "crying", "groan", "groans",
 }
 
-_PAUSE = re.compile(r"[({]\s*pause\b[^)}]*[)}]", re.I)
+# "(pause 0.17)", "{pause 1.2}", and the unclosed "(pause 0.5" (which must not leave words).
+_PAUSE = re.compile(r"[({]\s*pause\b[^(){}]*[)}]|[({]\s*pause\b[\s\d.]*", re.I)
 _REDACT_BRACKETED = re.compile(r"\[\s*/RD-[^\]]*\]", re.I)
-_REDACT = re.compile(r"/RD-[A-Za-z0-9_-]*[/.]?", re.I)
+# "/RD-NAME-2/", the malformed "/RD-NAME-3.", and a clitic glued to it ("/RD-NAME-2/'s").
+_REDACT = re.compile(r"/RD-[A-Za-z0-9_-]*[/.]?(?:['\u2019]s\b)?", re.I)
 _SLASH_MARKS = re.compile(r"/\s*(?:unintelligible|inaudible|\?+)\s*/", re.I)
 _ANGLE = re.compile(r"<[^<>\]\[]*[>\]]")  # <laugh>, <ts>, and the malformed <laugh]
+# Line-level notes: "(laughing)", "(whispered)", "{laughs}" (as NeMo and Koenecke et al.).
+_NOTE = re.compile(r"\([^()]*\)|\{[^{}]*\}")
 _BRACKET = re.compile(r"\[([^\[\]]*)\]")
+# An overlap bracket touching a word character: removed without a space ("[els]e", "y[eah]").
+_GLUED_BRACKET = re.compile(r"(?<=[\w'\u2019-])\[|\](?=[\w'\u2019-])")
 _SLASHED = re.compile(r"/([^/]*)/")
-_STRAY = re.compile(r"[\[\]{}<>/]")
+_STRAY = re.compile(r"[\[\]{}()<>/]")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
 _LEADING_PUNCT = re.compile(r"^[\s,.;:!?-]+")
 _REPEATED_PUNCT = re.compile(r"([,;:])(\s*[,;:.!?])+")
@@ -107,11 +160,12 @@ def _fix_spelling(match):
     return fixed
 
 
-def _bracket(match):
+def _drop_non_speech_bracket(match):
+    """``[laughing]`` -> space; an overlap bracket ``[words]`` is left for the next step."""
     inner = match.group(1).strip()
     if not inner or inner.lower().strip(" -") in NON_SPEECH:
         return " "
-    return " " + inner + " "
+    return match.group(0)
 
 
 def is_pause_only(content):
@@ -126,13 +180,17 @@ def clean_content(content):
     'Tell me about.'
     >>> clean_content("I [went] there (pause 0.17) /unintelligible/ we aks")
     'I went there we ask'
+    >>> clean_content("(laughing) something [els]e {laughs}")
+    'something else'
     """
     text = _PAUSE.sub(" ", content)
     text = _REDACT_BRACKETED.sub(" ", text)
     text = _REDACT.sub(" ", text)
     text = _SLASH_MARKS.sub(" ", text)
     text = _ANGLE.sub(" ", text)
-    text = _BRACKET.sub(_bracket, text)
+    text = _NOTE.sub(" ", text)
+    text = _BRACKET.sub(_drop_non_speech_bracket, text)
+    text = _GLUED_BRACKET.sub("", text)
     text = _SLASHED.sub(lambda m: " " + m.group(1) + " ", text)
     text = _STRAY.sub(" ", text)
     text = _SPELLING_RE.sub(_fix_spelling, text)
@@ -150,53 +208,118 @@ def interviewee_code(basefile):
     return re.sub(r"_\d+$", "", basefile)
 
 
-def read_transcript(path):
-    """Rows ``(row number, Spkr, StTime str, Content, EnTime str)`` of a CORAAL transcript,
-    or None when the file does not start with the transcript header."""
+def _decode(data):
+    """UTF-8 (with or without BOM), else cp1252: Windows-edited text keeps its ’ and “ ”."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        with open(path, encoding="latin-1") as f:
-            lines = f.read().splitlines()
-    if not lines:
-        return None
-    header = [h.strip().lower() for h in lines[0].lstrip("\ufeff").split("\t")]
+        return data.decode("cp1252", errors="replace")
+
+
+def _header_columns(first_line):
+    """``{column: index}`` of a transcript header line, or None when it is not one."""
+    header = [h.strip().lower() for h in first_line.lstrip("\ufeff").split("\t")]
     if not all(h in header for h in HEADER[1:]):
         return None
-    col = {name: header.index(name) for name in HEADER if name in header}
+    return {name: header.index(name) for name in HEADER if name in header}
+
+
+def read_transcript(path):
+    """Rows ``(row number, Spkr, StTime str, Content, EnTime str)`` of a CORAAL transcript,
+    or None when the file does not start with the transcript header. Raises OSError when
+    the file cannot be read."""
+    with open(path, "rb") as f:
+        text = _decode(f.read())
+    # Only line feeds end a row (str.splitlines would also split at U+2028, U+0085...).
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    col = _header_columns(lines[0])
+    if col is None:
+        return None
     rows = []
     for number, line in enumerate(lines[1:], start=1):
         if not line.strip():
             continue
         cells = line.split("\t")
-        cells += [""] * (len(header) - len(cells))
+        cells += [""] * (max(col.values()) + 1 - len(cells))
         rows.append((number, cells[col["spkr"]].strip(), cells[col["sttime"]].strip(),
                      cells[col["content"]], cells[col["entime"]].strip()))
     return rows
 
 
+def _transcript_state(path):
+    """"ok", NO_HEADER or UNREADABLE_TRANSCRIPT for a ``.txt`` (its first line only)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+    except OSError as err:
+        logger.warning("CORAAL: cannot read %s (%s)", path, err)
+        return UNREADABLE_TRANSCRIPT
+    line = _decode(first).rstrip("\r\n")
+    return "ok" if _header_columns(line) is not None else NO_HEADER
+
+
 def find_transcripts(data_folder):
-    """``{basefile: (transcript path, wav path or None)}`` under ``data_folder``."""
-    texts, wavs = {}, collections.defaultdict(list)
+    """Walk ``data_folder``: ``(found, unusable, orphan_wavs)``.
+
+    ``found``: ``{basefile: (transcript path, wav path or None)}``; ``unusable``:
+    ``{basefile: (path, reason)}`` for ``.txt`` files named like a basefile (or with a
+    same-named ``.wav``) that lack the header or cannot be read; ``orphan_wavs``:
+    ``{basefile: wav path}`` for ``.wav`` files without any such ``.txt``.
+    """
+    texts, wavs = collections.defaultdict(list), collections.defaultdict(list)
     for folder, _, files in os.walk(data_folder):
         for name in files:
+            if name.startswith("._"):  # macOS AppleDouble metadata, not a file of the corpus
+                continue
             stem, ext = os.path.splitext(name)
             if ext.lower() == ".wav":
                 wavs[stem].append(os.path.join(folder, name))
             elif ext.lower() == ".txt":
-                texts.setdefault(stem, []).append(os.path.join(folder, name))
-    found = {}
+                texts[stem].append(os.path.join(folder, name))
+    found, unusable = {}, {}
     for stem, paths in sorted(texts.items()):
-        for path in sorted(paths):
-            with open(path, "rb") as f:
-                first = f.readline().decode("utf-8", "replace").lstrip("\ufeff").lower()
-            if "spkr" in first and "sttime" in first and "\t" in first:
-                candidates = sorted(wavs.get(stem, []),
-                                    key=lambda w: os.path.dirname(w) != os.path.dirname(path))
-                found[stem] = (path, candidates[0] if candidates else None)
-                break
-    return found
+        states = {path: _transcript_state(path) for path in sorted(paths)}
+        good = [path for path, state in states.items() if state == "ok"]
+        if good:
+            candidates = sorted(wavs.get(stem, []),
+                                key=lambda w: os.path.dirname(w) != os.path.dirname(good[0]))
+            found[stem] = (good[0], candidates[0] if candidates else None)
+        elif _BASEFILE.match(stem) or stem in wavs:
+            path = sorted(paths)[0]
+            unusable[stem] = (path, states[path])
+    orphans = {stem: sorted(paths)[0] for stem, paths in sorted(wavs.items())
+               if stem not in found and stem not in unusable}
+    return found, unusable, orphans
+
+
+def _number(text):
+    """``float(text)`` when it is a finite number, else None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def parse_times(st, en):
+    """``(start, stop)`` in seconds, or None when impossible (not numbers, negative,
+    stop <= start)."""
+    start, stop = _number(st), _number(en)
+    if start is None or stop is None or start < 0 or stop <= start:
+        return None
+    return start, stop
+
+
+def start_order(rows):
+    """``rows`` sorted by StTime (stable). A row whose StTime is not a number keeps its place
+    right after its predecessor in the file, where the transcriber put it."""
+    keyed, last = [], -math.inf
+    for index, row in enumerate(rows):
+        start = _number(row[2])
+        if start is not None:
+            last = start
+        keyed.append(((last, index), row))
+    return [row for _, row in sorted(keyed, key=lambda item: item[0])]
 
 
 def segment_rows(basefile, rows, audio_duration, wav, keep_interviewer, max_segment_seconds,
@@ -206,8 +329,13 @@ def segment_rows(basefile, rows, audio_duration, wav, keep_interviewer, max_segm
     See the module docstring for the rules.
     """
     speaker = interviewee_code(basefile)
+    audio_end = math.floor(audio_duration * 1000) / 1000  # 3 decimals, inside the audio
     segments = []
     current = None
+    # Latest stop of the rows seen so far, per owner: a kept row's speaker, or None for
+    # skipped rows (their audio holds speech the text lacks). Merging two rows is refused
+    # when a row of another owner reaches past the end of the segment being extended.
+    speech_until = {}
 
     def close():
         nonlocal current
@@ -215,43 +343,49 @@ def segment_rows(basefile, rows, audio_duration, wav, keep_interviewer, max_segm
             segments.append(current)
         current = None
 
-    for number, spkr, st, content, en in rows:
+    def drop(row_id, reason, times, detail=None):
+        skipped.skip(row_id, wav, reason)
+        if detail:
+            logger.debug("CORAAL %s skipped (%s): %s", row_id, reason, detail)
+        if times is not None:
+            speech_until[None] = max(speech_until.get(None, 0.0), times[1])
+        close()
+
+    def others_until(spk):
+        return max((t for owner, t in speech_until.items() if owner != spk), default=-math.inf)
+
+    for number, spkr, st, content, en in start_order(rows):
         row_id = f"{basefile}_{number:04d}"
-        if is_pause_only(content):
-            skipped.skip(row_id, wav, "pause-only row")
+        times = parse_times(st, en)
+        if not content.strip():
+            drop(row_id, EMPTY_CONTENT, times)
+            continue
+        if is_pause_only(content):  # silence: neither text nor a reason to end a segment
+            skipped.skip(row_id, wav, PAUSE_ONLY)
             continue
         interviewee = bool(spkr) and basefile.startswith(spkr)
         if not interviewee and not keep_interviewer:
-            skipped.skip(row_id, wav, "interviewer turn (keep_interviewer off)")
-            close()
+            drop(row_id, INTERVIEWER, times)
             continue
-        try:
-            start, stop = float(st), float(en)
-        except ValueError:
-            skipped.skip(row_id, wav, f"impossible time (StTime {st!r}, EnTime {en!r})")
-            close()
+        if times is None:
+            drop(row_id, IMPOSSIBLE_TIME, None, f"StTime {st!r}, EnTime {en!r}")
             continue
-        if not (start >= 0 and stop > start):
-            skipped.skip(row_id, wav, f"impossible time (StTime {st}, EnTime {en})")
-            close()
-            continue
+        start, stop = times
         if stop - start > max_segment_seconds:
-            skipped.skip(row_id, wav, f"row longer than max_segment_seconds={max_segment_seconds}")
-            close()
+            drop(row_id, TOO_LONG.format(max_segment_seconds), times, f"{stop - start:.2f} s")
             continue
         if stop > audio_duration + END_TOLERANCE:
-            skipped.skip(row_id, wav, f"runs past the end of its audio ({stop:.2f} s > "
-                         f"{audio_duration:.2f} s)")
-            close()
+            drop(row_id, PAST_AUDIO_END, times, f"ends at {stop:.2f} s, audio "
+                 f"{audio_duration:.2f} s")
             continue
-        stop = min(stop, math.floor(audio_duration * 1000) / 1000)  # 3 decimals, inside
+        stop = min(stop, audio_end)
         text = clean_content(content)
         if not text:
-            skipped.skip(row_id, wav, "empty text after cleaning")
-            close()
+            drop(row_id, EMPTY_TEXT, times, repr(content))
             continue
         spk = speaker if interviewee else spkr
         if (current is not None and current["spkr"] == spk
+                and others_until(spk) <= current["stop"]
                 and max(stop, current["stop"]) - min(start, current["start"])
                 <= max_segment_seconds):
             current["start"] = min(start, current["start"])
@@ -262,6 +396,7 @@ def segment_rows(basefile, rows, audio_duration, wav, keep_interviewer, max_segm
             close()
             current = {"spkr": spk, "start": start, "stop": stop, "texts": [text],
                        "first": number, "last": number}
+        speech_until[spk] = max(speech_until.get(spk, 0.0), stop)
     close()
 
     out = []
@@ -280,6 +415,31 @@ def segment_rows(basefile, rows, audio_duration, wav, keep_interviewer, max_segm
     return out
 
 
+def interview_segments(basefile, txt, wav, keep_interviewer, max_segment_seconds, skipped):
+    """Segments of one interview whose audio was found; [] (and a skip log entry) when its
+    audio or transcript cannot be used."""
+    try:
+        duration, _ = audio_info(wav)
+    except ValueError as err:
+        logger.warning("CORAAL %s: %s", wav, err)
+        skipped.skip(basefile, wav, UNREADABLE_AUDIO)
+        return []
+    try:
+        rows = read_transcript(txt)
+    except OSError as err:
+        logger.warning("CORAAL: cannot read %s (%s)", txt, err)
+        skipped.skip(basefile, txt, UNREADABLE_TRANSCRIPT)
+        return []
+    if rows is None:  # changed since it was found
+        skipped.skip(basefile, txt, NO_HEADER)
+        return []
+    if not rows:
+        skipped.skip(basefile, txt, NO_ROWS)
+        return []
+    return segment_rows(basefile, rows, duration, wav, keep_interviewer, max_segment_seconds,
+                        skipped)
+
+
 def split_speakers(speakers, n_valid, n_test, seed):
     """Seeded ``(train, valid, test)`` sets of interviewee codes."""
     order = sorted(speakers)
@@ -287,6 +447,20 @@ def split_speakers(speakers, n_valid, n_test, seed):
     valid = set(order[:n_valid])
     test = set(order[n_valid:n_valid + n_test])
     return set(order[n_valid + n_test:]), valid, test
+
+
+def _likely_cause(n_transcripts, n_with_audio, n_usable, n_needed):
+    """What layout mistake most probably emptied a split (for :func:`finish`)."""
+    if n_with_audio == 0:
+        return TEXT_ONLY_CAUSE
+    causes = []
+    if n_with_audio < n_transcripts:
+        causes.append(f"{n_transcripts - n_with_audio} of {n_transcripts} transcripts have no "
+                      "audio (an audio tarball not unpacked under data_folder?)")
+    if n_usable < n_needed:
+        causes.append(f"only {n_usable} interviewees have a usable segment, fewer than the "
+                      f"{n_needed} the split needs (unreadable audio? see skipped.csv)")
+    return "; ".join(causes) or None
 
 
 def prepare_coraal(
@@ -301,7 +475,8 @@ def prepare_coraal(
     """Write CORAAL's ``train.csv``, ``valid.csv``, ``test.csv`` in ``save_folder``.
 
     Paper: interviews cut into <=30 s segments from the transcript timings; 5 speakers for
-    validation, 5 for test. See the module docstring for the cleaning and segmentation.
+    validation, 5 for test. See the module docstring for the layout, cleaning and
+    segmentation.
 
     Arguments
     ---------
@@ -319,7 +494,10 @@ def prepare_coraal(
         Seed of the speaker split.
 
     Returns the summary ``{manifest: (utterances, hours)}``, or None when ``save_folder``
-    was already prepared with the same options.
+    was already prepared with the same options. Raises :class:`LayoutError` when no
+    transcript is found, ``EmptyPreparationError`` (a LayoutError) when a split comes out
+    empty (e.g. only the textfiles were unpacked), ValueError when fewer interviewees have
+    audio than the split needs.
     """
     options = {
         "corpus": "coraal",
@@ -338,46 +516,46 @@ def prepare_coraal(
         raise ValueError("max_segment_seconds must be positive and speaker counts not negative")
 
     require(os.path.isdir(data_folder), f"CORAAL data_folder {data_folder!r} does not exist")
-    found = find_transcripts(data_folder)
+    found, unusable, orphans = find_transcripts(data_folder)
+    headerless = (f" ({len(unusable)} .txt named like basefiles lack that header, e.g. "
+                  f"{next(iter(unusable.values()))[0]!r})" if unusable else "")
     require(
         bool(found),
         f"no CORAAL transcript under {data_folder!r}: expected <basefile>.txt files (e.g. "
         "DCB_se1_ag1_f_01_1.txt, tab-separated with the header "
-        "'Line\\tSpkr\\tStTime\\tContent\\tEnTime') next to or near their <basefile>.wav, "
-        "as unpacked from the <C>_textfiles_<ver>.tar.gz and <C>_audio_partNN_<ver>.tar.gz "
-        "tarballs",
+        f"'Line\\tSpkr\\tStTime\\tContent\\tEnTime'){headerless} next to or near their "
+        "<basefile>.wav, as unpacked from the <C>_textfiles_<ver>.tar.gz and "
+        "<C>_audio_partNN_<ver>.tar.gz tarballs",
     )
-    speakers = {interviewee_code(b) for b in found}
-    if len(speakers) < n_valid_speakers + n_test_speakers + 1:
+    skipped = SkipLog()
+    for basefile, (path, reason) in unusable.items():
+        skipped.skip(basefile, path, reason)
+    for basefile, wav in orphans.items():
+        skipped.skip(basefile, wav, NO_TRANSCRIPT)
+    with_audio = {}
+    for basefile, (txt, wav) in found.items():
+        if wav is None:
+            skipped.skip(basefile, txt, NO_AUDIO)
+        else:
+            with_audio[basefile] = (txt, os.path.abspath(wav))
+
+    # Only interviews whose audio was found count; with none at all, finish() below refuses
+    # the empty splits and names the likely cause (textfiles unpacked without the audio).
+    n_needed = n_valid_speakers + n_test_speakers + 1
+    speakers = {interviewee_code(b) for b in with_audio}
+    if with_audio and len(speakers) < n_needed:
+        no_audio = len(found) - len(with_audio)
         raise ValueError(
-            f"CORAAL: {len(speakers)} interviewees under {data_folder!r}, too few for "
-            f"n_valid_speakers={n_valid_speakers} + n_test_speakers={n_test_speakers} + "
+            f"CORAAL: {len(speakers)} interviewees with audio under {data_folder!r}, too few "
+            f"for n_valid_speakers={n_valid_speakers} + n_test_speakers={n_test_speakers} + "
             "at least one for training"
+            + (f" ({no_audio} transcripts have no audio)" if no_audio else "")
         )
 
-    skipped = SkipLog()
     by_speaker = collections.defaultdict(list)
-    for basefile, (txt, wav) in tqdm(sorted(found.items()), desc="CORAAL", unit="file"):
-        if wav is None:
-            skipped.skip(basefile, txt, f"no audio file {basefile}.wav under the data folder")
-            continue
-        wav = os.path.abspath(wav)
-        try:
-            duration, _ = audio_info(wav)
-        except ValueError as err:
-            skipped.skip(basefile, wav, str(err))
-            continue
-        try:
-            rows = read_transcript(txt)
-        except OSError as err:
-            rows, why = None, f"unreadable transcript ({err})"
-        else:
-            why = "transcript header lacks Spkr, StTime, Content or EnTime"
-        if rows is None:
-            skipped.skip(basefile, txt, why)
-            continue
-        segments = segment_rows(basefile, rows, duration, wav, keep_interviewer,
-                                max_segment_seconds, skipped)
+    for basefile, (txt, wav) in tqdm(sorted(with_audio.items()), desc="CORAAL", unit="file"):
+        segments = interview_segments(basefile, txt, wav, keep_interviewer,
+                                      max_segment_seconds, skipped)
         by_speaker[interviewee_code(basefile)].extend(segments)
 
     usable = [s for s in speakers if by_speaker.get(s)]
@@ -392,8 +570,8 @@ def prepare_coraal(
     for name, group in (("train.csv", train_spk), ("valid.csv", valid_spk),
                         ("test.csv", test_spk)):
         splits[name] = [row for spk in sorted(group) for row in by_speaker[spk]]
-    return finish(save_folder, splits, skipped, options, "CORAAL")
-
+    cause = _likely_cause(len(found), len(with_audio), len(usable), n_needed)
+    return finish(save_folder, splits, skipped, options, "CORAAL", likely_cause=cause)
 
 
 def main(argv=None):
@@ -418,7 +596,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1234, help="seed of the speaker split")
     args = parser.parse_args(argv)
     return run_cli(prepare_coraal, args.data_folder, args.save_folder, MANIFESTS,
-                   keep_interviewer=args.keep_interviewer, max_segment_seconds=args.max_segment_seconds,
+                   keep_interviewer=args.keep_interviewer,
+                   max_segment_seconds=args.max_segment_seconds,
                    n_valid_speakers=args.n_valid_speakers, n_test_speakers=args.n_test_speakers,
                    seed=args.seed)
 

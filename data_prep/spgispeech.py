@@ -4,9 +4,20 @@ What the paper did (Plantinga et al., SLT 2024, Table VI): Whisper small.en was 
 on a random ~1000 h subset of SPGISpeech's official training set and tested on a random
 2000-utterance subset of the official validation set.
 
-Layout (see ``spgispeech/{train,val}/<32-hex call id>/<n>.wav`` plus ``train.csv`` and
-``val.csv``; the ``spgispeech/`` level is optional): the CSVs are pipe-separated with the
-header ``wav_filename|wav_filesize|transcript``, 16 kHz 16-bit mono WAVs.
+Layouts accepted (``data_folder`` may be either of the two folders named in each):
+
+* Kensho's download, as lhotse (``recipes/spgispeech.py``) and ESPnet (``egs3/spgispeech``)
+  read it: ``train.csv`` and ``val.csv`` BESIDE the ``spgispeech/`` folder that holds
+  ``train/<32-hex call id>/<n>.wav`` and ``val/<call id>/<n>.wav``.
+* Everything in one folder (icefall, ESPnet ``egs2``): ``train.csv``, ``val.csv``,
+  ``train/`` and ``val/`` together, that folder named ``spgispeech/`` or not.
+
+The CSVs and the audio folders are found separately (lhotse's rule): the CSVs in
+``data_folder`` or ``data_folder/spgispeech`` (or in the parent, when ``data_folder`` is the
+folder holding ``train/`` and ``val/``), the audio in the first of the CSV folder, its
+``spgispeech/``, ``data_folder``, ``data_folder/spgispeech`` that holds both ``train/`` and
+``val/``. The CSVs are pipe-separated with the header ``wav_filename|wav_filesize|transcript``,
+``wav_filename`` relative to the split's audio folder; 16 kHz 16-bit mono WAVs.
 
 What this writes (``save_folder``):
 
@@ -20,15 +31,22 @@ What this writes (``save_folder``):
 
 Durations come from ``wav_filesize``: (size - 44) / 32000 s. Every selected file is checked
 to exist (a missing file is skipped and logged), but it is NOT opened unless
-``check_audio=True``: the full corpus has ~5M files, too many to open in a preparation.
+``check_audio=True``: the full corpus has ~2M files (5,000 h of 5-15 s slices), too many
+to open in a preparation.
 With ``check_audio`` the duration is read from the file and unreadable/truncated files are
 skipped too. Utterances are picked in a seeded random order and checked one by one until each
 subset is full, so the files outside the chosen subsets are never touched (and not listed).
-Only the byte offset of each CSV line is held in memory (train.csv has ~5M lines); manifest
+Only the byte offset of each CSV line is held in memory (train.csv has ~2M lines); manifest
 rows are rebuilt from the CSV when they are written.
 
-Speaker = call id. ``wrd_raw`` keeps SPGISpeech's casing and punctuation; ``wrd`` is
-:func:`aode.text.normalize_words` of it.
+A wrong layout fails early: when the first 100 rows picked from a CSV all name missing files,
+:class:`LayoutError` names the folder looked in (instead of checking ~2M files for nothing),
+and :func:`data_prep.common.finish` refuses a split that comes out empty or a corpus mostly
+lost to missing audio.
+
+Speaker = call id. ``wrd_raw`` keeps SPGISpeech's casing, punctuation and symbols ("$5
+million", "Q2"); ``wrd`` is :func:`aode.text.normalize_words` of it. (:mod:`aode.manifest`
+writes a "$" so that SpeechBrain's CSV reader loads it; ``read_manifest`` gives it back.)
 """
 
 import argparse
@@ -46,6 +64,7 @@ from tqdm import tqdm
 
 from aode.text import normalize_words
 from data_prep.common import (
+    LOST_REASONS,
     LayoutError,
     SkipLog,
     already_prepared,
@@ -61,29 +80,87 @@ MANIFESTS = ("train.csv", "valid.csv", "test.csv")
 HEADER = ["wav_filename", "wav_filesize", "transcript"]
 WAV_HEADER_BYTES = 44
 BYTES_PER_SECOND = 32000  # 16 kHz x 16 bit mono
-PREP_VERSION = 1
+PREP_VERSION = 2  # 2: CSVs and audio found separately (Kensho's layout), generic skip reasons
+SPLITS = ("train", "val")
+CSV_FILES = tuple(f"{split}.csv" for split in SPLITS)
+
+# Rows checked before concluding that the audio is not where the CSV says: a real split has
+# no run of 100 missing files, and stopping there spares stat-ing ~2M paths for nothing.
+EARLY_CHECK_ROWS = 100
+
+LAYOUTS = (
+    "SPGISpeech layouts accepted: Kensho's download, train.csv and val.csv beside "
+    "spgispeech/{train,val}/<call id>/<n>.wav (data_folder = the folder with the CSVs or its "
+    "spgispeech/); or train.csv, val.csv, train/ and val/ in one folder (data_folder = that "
+    "folder or its parent). The CSVs are pipe-separated, header "
+    "wav_filename|wav_filesize|transcript, wav_filename relative to train/ or val/"
+)
+
+# Skip reasons: generic, so that the summary groups them (the detail goes to the log).
+AUDIO_MISSING = "audio file missing"
+NOT_WAV = "wav_filename is not a .wav"
+BAD_SIZE = "bad wav_filesize"
+NO_AUDIO_DATA = "wav_filesize holds no audio"
+UNREADABLE = "unreadable audio"
+EMPTY_TRANSCRIPT = "empty transcript"
+DUPLICATE = "duplicate wav_filename"
 
 
-def find_root(data_folder):
-    """The folder holding SPGISpeech's ``train.csv`` and ``val.csv`` (with or without the
-    ``spgispeech/`` level), or raise :class:`LayoutError`."""
+def _unique(paths):
+    return list(dict.fromkeys(os.path.normpath(p) for p in paths))
+
+
+def _has_csvs(folder):
+    return all(os.path.isfile(os.path.join(folder, name)) for name in CSV_FILES)
+
+
+def _has_split_folders(folder):
+    return all(os.path.isdir(os.path.join(folder, split)) for split in SPLITS)
+
+
+def find_csv_dir(data_folder):
+    """The folder holding ``train.csv`` and ``val.csv``: ``data_folder``, its
+    ``spgispeech/``, or (when ``data_folder`` is the folder with ``train/`` and ``val/`` of
+    Kensho's layout) its parent. Raises :class:`LayoutError` if none does."""
     require(os.path.isdir(data_folder), f"SPGISpeech data_folder {data_folder!r} does not exist")
-    for root in (data_folder, os.path.join(data_folder, "spgispeech")):
-        if os.path.isfile(os.path.join(root, "train.csv")) and os.path.isfile(
-            os.path.join(root, "val.csv")
-        ):
-            return root
+    candidates = [data_folder, os.path.join(data_folder, "spgispeech")]
+    if _has_split_folders(data_folder):
+        candidates.append(os.path.dirname(os.path.abspath(data_folder)))
+    for folder in _unique(candidates):
+        if _has_csvs(folder):
+            return folder
     raise LayoutError(
-        f"no train.csv and val.csv under {data_folder!r} (nor under its spgispeech/ folder); "
-        "SPGISpeech's layout is spgispeech/{train,val}/<call id>/<n>.wav plus "
-        "spgispeech/train.csv and spgispeech/val.csv (pipe-separated, header "
-        "wav_filename|wav_filesize|transcript)"
+        f"no train.csv and val.csv in {data_folder!r} (nor in its spgispeech/ folder). "
+        + LAYOUTS
     )
+
+
+def find_audio_dir(csv_dir, data_folder):
+    """The folder holding the ``train/`` and ``val/`` audio folders, looked for (lhotse's
+    rule) in ``csv_dir``, ``csv_dir/spgispeech``, ``data_folder``, ``data_folder/spgispeech``.
+    Raises :class:`LayoutError` naming the folders looked in if none holds both."""
+    candidates = _unique([csv_dir, os.path.join(csv_dir, "spgispeech"),
+                          data_folder, os.path.join(data_folder, "spgispeech")])
+    for folder in candidates:
+        if _has_split_folders(folder):
+            return folder
+    raise LayoutError(
+        f"found train.csv and val.csv in {csv_dir!r} but no audio: none of "
+        f"{', '.join(repr(c) for c in candidates)} holds both train/ and val/ folders. "
+        + LAYOUTS
+    )
+
+
+def find_layout(data_folder):
+    """``(csv_dir, audio_dir)``: where ``train.csv``/``val.csv`` are and where the
+    ``train/`` and ``val/`` audio folders are (see the module docstring)."""
+    csv_dir = find_csv_dir(data_folder)
+    return csv_dir, find_audio_dir(csv_dir, data_folder)
 
 
 class Listing:
     """An SPGISpeech CSV, read lazily: only the byte offset of each line is kept in memory
-    (train.csv has ~5M lines), a line is parsed when asked for.
+    (train.csv has ~2M lines), a line is parsed when asked for.
 
     ``listing[i]`` is ``(line number, wav_filename, wav_filesize string, transcript)``.
     Raises :class:`LayoutError` if the header is not SPGISpeech's.
@@ -133,41 +210,68 @@ def utterance_id(wav_filename):
     return "spgi_" + "_".join(p for p in stem.split("/") if p).replace(",", "_")
 
 
-def _check(split_dir, listing_row, check_audio, skipped):
-    """The duration of one listing row, or None (after logging why) if it is unusable."""
+def _check(split_dir, listing_row, check_audio):
+    """``(duration, None)`` for a usable listing row, else ``(None, skip reason)``; the
+    per-row detail of a bad row is logged."""
     number, wav_filename, size_str, transcript = listing_row
-    uid = utterance_id(wav_filename) if wav_filename else f"spgi_line{number}"
-    path = os.path.abspath(os.path.join(split_dir, wav_filename))
+    path = os.path.join(split_dir, wav_filename)
     if not wav_filename.lower().endswith(".wav"):
-        skipped.skip(uid, path, f"line {number}: wav_filename {wav_filename!r} is not a .wav")
-        return None
+        logger.warning("SPGISpeech line %d: wav_filename %r is not a .wav", number, wav_filename)
+        return None, NOT_WAV
     if not os.path.isfile(path):
-        skipped.skip(uid, path, "audio file missing")
-        return None
+        return None, AUDIO_MISSING
     if check_audio:
         try:
             duration, _ = audio_info(path)
         except ValueError as err:
-            skipped.skip(uid, path, str(err))
-            return None
+            logger.warning("SPGISpeech %s: %s", path, err)
+            return None, UNREADABLE
     else:
         try:
             duration = (int(size_str) - WAV_HEADER_BYTES) / BYTES_PER_SECOND
         except ValueError:
-            skipped.skip(uid, path, f"line {number}: bad wav_filesize {size_str!r}")
-            return None
+            logger.warning("SPGISpeech line %d: bad wav_filesize %r", number, size_str)
+            return None, BAD_SIZE
         if duration <= 0:
-            skipped.skip(uid, path, f"line {number}: wav_filesize {size_str} holds no audio")
-            return None
+            logger.warning("SPGISpeech line %d: wav_filesize %s holds no audio", number, size_str)
+            return None, NO_AUDIO_DATA
     if not normalize_words(transcript):
-        skipped.skip(uid, path, "empty transcript")
-        return None
-    return duration
+        return None, EMPTY_TRANSCRIPT
+    return duration, None
+
+
+def _utterance_id_of(listing_row):
+    number, wav_filename = listing_row[:2]
+    return utterance_id(wav_filename) if wav_filename else f"spgi_line{number}"
+
+
+class _MissingAudioGuard:
+    """Raises :class:`LayoutError` once the first :data:`EARLY_CHECK_ROWS` rows checked from a
+    CSV all named missing files: the audio is not where the CSV says (a layout mistake), so
+    walking the rest of the ~2M rows would only collect skips for ``finish`` to refuse."""
+
+    def __init__(self, listing, split_dir):
+        self.listing = listing
+        self.split_dir = split_dir
+        self.checked = 0
+        self.missing = 0
+
+    def note(self, reason, path):
+        if self.checked >= EARLY_CHECK_ROWS:
+            return
+        self.checked += 1
+        self.missing += reason == AUDIO_MISSING
+        if self.checked == EARLY_CHECK_ROWS and self.missing == EARLY_CHECK_ROWS:
+            raise LayoutError(
+                f"the first {EARLY_CHECK_ROWS} rows picked from {self.listing.path!r} all name "
+                f"missing files in {os.path.abspath(self.split_dir)!r} (e.g. {path!r}); "
+                "the audio is not where the CSV says. " + LAYOUTS
+            )
 
 
 class _Rows:
     """The manifest rows of chosen listing lines, rebuilt on each iteration from the listing
-    (so the ~5M rows of a full training set are never all held in memory)."""
+    (so the ~2M rows of a full training set are never all held in memory)."""
 
     def __init__(self, listing, split_dir, indices, durations):
         order = sorted(range(len(indices)), key=indices.__getitem__)
@@ -211,13 +315,15 @@ def _pick(listing, split_dir, order, quotas, check_audio, skipped, desc):
 
     ``quotas`` is a list of ``(max utterances or None, max hours or None)``; each row that
     passes goes to the first quota not yet full. Stops once every quota is full. Returns one
-    :class:`_Rows` per quota, each in corpus order.
+    :class:`_Rows` per quota, each in corpus order. Raises :class:`LayoutError` early when the
+    first rows checked all name missing files (see :class:`_MissingAudioGuard`).
     """
     indices = [array.array("q") for _ in quotas]
     durations = [array.array("d") for _ in quotas]
     hours = [0.0 for _ in quotas]
     current = 0
     seen = set()  # hashes of the accepted wav_filenames (a listed file twice is skipped)
+    guard = _MissingAudioGuard(listing, split_dir)
 
     def full(i):
         count, max_hours = quotas[i]
@@ -231,13 +337,14 @@ def _pick(listing, split_dir, order, quotas, check_audio, skipped, desc):
         if current >= len(quotas):
             break
         listing_row = listing[index]
-        duration = _check(split_dir, listing_row, check_audio, skipped)
-        if duration is None:
-            continue
+        duration, reason = _check(split_dir, listing_row, check_audio)
+        path = os.path.abspath(os.path.join(split_dir, listing_row[1]))
+        guard.note(reason, path)
         key = hash(listing_row[1])
-        if key in seen:
-            skipped.skip(utterance_id(listing_row[1]), os.path.join(split_dir, listing_row[1]),
-                         "duplicate wav_filename")
+        if reason is None and key in seen:
+            reason = DUPLICATE
+        if reason is not None:
+            skipped.skip(_utterance_id_of(listing_row), path, reason)
             continue
         seen.add(key)
         indices[current].append(index)
@@ -265,7 +372,8 @@ def prepare_spgispeech(
     Arguments
     ---------
     data_folder : str
-        The unpacked corpus (``spgispeech/`` or the folder that holds it).
+        The unpacked corpus: the folder with ``train.csv`` and ``val.csv``, or the folder
+        with ``train/`` and ``val/`` (either layout of the module docstring).
     save_folder : str
         Where the manifests go.
     test_size : int or None
@@ -276,12 +384,14 @@ def prepare_spgispeech(
         Seeded random cap on the training hours (paper: ~1000); None = all the rest.
     check_audio : bool
         Open every selected file (duration from the audio, unreadable files skipped)
-        instead of trusting ``wav_filesize``. Off by default: ~5M files.
+        instead of trusting ``wav_filesize``. Off by default: ~2M files.
     seed : int
         Seed of the random subsets.
 
     Returns the summary ``{manifest: (utterances, hours)}``, or None when ``save_folder``
-    was already prepared with the same options (nothing is rewritten then).
+    was already prepared with the same options (nothing is rewritten then). Raises
+    :class:`LayoutError` when the layout is not one of those accepted or the audio is not
+    where the CSVs say (then nothing is marked prepared).
     """
     options = {
         "corpus": "spgispeech",
@@ -299,43 +409,64 @@ def prepare_spgispeech(
     if test_size is not None and test_size < 0 or valid_size < 0:
         raise ValueError("test_size and valid_size must not be negative")
 
-    root = find_root(data_folder)
+    csv_dir, audio_dir = find_layout(data_folder)
+    logger.info("SPGISpeech: CSVs in %s, audio in %s", csv_dir, audio_dir)
     skipped = SkipLog()
 
-    val = Listing(os.path.join(root, "val.csv"))
-    train_listing = Listing(os.path.join(root, "train.csv"))
+    val = Listing(os.path.join(csv_dir, "val.csv"))
+    train_listing = Listing(os.path.join(csv_dir, "train.csv"))
+    try:  # the listings stay open until finish() has written the rows rebuilt from them
+        test, valid, train = _pick_splits(val, train_listing, audio_dir, test_size, valid_size,
+                                          max_train_hours, check_audio, seed, skipped)
+        splits = {"train.csv": train, "valid.csv": valid, "test.csv": test}
+        return finish(save_folder, splits, skipped, options, "SPGISpeech",
+                      likely_cause=_likely_cause(audio_dir),
+                      lost_reasons=(AUDIO_MISSING,) + LOST_REASONS)
+    finally:
+        val.close()
+        train_listing.close()
+
+
+def _pick_splits(val, train_listing, audio_dir, test_size, valid_size, max_train_hours,
+                 check_audio, seed, skipped):
+    """``(test, valid, train)``: test drawn (seeded) from val, valid then train from train."""
     order = list(range(len(val)))
     random.Random(seed).shuffle(order)
     (test,) = _pick(
-        val, os.path.join(root, "val"), order, [(test_size, None)], check_audio, skipped,
-        "SPGISpeech val",
+        val, os.path.join(audio_dir, "val"), order, [(test_size, None)], check_audio,
+        skipped, "SPGISpeech val",
     )
     order = list(range(len(train_listing)))
     random.Random(seed + 1).shuffle(order)
     valid, train = _pick(
-        train_listing, os.path.join(root, "train"), order,
+        train_listing, os.path.join(audio_dir, "train"), order,
         [(valid_size, None), (None, max_train_hours)], check_audio, skipped,
         "SPGISpeech train",
     )
-    del order
     if test_size and len(test) < test_size:
         logger.warning("SPGISpeech: only %d usable val utterances for test_size=%d",
                        len(test), test_size)
     if len(valid) < valid_size:
         logger.warning("SPGISpeech: only %d usable train utterances for valid_size=%d",
                        len(valid), valid_size)
+    return test, valid, train
 
-    splits = {"train.csv": train, "valid.csv": valid, "test.csv": test}
-    try:
-        return finish(save_folder, splits, skipped, options, "SPGISpeech")
-    finally:
-        val.close()
-        train_listing.close()
 
+def _likely_cause(audio_dir):
+    """What finish() reports when a split came out empty or most files were missing."""
+    return (
+        "the audio is not where train.csv/val.csv say: their wav_filename <call id>/<n>.wav "
+        f"was looked up under {os.path.join(audio_dir, 'train')!r} and "
+        f"{os.path.join(audio_dir, 'val')!r} (audio partly unpacked or moved?). " + LAYOUTS
+    )
 
 
 def _positive_or_none(value):
     return None if value.lower() in ("none", "all", "") else float(value)
+
+
+def _count_or_all(value):
+    return None if value.lower() in ("none", "all") else int(value)
 
 
 def main(argv=None):
@@ -344,10 +475,11 @@ def main(argv=None):
         "Paper: test = random 2000 val utterances; Whisper trained on ~1000 h of train.",
     )
     parser.add_argument("--data_folder", required=True,
-                        help="unpacked SPGISpeech (the spgispeech/ folder or its parent)")
+                        help="unpacked SPGISpeech: the folder with train.csv and val.csv, "
+                        "or the folder with train/ and val/ (Kensho's layout, CSVs beside "
+                        "spgispeech/, or all in one folder)")
     parser.add_argument("--save_folder", required=True, help="where the manifests are written")
-    parser.add_argument("--test_size", type=lambda v: None if v.lower() in ("none", "all") else int(v),
-                        default=2000,
+    parser.add_argument("--test_size", type=_count_or_all, default=2000,
                         help="utterances of the official val split drawn as test "
                         "(default 2000, the paper's; 'all' = the whole val split)")
     parser.add_argument("--valid_size", type=int, default=4000,
@@ -361,7 +493,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     return run_cli(prepare_spgispeech, args.data_folder, args.save_folder, MANIFESTS,
                    test_size=args.test_size, valid_size=args.valid_size,
-                   max_train_hours=args.max_train_hours, check_audio=args.check_audio, seed=args.seed)
+                   max_train_hours=args.max_train_hours, check_audio=args.check_audio,
+                   seed=args.seed)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -80,14 +80,25 @@ CALLS = {
 }
 
 
-def make_spgispeech(root, with_level=True):
-    """Write a mini SPGISpeech; returns ``{"root", "good": {split: {ID: row}}, "bad": {...}}``.
+# SPGISpeech's text is fully formatted: amounts keep their "$" (which SpeechBrain's CSV
+# reader takes for a variable), quarters are "Q2", dashes "--".
+SPGI_ENDINGS = (", up $5 million in Q2 -- next year.", ", or $0.25 a share in Q2 -- next year.")
 
+
+def make_spgispeech(root, with_level=True, kensho=False):
+    """Write a mini SPGISpeech; returns ``{"root", "csv_dir", "audio_dir" (the folder with
+    train/ and val/), "good": {split: {ID: row}}, "missing": ID, "empty": ID}``.
+
+    Layouts: ``kensho=True`` is Kensho's download as lhotse and ESPnet egs3 read it,
+    ``root/{train,val}.csv`` beside ``root/spgispeech/{train,val}/``; otherwise the CSVs sit
+    in the folder with ``train/`` and ``val/`` (icefall, ESPnet egs2), which is
+    ``root/spgispeech/`` (``with_level``) or ``root`` itself.
     Besides the good rows, train.csv lists a missing file and a row with an empty
     transcript, val.csv a truncated file (caught only with check_audio) and the good rows
-    carry SPGISpeech-style formatting ("Q2", "--", casing).
+    carry SPGISpeech-style formatting ("$5 million", "Q2", "--", casing).
     """
-    base = os.path.join(root, "spgispeech") if with_level else root
+    base = os.path.join(root, "spgispeech") if with_level or kensho else root
+    csv_dir = root if kensho else base
     good = {"train": {}, "val": {}}
     for split, calls in CALLS.items():
         lines = ["wav_filename|wav_filesize|transcript"]
@@ -96,7 +107,7 @@ def make_spgispeech(root, with_level=True):
                 rel = f"{call}/{n * 25}.wav"
                 path = write_wav(os.path.join(base, split, rel), sample(name), 16000)
                 size = os.path.getsize(path)
-                text = sentence(name).replace(".", ", in Q2 -- next year.")
+                text = sentence(name).replace(".", SPGI_ENDINGS[n % 2])
                 lines.append(f"{rel}|{size}|{text}")
                 good[split][f"spgi_{call}_{n * 25}"] = {
                     "wav": os.path.abspath(path), "size": size, "text": text, "spk": call,
@@ -115,9 +126,9 @@ def make_spgispeech(root, with_level=True):
             lines.append(f"{rel}|{size}|Tear thin sheep from the other pat.")
             good["truncated"] = {"ID": "spgi_00112233445566778899aabbccddeeff_300",
                                  "size": size, "wav": os.path.abspath(path)}
-        with open(os.path.join(base, f"{split}.csv"), "w", encoding="utf-8") as f:
+        with open(os.path.join(csv_dir, f"{split}.csv"), "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
-    return {"root": root, "good": good,
+    return {"root": root, "csv_dir": csv_dir, "audio_dir": base, "good": good,
             "missing": "spgi_13aa6c0669adb5544a0d62beef677189_999",
             "empty": "spgi_13aa6c0669adb5544a0d62beef677189_1000"}
 
@@ -162,6 +173,30 @@ OTHER = {
 TRUNCATED = "PRV_se0_ag1_f_01_1"
 NO_AUDIO = "ROC_se0_ag1_m_01_1"
 
+# A third part of the main interview, as real exports can be: rows NOT in StTime order
+# (row 3, an interviewer turn at 3.5 s, comes after row 2 at 5.5 s), a long interviewer row
+# (4) reaching into the gap between two interviewee rows (5 and 6), and real CORAAL markup:
+# line-level notes, overlap brackets inside words, a redaction with a clitic, an unclosed
+# pause, an empty Content cell.
+ORDER_BASE = "DCB_se1_ag1_f_01_3"
+ORDER_SECONDS = 20.0
+ORDER_ROWS = [
+    (MAIN_SPK, 0.5, 3.37, "(laughing) The child almost hurt the small dog", "spk1_snt1"),
+    (MAIN_SPK, 5.5, 8.65, "Drop the [tue] when you [ad]d the figures {laughs}", "spk1_snt2"),
+    ("DCB_int_01", 3.5, 5.3, "What joy there is in living", "spk2_snt2"),
+    ("DCB_int_01", 9.0, 13.4, "Ken pairs lack full [flavor]", "spk2_snt5"),
+    (MAIN_SPK, 9.3, 12.2, "[At that high level] the air is pure", "spk1_snt3"),
+    (MAIN_SPK, 13.5, 16.03, "A thin stripe runs down /RD-NAME-2/'s middle", "spk1_snt4"),
+    (MAIN_SPK, 16.5, 16.9, "", None),
+    (MAIN_SPK, 17.0, 19.6, "Sunday is the best part of the w[eek] (pause 0.5", "spk1_snt5"),
+]
+# Files named like basefiles that are not transcripts: a 0-byte .txt next to its audio, and
+# another export (an ELAN-style tier table) without audio.
+HEADERLESS = {"DCA_se1_ag1_f_01_1": "", "DCA_se1_ag2_m_01_1":
+              "Tier\tBegin Time\tEnd Time\tAnnotation\nDCA_se1_ag2_m_01\t0.5\t2.0\tWhat joy\n"}
+# Audio whose transcript is missing (its textfiles tarball not unpacked).
+NO_TRANSCRIPT_BASE = "VLD_se0_ag2_f_01_1"
+
 
 def coraal_transcript(rows):
     lines = ["Line\tSpkr\tStTime\tContent\tEnTime"]
@@ -173,8 +208,11 @@ def coraal_transcript(rows):
 def make_coraal(root):
     """Write a mini CORAAL: text files in one folder (as from ``DCB_textfiles_*.tar.gz``),
     audio in per-component part folders; plus a metadata .txt, a truncated wav and a
-    transcript without audio. Returns the folder layout facts."""
-    interviews = {MAIN_BASE: (MAIN_SECONDS, MAIN_ROWS), **OTHER}
+    transcript without audio, an interview part with rows out of StTime order, .txt files
+    named like basefiles but without the header (one with audio). Returns the folder layout
+    facts."""
+    interviews = {MAIN_BASE: (MAIN_SECONDS, MAIN_ROWS), **OTHER,
+                  ORDER_BASE: (ORDER_SECONDS, ORDER_ROWS)}
     for base, (seconds, rows) in interviews.items():
         component = base[:3]
         text_dir = os.path.join(root, "textfiles")
@@ -188,6 +226,13 @@ def make_coraal(root):
             truncate(wav)
     with open(os.path.join(root, "textfiles", NO_AUDIO + ".txt"), "w", encoding="utf-8") as f:
         f.write(coraal_transcript([("ROC_se0_ag1_m_01", 0.5, 2.0, "No audio for this", None)]))
+    for base, text in HEADERLESS.items():
+        with open(os.path.join(root, "textfiles", base + ".txt"), "w", encoding="utf-8") as f:
+            f.write(text)
+    write_wav(os.path.join(root, "DCA_audio_part01", "DCA_se1_ag1_f_01_1.wav"),
+              place(3.0, CORAAL_RATE, [("spk2_snt4", 0.5)]), CORAAL_RATE)
+    write_wav(os.path.join(root, "VLD_audio_part01", NO_TRANSCRIPT_BASE + ".wav"),
+              place(3.0, CORAAL_RATE, [("spk1_snt5", 0.2)]), CORAAL_RATE)
     with open(os.path.join(root, "DCB_metadata_2018.10.06.txt"), "w", encoding="utf-8") as f:
         f.write("CORAAL.File\tCORAAL.Spkr\tGender\tAge\n"
                 "DCB_se1_ag1_f_01_1\tDCB_se1_ag1_f_01\tFemale\t19\n")

@@ -2,17 +2,37 @@
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import soundfile as sf
-from prep_fixtures_a import MAIN_BASE, MAIN_SPK, NO_AUDIO, TRUNCATED, make_coraal
+from prep_fixtures_a import (
+    HEADERLESS,
+    MAIN_BASE,
+    MAIN_SPK,
+    NO_AUDIO,
+    NO_TRANSCRIPT_BASE,
+    ORDER_BASE,
+    ORDER_ROWS,
+    TRUNCATED,
+    make_coraal,
+)
+from prep_fixtures_b import load_with_speechbrain
 
 from aode.manifest import MANIFEST_COLUMNS, read_manifest
 from aode.text import normalize_words
-from data_prep.coraal import clean_content, interviewee_code, prepare_coraal, split_speakers
-from data_prep.common import LayoutError
+from data_prep.common import EmptyPreparationError, LayoutError, SkipLog
+from data_prep.coraal import (
+    clean_content,
+    interviewee_code,
+    is_pause_only,
+    prepare_coraal,
+    read_transcript,
+    segment_rows,
+    split_speakers,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLIT = dict(n_valid_speakers=1, n_test_speakers=1)
@@ -29,6 +49,14 @@ EXPECTED = {
     "DCB_se1_ag2_m_02_1_0002_0002": (2.0, 3.88, "DCB_se1_ag2_m_02", "Tear thin sheep"),
     "ATL_se0_ag1_f_01_1_0001_0001": (0.5, 3.22, "ATL_se0_ag1_f_01", "At that high level"),
     "ATL_se0_ag2_m_02_1_0001_0001": (0.5, 2.54, "ATL_se0_ag2_m_02", "Mend the coat"),
+    # rows out of file order: taken by StTime, so the interviewer's row 3 (3.5-5.3 s) ends
+    # the segment of row 1 and rows 1 and 2 are not merged across it; the interviewer's long
+    # row 4 (9.0-13.4 s) reaches into the gap between rows 5 and 6, which stay apart too
+    f"{ORDER_BASE}_0001_0001": (0.5, 3.37, MAIN_SPK, "The child almost hurt the small dog"),
+    f"{ORDER_BASE}_0002_0002": (5.5, 8.65, MAIN_SPK, "Drop the tue when you add the figures"),
+    f"{ORDER_BASE}_0005_0005": (9.3, 12.2, MAIN_SPK, "At that high level the air is pure"),
+    f"{ORDER_BASE}_0006_0006": (13.5, 16.03, MAIN_SPK, "A thin stripe runs down middle"),
+    f"{ORDER_BASE}_0008_0008": (17.0, 19.6, MAIN_SPK, "Sunday is the best part of the week"),
 }
 # ID -> a piece of the reason
 EXPECTED_SKIPS = {
@@ -40,7 +68,20 @@ EXPECTED_SKIPS = {
     f"{MAIN_BASE}_0011": "runs past the end of its audio",
     "DCB_se1_ag2_m_02_1_0001": "interviewer turn",
     TRUNCATED: "unreadable audio",
-    NO_AUDIO: f"no audio file {NO_AUDIO}.wav",
+    NO_AUDIO: "transcript without audio",
+    NO_TRANSCRIPT_BASE: "audio without transcript",
+    **{base: "transcript without header line" for base in HEADERLESS},
+    f"{ORDER_BASE}_0003": "interviewer turn",
+    f"{ORDER_BASE}_0004": "interviewer turn",
+    f"{ORDER_BASE}_0007": "empty Content cell",
+}
+# Every skip reason the fixture produces, word for word: generic, so that the summary groups
+# them (no file names, times or row numbers in them).
+GENERIC_REASONS = {
+    "interviewer turn (keep_interviewer off)", "pause-only row", "empty text after cleaning",
+    "impossible time", "runs past the end of its audio", "unreadable audio",
+    "transcript without audio", "audio without transcript", "transcript without header line",
+    "empty Content cell",
 }
 
 
@@ -62,9 +103,70 @@ EXPECTED_SKIPS = {
     ("Aksed and aksing, /?/ Aks", "Asked and asking, Ask"),
     ("don't aksident", "don't aksident"),
     ("<laugh> Yeah. /inaudible/", "Yeah."),
+    # line-level notes in ( ) and { } are not words (they used to stay: "laughing yeah")
+    ("(laughing) yeah I did", "yeah I did"),
+    ("(coughing) okay, (whispered) yeah", "okay, yeah"),
+    ("yeah {laughs} ok", "yeah ok"),
+    # [ ] marks overlapping speech: its words stay, glued to an adjacent letter
+    ("y[eah]", "yeah"),
+    ("it was [um]- you know", "it was um- you know"),
+    ("[At that high level] the air", "At that high level the air"),
+    ("okay.[Yeah] right", "okay. Yeah right"),
+    # a redaction takes its clitic along; an unclosed pause leaves no words
+    ("Tell /RD-NAME-2/'s house", "Tell house"),
+    ("Tell /RD-NAME-2/\u2019s house", "Tell house"),
+    ("so (pause 0.5", "so"),
+    ("(pause 0.5", ""),
+    ("(pause 0.5 and then", "and then"),
+    ("(laughing)", ""),
 ])
 def test_clean_content(content, expected):
     assert clean_content(content) == expected
+
+
+# NVIDIA/NeMo-speech-data-processor dataset_configs/english/coraal/config.yaml, the SubRegex
+# processor's own test_cases (input -> output), all of which our cleaning reproduces.
+NEMO_CASES = [
+    ("something busses else", "something buses else"),
+    ("something aks else", "something ask else"),
+    ("something aksa else", "something aksa else"),
+    ("something aksing else", "something asking else"),
+    ("something busses aksed", "something buses asked"),
+    ("something /RD-ADDRESS-4/ else", "something else"),
+    ("something <laugh> else", "something else"),
+    ("something (pause 0.17) else", "something else"),
+    ("something {pause 0.17} else", "something else"),
+    ("something /unintelligible/ else /inaudible/ w", "something else w"),
+    ("something /else/", "something else"),
+    ("something [els]e", "something else"),
+]
+
+
+@pytest.mark.parametrize("content, expected", NEMO_CASES)
+def test_clean_content_matches_nemo_test_cases(content, expected):
+    assert clean_content(content) == expected
+    assert normalize_words(clean_content(content)) == expected
+
+
+@pytest.mark.parametrize("content, koenecke, ours", [
+    # stanford-policylab/asr-disparities src/transcript_cleaning_functions.py remove_markers'
+    # own example: a note in ( ) goes, as in clean_coraal
+    ("We(BR) went", "We went", "We went"),
+    # clean_coraal turns [ ] into { } and removes it with its words; snippet_generation.py
+    # drops any line with a bracket. We keep the overlapped words, as NeMo does.
+    ("[yeah] okay", "okay", "yeah okay"),
+])
+def test_clean_content_against_koenecke(content, koenecke, ours):
+    assert clean_content(content) == ours
+
+
+def test_pause_only_and_wrd_of_fixed_cases():
+    assert is_pause_only("(pause 0.5") and is_pause_only("(pause 0.23)  {pause 1}")
+    assert not is_pause_only("(laughing)") and not is_pause_only("(pause 0.5 yeah")
+    # the stray pieces the old cleaning left in the CTC target
+    assert normalize_words(clean_content("Tell /RD-NAME-2/'s house")) == "tell house"
+    assert normalize_words(clean_content("we left (pause 0.5")) == "we left"
+    assert normalize_words(clean_content("(laughing) yeah {laughs}")) == "yeah"
 
 
 def test_interviewee_code():
@@ -193,6 +295,10 @@ def test_loads_with_speechbrain(tmp_path):
         items = list(data)
         assert items and all(float(i["stop"]) > float(i["start"]) >= 0 for i in items)
         assert all(os.path.isfile(i["wav"]) for i in items)
+        ours = read_manifest(os.path.join(out, name + ".csv"))
+        theirs = load_with_speechbrain(os.path.join(out, name + ".csv"))
+        assert [(r["wrd"], r["wrd_raw"]) for r in theirs] == [
+            (r["wrd"], r["wrd_raw"]) for r in ours]
     # the project's loader reads each segment at 16 kHz from the 44.1 kHz interview
     from aode.data import read_audio_segment
 
@@ -216,3 +322,127 @@ def test_command_line(tmp_path):
                           "--n_test_speakers", "1"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "train.csv:" in run.stdout and "skipped 1: pause-only row" in run.stdout
+
+
+def test_rows_taken_in_start_time_order(tmp_path):
+    """A segment never spans another speaker's row (Koenecke et al.'s own check in
+    snippet_generation.py: the rows inside a snippet's time span are all the interviewee's),
+    even when the transcript lists its rows out of StTime order."""
+    make_coraal(str(tmp_path / "data"))
+    for keep in (False, True):
+        out = str(tmp_path / f"out_{keep}")
+        prepare_coraal(str(tmp_path / "data"), out, keep_interviewer=keep, **SPLIT)
+        # interviewee segments, as Koenecke et al. check (a kept interviewer row may contain
+        # a whole overlapping interviewee row: row 4 holds row 5, as the transcript says)
+        rows = [r for split in read_all(out).values() for r in split
+                if r["ID"].startswith(ORDER_BASE) and r["spk_id"] == MAIN_SPK]
+        assert len(rows) == 5
+        for row in rows:
+            start, stop = float(row["start"]), float(row["stop"])
+            inside = {spkr for spkr, st, en, content, _ in ORDER_ROWS
+                      if content and st >= start - 1e-6 and en <= stop + 1e-6}
+            assert inside == {MAIN_SPK}, (row["ID"], inside)
+    ids = {r["ID"] for split in read_all(str(tmp_path / "out_True")).values() for r in split}
+    assert {f"{ORDER_BASE}_0003_0003", f"{ORDER_BASE}_0004_0004"} <= ids
+    assert f"{ORDER_BASE}_0001_0002" not in ids and f"{ORDER_BASE}_0005_0006" not in ids
+
+
+def test_unparseable_start_keeps_its_place_in_the_file():
+    """A row with a non-numeric StTime is skipped where the transcriber put it, so it still
+    separates its neighbours (it may hold speech)."""
+    rows = [(1, "ATL_se0_ag1_f_01", "0.5", "one two", "1.0"),
+            (2, "ATL_se0_ag1_f_01", "n/a", "three", "1.5"),
+            (3, "ATL_se0_ag1_f_01", "1.2", "four", "2.0"),
+            (4, "ATL_se0_ag1_f_01", "0.1", "zero", "0.4")]
+    skipped = SkipLog()
+    out = segment_rows("ATL_se0_ag1_f_01_1", rows, 3.0, "/x.wav", False, 30.0, skipped)
+    assert [r["ID"] for r in out] == ["ATL_se0_ag1_f_01_1_0004_0001",
+                                      "ATL_se0_ag1_f_01_1_0003_0003"]
+    assert out[0]["wrd"] == "zero one two" and out[0]["start"] == 0.1
+    assert [(s["ID"], s["reason"]) for s in skipped.rows] == [
+        ("ATL_se0_ag1_f_01_1_0002", "impossible time")]
+
+
+def test_skip_reasons_are_generic(tmp_path):
+    make_coraal(str(tmp_path / "data"))
+    out = str(tmp_path / "out")
+    prepare_coraal(str(tmp_path / "data"), out, **SPLIT)
+    skips = read_skips(out)
+    assert {row["reason"] for row in skips.values()} == GENERIC_REASONS
+    # the detail lives in the file column
+    assert skips[NO_AUDIO]["file"].endswith(os.path.join("textfiles", NO_AUDIO + ".txt"))
+    assert skips["DCA_se1_ag1_f_01_1"]["file"].endswith("DCA_se1_ag1_f_01_1.txt")
+    assert skips[NO_TRANSCRIPT_BASE]["file"].endswith(NO_TRANSCRIPT_BASE + ".wav")
+    assert skips[TRUNCATED]["file"].endswith(TRUNCATED + ".wav")
+    out = str(tmp_path / "short")
+    prepare_coraal(str(tmp_path / "data"), out, max_segment_seconds=5, **SPLIT)
+    assert read_skips(out)[f"{MAIN_BASE}_0011"]["reason"] == (
+        "row longer than max_segment_seconds=5")
+
+
+def move_audio_out(data, elsewhere):
+    """Leave only the textfiles (and metadata) under ``data``: the audio goes elsewhere."""
+    os.makedirs(elsewhere)
+    for name in os.listdir(data):
+        if "_audio_part" in name:
+            shutil.move(os.path.join(data, name), os.path.join(elsewhere, name))
+
+
+def test_text_only_layout_is_refused_with_its_cause(tmp_path):
+    data, out = str(tmp_path / "data"), str(tmp_path / "out")
+    make_coraal(data)
+    move_audio_out(data, str(tmp_path / "audio"))
+    for options in (SPLIT, {}):  # with the default 5 + 5 too: no "too few" in its place
+        with pytest.raises(EmptyPreparationError) as err:
+            prepare_coraal(data, out, **options)
+        message = str(err.value)
+        assert "audio_partNN" in message and "data_folder" in message, message
+        assert "transcript without audio" in message
+    assert not os.path.exists(os.path.join(out, "prep_options.json"))
+    assert not os.path.exists(os.path.join(out, "train.csv"))
+    skips = read_skips(out)
+    assert {uid for uid, row in skips.items() if row["reason"] == "transcript without audio"} == {
+        MAIN_BASE, ORDER_BASE, NO_AUDIO, *(b for b in
+                                           ["DCB_se1_ag1_f_01_2", "DCB_se1_ag2_m_02_1",
+                                            "ATL_se0_ag1_f_01_1", "ATL_se0_ag2_m_02_1",
+                                            "PRV_se0_ag1_f_01_1"])}
+    # the command line: exit 2, one line
+    script = os.path.join(REPO, "data_prep", "coraal.py")
+    run = subprocess.run([sys.executable, script, "--data_folder", data, "--save_folder", out,
+                          "--n_valid_speakers", "1", "--n_test_speakers", "1"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "audio_partNN" in errors[0]
+    # the audio unpacked under data_folder (in a subfolder of its own): the rerun does the work
+    shutil.move(str(tmp_path / "audio"), os.path.join(data, "audio"))
+    summary = prepare_coraal(data, out, **SPLIT)
+    assert summary is not None and summary["train.csv"][0] > 0
+    assert os.path.exists(os.path.join(out, "prep_options.json"))
+
+
+def test_interviewee_count_counts_only_interviews_with_audio(tmp_path):
+    data = str(tmp_path / "data")
+    make_coraal(data)
+    os.remove(os.path.join(data, "ATL_audio_part01", "ATL_se0_ag2_m_02_1.wav"))
+    # 6 interviewees have a transcript, 4 have audio: too few for 2 + 2 + 1
+    with pytest.raises(ValueError, match="4 interviewees with audio.*2 transcripts have no "
+                       "audio"):
+        prepare_coraal(data, str(tmp_path / "out"), n_valid_speakers=2, n_test_speakers=2)
+    assert not (tmp_path / "out").exists()
+
+
+def test_transcript_encodings(tmp_path):
+    """UTF-8 with a BOM, and cp1252 (a Windows-edited file: its ’ is byte 0x92) read right;
+    latin-1 would turn 0x92 into a control character and "don't" into "don t"."""
+    header = "Line\tSpkr\tStTime\tContent\tEnTime\n"
+    path = tmp_path / "ATL_se0_ag1_f_01_1.txt"
+    path.write_bytes((header + "1\tATL_se0_ag1_f_01\t0.5\tI don\u2019t know\t2.0\n")
+                     .encode("cp1252"))
+    (row,) = read_transcript(str(path))
+    assert row[3] == "I don\u2019t know"
+    assert normalize_words(clean_content(row[3])) == "i don't know"
+    path.write_bytes(("\ufeff" + header + "1\tATL_se0_ag1_f_01\t0.5\tcaf\u00e9 \u2019bout\t2.0\n")
+                     .encode("utf-8"))
+    (row,) = read_transcript(str(path))
+    assert row[1:] == ("ATL_se0_ag1_f_01", "0.5", "caf\u00e9 \u2019bout", "2.0")

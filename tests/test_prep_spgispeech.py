@@ -2,15 +2,20 @@
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
+import unicodedata
 
+import numpy as np
 import pytest
-from prep_fixtures_a import make_spgispeech
+from prep_fixtures_a import make_spgispeech, write_wav
+from prep_fixtures_b import load_with_speechbrain
 
+import data_prep.spgispeech as spgispeech
 from aode.manifest import MANIFEST_COLUMNS, read_manifest
 from aode.text import normalize_words
-from data_prep.common import LayoutError
+from data_prep.common import EmptyPreparationError, LayoutError
 from data_prep.spgispeech import prepare_spgispeech, utterance_id
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -191,3 +196,186 @@ def test_command_line(tmp_path):
     run = subprocess.run([sys.executable, script, "--data_folder", str(tmp_path / "nope"),
                           "--save_folder", out], capture_output=True, text=True)
     assert run.returncode == 2 and "does not exist" in run.stderr
+
+
+# Where each public recipe expects the corpus (see the module docstring):
+# Kensho's download (lhotse recipes/spgispeech.py; ESPnet egs3/spgispeech builder.py
+# "<source_root>/train.csv, val.csv, spgispeech/train/<hash>/<n>.wav"), data_folder at the
+# CSVs' level or at spgispeech/; and the one-folder layout (icefall, ESPnet egs2), with or
+# without a spgispeech/ level above it.
+LAYOUTS = {
+    "kensho, data_folder = CSV folder": (dict(kensho=True), "."),
+    "kensho, data_folder = spgispeech/": (dict(kensho=True), "spgispeech"),
+    "one folder named spgispeech/, data_folder = its parent": (dict(with_level=True), "."),
+    "one folder named spgispeech/, data_folder = it": (dict(with_level=True), "spgispeech"),
+    "one folder, no spgispeech/ level": (dict(with_level=False), "."),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_every_layout_gives_every_utterance(tmp_path, layout):
+    kwargs, level = LAYOUTS[layout]
+    corpus = make_spgispeech(str(tmp_path / "data"), **kwargs)
+    out = str(tmp_path / "out")
+    summary = prepare_spgispeech(os.path.join(corpus["root"], level), out, test_size=None,
+                                 valid_size=2)
+    got = manifests(out)
+    good = corpus["good"]
+    assert {r["ID"] for r in got["test"]} == set(good["val"]) | {good["truncated"]["ID"]}
+    assert {r["ID"] for r in got["valid"] + got["train"]} == set(good["train"])
+    for row in got["valid"] + got["train"]:
+        check_row(row, good["train"][row["ID"]])
+    assert {row["reason"] for row in skipped(out).values()} == {"audio file missing",
+                                                               "empty transcript"}
+    assert summary["train.csv"][0] == len(good["train"]) - 2
+
+
+def test_csvs_without_audio_folder_is_a_clear_error(tmp_path):
+    corpus = make_spgispeech(str(tmp_path / "data"), kensho=True)
+    shutil.rmtree(corpus["audio_dir"])  # the audio archive not unpacked
+    out = tmp_path / "out"
+    with pytest.raises(LayoutError) as err:
+        prepare_spgispeech(corpus["root"], str(out))
+    message = str(err.value)
+    assert "no audio" in message and corpus["csv_dir"] in message
+    assert os.path.join(corpus["csv_dir"], "spgispeech") in message
+    assert "train/ and val/" in message and "layouts accepted" in message
+    assert "\n" not in message
+    assert not (out / "prep_options.json").exists() and not (out / "train.csv").exists()
+
+
+def write_listing(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("wav_filename|wav_filesize|transcript\n")
+        f.writelines(f"{name}|{size}|{text}\n" for name, size, text in rows)
+
+
+def test_audio_not_where_the_csv_says_fails_after_100_rows(tmp_path, monkeypatch):
+    # the audio folders exist but hold other files than those listed (e.g. a different
+    # release): 1000 val rows, none found; the prep must not check all of them
+    corpus = make_spgispeech(str(tmp_path / "data"), kensho=True)
+    write_listing(os.path.join(corpus["csv_dir"], "val.csv"),
+                  [(f"{i:032x}/{i}.wav", 160044, f"Revenue was ${i} million.")
+                   for i in range(1000)])
+    checked = []
+    real_check = spgispeech._check
+    monkeypatch.setattr(spgispeech, "_check", lambda *a: checked.append(a) or real_check(*a))
+    out = tmp_path / "out"
+    with pytest.raises(LayoutError) as err:
+        prepare_spgispeech(corpus["root"], str(out), test_size=2000)
+    assert len(checked) == 100
+    message = str(err.value)
+    assert "first 100 rows" in message and "val.csv" in message
+    assert os.path.join(corpus["audio_dir"], "val") in message
+    assert "layouts accepted" in message and "\n" not in message
+    assert not (out / "prep_options.json").exists() and not (out / "test.csv").exists()
+
+
+def test_lost_audio_is_refused_with_its_likely_cause_then_redone(tmp_path):
+    corpus = make_spgispeech(str(tmp_path / "data"), kensho=True)
+    out = tmp_path / "out"
+    prepare_spgispeech(corpus["root"], str(out), test_size=1, valid_size=2)  # marked prepared
+
+    # most of train's audio gone (6 of its 8 good files): 7 of 10 items lost to missing audio
+    kept_aside = tmp_path / "aside"
+    kept_aside.mkdir()
+    for n, uid in enumerate(sorted(corpus["good"]["train"])[:6]):
+        shutil.move(corpus["good"]["train"][uid]["wav"], kept_aside / f"{n}.wav")
+    with pytest.raises(EmptyPreparationError) as err:
+        prepare_spgispeech(corpus["root"], str(out), test_size=1, valid_size=1)
+    message = str(err.value)
+    assert "7 of 10" in message and "audio file missing" in message
+    assert "Likely cause: the audio is not where train.csv/val.csv say" in message
+    assert os.path.join(corpus["audio_dir"], "train") in message
+    assert not (out / "prep_options.json").exists()
+    assert sum(r["reason"] == "audio file missing" for r in skipped(str(out)).values()) == 7
+
+    # every val file gone: test comes out empty
+    shutil.rmtree(os.path.join(corpus["audio_dir"], "val"))
+    os.makedirs(os.path.join(corpus["audio_dir"], "val"))
+    with pytest.raises(EmptyPreparationError, match="test.csv came out empty"):
+        prepare_spgispeech(corpus["root"], str(out), test_size=1, valid_size=1)
+
+    # the data fixed, the same options: the rerun does the work
+    corpus = make_spgispeech(str(tmp_path / "data"), kensho=True)
+    summary = prepare_spgispeech(corpus["root"], str(out), test_size=1, valid_size=1)
+    assert summary is not None and summary["train.csv"][0] == len(corpus["good"]["train"]) - 1
+    assert (out / "prep_options.json").exists()
+
+
+def test_skip_reasons_are_generic(tmp_path):
+    corpus = make_spgispeech(str(tmp_path / "data"))
+    train_dir = os.path.join(corpus["audio_dir"], "train")
+    listing = os.path.join(corpus["csv_dir"], "train.csv")
+    with open(listing, encoding="utf-8") as f:
+        first_good = f.readlines()[1]
+    for n in (1, 2):
+        path = os.path.join(train_dir, "cafe0000cafe0000cafe0000cafe0000", f"{n}.wav")
+        write_wav(path, np.zeros(16000, dtype="float32"), 16000)
+    with open(listing, "a", encoding="utf-8") as f:
+        f.write("cafe0000cafe0000cafe0000cafe0000/1.wav|abc|A bad size.\n"
+                "cafe0000cafe0000cafe0000cafe0000/2.wav|44|A header-only size.\n"
+                "cafe0000cafe0000cafe0000cafe0000/3.flac|9999|Not a wav.\n"
+                + first_good)
+    out = str(tmp_path / "out")
+    prepare_spgispeech(corpus["root"], out, test_size=None, valid_size=1, check_audio=False)
+    reasons = {row["reason"] for row in skipped(out).values()}
+    assert reasons == {"audio file missing", "empty transcript", "bad wav_filesize",
+                       "wav_filesize holds no audio", "wav_filename is not a .wav",
+                       "duplicate wav_filename"}
+    got = manifests(out)
+    assert {r["ID"] for r in got["valid"] + got["train"]} == set(corpus["good"]["train"])
+
+    out = str(tmp_path / "checked")
+    prepare_spgispeech(corpus["root"], out, test_size=None, valid_size=1, check_audio=True)
+    assert skipped(out)[corpus["good"]["truncated"]["ID"]]["reason"] == "unreadable audio"
+
+
+def test_dollar_amounts_survive_both_csv_readers(tmp_path):
+    from speechbrain.dataio.dataio import load_data_csv
+
+    corpus = make_spgispeech(str(tmp_path / "data"), kensho=True)
+    out = str(tmp_path / "out")
+    prepare_spgispeech(corpus["root"], out, test_size=None, valid_size=2)
+    texts = {**corpus["good"]["train"], **corpus["good"]["val"]}
+    dollars = 0
+    for name in ("train", "valid", "test"):
+        path = os.path.join(out, name + ".csv")
+        ours = {row["ID"]: row for row in read_manifest(path)}
+        for uid, row in ours.items():
+            if uid in texts:  # ours gives the corpus's text back, "$" included
+                assert row["wrd_raw"] == texts[uid]["text"]
+                dollars += "$5 million" in row["wrd_raw"] or "$0.25 a share" in row["wrd_raw"]
+        # SpeechBrain's reader (it raised KeyError on "$5") loads every row; its text is the
+        # same up to Unicode compatibility normalisation (what Whisper's normaliser applies)
+        theirs = load_data_csv(path)
+        assert set(theirs) == set(ours)
+        for uid, row in theirs.items():
+            assert unicodedata.normalize("NFKC", row["wrd_raw"]) == ours[uid]["wrd_raw"]
+        assert len(load_with_speechbrain(path)) == len(ours)
+    assert dollars == len(texts)
+
+
+def test_command_line_on_kenshos_layout(tmp_path):
+    corpus = make_spgispeech(str(tmp_path / "data"), kensho=True)
+    script = os.path.join(REPO, "data_prep", "spgispeech.py")
+    out = str(tmp_path / "out")
+    run = subprocess.run([sys.executable, script, "--data_folder", corpus["root"],
+                          "--save_folder", out, "--test_size", "2", "--valid_size", "1"],
+                         capture_output=True, text=True, cwd=str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    train = len(corpus["good"]["train"]) - 1
+    for line in ("test.csv: 2 utterances", "valid.csv: 1 utterances",
+                 f"train.csv: {train} utterances", "skipped 1: audio file missing",
+                 "skipped 1: empty transcript"):
+        assert line in run.stdout
+
+    # the audio archive not unpacked: exit 2, one line that says so
+    shutil.rmtree(corpus["audio_dir"])
+    run = subprocess.run([sys.executable, script, "--data_folder", corpus["root"],
+                          "--save_folder", str(tmp_path / "out2")],
+                         capture_output=True, text=True, cwd=str(tmp_path))
+    assert run.returncode == 2
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == run.stderr.strip().splitlines()[-1]
+    assert "no audio" in errors[0] and corpus["csv_dir"] in errors[0]
