@@ -7,11 +7,17 @@ its 0.28 % test WER suggests a random utterance-level split, which is the defaul
 (``split_by="utterance"``, 10 % validation, 10 % test, seeded); ``split_by="speaker"`` holds
 out whole speakers instead (4 speakers: one each for validation and test).
 
-Layout expected under ``data_folder``::
+Layout expected under ``data_folder`` (the Kaggle download; checked against a public mirror,
+michen00/multilingual_speech_valence_classification_datasets ``datasets/jl-corpus/``, and
+nkululeko's ``data/jl/process_database.py``, which globs the same folder)::
 
     Raw JL corpus (unchecked and unannotated)/JL(wav+txt)/female1_angry_7b_1.wav
     Raw JL corpus (unchecked and unannotated)/JL(wav+txt)/female1_angry_7b_1.txt
-        (holding "Carl leaps into a jeep.")
+        (holding "Carl leaps into a jeep.", sometimes with a final newline)
+
+The same download also holds ``Perception test material on Qualtrics/{main,sub}_training/``
+(copies of some WAVs, without transcripts, and MP3s), ``Picture Stimuli/`` and documents;
+they are not read when the ``JL(wav+txt)`` folder is there.
 
 When a ``JL(wav+txt)`` folder exists (``data_folder`` itself or anywhere below), only it is
 read; otherwise ``<stem>.wav`` + ``<stem>.txt`` pairs are collected from anywhere under
@@ -20,7 +26,8 @@ read; otherwise ``<stem>.wav`` + ``<stem>.txt`` pairs are collected from anywher
 Stems are ``(fe)male[12]_<emotion>_<sentence><a|b>_<session>``: the speaker is the first
 field (``female1``), the emotion the second (written to the extra manifest column
 ``emotion``). WAV files whose name does not start with ``<(fe)male><n>_<emotion>`` are
-skipped with a reason; other text files (readmes) are ignored. Audio is 44.1 kHz and is not
+skipped with a reason; other text files (readmes) are ignored. A transcript that cannot be
+read is skipped with the reason, like unreadable audio. Audio is 44.1 kHz and is not
 resampled here.
 """
 
@@ -60,6 +67,11 @@ FORMAT_VERSION = 1
 LOOSE = re.compile(r"^((?:fe)?male\d+)_([A-Za-z]+)(?:_|$)", re.IGNORECASE)
 STRICT = re.compile(r"^(?:fe)?male\d+_[A-Za-z]+_\d+[ab]_\d+$", re.IGNORECASE)
 BAD_NAME = "file name is not <(fe)male><n>_<emotion>_<sentence><a|b>_<session>"
+LIKELY_CAUSE = (
+    f"the .txt transcripts are not beside the .wav files of the same name (in '{WAV_TXT_DIR}' "
+    "when that folder exists): e.g. only part of the download extracted, or the .txt files "
+    "left out when copying"
+)
 
 
 def parse_stem(stem):
@@ -130,9 +142,14 @@ def _collect(data_folder, skipped):
     rows = []
     for stem in tqdm(sorted(set(wavs) | set(txts)), desc=CORPUS, unit="file"):
         speaker, emotion = parse_stem(stem)
-        text = read_transcript(txts[stem]) if stem in txts else None
+        txt = txts.get(stem)
+        try:
+            text = read_transcript(txt) if txt else None
+        except ValueError as err:  # unreadable .txt: skipped and logged like unreadable audio
+            skipped.skip(stem, txt, str(err))
+            continue
         row = whole_file_row(stem, wavs.get(stem), speaker, text, skipped,
-                             source=txts.get(stem), emotion=emotion)
+                             source=txt, emotion=emotion)
         if row is not None:
             rows.append(row)
     return rows
@@ -183,15 +200,23 @@ def prepare_jl_corpus(
         return None
     skipped = SkipLog()
     rows = _collect(data_folder, skipped)
+    if rows:
+        splits = _split(rows, split_by, valid_fraction, test_fraction, seed)
+    else:  # nothing usable: finish() says why (skip reasons, likely cause), not seeded_split
+        splits = {name: [] for name in MANIFESTS}
+    return finish(save_folder, splits, skipped, options, CORPUS, extra_columns=("emotion",),
+                  likely_cause=LIKELY_CAUSE)
+
+
+def _split(rows, split_by, valid_fraction, test_fraction, seed):
     key = "ID" if split_by == "utterance" else "spk_id"
     train, valid, test = seeded_split([r[key] for r in rows], valid_fraction, test_fraction,
                                       seed)
-    splits = {
+    return {
         "train.csv": [r for r in rows if r[key] in train],
         "valid.csv": [r for r in rows if r[key] in valid],
         "test.csv": [r for r in rows if r[key] in test],
     }
-    return finish(save_folder, splits, skipped, options, CORPUS, extra_columns=("emotion",))
 
 
 def main(argv=None):

@@ -1,5 +1,7 @@
 """JL Corpus preparation on a miniature copy of the Kaggle layout (44.1 kHz WAV + TXT)."""
 
+import builtins
+import errno
 import filecmp
 import json
 import os
@@ -19,7 +21,8 @@ from prep_fixtures_b import (
 )
 
 from aode.text import normalize_words
-from data_prep.common import LayoutError
+import data_prep.common
+from data_prep.common import EmptyPreparationError, LayoutError
 from data_prep.jl_corpus import RAW_DIR, WAV_TXT_DIR, main, parse_stem, prepare_jl_corpus
 
 RATE = 44100
@@ -251,3 +254,76 @@ def test_runs_as_a_script():
     for option in ("--data_folder", "--save_folder", "--valid_fraction", "--test_fraction",
                    "--split_by", "--seed"):
         assert option in result.stdout
+
+
+def test_unreadable_transcript_is_skipped_and_logged(jl, monkeypatch):
+    """A .txt that cannot be read goes to skipped.csv like unreadable audio. Tests run as
+    root, where chmod 000 does not block reading, so open() is patched (in
+    data_prep.common, where read_transcript calls it) to raise EACCES for one file."""
+    data, save, expected = jl
+    folder = os.path.join(data, RAW_DIR, WAV_TXT_DIR)
+    locked = os.path.join(folder, "female1_angry_1a_1.txt")
+
+    def fake_open(path, *args, **kwargs):
+        if os.path.abspath(path) == locked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(data_prep.common, "open", fake_open, raising=False)
+    prepare_jl_corpus(data, save)  # was an uncaught error
+    skipped = {row["ID"]: row for row in read_csv(os.path.join(save, "skipped.csv"))}
+    assert skipped["female1_angry_1a_1"]["reason"] == "unreadable transcript (Permission denied)"
+    assert skipped["female1_angry_1a_1"]["file"] == locked
+    del expected["female1_angry_1a_1"]
+    check_manifest_rows(sum(_rows(save).values(), []), expected)
+
+
+def test_broken_layout_fails_clearly_and_rerun_works(jl, tmp_path):
+    data, save, expected = jl
+    folder = os.path.join(data, RAW_DIR, WAV_TXT_DIR)
+    # the .txt files were left out when the corpus was copied: every wav lacks its transcript
+    aside = tmp_path / "transcripts"
+    aside.mkdir()
+    for name in os.listdir(folder):
+        if name.endswith(".txt"):
+            os.rename(os.path.join(folder, name), aside / name)
+    with pytest.raises(EmptyPreparationError) as err:
+        prepare_jl_corpus(data, save)  # was ValueError "cannot split 0 keys"
+    message = str(err.value)
+    assert "came out empty" in message and "audio without transcript" in message
+    assert "Likely cause: the .txt transcripts are not beside the .wav files" in message
+    assert not os.path.exists(os.path.join(save, "prep_options.json"))
+    assert not os.path.exists(os.path.join(save, "train.csv"))
+    skipped = read_csv(os.path.join(save, "skipped.csv"))  # written, for the user to read
+    wavs = [n for n in os.listdir(folder) if n.endswith(".wav") and parse_stem(n[:-4])]
+    assert sum(r["reason"] == "audio without transcript" for r in skipped) == len(wavs)
+    # half of them back is still a layout problem: more than half of the items lost
+    names = sorted(os.listdir(aside))
+    for name in names[: len(names) // 3]:
+        os.rename(aside / name, os.path.join(folder, name))
+    with pytest.raises(EmptyPreparationError, match="dropped because their audio or transcript"):
+        prepare_jl_corpus(data, save)
+    for name in os.listdir(aside):  # fixed: the rerun does the work
+        os.rename(aside / name, os.path.join(folder, name))
+    assert prepare_jl_corpus(data, save) is not None
+    check_manifest_rows(sum(_rows(save).values(), []), expected)
+
+
+def test_command_line_subprocess(jl):
+    data, save, expected = jl
+    command = [sys.executable, "data_prep/jl_corpus.py", "--data_folder", data,
+               "--save_folder", save, "--split_by", "speaker", "--seed", "7"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = _rows(save)
+    check_manifest_rows(sum(rows.values(), []), expected)
+    assert [len({r["spk_id"] for r in rows[s]}) for s in SPLITS] == [2, 1, 1]
+    assert f"test.csv: {len(rows['test'])} utterances" in result.stdout
+    for s in SPLITS:
+        assert len(load_with_speechbrain(os.path.join(save, f"{s}.csv"))) == len(rows[s])
+    broken = subprocess.run(command[:2] + ["--data_folder", str(data) + "_missing",
+                                           "--save_folder", save + "2"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 2
+    assert broken.stderr.startswith("error: JL Corpus data_folder")
+    assert "Traceback" not in broken.stderr
