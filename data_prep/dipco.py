@@ -9,7 +9,8 @@ Our split (documented choice):
 
 * train = the dev sessions (S02 S04 S05 S09 S10) except ``n_valid_sessions`` (default 1)
   session(s) picked with ``seed``;
-* valid = those held-out dev session(s) (``n_valid_sessions=0``: an empty valid.csv);
+* valid = those held-out dev session(s) (``n_valid_sessions=0``: no valid.csv, since an
+  empty manifest loads in neither SpeechBrain's reader nor ours);
 * test = every eval session (S01 S03 S06 S07 S08), as in the paper.
 
 A participant may appear in several sessions, hence possibly in train and valid.
@@ -25,7 +26,11 @@ Audio (option ``channel``):
 
 * ``"sum"`` (default, the paper's): the sum of ALL the session's close-talk microphones. The
   ``wav`` field joins their paths with :data:`aode.manifest.WAV_SEPARATOR` and the loader
-  sums them sample by sample, so no second copy of the corpus is written.
+  sums them sample by sample, so no second copy of the corpus is written. The speaker's own
+  close-talk file is required (as in lhotse's ``ihm`` recipe, which maps each speaker to
+  their own channel): when a session's JSON names a speaker whose ``<session>_<Pxx>.wav`` is
+  missing, that speaker's utterances are skipped ("close-talk audio file missing") and a
+  warning names the session and the file, since the sum for the other speakers lacks it.
 * ``"own"``: only the speaker's own close-talk microphone.
 
 Text (:func:`clean_words`): utterances containing ``[redacted]`` are dropped,
@@ -37,7 +42,9 @@ Segments: one utterance each by default; an utterance longer than ``max_segment_
 speaker in a session (ordered by start time) are merged up to ``max_segment_seconds``.
 Skipped with a reason in ``skipped.csv``: ``[redacted]``, empty text after cleaning, an
 impossible or unparsable time, too long, past the end of the audio, missing or
-unreadable/truncated audio, an unreadable transcription file.
+unreadable/truncated audio, an unreadable transcription file. A split that comes out empty,
+or more than half the utterances lost for missing audio, is an error
+(:func:`data_prep.common.finish`); ``n_valid_sessions=0`` writes no ``valid.csv``.
 """
 
 import argparse
@@ -59,6 +66,7 @@ from tqdm import tqdm
 from aode.manifest import WAV_SEPARATOR
 from aode.text import normalize_words
 from data_prep.common import (
+    LOST_REASONS,
     LayoutError,
     SkipLog,
     already_prepared,
@@ -72,8 +80,15 @@ logger = logging.getLogger(__name__)
 
 MANIFESTS = ("train.csv", "valid.csv", "test.csv")
 CHANNELS = ("sum", "own")
-PREP_VERSION = 1
+PREP_VERSION = 2  # 2: sum mode skips the utterances of a speaker without close-talk file
 END_TOLERANCE = 0.05  # seconds an utterance may end past its audio (clipped)
+MIC_MISSING = "close-talk audio file missing"
+SESSION_AUDIO_MISSING = "no close-talk audio file for the session"
+LIKELY_CAUSE = (
+    "close-talk files audio/{dev,eval}/<session>_<Pxx>.wav missing or misplaced (DiPCo.tgz "
+    "only partly extracted, or audio/ and transcriptions/ under different folders), or "
+    "options that skip every utterance of a split's sessions (max_segment_seconds)"
+)
 
 _REDACTED = re.compile(r"\[\s*redacted\s*\]", re.I)
 _INAUDIBLE = re.compile(r"\[\s*inaudible[^\]]*\]", re.I)
@@ -163,19 +178,20 @@ def session_segments(root, split, session, channel, max_segment_seconds, merge_c
         except ValueError as err:
             infos[spk] = err
 
+    if channel == "sum":
+        _warn_partial_sum(session, audio_dir, utterances, mics)
+
     def audio_for(speaker):
         """``(wav field, duration, None)``, or ``(file, None, reason)`` when unusable."""
+        if channel == "sum" and not mics:
+            return os.path.join(audio_dir, f"{session}_P*.wav"), None, SESSION_AUDIO_MISSING
+        path = mics.get(speaker)
+        if path is None:  # the speaker's own mic, in either mode
+            return os.path.join(audio_dir, f"{session}_{speaker}.wav"), None, MIC_MISSING
         if channel == "own":
-            path = mics.get(speaker)
-            if path is None:
-                missing = os.path.join(audio_dir, f"{session}_{speaker}.wav")
-                return missing, None, "close-talk audio file missing"
             if isinstance(infos[speaker], ValueError):
                 return path, None, str(infos[speaker])
             return path, infos[speaker], None
-        if not mics:
-            return os.path.join(audio_dir, f"{session}_P*.wav"), None, \
-                "no close-talk audio file for the session"
         for spk, info in infos.items():
             if isinstance(info, ValueError):
                 return mics[spk], None, f"{info} (one of the summed close-talk files)"
@@ -262,6 +278,20 @@ def session_segments(root, split, session, channel, max_segment_seconds, merge_c
     return rows
 
 
+def _warn_partial_sum(session, audio_dir, utterances, mics):
+    """Warn when speakers of the session have no close-talk file: their utterances are
+    skipped, and the sum of the others' utterances lacks their microphone."""
+    speakers = {str(u["speaker_id"]) for u in utterances
+                if isinstance(u, dict) and "speaker_id" in u}
+    missing = sorted(speakers - set(mics))
+    if missing and mics:
+        logger.warning(
+            "DiPCo %s: close-talk file(s) %s missing: those speakers' utterances are skipped "
+            "and the sum for the others' is of %d file(s) only", session,
+            ", ".join(os.path.join(audio_dir, f"{session}_{spk}.wav") for spk in missing),
+            len(mics))
+
+
 def list_sessions(root, split):
     """Session ids (``S02``..) with a transcription file in ``split`` (dev or eval)."""
     folder = os.path.join(root, "transcriptions", split)
@@ -295,7 +325,7 @@ def prepare_dipco(
     merge_consecutive : bool
         Merge consecutive utterances of one speaker up to ``max_segment_seconds``.
     n_valid_sessions : int
-        Dev sessions held out (seeded) for validation.
+        Dev sessions held out (seeded) for validation; 0 writes no ``valid.csv``.
     seed : int
         Seed of the session pick.
 
@@ -314,7 +344,8 @@ def prepare_dipco(
         "n_valid_sessions": int(n_valid_sessions),
         "seed": seed,
     }
-    if already_prepared(save_folder, MANIFESTS, options):
+    manifests = [m for m in MANIFESTS if m != "valid.csv" or n_valid_sessions > 0]
+    if already_prepared(save_folder, manifests, options):
         logger.info("DiPCo already prepared in %s, skipping", save_folder)
         return None
     if max_segment_seconds <= 0 or n_valid_sessions < 0:
@@ -338,14 +369,25 @@ def prepare_dipco(
                 test_sessions)
 
     skipped = SkipLog()
-    splits = {"train.csv": [], "valid.csv": [], "test.csv": []}
+    splits = {name: [] for name in manifests}
     jobs = ([("train.csv", "dev", s) for s in train_sessions]
             + [("valid.csv", "dev", s) for s in valid_sessions]
             + [("test.csv", "eval", s) for s in test_sessions])
     for name, split, session in tqdm(jobs, desc="DiPCo", unit="session"):
         splits[name].extend(session_segments(root, split, session, channel,
                                              max_segment_seconds, merge_consecutive, skipped))
-    return finish(save_folder, splits, skipped, options, "DiPCo")
+    if n_valid_sessions == 0:
+        _remove_stale(os.path.join(save_folder, "valid.csv"))
+    return finish(save_folder, splits, skipped, options, "DiPCo", likely_cause=LIKELY_CAUSE,
+                  lost_reasons=LOST_REASONS + (MIC_MISSING, SESSION_AUDIO_MISSING))
+
+
+def _remove_stale(path):
+    """An empty manifest loads in neither SpeechBrain's reader nor ours, so no valid
+    sessions means no valid.csv; one from an earlier run holds sessions now in train."""
+    if os.path.exists(path):
+        logger.info("DiPCo: removing %s from an earlier run (n_valid_sessions=0)", path)
+        os.remove(path)
 
 
 
@@ -367,10 +409,12 @@ def main(argv=None):
                         help="merge consecutive utterances of one speaker up to "
                         "--max_segment_seconds (default: one utterance per segment)")
     parser.add_argument("--n_valid_sessions", type=int, default=1,
-                        help="dev sessions held out for validation (default 1)")
+                        help="dev sessions held out for validation (default 1; 0: no "
+                        "valid.csv)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the session pick")
     args = parser.parse_args(argv)
-    return run_cli(prepare_dipco, args.data_folder, args.save_folder, MANIFESTS, channel=args.channel,
+    manifests = [m for m in MANIFESTS if m != "valid.csv" or args.n_valid_sessions > 0]
+    return run_cli(prepare_dipco, args.data_folder, args.save_folder, manifests, channel=args.channel,
                    max_segment_seconds=args.max_segment_seconds, merge_consecutive=args.merge_consecutive,
                    n_valid_sessions=args.n_valid_sessions, seed=args.seed)
 

@@ -5,43 +5,51 @@ What the paper did: fine-tuned the CTC model (Parakeet) on the Nigerian English 
 (4.2 / 1.1 / 0.5 h; paper Tables III, IV, VII, VIII). There is no official split; the one
 written here is a seeded speaker-level split (``valid_fraction``, ``test_fraction``, ``seed``).
 
-Layout expected under ``data_folder``: the unzipped ``en_ng_female.zip`` and
-``en_ng_male.zip``::
+Layouts accepted under ``data_folder``:
 
-    en_ng_female/line_index.tsv
-    en_ng_female/ngf_00295_01314275188.wav ...
-    en_ng_male/line_index.tsv
-    en_ng_male/ngm_...wav ...
+* each archive unzipped into its own folder (recommended)::
 
-Both archives carry a ``line_index.tsv`` and may hold their files without a top folder
-(unverified): unzip each into its own folder (``unzip en_ng_female.zip -d en_ng_female``), else one index
-overwrites the other and its WAVs show up in ``skipped.csv`` as "audio without transcript".
-Any ``line_index.tsv`` found under ``data_folder`` (at any depth, the folder itself included)
-is read, and its FileIDs are looked up among the WAVs in its folder and the folders below.
-WAVs under ``data_folder`` that no ``line_index.tsv`` lists are reported as "audio without
-transcript".
+      en_ng_female/line_index.tsv   en_ng_female/ngf_00295_01314275188.wav ...
+      en_ng_male/line_index.tsv     en_ng_male/ngm_00123_01111111111.wav ...
 
-``line_index.tsv`` lines are ``<FileID>\\t<sentence>``; some carry an extra middle field (a
-known defect of these files): the first field is the FileID, the last the sentence. The
-sentence, whitespace collapsed, is ``wrd_raw``.
+* all WAVs in one folder next to the separately published index files
+  ``line_index_female.tsv`` and ``line_index_male.tsv`` (OpenSLR 70 offers them besides the
+  zips); any ``line_index*.tsv`` is read, in any folder at any depth.
 
-Speaker ids: FileIDs look like ``ngf_00295_01314275188`` and the speaker is taken to be the
-first two fields, ``ngf_00295`` (keeping the ngf/ngm prefix so that female and male ids can
-never collide). This reading of the FileID is UNVERIFIED against the released files; ids with
-fewer than three ``_`` fields fall back to everything before the last ``_`` (or the whole id),
-and a warning counts them. Audio is 48 kHz and is not resampled here.
+Both zips hold ``line_index.tsv`` and the WAVs at the zip root (HF ``datasets`` openslr.py,
+SLR70: ``DataDirs ["", ""]``), so ``unzip`` of both into ONE folder overwrites one index with
+the other. That is refused with a :class:`LayoutError` ("unzip each archive into its own
+folder") when a FileID prefix (``ngf``/``ngm``) has WAVs but no index lists any of them, and
+by :func:`data_prep.common.finish` when most WAVs have no transcript.
+
+An index's FileIDs are looked up among the WAVs in its folder and the folders below it, so
+the separate index files may also sit above ``en_ng_female/`` and ``en_ng_male/``; a FileID
+listed twice with the same sentence (the separate file and the zip's copy) counts once. WAVs
+that no index lists are reported as "audio without transcript".
+
+``line_index.tsv`` lines are ``<FileID>\\t<sentence>``. They are parsed as HF's loader does
+(:func:`parse_index_line`): the line is stripped (so a trailing tab cannot empty the
+sentence), a known defect, an extra middle field, is dropped, and lines that still do not have
+two fields are skipped as malformed. The sentence, whitespace collapsed, is ``wrd_raw``.
+
+Speaker ids: FileIDs look like ``ngf_00295_01314275188`` and the speaker is the first two
+fields, ``ngf_00295`` (the convention of the loaders of Google's crowdsourced OpenSLR sets,
+e.g. nusacrowd's SLR44; the ngf/ngm prefix keeps female and male ids apart). Ids with fewer
+than three ``_`` fields fall back to everything before the last ``_`` (or the whole id), and a
+warning counts them. Audio is 48 kHz and is not resampled here.
 """
 
 import argparse
+import collections
 import logging
 import os
+import re
 import sys
 
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tqdm import tqdm  # noqa: E402
-
 from data_prep.common import (  # noqa: E402
     LayoutError,
     SkipLog,
@@ -57,11 +65,29 @@ from data_prep.common import (  # noqa: E402
 logger = logging.getLogger(__name__)
 
 CORPUS = "google_ne"
-INDEX = "line_index.tsv"
+INDEX_PATTERN = re.compile(r"^line_index.*\.tsv$", re.I)
+ZIPS = ("en_ng_female.zip", "en_ng_male.zip")
 MANIFESTS = ("train.csv", "valid.csv", "test.csv")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MALFORMED = "malformed line_index.tsv line"
-DUPLICATE = "duplicate FileID"
+DUPLICATE = "duplicate FileID with another sentence"
+DUPLICATE_AUDIO = "duplicate audio file"
+ONE_FOLDER_HINT = (
+    "both OpenSLR 70 zips hold their own line_index.tsv at the zip root, so unzipping them "
+    "into one folder overwrites one index with the other: unzip each archive into its own "
+    "folder (unzip en_ng_female.zip -d en_ng_female; unzip en_ng_male.zip -d en_ng_male), or "
+    "put the separately published line_index_female.tsv and line_index_male.tsv next to the "
+    "WAVs"
+)
+LIKELY_CAUSE = (
+    "the WAVs and the line_index*.tsv files that list them are not in the same folder tree, "
+    "or one index was overwritten; " + ONE_FOLDER_HINT
+)
+
+# HF datasets openslr.py (_generate_examples): "the datasets are not always consistent and
+# have bugs"; an extra middle field is removed and the fields split on one or two tabs.
+_MIDDLE_FIELD = re.compile(r"\t[^\t]*\t")
+_FIELD_SEPARATOR = re.compile(r"\t\t?")
 
 
 def speaker_of(file_id):
@@ -78,81 +104,130 @@ def speaker_of(file_id):
     return file_id, False
 
 
-def read_line_index(path, skipped):
-    """``[(FileID, sentence, line number)]`` from one ``line_index.tsv``.
+def prefix_of(file_id):
+    """``ngf_00295_01314275188`` -> ``ngf`` (the gender prefix of Google's FileIDs)."""
+    return file_id.split("_", 1)[0]
 
-    Keeps the first and the last tab-separated fields (some lines carry an extra middle
-    field). Lines without a tab go to ``skipped``.
+
+def parse_index_line(line):
+    """``(FileID, sentence)`` of one index line, or None when it is malformed.
+
+    As HF's loader: strip the whole line, drop an extra middle field, split on one or two
+    tabs, require two fields. Unlike it, a FileID followed by a tab and nothing else gives
+    ``(FileID, "")`` (an empty sentence, reported as such) rather than a malformed line.
     """
+    stripped = line.strip()
+    head, tab, _ = line.rstrip("\r\n").partition("\t")
+    file_id = head.strip()
+    if not file_id or not tab:
+        return None
+    fields = _FIELD_SEPARATOR.split(_MIDDLE_FIELD.sub("\t", stripped))
+    if len(fields) == 1:  # nothing but blanks after the FileID
+        return file_id, ""
+    if len(fields) != 2:
+        return None
+    return fields[0].strip(), " ".join(fields[1].split())
+
+
+def read_line_index(path, skipped):
+    """``[(FileID, sentence, line number)]`` of one index file; malformed lines go to
+    ``skipped``."""
     entries = []
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            fields = line.rstrip("\r\n").split("\t")
-            if len(fields) < 2 or not fields[0].strip():
-                skipped.skip(fields[0].strip(), f"{path}:{lineno}", MALFORMED)
+            parsed = parse_index_line(line)
+            if parsed is None:
+                skipped.skip(line.split("\t")[0].strip(), f"{path}:{lineno}", MALFORMED)
                 continue
-            entries.append((fields[0].strip(), " ".join(fields[-1].split()), lineno))
+            entries.append((*parsed, lineno))
     return entries
 
 
 def _scan(data_folder):
-    """(index files, {index folder: {stem: [wav paths]}}, [wavs outside every index folder])."""
-    indexes, wavs = [], []
+    """(sorted index files, {stem: [wav paths, shallowest first]}) under ``data_folder``."""
+    indexes, wavs = [], collections.defaultdict(list)
     for folder, dirs, files in os.walk(data_folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if INDEX in files:
-            indexes.append(os.path.join(folder, INDEX))
-        wavs.extend(os.path.join(folder, f) for f in sorted(files)
-                    if f.lower().endswith(".wav") and not f.startswith("."))
-    roots = sorted((os.path.dirname(p) for p in indexes), key=len, reverse=True)
-    by_root = {root: {} for root in roots}
-    orphans = []
-    for wav in wavs:
-        # the deepest index folder above the file owns it
-        owner = next((r for r in roots if wav.startswith(r + os.sep)), None)
-        if owner is None:
-            orphans.append(wav)
-        else:
-            stem = os.path.splitext(os.path.basename(wav))[0]
-            by_root[owner].setdefault(stem, []).append(wav)
-    return sorted(indexes), by_root, orphans
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            if INDEX_PATTERN.match(name):
+                indexes.append(os.path.join(folder, name))
+            elif name.lower().endswith(".wav"):
+                wavs[os.path.splitext(name)[0]].append(os.path.join(folder, name))
+    for paths in wavs.values():
+        paths.sort(key=lambda p: (p.count(os.sep), p))
+    return sorted(indexes), wavs
+
+
+def _read_indexes(indexes, skipped):
+    """``{FileID: (sentence, "index:line", index folder)}`` from every index, first wins.
+
+    A FileID repeated with the same sentence (the separate index file and the zip's copy)
+    counts once; with another sentence the later line is skipped.
+    """
+    entries, repeats = {}, 0
+    for index in indexes:
+        for file_id, text, lineno in read_line_index(index, skipped):
+            where = f"{index}:{lineno}"
+            if file_id in entries:
+                if entries[file_id][0] == text:
+                    repeats += 1
+                else:
+                    skipped.skip(file_id, f"{where} (first at {entries[file_id][1]})", DUPLICATE)
+                continue
+            entries[file_id] = (text, where, os.path.dirname(index))
+    if repeats:
+        logger.info("%s: %d FileIDs listed again with the same sentence in another index "
+                    "file (counted once)", CORPUS, repeats)
+    return entries
+
+
+def check_each_prefix_indexed(wavs, listed_stems):
+    """Raise :class:`LayoutError` when a FileID prefix (``ngf``/``ngm``) has WAVs but no index
+    lists any of them: the sign of the two zips unzipped into one folder."""
+    found, listed = collections.Counter(), collections.Counter()
+    for stem, paths in wavs.items():
+        found[prefix_of(stem)] += len(paths)
+        listed[prefix_of(stem)] += stem in listed_stems
+    orphaned = sorted(p for p in found if not listed[p])
+    if orphaned and any(listed.values()):
+        counts = ", ".join(f"{found[p]} {p}_*.wav" for p in orphaned)
+        raise LayoutError(
+            f"Google NE: no line_index*.tsv lists any of the {counts} found under the data "
+            f"folder; {ONE_FOLDER_HINT}"
+        )
 
 
 def _collect(data_folder, skipped):
-    indexes, by_root, orphans = _scan(data_folder)
-    zips = [z for z in ("en_ng_female.zip", "en_ng_male.zip")
-            if os.path.isfile(os.path.join(data_folder, z))]
+    indexes, wavs = _scan(os.path.normpath(data_folder))
+    zips = [z for z in ZIPS if os.path.isfile(os.path.join(data_folder, z))]
     require(
         indexes,
         f"Google NE layout not found under {data_folder!r}: expected "
-        f"en_ng_female/{INDEX} and en_ng_male/{INDEX} with their WAVs (the unzipped "
-        "OpenSLR 70 archives), or any folder holding a line_index.tsv"
-        + (f"; unzip {', '.join(zips)} first" if zips else ""),
+        f"en_ng_female/line_index.tsv and en_ng_male/line_index.tsv with their WAVs (the "
+        "OpenSLR 70 archives, each unzipped into its own folder), or any folder holding a "
+        "line_index*.tsv" + (f"; unzip {', '.join(zips)} first" if zips else ""),
     )
-    items, seen = [], {}
-    for index in indexes:
-        root = os.path.dirname(index)
-        stems = by_root[root]
-        used = set()
-        for file_id, text, lineno in read_line_index(index, skipped):
-            where = f"{index}:{lineno}"
-            if file_id in seen:
-                skipped.skip(file_id, where, f"{DUPLICATE} (first at {seen[file_id]})")
+    entries = _read_indexes(indexes, skipped)
+    check_each_prefix_indexed(wavs, entries)
+
+    items, used = [], set()
+    for file_id, (text, where, folder) in entries.items():
+        # an index only claims the WAVs in its own folder tree
+        paths = [p for p in wavs.get(file_id, []) if p.startswith(folder + os.sep)]
+        items.append((file_id, paths[0] if paths else None, text, where))
+        used.update(paths[:1])
+    for stem, paths in sorted(wavs.items()):
+        for wav in paths:
+            if wav in used:
                 continue
-            seen[file_id] = where
-            paths = stems.get(file_id, [])
-            used.add(file_id)
-            items.append((file_id, paths[0] if paths else None, text, where))
-            for extra in paths[1:]:
-                skipped.skip(file_id, extra, f"duplicate audio file (using {paths[0]})")
-        for stem in sorted(set(stems) - used):
-            for wav in stems[stem]:
+            if any(p in used for p in paths):  # another copy of a listed FileID's audio
+                skipped.skip(stem, wav, DUPLICATE_AUDIO)
+            else:
                 items.append((stem, wav, None, wav))
-    for wav in orphans:
-        stem = os.path.splitext(os.path.basename(wav))[0]
-        items.append((stem, wav, None, wav))
 
     rows, irregular = [], 0
     for file_id, wav, text, where in tqdm(items, desc=CORPUS, unit="file"):
@@ -175,14 +250,15 @@ def prepare_google_ne(
     Arguments
     ---------
     data_folder : str
-        Folder holding the unzipped ``en_ng_female/`` and ``en_ng_male/`` (or any folders
-        with a ``line_index.tsv`` and their WAVs).
+        Folder holding ``en_ng_female/`` and ``en_ng_male/`` (each zip unzipped into its own
+        folder), or any folders with ``line_index*.tsv`` files and their WAVs (module doc).
     save_folder : str
         Where ``train.csv``, ``valid.csv``, ``test.csv``, ``skipped.csv`` and
         ``prep_options.json`` go.
     valid_fraction, test_fraction : float
         Share of the speakers held out for validation and for test (the paper: ~10 % each);
-        each held-out set gets at least one speaker unless its fraction is 0.
+        each held-out set gets at least one speaker unless its fraction is 0: then its
+        manifest is not written (any split that comes out empty is an error).
     seed : int
         Seed of the speaker shuffle; the same seed and files give the same split.
 
@@ -197,7 +273,8 @@ def prepare_google_ne(
         "test_fraction": test_fraction,
         "seed": seed,
     }
-    if already_prepared(save_folder, MANIFESTS, options):
+    manifests = wanted_manifests(valid_fraction, test_fraction)
+    if already_prepared(save_folder, manifests, options):
         logger.info("%s already prepared in %s with the same options", CORPUS, save_folder)
         return None
     require(
@@ -207,16 +284,34 @@ def prepare_google_ne(
     )
     skipped = SkipLog()
     rows = _collect(data_folder, skipped)
+    if not rows:  # nothing to split: finish() says what was lost and why
+        finish(save_folder, {name: [] for name in manifests}, skipped, options, CORPUS,
+               likely_cause=LIKELY_CAUSE)
     train, valid, test = seeded_split(
         [row["spk_id"] for row in rows], valid_fraction, test_fraction, seed
     )
     logger.info("%s speakers: valid %s, test %s", CORPUS, sorted(valid), sorted(test))
-    splits = {
-        "train.csv": [r for r in rows if r["spk_id"] in train],
-        "valid.csv": [r for r in rows if r["spk_id"] in valid],
-        "test.csv": [r for r in rows if r["spk_id"] in test],
-    }
-    return finish(save_folder, splits, skipped, options, CORPUS)
+    speakers = {"train.csv": train, "valid.csv": valid, "test.csv": test}
+    splits = {name: [r for r in rows if r["spk_id"] in speakers[name]] for name in manifests}
+    remove_stale_manifests(save_folder, set(MANIFESTS) - set(manifests))
+    return finish(save_folder, splits, skipped, options, CORPUS, likely_cause=LIKELY_CAUSE)
+
+
+def wanted_manifests(valid_fraction, test_fraction):
+    """The manifests to write: a held-out set of fraction 0 gets none, since an empty
+    manifest loads in neither SpeechBrain's reader nor ours."""
+    fractions = {"train.csv": 1, "valid.csv": valid_fraction, "test.csv": test_fraction}
+    return [name for name in MANIFESTS if fractions[name] != 0]
+
+
+def remove_stale_manifests(save_folder, names):
+    """Remove manifests an earlier run with other options left, which this run does not
+    write (a stale valid.csv would hold speakers that are now in train)."""
+    for name in sorted(names):
+        path = os.path.join(save_folder, name)
+        if os.path.exists(path):
+            logger.info("%s: removing %s from an earlier run (not wanted now)", CORPUS, path)
+            os.remove(path)
 
 
 def main(argv=None):

@@ -9,8 +9,13 @@ Layout expected (``data_folder`` is the ``LibriSpeech`` folder or its parent)::
     LibriSpeech/test-clean/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac
     LibriSpeech/test-clean/<spk>/<chapter>/<spk>-<chapter>.trans.txt   "<utt id> <UPPERCASE TEXT>"
 
-Each requested split (``splits``; default test-clean and test-other; any LibriSpeech split
-name works) becomes ``<split with _ for ->.csv``: ``test_clean.csv``, ``test_other.csv``.
+Each split becomes ``<split with _ for ->.csv``: ``test_clean.csv``, ``test_other.csv``.
+Splits named in ``splits`` (any LibriSpeech split name works) must all be there. By default
+(``splits=None``) test-clean and test-other are prepared, or the one of them the user has:
+a missing one is left out with a warning (its manifest is not written), unless its tarball
+(``test-other.tar.gz``) lies in ``data_folder``, which means "extract it first" and is an
+error. A split folder that yields no utterance is an error too
+(:func:`data_prep.common.finish`), never an empty manifest.
 
 Text: LibriSpeech transcripts are uppercase without punctuation. ``wrd_raw`` keeps them
 exactly as given (no sentence casing is invented); ``wrd`` is their
@@ -45,6 +50,10 @@ CORPUS = "librispeech"
 SPLITS = ("test-clean", "test-other")
 FORMAT_VERSION = 1
 MALFORMED = "malformed .trans.txt line"
+LIKELY_CAUSE = (
+    "the split folder lacks <spk>/<chapter>/<spk>-<chapter>-<utt>.flac files with their "
+    "<spk>-<chapter>.trans.txt (an interrupted or partial extraction of the tarball)"
+)
 
 
 def manifest_name(split):
@@ -73,6 +82,29 @@ def find_root(data_folder, splits):
         + f" (missing: {', '.join(missing) or 'splits spread over two folders'})"
         + (f"; extract {', '.join(tars)} first" if tars else "")
     )
+
+
+def present_default_splits(data_folder):
+    """The default splits (test-clean, test-other) the user has, for ``splits=None``.
+
+    A missing one is left out with a warning; its tarball in ``data_folder`` (not yet
+    extracted), or none of them present, raise :class:`LayoutError` via :func:`find_root`.
+    """
+    require(os.path.isdir(data_folder),
+            f"LibriSpeech data_folder {data_folder!r} does not exist; expected "
+            f"LibriSpeech/{SPLITS[0]}/ (from {SPLITS[0]}.tar.gz) there")
+    for root in (os.path.join(data_folder, "LibriSpeech"), data_folder):
+        present = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
+        unextracted = [s for s in SPLITS if s not in present
+                       and os.path.isfile(os.path.join(data_folder, f"{s}.tar.gz"))]
+        if present and not unextracted:
+            missing = [s for s in SPLITS if s not in present]
+            if missing:
+                logger.warning("%s: %s not found under %s; preparing %s only (name the "
+                               "splits to require them)", CORPUS, ", ".join(missing), root,
+                               ", ".join(present))
+            return present
+    return list(SPLITS)  # find_root names what is missing
 
 
 def _read_split(split_dir, split, skipped):
@@ -106,7 +138,7 @@ def _read_split(split_dir, split, skipped):
     return rows
 
 
-def prepare_librispeech(data_folder, save_folder, splits=SPLITS, seed=None):
+def prepare_librispeech(data_folder, save_folder, splits=None, seed=None):
     """Write one manifest per LibriSpeech split into ``save_folder``.
 
     Arguments
@@ -116,14 +148,17 @@ def prepare_librispeech(data_folder, save_folder, splits=SPLITS, seed=None):
     save_folder : str
         Where ``test_clean.csv``, ``test_other.csv`` (one ``<split>.csv`` per split, ``-``
         written ``_``), ``skipped.csv`` and ``prep_options.json`` go.
-    splits : sequence of str
-        LibriSpeech split folders to prepare (default test-clean and test-other).
+    splits : sequence of str or None
+        LibriSpeech split folders to prepare, each required. None (default): test-clean and
+        test-other, or the one of them that is present (module doc).
     seed : ignored
         Accepted for a uniform signature; nothing is random here.
 
     Returns the summary ``{manifest: (utterances, hours)}``, or None when ``save_folder``
     already holds manifests prepared with the same options.
     """
+    if splits is None:
+        splits = present_default_splits(data_folder)
     splits = list(dict.fromkeys(splits))
     if not splits:
         raise ValueError("splits is empty")
@@ -142,7 +177,7 @@ def prepare_librispeech(data_folder, save_folder, splits=SPLITS, seed=None):
     out = {}
     for split, name in zip(splits, manifests):
         out[name] = _read_split(os.path.join(root, split), split, skipped)
-    return finish(save_folder, out, skipped, options, CORPUS)
+    return finish(save_folder, out, skipped, options, CORPUS, likely_cause=LIKELY_CAUSE)
 
 
 def main(argv=None):
@@ -153,8 +188,9 @@ def main(argv=None):
     parser.add_argument("--data_folder", required=True,
                         help="the LibriSpeech folder or the folder holding it")
     parser.add_argument("--save_folder", required=True, help="where the manifests are written")
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS),
-                        help="LibriSpeech split folders to prepare (default: %(default)s)")
+    parser.add_argument("--splits", nargs="+", default=None,
+                        help="LibriSpeech split folders to prepare, each required (default: "
+                        "test-clean and test-other, or the one of them that is present)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -10,7 +10,7 @@ from prep_fixtures_a import DIPCO_SESSIONS, make_dipco
 
 from aode.manifest import MANIFEST_COLUMNS, WAV_SEPARATOR, read_manifest, split_wav_field
 from aode.text import normalize_words
-from data_prep.common import LayoutError
+from data_prep.common import EmptyPreparationError, LayoutError
 from data_prep.dipco import clean_words, has_redacted, parse_time, prepare_dipco
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,10 +118,16 @@ def test_session_split(tmp_path):
     assert sessions["test"] == {"S01"}  # eval (S03's audio is unreadable)
     assert len(sessions["valid"]) == 1 and sessions["valid"] < dev
     assert sessions["train"] == dev - sessions["valid"]
+    # no valid sessions: no valid.csv (an empty one would load in neither SpeechBrain's
+    # reader nor ours), and a stale one from the earlier run is removed
     out2 = str(tmp_path / "none")
-    prepare_dipco(corpus["root"], out2, n_valid_sessions=0)
-    got = read_all(out2)
-    assert got["valid"] == [] and {r["ID"][:3] for r in got["train"]} == dev
+    prepare_dipco(corpus["root"], out2)
+    summary = prepare_dipco(corpus["root"], out2, n_valid_sessions=0)
+    assert list(summary) == ["train.csv", "test.csv"]
+    assert not os.path.exists(os.path.join(out2, "valid.csv"))
+    train = read_manifest(os.path.join(out2, "train.csv"))
+    assert {r["ID"][:3] for r in train} == dev
+    assert prepare_dipco(corpus["root"], out2, n_valid_sessions=0) is None
     seen = set()
     for seed in range(8):
         folder = str(tmp_path / f"seed{seed}")
@@ -148,8 +154,10 @@ def test_own_channel(tmp_path):
 def test_max_segment_and_merge(tmp_path):
     corpus = make_dipco(str(tmp_path / "data"))
     out = str(tmp_path / "short")
-    prepare_dipco(corpus["root"], out, max_segment_seconds=2.5)
-    rows = {r["ID"]: r for split in read_all(out).values() for r in split}
+    # no valid session: the mini corpus's held-out session has no utterance under 2.5 s, and
+    # an empty split is refused
+    prepare_dipco(corpus["root"], out, max_segment_seconds=2.5, n_valid_sessions=0)
+    rows = {r["ID"]: r for split in read_all_present(out).values() for r in split}
     short = {k for k, v in EXPECTED.items() if v[3] - v[2] <= 2.5}
     assert set(rows) == short
     skips = read_skips(out)
@@ -240,3 +248,87 @@ def test_command_line(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "test.csv: 4 utterances" in run.stdout
     assert "skipped 1: contains [redacted]" in run.stdout
+
+
+def test_sum_without_a_speakers_close_talk_file(tmp_path, caplog):
+    """A missing P file must not silently drop out of the sum: its speaker's utterances are
+    skipped with a reason, the others keep the sum of the files there, and a warning names
+    the session and the file."""
+    corpus = make_dipco(str(tmp_path / "data"))
+    os.remove(mic(corpus, "S02", "P06"))
+    out = str(tmp_path / "out")
+    with caplog.at_level("WARNING", logger="data_prep.dipco"):
+        prepare_dipco(corpus["root"], out, n_valid_sessions=0)
+    rows = {r["ID"]: r for split in read_all_present(out).values() for r in split}
+    lost = {uid("S02", "P06", 3.5, 5.51), uid("S02", "P06", 5.6, 7.36)}
+    assert set(rows) == set(EXPECTED) - lost
+    for key in (uid("S02", "P05", 0.5, 3.37), uid("S02", "P05", 9.2, 11.92)):
+        assert split_wav_field(rows[key]["wav"]) == [mic(corpus, "S02", "P05")]
+    skips = read_skips(out)
+    for key in lost:
+        assert skips[key]["reason"] == "close-talk audio file missing"
+        assert skips[key]["file"] == mic(corpus, "S02", "P06")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("S02" in w and "S02_P06.wav" in w for w in warnings), warnings
+
+
+def read_all_present(out):
+    return {name: read_manifest(os.path.join(out, name + ".csv"))
+            for name in ("train", "valid", "test")
+            if os.path.exists(os.path.join(out, name + ".csv"))}
+
+
+def test_missing_audio_fails_clearly_then_rerun_works(tmp_path):
+    """Only the transcriptions extracted for dev: train comes out empty, the error names the
+    likely cause, nothing is marked prepared; once the audio is there the rerun does the
+    work."""
+    corpus = make_dipco(str(tmp_path / "data"))
+    dev_audio = os.path.join(corpus["base"], "audio", "dev")
+    os.rename(dev_audio, dev_audio + ".later")
+    os.mkdir(dev_audio)
+    out = str(tmp_path / "out")
+    with pytest.raises(EmptyPreparationError) as err:
+        prepare_dipco(corpus["root"], out)
+    message = str(err.value)
+    assert "train.csv" in message and "no close-talk audio file for the session" in message
+    assert "partly extracted" in message
+    assert os.path.isfile(os.path.join(out, "skipped.csv"))
+    for name in ("train.csv", "valid.csv", "test.csv", "prep_options.json"):
+        assert not os.path.exists(os.path.join(out, name))
+    os.rmdir(dev_audio)
+    os.rename(dev_audio + ".later", dev_audio)
+    assert prepare_dipco(corpus["root"], out) is not None
+    assert len(read_manifest(os.path.join(out, "train.csv"))) > 0
+
+
+def test_own_mode_mostly_missing_audio_is_refused(tmp_path):
+    """More than half the utterances without their close-talk file: refused, not a small
+    manifest."""
+    corpus = make_dipco(str(tmp_path / "data"))
+    for session, (_, _, participants, _) in DIPCO_SESSIONS.items():
+        os.remove(mic(corpus, session, participants[0]))  # 8 utterances lost, 5 kept
+    with pytest.raises(EmptyPreparationError) as err:
+        prepare_dipco(corpus["root"], str(tmp_path / "out"), channel="own",
+                      n_valid_sessions=0)
+    assert "8 of 13 items were dropped" in str(err.value)
+    assert "close-talk audio file missing" in str(err.value)
+
+
+def test_command_line_exit_status(tmp_path):
+    corpus = make_dipco(str(tmp_path / "data"))
+    script = os.path.join(REPO, "data_prep", "dipco.py")
+    out = str(tmp_path / "out")
+    good = subprocess.run([sys.executable, script, "--data_folder", corpus["root"],
+                           "--save_folder", out, "--n_valid_sessions", "0"],
+                          capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    assert "train.csv:" in good.stdout and "valid.csv" not in good.stdout
+    eval_audio = os.path.join(corpus["base"], "audio", "eval")
+    for name in os.listdir(eval_audio):
+        os.remove(os.path.join(eval_audio, name))
+    bad = subprocess.run([sys.executable, script, "--data_folder", corpus["root"],
+                          "--save_folder", str(tmp_path / "again")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "test.csv came out empty" in errors[0]

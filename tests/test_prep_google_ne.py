@@ -3,6 +3,8 @@
 import filecmp
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -20,8 +22,9 @@ from prep_fixtures_b import (
 )
 
 from aode.text import normalize_words
-from data_prep.common import LayoutError
-from data_prep.google_ne import main, prepare_google_ne, speaker_of
+from aode.manifest import read_manifest
+from data_prep.common import EmptyPreparationError, LayoutError
+from data_prep.google_ne import main, parse_index_line, prepare_google_ne, speaker_of
 
 RATE = 48000
 REPO = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))
@@ -44,7 +47,19 @@ LINES = [
     ("en_ng_male", "ngm_00456_01444444444", "\t" + sentence(0)),
     ("en_ng_male", "ngm_00789_01555555555", "\t" + sentence(1)),
     ("en_ng_male", "ngm_00789_01666666666", "\t" + sentence(2)),
+    # a trailing tab, and an empty or filled middle field before a trailing tab: the
+    # sentence survives (HF's loader strips the line first)
+    ("en_ng_male", "ngm_00456_01555555555", "\t" + sentence(3) + "\t"),
+    ("en_ng_female", "ngf_00610_00777777777", "\t\t" + sentence(6)),
+    ("en_ng_female", "ngf_01208_00888888888", "\tMend the coat\t" + sentence(8) + "\t"),
 ]
+
+
+def hf_fields(line):
+    """The oracle: how HF datasets' openslr.py (``_generate_examples``, the branch SLR70
+    takes) splits an index line; it keeps the line when this gives exactly two fields."""
+    line = re.sub(r"\t[^\t]*\t", "\t", line.strip())
+    return re.split(r"\t\t?", line)
 
 
 def build_google_ne(root, flat=False):
@@ -55,7 +70,7 @@ def build_google_ne(root, flat=False):
         folder = "" if flat else folder
         wav = os.path.join(root, folder, file_id + ".wav")
         duration = write_audio(wav, i, RATE)
-        text = " ".join(rest.split("\t")[-1].split())
+        text = " ".join(hf_fields(file_id + rest)[1].split())
         expected[file_id] = {"duration": duration, "wav": wav, "spk_id": file_id[:9],
                              "wrd_raw": text, "wrd": normalize_words(text)}
         tsv.setdefault(folder, []).append(file_id + rest)
@@ -232,3 +247,168 @@ def test_runs_as_a_script():
     for option in ("--data_folder", "--save_folder", "--valid_fraction", "--test_fraction",
                    "--seed"):
         assert option in result.stdout
+
+
+@pytest.mark.parametrize("line", [
+    "ngf_00295_01314275188\tA thin stripe runs down the middle.\n",
+    "ngf_00295_01314275188\tA thin stripe runs down the middle.\t\n",  # trailing tab
+    "ngf_00295_01314275188\tA thin stripe runs down the middle.\t\t\r\n",
+    "ngf_00295_01314275188\tA thin stripe\tA thin stripe runs down the middle.\n",
+    "ngf_00295_01314275188\tA thin stripe\tA thin stripe runs down the middle.\t\n",
+    "ngf_00295_01314275188\t\tA thin stripe runs down the middle.\n",  # empty middle field
+    "  ngf_00295_01314275188\t A thin  stripe runs down the middle. \n",
+])
+def test_index_lines_parse_as_hf_loader(line):
+    """Every line HF's loader keeps gives its FileID and sentence (whitespace collapsed)."""
+    fields = hf_fields(line)
+    assert len(fields) == 2
+    assert parse_index_line(line) == (fields[0], " ".join(fields[1].split()))
+    assert parse_index_line(line) == ("ngf_00295_01314275188",
+                                      "A thin stripe runs down the middle.")
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("ngf_00295_00000000009 This line lost its tab\n", None),  # HF: one field, dropped
+    ("ngf_00295_00000000009\ta\tb\tc\n", None),  # HF: three fields, dropped
+    ("\tno FileID\n", None),
+    ("ngf_00295_00000000009\t  \n", ("ngf_00295_00000000009", "")),  # reported as empty text
+    ("ngf_00295_00000000009\t\t\n", ("ngf_00295_00000000009", "")),
+])
+def test_index_lines_hf_drops(line, expected):
+    assert parse_index_line(line) == expected
+
+
+def merge_into_one_folder(root):
+    """What ``unzip en_ng_female.zip -d X; unzip -o en_ng_male.zip -d X`` leaves: both zips
+    hold line_index.tsv at their root, so the male index replaces the female one. Returns X
+    and the two original index files' texts."""
+    merged = os.path.join(root, "merged")
+    texts = {}
+    for gender in ("female", "male"):
+        folder = os.path.join(root, f"en_ng_{gender}")
+        with open(os.path.join(folder, "line_index.tsv"), encoding="utf-8", newline="") as f:
+            texts[gender] = f.read()
+        os.makedirs(merged, exist_ok=True)
+        for name in os.listdir(folder):
+            os.replace(os.path.join(folder, name), os.path.join(merged, name))
+        os.rmdir(folder)
+    return merged, texts
+
+
+def moved(expected, folder):
+    return {k: dict(v, wav=os.path.join(folder, os.path.basename(v["wav"])))
+            for k, v in expected.items()}
+
+
+def test_both_zips_unzipped_into_one_folder_is_refused(gne):
+    data, save, _ = gne
+    merge_into_one_folder(data)
+    with pytest.raises(LayoutError) as err:
+        prepare_google_ne(data, save)
+    message = str(err.value)
+    assert "unzip each archive into its own folder" in message
+    assert "line_index_female.tsv" in message
+    assert re.search(r"\b10 ngf_\*\.wav", message)  # every female WAV, none indexed
+    assert "\n" not in message
+    assert not os.path.exists(os.path.join(save, "train.csv"))
+    assert not os.path.exists(os.path.join(save, "prep_options.json"))
+
+
+def test_separately_published_index_files_next_to_the_wavs(gne):
+    data, save, expected = gne
+    merged, texts = merge_into_one_folder(data)
+    # the user fetched line_index_{female,male}.tsv; the male zip's line_index.tsv stays
+    for gender, text in texts.items():
+        write_text(os.path.join(merged, f"line_index_{gender}.tsv"), text)
+    prepare_google_ne(data, save)
+    check_manifest_rows(sum(_all_rows(save).values(), []), moved(expected, merged))
+    skipped = read_csv(os.path.join(save, "skipped.csv"))
+    assert len(skipped) == 5  # the planted defects, each once: the repeated index counts once
+    assert not any("duplicate" in row["reason"] for row in skipped)
+
+
+def test_separate_index_files_above_the_unzipped_folders(gne):
+    data, save, expected = gne
+    for gender in ("female", "male"):
+        shutil.copy(os.path.join(data, f"en_ng_{gender}", "line_index.tsv"),
+                    os.path.join(data, f"line_index_{gender}.tsv"))
+    prepare_google_ne(data, save)
+    check_manifest_rows(sum(_all_rows(save).values(), []), expected)
+    skipped = read_csv(os.path.join(save, "skipped.csv"))
+    assert len({row["ID"] for row in skipped}) == 5  # the planted defects
+    assert not any("duplicate" in row["reason"] for row in skipped)
+
+
+def test_index_apart_from_its_wavs_fails_then_rerun_works(gne):
+    """Most WAVs unmatched (the indexes sit beside the audio folder, not above it): finish()
+    refuses with the likely cause, marks nothing prepared; fixed, the rerun does the work."""
+    data, save, expected = gne
+    audio = os.path.join(data, "audio")
+    for gender in ("female", "male"):
+        folder = os.path.join(data, f"en_ng_{gender}")
+        os.makedirs(audio, exist_ok=True)
+        for name in os.listdir(folder):
+            if name.endswith(".wav"):
+                os.replace(os.path.join(folder, name), os.path.join(audio, name))
+    with pytest.raises(EmptyPreparationError) as err:
+        prepare_google_ne(data, save)
+    assert "not in the same folder tree" in str(err.value)
+    assert os.path.isfile(os.path.join(save, "skipped.csv"))
+    assert not os.path.exists(os.path.join(save, "train.csv"))
+    assert not os.path.exists(os.path.join(save, "prep_options.json"))
+    for gender in ("female", "male"):  # fixed: the index files moved to the WAVs
+        os.replace(os.path.join(data, f"en_ng_{gender}", "line_index.tsv"),
+                   os.path.join(audio, f"line_index_{gender}.tsv"))
+    assert prepare_google_ne(data, save) is not None
+    check_manifest_rows(sum(_all_rows(save).values(), []), moved(expected, audio))
+
+
+def test_dollar_text_loads_in_speechbrain_and_ours(gne):
+    data, save, _ = gne
+    wav = os.path.join(data, "en_ng_male", "ngm_00789_01999999999.wav")
+    write_audio(wav, 5, RATE)
+    with open(os.path.join(data, "en_ng_male", "line_index.tsv"), "a", encoding="utf-8") as f:
+        f.write("ngm_00789_01999999999\tIt cost $20 and $.50 in all.\n")
+    prepare_google_ne(data, save)
+    found = []
+    for s in SPLITS:
+        path = os.path.join(save, f"{s}.csv")
+        ours = {r["ID"]: r for r in read_manifest(path)}
+        for item in load_with_speechbrain(path):
+            assert item["id"] in ours
+            if item["id"] == "ngm_00789_01999999999":
+                found.append((item["wrd_raw"], ours[item["id"]]["wrd_raw"]))
+    assert found == [("It cost \uff0420 and \uff04.50 in all.", "It cost $20 and $.50 in all.")]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "data_prep/google_ne.py", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_command_line_exit_status(gne, tmp_path):
+    data, save, expected = gne
+    good = _cli("--data_folder", data, "--save_folder", save)
+    assert good.returncode == 0, good.stderr
+    assert "train.csv:" in good.stdout and "test.csv:" in good.stdout
+    merge_into_one_folder(data)
+    bad = _cli("--data_folder", data, "--save_folder", str(tmp_path / "again"))
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and bad.stderr.rstrip("\n").endswith(errors[0])
+    assert "unzip each archive into its own folder" in errors[0]
+
+
+def test_zero_fraction_writes_no_manifest_for_that_set(gne):
+    """An empty manifest loads in neither reader (SpeechBrain's DynamicItemDataset raises on
+    one), so a held-out set of fraction 0 gets no file; a stale one is removed."""
+    data, save, expected = gne
+    prepare_google_ne(data, save)
+    summary = prepare_google_ne(data, save, valid_fraction=0)
+    assert list(summary) == ["train.csv", "test.csv"]
+    assert not os.path.exists(os.path.join(save, "valid.csv"))
+    ids = [item["id"] for s in ("train", "test")
+           for item in load_with_speechbrain(os.path.join(save, f"{s}.csv"))]
+    assert sorted(ids) == sorted(expected)
+    assert prepare_google_ne(data, save, valid_fraction=0) is None  # complete, so skipped

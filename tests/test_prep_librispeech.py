@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ from prep_fixtures_b import (
 )
 
 from aode.text import normalize_words
-from data_prep.common import LayoutError
+from data_prep.common import EmptyPreparationError, LayoutError
 from data_prep.librispeech import main, manifest_name, prepare_librispeech
 
 RATE = 16000
@@ -186,3 +187,69 @@ def test_runs_as_a_script():
     assert result.returncode == 0, result.stderr
     for option in ("--data_folder", "--save_folder", "--splits"):
         assert option in result.stdout
+
+
+def test_only_test_clean_present(libri, caplog):
+    """A user with test-clean only: the default prepares it and says test-other is missing;
+    no empty test_other.csv (finish() refuses empty splits, and no reader loads one)."""
+    parent, save, expected = libri
+    shutil.rmtree(os.path.join(parent, "LibriSpeech", "test-other"))
+    with caplog.at_level("WARNING", logger="data_prep.librispeech"):
+        summary = prepare_librispeech(parent, save)
+    assert list(summary) == ["test_clean.csv"]
+    assert not os.path.exists(os.path.join(save, "test_other.csv"))
+    check_manifest_rows(read_csv(os.path.join(save, "test_clean.csv")), expected["test-clean"])
+    items = load_with_speechbrain(os.path.join(save, "test_clean.csv"))
+    assert sorted(item["id"] for item in items) == sorted(expected["test-clean"])
+    assert any("test-other not found" in r.getMessage() for r in caplog.records)
+    assert prepare_librispeech(parent, save) is None  # prepared: skipped on a rerun
+    # named splits are each required
+    with pytest.raises(LayoutError, match="missing: test-other"):
+        prepare_librispeech(parent, save + "2", splits=["test-clean", "test-other"])
+
+
+def test_only_test_other_present_via_the_librispeech_folder(libri):
+    parent, save, expected = libri
+    shutil.rmtree(os.path.join(parent, "LibriSpeech", "test-clean"))
+    summary = prepare_librispeech(os.path.join(parent, "LibriSpeech"), save)
+    assert list(summary) == ["test_other.csv"]
+    check_manifest_rows(read_csv(os.path.join(save, "test_other.csv")), expected["test-other"])
+
+
+def test_split_folder_without_data_fails_then_rerun_works(libri):
+    """test-other extracted only partly (folders, no files): refused with the likely cause,
+    nothing marked prepared; once the files are there the rerun does the work."""
+    parent, save, expected = libri
+    other = os.path.join(parent, "LibriSpeech", "test-other")
+    shutil.move(other, other + ".full")
+    os.makedirs(os.path.join(other, "1688", "142285"))
+    with pytest.raises(EmptyPreparationError) as err:
+        prepare_librispeech(parent, save)
+    message = str(err.value)
+    assert "test_other.csv came out empty" in message and "partial extraction" in message
+    for name in MANIFESTS + ("prep_options.json",):
+        assert not os.path.exists(os.path.join(save, name))
+    shutil.rmtree(other)
+    shutil.move(other + ".full", other)
+    assert prepare_librispeech(parent, save) is not None
+    check_manifest_rows(read_csv(os.path.join(save, "test_other.csv")), expected["test-other"])
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "data_prep/librispeech.py", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_command_line_exit_status(libri, tmp_path):
+    parent, save, expected = libri
+    shutil.rmtree(os.path.join(parent, "LibriSpeech", "test-other"))
+    good = _cli("--data_folder", parent, "--save_folder", save)
+    assert good.returncode == 0, good.stderr
+    assert f"test_clean.csv: {len(expected['test-clean'])} utterances" in good.stdout
+    assert "test_other" not in good.stdout
+    with open(os.path.join(parent, "test-other.tar.gz"), "wb") as f:
+        f.write(b"\x1f\x8b")  # downloaded, not extracted: an error, not a silent omission
+    bad = _cli("--data_folder", parent, "--save_folder", str(tmp_path / "again"))
+    assert bad.returncode == 2 and bad.stdout == ""
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "extract test-other.tar.gz" in errors[0]
