@@ -26,6 +26,17 @@ def unwrap(module):
     return getattr(module, "module", module)
 
 
+def log_llrd_table(groups):
+    """Log the LLRD groups (name, parameters, learning rate) at the start of a run."""
+    lines = [f"{'group':<20} {'parameters':>14} {'lr':>11} {'x lr':>8}"]
+    for group in groups:
+        count = sum(p.numel() for p in group["params"])
+        lines.append(f"{group['name']:<20} {count:>14,d} {group['lr']:>11.3e} {group['lr_scale']:>8.4f}")
+    total = sum(p.numel() for g in groups for p in g["params"])
+    lines.append(f"{'total trainable':<20} {total:>14,d}")
+    logger.info("LLRD parameter groups:\n%s", "\n".join(lines))
+
+
 class ASRBrain(sb.Brain):
     """Brain for ``WhisperASR`` and ``CTCASR`` (``modules={"model": ...}``).
 
@@ -141,8 +152,7 @@ class ASRBrain(sb.Brain):
             self.modules.named_parameters(), lr=self._hp("lr", 1e-5), alpha=self._hp("llrd_alpha", 1.0),
             mode=self._hp("llrd_mode", "paper"), weight_decay=self._hp("weight_decay", 0.0),
         )
-        for group in groups:
-            logger.debug("group %s: lr scale %.4g, %d tensors", group["name"], group["lr_scale"], len(group["params"]))
+        log_llrd_table(groups)
         self.optimizer = torch.optim.AdamW(groups, betas=tuple(self._hp("adam_betas", (0.9, 0.98))))
         self.optimizers_dict = {"optimizer": self.optimizer}
         if self.checkpointer is not None:

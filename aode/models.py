@@ -13,6 +13,7 @@ Both take a hub id or a local model folder and export a standard transformers fo
 import json
 import logging
 import os
+import re
 import shutil
 
 import torch
@@ -33,6 +34,40 @@ _PROCESSOR_FILES = (
 
 def _looks_local(source):
     return os.path.isabs(source) or source.startswith((".", "~")) or os.path.exists(source)
+
+
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$|^[\w.-]+$")
+
+
+def resolve_model_folder(source):
+    """The local folder of ``source``: a folder as it is, a hub id resolved as
+    ``from_pretrained`` resolves it (the Hugging Face cache first; a download only when the
+    hub is reachable and ``HF_HUB_OFFLINE`` is not set). Raises FileNotFoundError saying how to
+    get the model when neither works."""
+    source = os.path.expanduser(os.fspath(source))
+    if os.path.isdir(source) or _looks_local(source) or not _REPO_ID.match(source):
+        if not os.path.isdir(source):
+            raise FileNotFoundError(f"model folder {source!r} does not exist")
+        return source
+    from huggingface_hub import snapshot_download
+
+    cache_dir = os.environ.get("HF_HUB_CACHE")  # read now, not at import (tests, notebooks)
+    try:
+        return snapshot_download(source, local_files_only=True, cache_dir=cache_dir)
+    except Exception as cached_error:  # noqa: BLE001 (any cache miss means: try the hub)
+        reason = cached_error
+    offline = any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+                  for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if not offline:
+        try:
+            return snapshot_download(source, cache_dir=cache_dir)
+        except Exception as download_error:  # noqa: BLE001
+            reason = download_error
+    raise FileNotFoundError(
+        f"{source!r} is neither a model folder nor a model in the Hugging Face cache, and it could "
+        f"not be downloaded ({type(reason).__name__}). Download it first where the hub is "
+        f"reachable (`hf download {source}`, or `from_pretrained` once) or give its folder."
+    )
 
 
 def load_config(source):
@@ -65,15 +100,67 @@ def detect_family(config):
     )
 
 
+# Integer config keys that fix tensor shapes or the layer structure (widths, depths, heads,
+# kernels, vocabularies, positions); dropouts, layerdrop and generation settings do not.
+_SHAPE_KEY = re.compile(
+    r"(size|dim|layers|heads|d_model|ffn|positions|kernel|channels|bins|subsampling|stride|vocab|groups)",
+    re.IGNORECASE)
+
+
 def architecture_signature(config):
-    """What two models must share to be fine-tuned from one another or averaged."""
-    return {"model_type": config.model_type, "vocab_size": getattr(config, "vocab_size", None)}
+    """What two models must share to be fine-tuned from one another or averaged: the model
+    type and every integer config key that fixes a shape or the depth, sub-configs included
+    (e.g. ``encoder_config.num_hidden_layers``)."""
+    def shape_keys(values, prefix=""):
+        out = {}
+        for key, value in sorted(values.items()):
+            if isinstance(value, dict):
+                out.update(shape_keys(value, f"{prefix}{key}."))
+            elif isinstance(value, int) and not isinstance(value, bool) and _SHAPE_KEY.search(key):
+                out[prefix + key] = value
+            elif isinstance(value, (list, tuple)) and value and _SHAPE_KEY.search(key) and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value):
+                out[prefix + key] = list(value)
+        return out
+
+    return {"model_type": config.model_type, "vocab_size": getattr(config, "vocab_size", None),
+            **shape_keys(config.to_dict())}
 
 
 def check_same_architecture(config, other, what, other_what):
+    """Raise ValueError naming the differing keys when the two configs' architectures differ."""
     sig, other_sig = architecture_signature(config), architecture_signature(other)
     if sig != other_sig:
-        raise ValueError(f"{what} has architecture {sig} but {other_what} has {other_sig}")
+        diff = {k: (sig.get(k), other_sig.get(k)) for k in sorted(set(sig) | set(other_sig))
+                if sig.get(k) != other_sig.get(k)}
+        shown = ", ".join(f"{k}: {a} vs {b}" for k, a, b in ((k, *v) for k, v in list(diff.items())[:6]))
+        raise ValueError(f"{what} and {other_what} have different architectures ({shown})")
+
+
+def set_layerdrop(hf_model, layerdrop):
+    """Set every layerdrop probability of ``hf_model`` (modules and config) to ``layerdrop``.
+
+    Hub configs carry a training-time layerdrop (parakeet-ctc-1.1b's converted config: 0.1;
+    NVIDIA fine-tuned without it), and transformers copies it into each stack at load time.
+    Skipped layers leave parameters without gradients, which DDP must be told about.
+    Returns the number of stacks changed.
+    """
+    changed = 0
+    for module in hf_model.modules():
+        if isinstance(getattr(module, "layerdrop", None), (int, float)) and not isinstance(module.layerdrop, bool):
+            module.layerdrop = float(layerdrop)
+            changed += 1
+
+    def set_in(config):
+        for key in list(vars(config)):
+            value = getattr(config, key)
+            if "layerdrop" in key and isinstance(value, (int, float)):
+                setattr(config, key, float(layerdrop))
+            elif hasattr(value, "to_dict") and hasattr(value, "model_type"):
+                set_in(value)
+
+    set_in(hf_model.config)
+    return changed
 
 
 def load_asr_model(source, family=None, **kwargs):
@@ -120,7 +207,7 @@ class WhisperASR(nn.Module):
     text_field = "wrd_raw"
 
     def __init__(self, source, save_path=None, language=None, task="transcribe",
-                 beam_size=1, max_decode_ratio=1.0, label_smoothing=0.0):
+                 beam_size=1, max_decode_ratio=1.0, label_smoothing=0.0, layerdrop=0.0):
         super().__init__()
         from speechbrain.integrations.huggingface.whisper import Whisper
 
@@ -131,6 +218,13 @@ class WhisperASR(nn.Module):
         self.beam_size = beam_size
         self.max_decode_ratio = max_decode_ratio
         self._searcher = None
+        set_layerdrop(self.hf_model, layerdrop)
+        self.freeze_fixed_parameters()
+
+    def freeze_fixed_parameters(self):
+        """Keep the encoder's sinusoidal positions fixed, as Whisper defines them (SpeechBrain's
+        wrapper makes every parameter trainable, and they would drift)."""
+        self.hf_model.encoder.embed_positions.requires_grad_(False)
 
     @property
     def hf_model(self):
@@ -210,13 +304,23 @@ class CTCASR(nn.Module):
 
     family = "ctc"
     text_field = "wrd"
+    # Decoding options of the attention family; the CTC family accepts and ignores them so
+    # that one hparams file drives both.
+    SEQ2SEQ_ONLY = {"beam_size", "label_smoothing", "max_decode_ratio", "language", "task"}
 
-    def __init__(self, source, save_path=None, **unused):
+    def freeze_fixed_parameters(self):
+        """Nothing in a CTC model is fixed by definition."""
+
+    def __init__(self, source, save_path=None, layerdrop=0.0, **seq2seq_options):
         super().__init__()
         from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer
 
+        unknown = set(seq2seq_options) - self.SEQ2SEQ_ONLY
+        if unknown:
+            raise TypeError(f"CTCASR got unknown options {sorted(unknown)}")
         self.source = source
         self.model = AutoModelForCTC.from_pretrained(source, cache_dir=save_path)
+        set_layerdrop(self.model, layerdrop)
         self.feature_extractor = AutoFeatureExtractor.from_pretrained(source, cache_dir=save_path)
         self._tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=save_path)
         self.blank_id = self.model.config.pad_token_id

@@ -13,9 +13,9 @@ import sys
 
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 
 from aode.brain import ASRBrain
+from aode.config import parse_command_line
 from aode.data import make_dataset
 from aode.lora import add_lora, has_lora, merge_lora
 from aode.models import check_same_architecture, load_asr_model, load_config
@@ -28,25 +28,9 @@ EXPERT_DIR = "expert"
 
 def load_hparams(argv, defaults=None):
     """SpeechBrain-style: ``hparams.yaml [--key value ...]``; returns (hparams, run_opts,
-    file, overrides). ``defaults`` are overrides the command line can still replace."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    given = overrides if isinstance(overrides, dict) else (load_hyperpyyaml(overrides) if overrides else {})
-    for key, value in (defaults or {}).items():
-        if key not in (given or {}):
-            overrides = _add_override(overrides, key, value)
-    if not os.path.isfile(hparams_file):
-        raise FileNotFoundError(f"hparams file not found: {hparams_file}")
-    with open(hparams_file, encoding="utf-8") as f:
-        hparams = load_hyperpyyaml(f, overrides)
-    return hparams, run_opts, hparams_file, overrides
-
-
-def _add_override(overrides, key, value):
-    import yaml
-
-    if isinstance(overrides, dict):
-        return {**overrides, key: value}
-    return (overrides or "") + "\n" + yaml.safe_dump({key: value})
+    file, overrides). ``defaults`` are overrides the command line can still replace; a mapping
+    on the command line replaces the file's (see :mod:`aode.config`)."""
+    return parse_command_line(argv, defaults)
 
 
 def freeze_non_encoder(hf_model):
@@ -73,7 +57,7 @@ def build_model(hparams):
     asr = load_asr_model(
         source, family=hparams.get("family"), save_path=hparams.get("pretrained_cache"),
         beam_size=hparams.get("beam_size", 1), label_smoothing=hparams.get("label_smoothing", 0.0),
-        max_decode_ratio=hparams.get("max_decode_ratio", 1.0),
+        max_decode_ratio=hparams.get("max_decode_ratio", 1.0), layerdrop=hparams.get("layerdrop", 0.0),
     )
     if hparams.get("freeze_decoder"):
         freeze_non_encoder(asr.hf_model)
@@ -81,6 +65,48 @@ def build_model(hparams):
         add_lora(asr.hf_model, rank=hparams["lora_rank"], alpha=hparams.get("lora_alpha"),
                  target_modules=hparams["lora_targets"], dropout=hparams.get("lora_dropout", 0.0))
     return asr, source
+
+
+# SpeechBrain run options that the hparams files set too. The command line wins over the YAML,
+# the YAML over SpeechBrain's defaults; the value that runs is written back into hparams, so
+# the sampler, the schedule's length and the exported provenance all see what ran.
+RUN_OPTIONS_IN_HPARAMS = ("precision", "eval_precision", "grad_accumulation_factor", "max_grad_norm",
+                          "find_unused_parameters")
+
+
+def resolve_run_options(hparams, run_opts=None):
+    """The run options given explicitly (command line or a dict), completed from ``hparams``.
+
+    ``run_opts`` is SpeechBrain's ``RunOptions`` (only its ``overridden_args`` count as given:
+    the others are SpeechBrain's defaults, which must not beat the YAML) or a plain dict.
+    ``hparams`` is updated in place with the values that will run. With ``layerdrop`` above 0,
+    DDP is told that some parameters get no gradient in a step (``find_unused_parameters``).
+    """
+    if run_opts is None:
+        given = {}
+    elif hasattr(run_opts, "overridden_args"):
+        given = {key: run_opts[key] for key in run_opts.overridden_args}
+    else:
+        given = dict(run_opts)
+    if (hparams.get("layerdrop") or 0) > 0:
+        given["find_unused_parameters"] = True
+    for key in RUN_OPTIONS_IN_HPARAMS:
+        if key in given:
+            hparams[key] = given[key]
+        elif hparams.get(key) is not None:
+            given[key] = hparams[key]
+    return given
+
+
+def log_training_plan(hparams, batches, total_steps, world_size):
+    """What the user is about to train: effective batch, steps, precision."""
+    accumulation = hparams.get("grad_accumulation_factor", 1)
+    logger.info(
+        "training plan: %d epochs x %d batches of %d per process = %d optimizer steps; effective batch %d "
+        "(batch %d x accumulation %d x %d processes); precision %s; layerdrop %s",
+        hparams["number_of_epochs"], batches, hparams["batch_size"], total_steps,
+        hparams["batch_size"] * accumulation * world_size, hparams["batch_size"], accumulation,
+        world_size, hparams.get("precision", "fp32"), hparams.get("layerdrop", 0.0))
 
 
 def train_loader_options(hparams, dataset):
@@ -102,9 +128,18 @@ def train_loader_options(hparams, dataset):
 
 
 def export_expert(brain, asr, folder, provenance):
-    """Recover the best-dev-WER checkpoint, fold LoRA in, write a model folder."""
-    if brain.checkpointer is not None and brain.checkpointer.find_checkpoint(min_key="WER") is not None:
-        brain.checkpointer.recover_if_possible(min_key="WER")
+    """Recover the best-dev-WER checkpoint's weights, fold LoRA in, write a model folder.
+
+    Only the model is recovered: the optimizer's state (twice the model's size with AdamW, 8 GiB
+    at 1.1B parameters) is dropped first and not read back.
+    """
+    if brain.optimizer is not None:
+        brain.optimizer.state.clear()
+    checkpointer = brain.checkpointer
+    if checkpointer is not None and checkpointer.find_checkpoint(min_key="WER") is not None:
+        model_only = sb.utils.checkpoints.Checkpointer(checkpointer.checkpoints_dir,
+                                                       recoverables={"model": asr})
+        model_only.recover_if_possible(min_key="WER")
     if has_lora(asr.hf_model):
         merged = merge_lora(asr.hf_model)
         provenance["lora_merged_modules"] = merged
@@ -135,7 +170,7 @@ def run(argv, prepare=None, corpus=None):
 
 def train_expert(hparams, run_opts=None, corpus=None):
     """Fine-tune and export; usable from Python with an already-loaded hparams dict."""
-    run_opts = dict(run_opts or {})
+    run_opts = resolve_run_options(hparams, run_opts)
     torch.manual_seed(hparams.get("seed", 0))
     output = hparams["output_folder"]
     os.makedirs(output, exist_ok=True)
@@ -149,6 +184,9 @@ def train_expert(hparams, run_opts=None, corpus=None):
     test_sets = {name: make_dataset(path, asr, hparams, check, skip_log) for name, path in test_csvs.items()}
     loader_kwargs, batches = train_loader_options(hparams, train_set)
     epochs = hparams["number_of_epochs"]
+    # Under DDP SpeechBrain splits each epoch's batches between the processes.
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    batches = math.ceil(batches / world_size)
     total_steps = max(1, epochs * batches // hparams.get("grad_accumulation_factor", 1))
     epoch_counter = sb.utils.epoch_loop.EpochCounter(epochs)
     scheduler = STLR(total_steps, hparams.get("peak_fraction", 0.1), hparams.get("stlr_ratio", 32.0))
@@ -159,10 +197,7 @@ def train_expert(hparams, run_opts=None, corpus=None):
     brain_hparams.update(
         scheduler=scheduler, epoch_counter=epoch_counter,
         train_logger=sb.utils.train_logger.FileTrainLogger(os.path.join(output, "train_log.txt")))
-    run_opts.setdefault("max_grad_norm", hparams.get("max_grad_norm", 5.0))
-    run_opts.setdefault("grad_accumulation_factor", hparams.get("grad_accumulation_factor", 1))
-    if hparams.get("precision"):
-        run_opts.setdefault("precision", hparams["precision"])
+    log_training_plan(hparams, batches, total_steps, world_size)
     brain = ASRBrain(modules={"model": asr}, opt_class=torch.optim.AdamW, hparams=brain_hparams,
                      run_opts=run_opts, checkpointer=checkpointer)
     eval_kwargs = {"batch_size": hparams.get("eval_batch_size", hparams["batch_size"]),

@@ -491,9 +491,12 @@ class LoraSource(ModelSource):
 
 
 def open_model(path, label=None):
-    """A model folder (or LoRA adapter folder) as a :class:`ModelSource`."""
-    path = os.fspath(path)
-    label = label or path
+    """A model folder, LoRA adapter folder or hub id (resolved through the Hugging Face cache
+    as ``from_pretrained`` does) as a :class:`ModelSource`."""
+    from aode.models import resolve_model_folder
+
+    label = label or os.fspath(path)
+    path = resolve_model_folder(path)
     if is_lora_folder(path):
         return LoraSource(path, label)
     kind, files = find_weight_files(path)

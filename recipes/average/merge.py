@@ -13,22 +13,23 @@ import logging
 import os
 import sys
 
-from hyperpyyaml import load_hyperpyyaml
-import speechbrain as sb
-
+from aode.config import parse_command_line
 from aode.evaluate import evaluate_models
 from aode.merge import merge_models
+from aode.models import resolve_model_folder
 from aode.report import write_report
 
 
 def main(argv):
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    hparams_file, _, overrides = sb.parse_arguments(argv)
-    with open(hparams_file, encoding="utf-8") as f:
-        hp = load_hyperpyyaml(f, overrides)
+    hp = parse_command_line(argv)[0]
     experts = collections.OrderedDict(hp["experts"])
     if not experts:
         raise ValueError("hparams name no experts to merge")
+    # Before any work: every member and the original must be reachable (a hub id through the
+    # Hugging Face cache, as from_pretrained finds it).
+    original = resolve_model_folder(hp["original"])
+    experts = collections.OrderedDict((name, resolve_model_folder(path)) for name, path in experts.items())
     out = hp["output_folder"]
     merged = os.path.join(out, "merged")
     weights = hp.get("weights")
@@ -37,12 +38,12 @@ def main(argv):
                                                          if hp.get("include_original") else [])
     if not os.path.isfile(os.path.join(merged, "config.json")):
         merge_models(list(experts.values()), merged, method=hp.get("method", "average"), weights=weights,
-                     base=hp["original"], include_base=hp.get("include_original", False),
+                     base=original, include_base=hp.get("include_original", False),
                      options=hp.get("method_options"), weight_rules=hp.get("weight_rules"), seed=hp.get("seed", 0))
         print(f"merged model written to {merged}")
     else:
         print(f"merged model found in {merged}")
-    models = collections.OrderedDict([(hp.get("original_name", "original"), hp["original"])])
+    models = collections.OrderedDict([(hp.get("original_name", "original"), original)])
     if hp.get("evaluate_experts", True):
         models.update(experts)
     models.update(hp.get("extra_models") or {})

@@ -11,17 +11,13 @@ Stages are resumable: rerunning skips finished experts, merges and evaluations.
 import logging
 import sys
 
-from hyperpyyaml import load_hyperpyyaml
-import speechbrain as sb
-
+from aode.config import parse_command_line
 from aode.experiment import Experiment
 
 
 def main(argv):
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    hparams_file, _, overrides = sb.parse_arguments(argv)
-    with open(hparams_file, encoding="utf-8") as f:
-        hparams = load_hyperpyyaml(f, overrides)
+    hparams = parse_command_line(argv)[0]
     experiment = Experiment(hparams)
     outputs = experiment.run()
     for name, text in outputs.items():
