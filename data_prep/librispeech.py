@@ -4,7 +4,8 @@ What the paper did: every model (pretrained, experts, merges) is evaluated on Li
 test-clean and test-other, and "Forgetting %" compares their WER with the pretrained model's
 (paper Tables VII, VIII). No LibriSpeech audio is used for training.
 
-Layout expected (``data_folder`` is the ``LibriSpeech`` folder or its parent)::
+Layout expected (``data_folder`` is the ``LibriSpeech`` folder or its parent; the same layout
+lhotse's ``recipes/librispeech.py`` and the HF ``librispeech_asr`` loader read)::
 
     LibriSpeech/test-clean/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac
     LibriSpeech/test-clean/<spk>/<chapter>/<spk>-<chapter>.trans.txt   "<utt id> <UPPERCASE TEXT>"
