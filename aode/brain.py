@@ -56,25 +56,12 @@ class ASRBrain(sb.Brain):
     # ------------------------------------------------------------------ forward / loss
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
-        wavs, wav_lens = batch.sig
-        if self.asr.family == "whisper":
-            tokens_bos, _ = batch.tokens_bos
-            return self.modules.model(wavs, wav_lens, tokens_bos)
-        return self.modules.model(wavs, wav_lens)
+        return self.modules.model(*self.asr.batch_inputs(batch))
 
     def compute_objectives(self, predictions, batch, stage):
-        if self.asr.family == "whisper":
-            tokens, lens = batch.tokens_eos
-        else:
-            tokens, lens = batch.tokens
-        loss = self.asr.loss(predictions, tokens, lens)
+        loss = self.asr.loss(predictions, *self.asr.batch_targets(batch))
         if stage != sb.Stage.TRAIN:
-            wavs, wav_lens = batch.sig
-            if self.asr.family == "whisper":
-                hyps = self.asr.transcribe(wavs, wav_lens, encoder_out=predictions["encoder_out"])
-            else:
-                hyps = self.asr.transcribe(wavs, wav_lens, outputs=predictions)
-            self._score(batch.id, hyps, batch.text)
+            self._score(batch.id, self.asr.transcribe_outputs(predictions, batch), batch.text)
         return loss
 
     def _score(self, ids, hyps, refs):
@@ -166,7 +153,7 @@ class ASRBrain(sb.Brain):
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         scheduler = self._hp("scheduler")
         if should_step and scheduler is not None:
-            scheduler.current_step += 1
+            scheduler.step(self.optimizer)
 
     def optimizers_step(self):
         """SpeechBrain's step, but clipping the gradient norm over EVERY parameter group."""

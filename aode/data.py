@@ -21,6 +21,10 @@ from aode.manifest import read_manifest, split_wav_field
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+# How far a segment's stop may lie past the end of its file: manifests round times to the
+# millisecond and corpora's own timings overshoot a little. One value for the manifest check
+# and the reader, so a row the check accepts is never refused later in the middle of training.
+END_TOLERANCE_SECONDS = 0.05
 
 
 @functools.lru_cache(maxsize=16)
@@ -36,8 +40,7 @@ def read_audio_segment(wav, start=0.0, stop=None, sample_rate=SAMPLE_RATE):
         info = sf.info(path)
         first = int(round(float(start) * info.samplerate))
         last = info.frames if stop is None else int(round(float(stop) * info.samplerate))
-        # manifests round times to the millisecond: tolerate 10 ms past the end
-        if first < 0 or last > info.frames + info.samplerate // 100 or last <= first:
+        if first < 0 or last > info.frames + END_TOLERANCE_SECONDS * info.samplerate or last <= first:
             raise ValueError(
                 f"segment {start}-{stop} s is outside {path} ({info.frames / info.samplerate:.3f} s)"
             )
@@ -70,7 +73,7 @@ def check_manifest(path, check_audio=True):
             for file in split_wav_field(row["wav"]):
                 try:
                     info = sf.info(file)
-                    if float(row["stop"]) > info.frames / info.samplerate + 0.05:
+                    if float(row["stop"]) > info.frames / info.samplerate + END_TOLERANCE_SECONDS:
                         raise ValueError("segment runs past the end of the audio")
                 except Exception as err:  # soundfile raises several types
                     bad.append((row["ID"], f"{file}: {err}"))
@@ -109,31 +112,20 @@ def make_dataset(path, model, hparams, check_audio=True, skip_log=None):
 
 
 def add_pipelines(dataset, model):
-    """Audio (``sig``) and text (``text``, ``tokens``... per model family) pipelines."""
+    """Audio (``sig``) and text (``text`` and the model family's ``text_keys``) pipelines."""
 
     @sb.utils.data_pipeline.takes("wav", "start", "stop")
     @sb.utils.data_pipeline.provides("sig")
     def audio_pipeline(wav, start, stop):
         return read_audio_segment(wav, float(start), float(stop))
 
-    if model.family == "whisper":
-        @sb.utils.data_pipeline.takes(model.text_field)
-        @sb.utils.data_pipeline.provides("text", "tokens_bos", "tokens_eos")
-        def text_pipeline(text):
-            yield text
-            bos, eos = model.encode_text(text)
-            yield bos
-            yield eos
+    @sb.utils.data_pipeline.takes(model.text_field)
+    @sb.utils.data_pipeline.provides("text", *model.text_keys)
+    def text_pipeline(text):
+        yield text
+        yield from model.text_items(text)
 
-        keys = ["id", "sig", "text", "tokens_bos", "tokens_eos"]
-    else:
-        @sb.utils.data_pipeline.takes(model.text_field)
-        @sb.utils.data_pipeline.provides("text", "tokens")
-        def text_pipeline(text):
-            yield text
-            yield model.encode_text(text)
-
-        keys = ["id", "sig", "text", "tokens"]
+    keys = ["id", "sig", "text", *model.text_keys]
     dataset.add_dynamic_item(audio_pipeline)
     dataset.add_dynamic_item(text_pipeline)
     dataset.set_output_keys(keys)

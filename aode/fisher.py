@@ -34,30 +34,17 @@ import random
 import torch
 from tqdm.auto import tqdm
 
-from aode.merge.fisher import FISHER_FILE, save_fisher
+from aode.fisher_file import fisher_path, load_fisher, save_fisher
 
 logger = logging.getLogger(__name__)
 
+# The file format (name, keys, dtype) is aode.fisher_file's; its reader and path are
+# re-exported here for the estimator's users.
 __all__ = ["estimate_fisher", "load_fisher", "fisher_path"]
 
 
-def fisher_path(model_folder):
-    """Where :func:`estimate_fisher` writes by default and Fisher merging reads by default."""
-    return os.path.join(os.fspath(model_folder), FISHER_FILE)
-
-
-def load_fisher(path):
-    """``{tensor name: float32 tensor}`` of a Fisher file (or a model folder's)."""
-    from safetensors.torch import load_file
-
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = fisher_path(path)
-    return load_file(path)
-
-
 def _weight_names(model_folder):
-    from aode.merge.io import open_model
+    from aode.merge.read import open_model
 
     src = open_model(model_folder)
     try:
@@ -71,9 +58,9 @@ def _name_map(asr, model_folder):
     ``WhisperForConditionalGeneration`` prefixes the ``WhisperModel`` names with ``model.``)."""
     stored = _weight_names(model_folder)
     mapping, unmatched = {}, []
-    for name, param in asr.hf_model.named_parameters():
-        if not param.requires_grad:
-            continue
+    # Every stored parameter gets a Fisher, frozen ones too (Whisper's fixed sinusoidal
+    # positions): the fisher merge needs one per tensor, and estimation enables gradients.
+    for name, _ in asr.hf_model.named_parameters():
         for candidate in (name, f"model.{name}"):
             if candidate in stored:
                 mapping[name] = candidate
@@ -100,16 +87,7 @@ def _subset(dataset, n_utterances, seed):
 
 
 def _batch_loss(asr, batch, device):
-    batch = batch.to(device)
-    wavs, wav_lens = batch.sig
-    if asr.family == "whisper":
-        tokens_bos, _ = batch.tokens_bos
-        tokens, lens = batch.tokens_eos
-        outputs = asr(wavs, wav_lens, tokens_bos)
-    else:
-        tokens, lens = batch.tokens
-        outputs = asr(wavs, wav_lens)
-    return asr.loss(outputs, tokens, lens)
+    return asr.batch_loss(batch.to(device))
 
 
 def estimate_fisher(model_folder, manifest, out_path=None, n_utterances=200, batch_size=8, seed=0,
@@ -186,9 +164,6 @@ def estimate_fisher(model_folder, manifest, out_path=None, n_utterances=200, bat
     if skipped:
         logger.warning("Fisher of %s: %d utterances skipped (non-finite loss)", model_folder, skipped)
     fisher = {names[name]: (s / counted).cpu() for name, s in sums.items()}
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = out_path + f".tmp-{os.getpid()}.safetensors"
-    save_fisher(tmp, fisher)
-    os.replace(tmp, out_path)
+    save_fisher(out_path, fisher)  # atomic; creates the folder
     logger.info("Fisher of %s from %d utterances written to %s", model_folder, counted, out_path)
     return fisher

@@ -60,8 +60,11 @@ def lr_scales(names, alpha, mode="paper"):
 def llrd_param_groups(named_parameters, lr, alpha=1.0, mode="paper", weight_decay=0.0):
     """Optimizer parameter groups implementing LLRD (only parameters that require grad).
 
-    Returns a list of dicts with ``params``, ``lr``, ``initial_lr``, ``lr_scale``,
-    ``name`` and ``weight_decay``, ordered from the lowest rate up.
+    Biases and normalisation weights (every parameter with at most one dimension) get no
+    weight decay, as in timm's ``param_groups_layer_decay``: with ``weight_decay`` above 0 each
+    layer's group is split into ``<group>`` and ``<group>.no_decay``, both at the layer's rate.
+    Returns a list of dicts with ``params``, ``lr``, ``initial_lr``, ``lr_scale``, ``name``
+    and ``weight_decay``, ordered from the lowest rate up.
     """
     named = [(n, p) for n, p in named_parameters if p.requires_grad]
     if not named:
@@ -70,10 +73,13 @@ def llrd_param_groups(named_parameters, lr, alpha=1.0, mode="paper", weight_deca
     grouped = collections.OrderedDict()
     for name, param in named:
         group, scale = scales[name]
-        grouped.setdefault((group, scale), []).append(param)
+        decays = weight_decay > 0 and param.ndim > 1
+        if weight_decay > 0 and not decays:
+            group += ".no_decay"
+        grouped.setdefault((group, scale, decays), []).append(param)
     groups = [
         {"params": params, "name": group, "lr_scale": scale, "lr": lr * scale,
-         "initial_lr": lr * scale, "weight_decay": weight_decay}
-        for (group, scale), params in grouped.items()
+         "initial_lr": lr * scale, "weight_decay": weight_decay if decays else 0.0}
+        for (group, scale, decays), params in grouped.items()
     ]
     return sorted(groups, key=lambda g: (g["lr_scale"], g["name"]))

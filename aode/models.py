@@ -10,26 +10,19 @@ Both take a hub id or a local model folder and export a standard transformers fo
 (:meth:`export`) that ``from_pretrained`` and ``transformers.pipeline`` load.
 """
 
-import json
 import logging
 import os
 import re
-import shutil
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-logger = logging.getLogger(__name__)
+# Model-folder files (provenance, processor files) are aode.model_folder's; re-exported here.
+from aode.model_folder import (PROVENANCE_FILE, copy_processor_files, read_provenance,  # noqa: F401
+                               write_provenance)
 
-PROVENANCE_FILE = "aode.json"
-FAMILIES = ("whisper", "ctc")
-_PROCESSOR_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-    "special_tokens_map.json", "added_tokens.json", "preprocessor_config.json",
-    "processor_config.json", "normalizer.json", "generation_config.json",
-    "tokenizer.model", "spm.model",
-)
+logger = logging.getLogger(__name__)
 
 
 def _looks_local(source):
@@ -70,8 +63,10 @@ def resolve_model_folder(source):
     )
 
 
-def load_config(source):
-    """The transformers config of a hub id or folder, with a clear error when missing."""
+def load_hf_config(source):
+    """The transformers config object (``AutoConfig``) of a hub id or folder, with a clear error
+    when missing. (A model folder's config.json as a plain dict:
+    :func:`aode.model_folder.read_config_json`.)"""
     from transformers import AutoConfig
 
     source = str(source)
@@ -85,18 +80,25 @@ def load_config(source):
     return AutoConfig.from_pretrained(source)
 
 
-def detect_family(config):
-    """'whisper' or 'ctc' from a transformers config; ValueError for anything else."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING_NAMES
+FAMILIES = {}  # name -> ASRModel subclass, in registration order
 
-    if config.model_type == "whisper":
-        return "whisper"
+
+def register_family(cls):
+    """Class decorator: make a model family known to :func:`load_asr_model` (the only place
+    that chooses a family; a new family is one new class)."""
+    FAMILIES[cls.family] = cls
+    return cls
+
+
+def detect_family(config):
+    """The registered family name that handles a transformers config; ValueError otherwise."""
+    for name, cls in FAMILIES.items():
+        if cls.handles(config):
+            return name
     archs = getattr(config, "architectures", None) or []
-    if config.model_type in MODEL_FOR_CTC_MAPPING_NAMES or any(a.endswith("ForCTC") for a in archs):
-        return "ctc"
     raise ValueError(
         f"unknown model type {config.model_type!r} (architectures {archs}): AoDE supports "
-        "Whisper and CTC models (ParakeetForCTC, AutoModelForCTC)"
+        f"{', '.join(FAMILIES)} models (e.g. Whisper; ParakeetForCTC and any AutoModelForCTC)"
     )
 
 
@@ -168,35 +170,70 @@ def load_asr_model(source, family=None, **kwargs):
 
     ``family`` (``"whisper"``/``"ctc"``), when given, must match the checkpoint.
     """
-    config = load_config(source)
+    config = load_hf_config(source)
     found = detect_family(config)
     if family is not None and family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; choose one of {FAMILIES}")
+        raise ValueError(f"unknown model family {family!r}; choose one of {tuple(FAMILIES)}")
     if family is not None and family != found:
         raise ValueError(f"hparams say model family {family!r} but {source!r} is a {found} model")
-    cls = WhisperASR if found == "whisper" else CTCASR
-    return cls(str(source), **kwargs)
+    return FAMILIES[found](str(source), **kwargs)
 
 
-def write_provenance(folder, info):
-    with open(os.path.join(folder, PROVENANCE_FILE), "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=1, default=str)
+class ASRModel(nn.Module):
+    """What every model family provides; the Brain, the data pipelines, Fisher estimation and
+    the benchmarks use only this, so nothing outside this module branches on the family.
+
+    A family sets ``family`` (its name), ``text_field`` (the manifest column it trains on:
+    ``wrd`` or ``wrd_raw``) and ``text_keys`` (the batch keys that :meth:`text_items` makes),
+    and implements the methods below. Register it with :func:`register_family`.
+    """
+
+    family = None
+    text_field = "wrd"
+    text_keys = ("tokens",)
+
+    @classmethod
+    def handles(cls, config):
+        """True when this family loads a checkpoint with this transformers config."""
+        raise NotImplementedError
+
+    def text_items(self, text):
+        """The training targets of one transcript, one tensor per name in ``text_keys``."""
+        raise NotImplementedError
+
+    def batch_inputs(self, batch):
+        """The positional arguments of :meth:`forward` for a SpeechBrain batch (on device)."""
+        raise NotImplementedError
+
+    def batch_targets(self, batch):
+        """``(tokens, relative lengths)`` that :meth:`loss` compares the outputs with."""
+        raise NotImplementedError
+
+    def loss(self, outputs, tokens, tokens_lens):
+        raise NotImplementedError
+
+    def transcribe_outputs(self, outputs, batch):
+        """Hypothesis texts for a batch whose forward outputs are already computed."""
+        raise NotImplementedError
+
+    def transcribe(self, wavs, wav_lens):
+        """Hypothesis texts for a padded batch of 16 kHz waveforms."""
+        raise NotImplementedError
+
+    def export(self, folder, provenance=None):
+        """Write a transformers model folder (with processor files and ``aode.json``)."""
+        raise NotImplementedError
+
+    def freeze_fixed_parameters(self):
+        """Re-freeze what the architecture defines as fixed (after LoRA or a merge unfroze it)."""
+
+    def batch_loss(self, batch):
+        """Forward and loss of one batch, as a bare training loop or Fisher estimation needs."""
+        return self.loss(self(*self.batch_inputs(batch)), *self.batch_targets(batch))
 
 
-def read_provenance(folder):
-    """A model folder's ``aode.json``; None when it has none or it cannot be read."""
-    path = os.path.join(folder, PROVENANCE_FILE)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        logger.warning("unreadable provenance file %s", path)
-        return None
-
-
-class WhisperASR(nn.Module):
+@register_family
+class WhisperASR(ASRModel):
     """Whisper through SpeechBrain's wrapper; cross-entropy training, S2S searchers.
 
     Training targets are the raw cased, punctuated text (``wrd_raw``) tokenised with the
@@ -205,6 +242,11 @@ class WhisperASR(nn.Module):
 
     family = "whisper"
     text_field = "wrd_raw"
+    text_keys = ("tokens_bos", "tokens_eos")
+
+    @classmethod
+    def handles(cls, config):
+        return config.model_type == "whisper"
 
     def __init__(self, source, save_path=None, language=None, task="transcribe",
                  beam_size=1, max_decode_ratio=1.0, label_smoothing=0.0, layerdrop=0.0):
@@ -243,6 +285,20 @@ class WhisperASR(nn.Module):
         ids = self.tokenizer.encode(" " + text.strip(), add_special_tokens=False)
         full = list(self.tokenizer.prefix_tokens) + ids + [self.whisper.eos]
         return torch.LongTensor(full[:-1]), torch.LongTensor(full[1:])
+
+    def text_items(self, text):
+        return self.encode_text(text)
+
+    def batch_inputs(self, batch):
+        wavs, wav_lens = batch.sig
+        return wavs, wav_lens, batch.tokens_bos[0]
+
+    def batch_targets(self, batch):
+        return batch.tokens_eos
+
+    def transcribe_outputs(self, outputs, batch):
+        wavs, wav_lens = batch.sig
+        return self.transcribe(wavs, wav_lens, encoder_out=outputs["encoder_out"])
 
     def forward(self, wavs, wav_lens, tokens_bos):
         enc, logits, _ = self.whisper(wavs, tokens_bos)
@@ -291,11 +347,12 @@ class WhisperASR(nn.Module):
         full.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         self.whisper.feature_extractor.save_pretrained(folder)
-        _copy_extra_files(self.source, folder)
+        copy_processor_files(self.source, folder, overwrite=False)
         write_provenance(folder, provenance or {})
 
 
-class CTCASR(nn.Module):
+@register_family
+class CTCASR(ASRModel):
     """Any transformers CTC model with its processor; greedy CTC decoding.
 
     Training targets are ``wrd`` (lowercase, apostrophes kept), the text form of
@@ -307,6 +364,25 @@ class CTCASR(nn.Module):
     # Decoding options of the attention family; the CTC family accepts and ignores them so
     # that one hparams file drives both.
     SEQ2SEQ_ONLY = {"beam_size", "label_smoothing", "max_decode_ratio", "language", "task"}
+
+    @classmethod
+    def handles(cls, config):
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING_NAMES
+
+        archs = getattr(config, "architectures", None) or []
+        return config.model_type in MODEL_FOR_CTC_MAPPING_NAMES or any(a.endswith("ForCTC") for a in archs)
+
+    def text_items(self, text):
+        return (self.encode_text(text),)
+
+    def batch_inputs(self, batch):
+        return batch.sig
+
+    def batch_targets(self, batch):
+        return batch.tokens
+
+    def transcribe_outputs(self, outputs, batch):
+        return self.transcribe(*batch.sig, outputs=outputs)
 
     def freeze_fixed_parameters(self):
         """Nothing in a CTC model is fixed by definition."""
@@ -398,15 +474,5 @@ class CTCASR(nn.Module):
         self.model.save_pretrained(folder)
         self.feature_extractor.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
-        _copy_extra_files(self.source, folder)
+        copy_processor_files(self.source, folder, overwrite=False)
         write_provenance(folder, provenance or {})
-
-
-def _copy_extra_files(source, folder):
-    """Processor files of a local source that the save_pretrained calls did not write."""
-    if not os.path.isdir(source):
-        return
-    for name in _PROCESSOR_FILES:
-        src, dst = os.path.join(source, name), os.path.join(folder, name)
-        if os.path.isfile(src) and not os.path.exists(dst):
-            shutil.copy2(src, dst)

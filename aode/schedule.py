@@ -28,8 +28,8 @@ def stlr_factor(step, total_steps, peak_fraction=0.1, ratio=32.0):
 class STLR:
     """Sets every group's ``lr`` to ``initial_lr * stlr_factor(step)``; checkpointable.
 
-    Call :meth:`step` once per optimizer step (the Brain does, after each update) and
-    :meth:`apply` before the first one.
+    The Brain calls :meth:`apply` before every batch (so a run resumed from a checkpoint starts
+    at the right rate) and :meth:`step` after every optimizer update.
     """
 
     def __init__(self, total_steps, peak_fraction=0.1, ratio=32.0):

@@ -14,11 +14,12 @@ import sys
 import speechbrain as sb
 import torch
 
+from aode.atomic import atomic_folder
 from aode.brain import ASRBrain
 from aode.config import parse_command_line
 from aode.data import make_dataset
 from aode.lora import add_lora, has_lora, merge_lora
-from aode.models import check_same_architecture, load_asr_model, load_config
+from aode.models import check_same_architecture, load_asr_model, load_hf_config
 from aode.schedule import STLR
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def build_model(hparams):
     """The ASR model of the run: ``init_from`` (an earlier expert or merge) or ``model_source``."""
     source = hparams.get("init_from") or hparams["model_source"]
     if hparams.get("init_from"):
-        check_same_architecture(load_config(hparams["init_from"]), load_config(hparams["model_source"]),
+        check_same_architecture(load_hf_config(hparams["init_from"]), load_hf_config(hparams["model_source"]),
                                 f"init_from {hparams['init_from']!r}", f"model_source {hparams['model_source']!r}")
     asr = load_asr_model(
         source, family=hparams.get("family"), save_path=hparams.get("pretrained_cache"),
@@ -75,12 +76,15 @@ RUN_OPTIONS_IN_HPARAMS = ("precision", "eval_precision", "grad_accumulation_fact
 
 
 def resolve_run_options(hparams, run_opts=None):
-    """The run options given explicitly (command line or a dict), completed from ``hparams``.
+    """The run options given explicitly (command line or a dict); ``hparams`` gets the values
+    that will run.
 
     ``run_opts`` is SpeechBrain's ``RunOptions`` (only its ``overridden_args`` count as given:
-    the others are SpeechBrain's defaults, which must not beat the YAML) or a plain dict.
-    ``hparams`` is updated in place with the values that will run. With ``layerdrop`` above 0,
-    DDP is told that some parameters get no gradient in a step (``find_unused_parameters``).
+    the others are SpeechBrain's defaults, which must not beat the YAML) or a plain dict. An
+    option given explicitly is written into ``hparams``; the rest stay as the YAML has them, and
+    the Brain reads them from there (SpeechBrain's own rule: default < hparams < given). With
+    ``layerdrop`` above 0, DDP is told that some parameters get no gradient in a step
+    (``find_unused_parameters``), whatever was given.
     """
     if run_opts is None:
         given = {}
@@ -88,13 +92,12 @@ def resolve_run_options(hparams, run_opts=None):
         given = {key: run_opts[key] for key in run_opts.overridden_args}
     else:
         given = dict(run_opts)
-    if (hparams.get("layerdrop") or 0) > 0:
-        given["find_unused_parameters"] = True
     for key in RUN_OPTIONS_IN_HPARAMS:
         if key in given:
             hparams[key] = given[key]
-        elif hparams.get(key) is not None:
-            given[key] = hparams[key]
+    if (hparams.get("layerdrop") or 0) > 0:
+        given.pop("find_unused_parameters", None)
+        hparams["find_unused_parameters"] = True
     return given
 
 
@@ -142,15 +145,11 @@ def export_expert(brain, asr, folder, provenance):
         model_only.recover_if_possible(min_key="WER")
     if has_lora(asr.hf_model):
         merged = merge_lora(asr.hf_model)
+        asr.freeze_fixed_parameters()
         provenance["lora_merged_modules"] = merged
     if sb.utils.distributed.if_main_process():
-        tmp = folder + ".tmp"
-        asr.export(tmp, provenance)
-        if os.path.isdir(folder):
-            import shutil
-
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        with atomic_folder(folder, overwrite=True) as tmp:
+            asr.export(tmp, provenance)
     return folder
 
 
@@ -223,7 +222,15 @@ def train_expert(hparams, run_opts=None, corpus=None):
 
 
 def main(argv=None, prepare=None, corpus=None):
+    """A recipe's command line; a data layout error ends it with one line and exit status 2,
+    as the data_prep command lines do."""
+    from data_prep.common import LayoutError
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    folder = run(sys.argv[1:] if argv is None else argv, prepare=prepare, corpus=corpus)
+    try:
+        folder = run(sys.argv[1:] if argv is None else argv, prepare=prepare, corpus=corpus)
+    except LayoutError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(f"expert written to {folder}")
     return folder

@@ -24,18 +24,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 CONFIGS = {
-    # name: (family, builder kwargs, batch size)
-    "tiny_ctc": ("ctc", dict(hidden_size=144, num_layers=4, num_heads=4, intermediate_size=576), 8),
-    "tiny_whisper": ("whisper", dict(d_model=64, layers=2, heads=2, ffn=128), 4),
-    "whisper_small": ("whisper", dict(d_model=768, layers=12, heads=12, ffn=3072), 2),
+    # name: (aode.builders function, its kwargs, batch size)
+    "tiny_ctc": ("build_parakeet_ctc", dict(hidden_size=144, num_layers=4, num_heads=4, intermediate_size=576), 8),
+    "tiny_whisper": ("build_whisper", dict(d_model=64, layers=2, heads=2, ffn=128), 4),
+    "whisper_small": ("build_whisper", dict(d_model=768, layers=12, heads=12, ffn=3072), 2),
 }
 
 
 def build(name, folder):
-    from aode.builders import build_parakeet_ctc, build_whisper
+    import aode.builders
 
-    family, kwargs, _ = CONFIGS[name]
-    return build_parakeet_ctc(folder, **kwargs) if family == "ctc" else build_whisper(folder, **kwargs)
+    builder, kwargs, _ = CONFIGS[name]
+    return getattr(aode.builders, builder)(folder, **kwargs)
 
 
 def make_batch(asr, batch_size):
@@ -52,14 +52,7 @@ def make_batch(asr, batch_size):
 
 
 def bare_step(asr, batch, optimizer, device):
-    batch = batch.to(device)
-    wavs, lens = batch.sig
-    if asr.family == "whisper":
-        out = asr(wavs, lens, batch.tokens_bos[0])
-        loss = asr.loss(out, *batch.tokens_eos)
-    else:
-        out = asr(wavs, lens)
-        loss = asr.loss(out, *batch.tokens)
+    loss = asr.batch_loss(batch.to(device))
     loss.backward()
     torch.nn.utils.clip_grad_norm_(asr.parameters(), 5.0)
     optimizer.step()

@@ -49,3 +49,23 @@ def test_segment_outside_the_file_fails_clearly(tmp_path):
     assert len(read_audio_segment(str(path), 0, 1.004)) == 16000  # millisecond rounding tolerated
     with pytest.raises(ValueError, match="outside"):
         read_audio_segment(str(path), 0.5, 1.5)
+
+
+def test_one_end_tolerance_for_the_check_and_the_reader(tmp_path):
+    """A row 30 ms past the end of its file passes the manifest check and is read (the reader
+    used to allow 10 ms while the check allowed 50, so such a row failed mid-training)."""
+    import numpy as np
+    import soundfile as sf
+
+    from aode.data import END_TOLERANCE_SECONDS, check_manifest, read_audio_segment
+    from aode.manifest import write_manifest
+
+    wav = str(tmp_path / "a.wav")
+    sf.write(wav, np.zeros(16000, dtype="float32"), 16000)
+    stop = 1.0 + 0.03
+    assert 0.03 < END_TOLERANCE_SECONDS
+    write_manifest(str(tmp_path / "m.csv"), [{"ID": "u", "duration": stop, "wav": wav, "start": 0.0,
+                                              "stop": stop, "spk_id": "s", "wrd": "a", "wrd_raw": "a"}])
+    rows, bad = check_manifest(str(tmp_path / "m.csv"))
+    assert not bad
+    assert len(read_audio_segment(wav, 0.0, stop)) == 16000

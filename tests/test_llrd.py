@@ -54,3 +54,25 @@ def test_errors():
         lr_scales(["fc.weight"], 0.9)
     with pytest.raises(ValueError, match="unknown LLRD mode"):
         lr_scales(["encoder.layers.0.w"], 0.9, mode="bogus")
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    """timm's rule: 1-D parameters (biases, LayerNorm/BatchNorm weights) are not decayed."""
+    import torch
+    from torch import nn
+
+    from aode.llrd import llrd_param_groups
+
+    model = nn.ModuleDict({"encoder": nn.ModuleDict({"layers": nn.ModuleList(
+        [nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)) for _ in range(2)])})})
+    groups = llrd_param_groups(model.named_parameters(), lr=1.0, alpha=0.5, weight_decay=0.01)
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == {"encoder.layer0", "encoder.layer0.no_decay", "encoder.layer1", "encoder.layer1.no_decay"}
+    assert by_name["encoder.layer1"]["weight_decay"] == 0.01 and by_name["encoder.layer1"]["lr"] == 1.0
+    assert by_name["encoder.layer1.no_decay"]["weight_decay"] == 0.0 and by_name["encoder.layer1.no_decay"]["lr"] == 1.0
+    assert by_name["encoder.layer0.no_decay"]["lr"] == 0.5
+    decayed = {id(p) for g in groups if g["weight_decay"] for p in g["params"]}
+    assert decayed == {id(model["encoder"]["layers"][i][0].weight) for i in range(2)}
+    # without weight decay the groups are one per layer, as before
+    assert len(llrd_param_groups(model.named_parameters(), lr=1.0, alpha=0.5)) == 2
+    assert torch.is_tensor(groups[0]["params"][0])

@@ -12,7 +12,7 @@ import torch
 
 from aode.brain import ASRBrain
 from aode.config import parse_command_line
-from aode.models import load_asr_model, load_config, resolve_model_folder
+from aode.models import load_asr_model, load_hf_config, resolve_model_folder
 from aode.train import resolve_run_options, train_expert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +83,8 @@ def test_layerdrop_is_off_by_default_and_settable(tmp_path):
 
 def test_layerdrop_asks_ddp_for_unused_parameters():
     hparams = {"layerdrop": 0.2}
-    assert resolve_run_options(hparams, {})["find_unused_parameters"] is True
+    resolve_run_options(hparams, {"find_unused_parameters": False})
+    assert _brain(hparams, {}).find_unused_parameters is True
 
 
 @pytest.mark.slow
@@ -114,8 +115,8 @@ def test_init_from_another_size_is_refused(tiny_whisper, sample_manifest, tmp_pa
     from aode.models import check_same_architecture
 
     with pytest.raises(ValueError, match="encoder_layers: 3 vs 2"):
-        check_same_architecture(load_config(deeper), load_config(tiny_whisper), "a", "b")
-    check_same_architecture(load_config(tiny_whisper), load_config(tiny_whisper), "a", "b")
+        check_same_architecture(load_hf_config(deeper), load_hf_config(tiny_whisper), "a", "b")
+    check_same_architecture(load_hf_config(tiny_whisper), load_hf_config(tiny_whisper), "a", "b")
 
 
 def test_whisper_sinusoidal_positions_stay_fixed(tiny_whisper, sample_manifest, tmp_path):
@@ -201,3 +202,15 @@ def test_merge_recipe_with_hub_original_and_replaced_experts(tiny_parakeet, samp
     assert len(provenance["members"]) == 2
     text = capsys.readouterr().out
     assert "| A |" in text and "| B |" in text and "VCTK" not in text
+
+
+def test_recipe_layout_error_is_one_line_and_exit_2(tmp_path):
+    empty = tmp_path / "not_coraal"
+    empty.mkdir()
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", "CORAAL", "train.py"), PARAKEET_YAML,
+         "--data_folder", str(empty), "--output_folder", str(tmp_path / "out")],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
