@@ -1,10 +1,20 @@
-"""What every corpus preparation shares: skip-when-done, skip log, summary, audio info.
+"""What every corpus preparation shares: skip-when-done, skip log, summary, audio info,
+the root finder, the same-speaker segment merger and the command line.
+
+Each corpus is one module ``data_prep/<corpus>.py`` (the package is installed by README's
+set-up, so nothing edits ``sys.path``) with one function ``prepare_<corpus>(data_folder,
+save_folder, **options)`` that the recipes call, and a thin ``main(argv)``: an argument parser
+from :func:`cli_parser` plus the corpus's own flags, handed to :func:`run_cli` (lhotse's
+pattern: per-corpus ``prepare_*`` functions, a tiny command line around each). Run it as
+``python data_prep/<corpus>.py`` or ``python -m data_prep.<corpus>``.
 
 A preparation writes its manifests (see :mod:`aode.manifest` for the columns) plus
-``skipped.csv`` (ID, file, reason) and ``prep_options.json``; it is skipped when that
+``skipped.csv`` (ID, file, reason) and ``prep_options.json`` (built by :func:`prep_options`:
+the corpus, its ``PREP_VERSION``, the data folder and its options); it is skipped when that
 options file matches the current options and every manifest exists.
 """
 
+import argparse
 import collections
 import csv
 import json
@@ -15,6 +25,7 @@ import struct
 
 import soundfile as sf
 
+from aode.atomic import atomic_open
 from aode.manifest import write_manifest
 from aode.text import normalize_words
 
@@ -22,6 +33,12 @@ logger = logging.getLogger(__name__)
 
 OPTIONS_FILE = "prep_options.json"
 SKIPPED_FILE = "skipped.csv"
+# The key under which prep_options.json records a corpus module's PREP_VERSION (the same in
+# every preparation; bump PREP_VERSION when the output changes for the same options, so that
+# folders prepared before are redone).
+VERSION_KEY = "format"
+# Folders never searched for a corpus: macOS zip metadata (hidden folders are skipped too).
+IGNORED_FOLDERS = ("__MACOSX",)
 
 
 class LayoutError(FileNotFoundError):
@@ -32,6 +49,22 @@ def require(condition, message):
     """Raise :class:`LayoutError` with ``message`` unless ``condition``."""
     if not condition:
         raise LayoutError(message)
+
+
+def require_data_folder(data_folder, corpus, expected=None):
+    """Raise :class:`LayoutError` "<corpus> data_folder '<path>' does not exist; expected
+    <expected> there" unless ``data_folder`` is a folder."""
+    hint = f"; expected {expected} there" if expected else ""
+    require(os.path.isdir(data_folder),
+            f"{corpus} data_folder {data_folder!r} does not exist{hint}")
+
+
+def prep_options(corpus, version, data_folder, **options):
+    """The options recorded in ``prep_options.json``: ``corpus``, ``version`` (the module's
+    ``PREP_VERSION``) under :data:`VERSION_KEY`, the absolute ``data_folder``, and the
+    corpus's own ``options``."""
+    return {"corpus": corpus, VERSION_KEY: version,
+            "data_folder": os.path.abspath(data_folder), **options}
 
 
 def already_prepared(save_folder, manifests, options):
@@ -62,12 +95,10 @@ class SkipLog:
         return collections.Counter(row["reason"] for row in self.rows)
 
     def write(self, save_folder):
-        tmp = os.path.join(save_folder, SKIPPED_FILE + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with atomic_open(os.path.join(save_folder, SKIPPED_FILE), newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["ID", "file", "reason"])
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, os.path.join(save_folder, SKIPPED_FILE))
 
 
 def _wav_missing_bytes(path):
@@ -187,11 +218,86 @@ def finish(save_folder, splits, skipped, options, corpus, extra_columns=(), like
     skipped.write(save_folder)
     for reason, count in sorted(skipped.counts().items()):
         logger.info("%s skipped %d: %s", corpus, count, reason)
-    with open(os.path.join(save_folder, OPTIONS_FILE), "w", encoding="utf-8") as f:
+    with atomic_open(os.path.join(save_folder, OPTIONS_FILE)) as f:  # the "done" mark
         json.dump(_jsonable(options), f, indent=1, sort_keys=True)
     return summary
 
 
+def remove_stale_manifests(save_folder, names, corpus, why):
+    """Remove manifests an earlier run with other options left in ``save_folder`` that this
+    run does not write (an empty manifest loads in neither SpeechBrain's reader nor ours, so
+    a held-out set of size 0 gets none; a stale one would hold items now in train)."""
+    for name in sorted(names):
+        path = os.path.join(save_folder, name)
+        if os.path.exists(path):
+            logger.info("%s: removing %s from an earlier run (%s)", corpus, path, why)
+            os.remove(path)
+
+
+def folders_below(folder, depth=None):
+    """``folder``, then the folders below it, at most ``depth`` levels down (None: any
+    depth), breadth first: shallower folders first, each folder's subfolders in name order.
+    Hidden folders and :data:`IGNORED_FOLDERS` are left out, with everything below them."""
+    level, below = [folder], 0
+    while level:
+        yield from level
+        if depth is not None and below >= depth:
+            return
+        deeper = []
+        for parent in level:
+            try:
+                entries = sorted(os.scandir(parent), key=lambda e: e.name)
+            except OSError:
+                continue
+            deeper.extend(e.path for e in entries if e.is_dir() and not e.name.startswith(".")
+                          and e.name not in IGNORED_FOLDERS)
+        level, below = deeper, below + 1
+
+
+def find_root(candidates, is_root):
+    """The folder that holds a corpus: the first of ``candidates`` for which
+    ``is_root(folder)`` is true, or None (the caller then raises its :class:`LayoutError`
+    with the corpus's own hint).
+
+    ``candidates`` are folders in order of preference: those a corpus's layout names (e.g.
+    ``[data_folder/LibriSpeech, data_folder]``), or :func:`folders_below` ``(data_folder,
+    depth)``, where the shallowest match wins.
+    """
+    return next((folder for folder in candidates if is_root(folder)), None)
+
+
+def merge_same_speaker(items, max_seconds, may_join=None):
+    """Merge runs of consecutive same-speaker items into segments of at most ``max_seconds``.
+
+    ``items`` are in order; each is a dict with ``speaker``, ``start`` and ``stop`` (seconds,
+    other keys are kept), or None for an item that was skipped. The rule: an item joins the
+    current segment when it has the segment's speaker, the joined span (the largest stop
+    minus the smallest start) is at most ``max_seconds``, and ``may_join(segment, item)``
+    holds (when given); otherwise the segment ends and the item starts the next one. A None
+    ends the current segment. E.g. with ``max_seconds=5``: A 0-2, A 2.5-5 (span 5: joins),
+    A 5.5-6 (span 6: a new segment), B 6-7, None, B 7-8 (a new segment: None ended B 6-7).
+
+    Returns the segments, each a dict: ``speaker``, ``start`` (the smallest start), ``stop``
+    (the largest stop) and ``items`` (the items it holds, in order). ``items`` is not changed.
+    """
+    segments, current = [], None
+    for item in items:
+        if (item is not None and current is not None
+                and item["speaker"] == current["speaker"]
+                and max(item["stop"], current["stop"]) - min(item["start"], current["start"])
+                <= max_seconds
+                and (may_join is None or may_join(current, item))):
+            current["start"] = min(item["start"], current["start"])
+            current["stop"] = max(item["stop"], current["stop"])
+            current["items"].append(item)
+            continue
+        if current is not None:
+            segments.append(current)
+        current = None if item is None else {"speaker": item["speaker"], "start": item["start"],
+                                             "stop": item["stop"], "items": [item]}
+    if current is not None:
+        segments.append(current)
+    return segments
 
 
 def whole_file_row(utt_id, wav, spk_id, text, skipped, source=None, **extra):
@@ -223,23 +329,28 @@ def whole_file_row(utt_id, wav, spk_id, text, skipped, source=None, **extra):
     return row
 
 
-def read_transcript(path):
-    """The text of a one-utterance transcript file, whitespace collapsed.
+def decode_text(data):
+    """Text of a transcript's bytes: UTF-8 (with or without BOM) is tried first, then cp1252,
+    which some corpora's hand-edited files use (a Windows ``’`` stays an apostrophe)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
 
-    UTF-8 (with or without BOM) is tried first, then cp1252, which some corpora's
-    hand-edited files use. An unreadable file (permissions, I/O error) raises ValueError
-    with the reason, as :func:`audio_info` does for audio, so callers skip and log it.
+
+def read_transcript(path):
+    """The text of a one-utterance transcript file (:func:`decode_text`), whitespace
+    collapsed.
+
+    An unreadable file (permissions, I/O error) raises ValueError with the reason, as
+    :func:`audio_info` does for audio, so callers skip and log it.
     """
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as err:
         raise ValueError(f"unreadable transcript ({err.strerror or err})") from err
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = data.decode("cp1252", errors="replace")
-    return " ".join(text.split())
+    return " ".join(decode_text(data).split())
 
 
 def seeded_split(keys, valid_fraction, test_fraction, seed):
@@ -298,18 +409,37 @@ def print_summary(summary, skipped_counts=None):
         print(f"skipped {count}: {reason}")
 
 
-def run_cli(prepare, data_folder, save_folder, manifests, **options):
-    """The command lines' shared tail: prepare, print the summary; exit status 2 with one
-    line on a layout or option error."""
-    import sys
+def cli_parser(description, data_folder_help):
+    """The argument parser of a preparation's command line, with the two flags every one
+    takes (``--data_folder``, ``--save_folder``); the corpus adds its own options, each with
+    the ``dest`` of the ``prepare_<corpus>`` argument it sets."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data_folder", required=True, help=data_folder_help)
+    parser.add_argument("--save_folder", required=True, help="where the manifests are written")
+    return parser
 
+
+def run_cli(prepare, parser, argv=None, manifests=()):
+    """The command line of a preparation: parse ``argv`` with ``parser`` (see
+    :func:`cli_parser`), call ``prepare(data_folder, save_folder, **every other option)``
+    with INFO logging, and print the summary (:func:`print_summary`); when the folder was
+    already prepared, say so and print the summary read back from it.
+
+    ``manifests``: the manifest names read back in that case, or a function of the parsed
+    arguments that gives them (when they depend on the options).
+    Returns 0; on a layout or option error (:class:`LayoutError`, ValueError) prints one
+    ``error: ...`` line to stderr and exits with status 2.
+    """
+    args = parser.parse_args(argv)
+    options = {k: v for k, v in vars(args).items() if k not in ("data_folder", "save_folder")}
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        result = prepare(data_folder, save_folder, **options)
+        summary = prepare(args.data_folder, args.save_folder, **options)
     except (LayoutError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if result is None:
-        print(f"already prepared with the same options: {save_folder}")
-    print_summary(*summary_from_disk(save_folder, manifests))
+        parser.exit(2, f"error: {err}\n")
+    if summary is None:
+        print(f"already prepared with the same options: {args.save_folder}")
+        names = manifests(args) if callable(manifests) else manifests
+        summary, _ = summary_from_disk(args.save_folder, names)
+    print_summary(summary, skipped_counts(args.save_folder))
     return 0

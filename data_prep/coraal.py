@@ -40,12 +40,13 @@ Segmentation (:func:`segment_rows`):
   interviewee is the speaker whose ``Spkr`` code is a prefix of the basefile (NeMo's and
   Koenecke et al.'s ``Spkr in Basefile``); every other speaker counts as an interviewer.
 * Consecutive rows of one speaker are merged into segments of at most
-  ``max_segment_seconds`` (30, the paper's). A row of another speaker, a row that is empty
-  after cleaning (e.g. only ``/unintelligible/``: its audio holds untranscribed speech) or a
-  skipped row ends the current segment, and two rows are never merged when another speaker's
-  (or a skipped) row reaches into the time between them, so a merged segment never spans
-  speech its text lacks. A single row that overlaps another speaker's row (CORAAL marks
-  the overlap with ``[ ]``) is kept, as NeMo does (Koenecke et al. drop it).
+  ``max_segment_seconds`` (30, the paper's), by :func:`data_prep.common.merge_same_speaker`.
+  A row of another speaker, a row that is empty after cleaning (e.g. only
+  ``/unintelligible/``: its audio holds untranscribed speech) or a skipped row ends the
+  current segment, and two rows are never merged when another speaker's (or a skipped) row
+  reaches into the time between them, so a merged segment never spans speech its text lacks.
+  A single row that overlaps another speaker's row (CORAAL marks the overlap with ``[ ]``) is
+  kept, as NeMo does (Koenecke et al. drop it).
 * Skipped with a generic reason in ``skipped.csv`` (details in the log at DEBUG level): an
   impossible time (non-numeric, negative, end <= start), a row longer than
   ``max_segment_seconds``, a row that runs past the end of its audio, a row empty after
@@ -61,7 +62,6 @@ only interviewees whose audio was found count.
 Audio stays at its own rate (~44.1 kHz); the loader (:mod:`aode.data`) resamples at load time.
 """
 
-import argparse
 import collections
 import logging
 import math
@@ -69,9 +69,6 @@ import os
 import random
 import re
 import sys
-
-if __name__ == "__main__":  # run as a script: make the repository's packages importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tqdm import tqdm
 
@@ -83,9 +80,14 @@ from data_prep.common import (
     SkipLog,
     already_prepared,
     audio_info,
+    cli_parser,
+    decode_text,
     finish,
-    run_cli,
+    merge_same_speaker,
+    prep_options,
     require,
+    require_data_folder,
+    run_cli,
 )
 
 logger = logging.getLogger(__name__)
@@ -208,14 +210,6 @@ def interviewee_code(basefile):
     return re.sub(r"_\d+$", "", basefile)
 
 
-def _decode(data):
-    """UTF-8 (with or without BOM), else cp1252: Windows-edited text keeps its ’ and “ ”."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace")
-
-
 def _header_columns(first_line):
     """``{column: index}`` of a transcript header line, or None when it is not one."""
     header = [h.strip().lower() for h in first_line.lstrip("\ufeff").split("\t")]
@@ -224,12 +218,13 @@ def _header_columns(first_line):
     return {name: header.index(name) for name in HEADER if name in header}
 
 
-def read_transcript(path):
-    """Rows ``(row number, Spkr, StTime str, Content, EnTime str)`` of a CORAAL transcript,
-    or None when the file does not start with the transcript header. Raises OSError when
-    the file cannot be read."""
+def read_transcript_table(path):
+    """Rows ``(row number, Spkr, StTime str, Content, EnTime str)`` of a CORAAL transcript
+    (a tab-separated table, decoded by :func:`data_prep.common.decode_text`), or None when
+    the file does not start with the transcript header. Raises OSError when the file cannot
+    be read."""
     with open(path, "rb") as f:
-        text = _decode(f.read())
+        text = decode_text(f.read())
     # Only line feeds end a row (str.splitlines would also split at U+2028, U+0085...).
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     col = _header_columns(lines[0])
@@ -254,7 +249,7 @@ def _transcript_state(path):
     except OSError as err:
         logger.warning("CORAAL: cannot read %s (%s)", path, err)
         return UNREADABLE_TRANSCRIPT
-    line = _decode(first).rstrip("\r\n")
+    line = decode_text(first).rstrip("\r\n")
     return "ok" if _header_columns(line) is not None else NO_HEADER
 
 
@@ -330,18 +325,12 @@ def segment_rows(basefile, rows, audio_duration, wav, keep_interviewer, max_segm
     """
     speaker = interviewee_code(basefile)
     audio_end = math.floor(audio_duration * 1000) / 1000  # 3 decimals, inside the audio
-    segments = []
-    current = None
-    # Latest stop of the rows seen so far, per owner: a kept row's speaker, or None for
-    # skipped rows (their audio holds speech the text lacks). Merging two rows is refused
-    # when a row of another owner reaches past the end of the segment being extended.
-    speech_until = {}
-
-    def close():
-        nonlocal current
-        if current is not None:
-            segments.append(current)
-        current = None
+    # Kept rows in StTime order, None where a skipped row ends the current segment; each kept
+    # row carries how far the rows before it of other owners reach (``others_until``).
+    # Owners: a kept row's speaker, or None for skipped rows (their audio holds speech the
+    # text lacks).
+    items = []
+    speech_until = {}  # latest stop of the rows seen so far, per owner
 
     def drop(row_id, reason, times, detail=None):
         skipped.skip(row_id, wav, reason)
@@ -349,10 +338,7 @@ def segment_rows(basefile, rows, audio_duration, wav, keep_interviewer, max_segm
             logger.debug("CORAAL %s skipped (%s): %s", row_id, reason, detail)
         if times is not None:
             speech_until[None] = max(speech_until.get(None, 0.0), times[1])
-        close()
-
-    def others_until(spk):
-        return max((t for owner, t in speech_until.items() if owner != spk), default=-math.inf)
+        items.append(None)
 
     for number, spkr, st, content, en in start_order(rows):
         row_id = f"{basefile}_{number:04d}"
@@ -384,31 +370,26 @@ def segment_rows(basefile, rows, audio_duration, wav, keep_interviewer, max_segm
             drop(row_id, EMPTY_TEXT, times, repr(content))
             continue
         spk = speaker if interviewee else spkr
-        if (current is not None and current["spkr"] == spk
-                and others_until(spk) <= current["stop"]
-                and max(stop, current["stop"]) - min(start, current["start"])
-                <= max_segment_seconds):
-            current["start"] = min(start, current["start"])
-            current["stop"] = max(stop, current["stop"])
-            current["texts"].append(text)
-            current["last"] = number
-        else:
-            close()
-            current = {"spkr": spk, "start": start, "stop": stop, "texts": [text],
-                       "first": number, "last": number}
+        others_until = max((t for owner, t in speech_until.items() if owner != spk),
+                           default=-math.inf)
+        items.append({"speaker": spk, "start": start, "stop": stop, "text": text,
+                      "number": number, "others_until": others_until})
         speech_until[spk] = max(speech_until.get(spk, 0.0), stop)
-    close()
 
+    # Never merge across speech of another owner that reaches past the segment's end.
+    segments = merge_same_speaker(items, max_segment_seconds,
+                                 may_join=lambda seg, item: item["others_until"] <= seg["stop"])
     out = []
     for seg in segments:
-        text = " ".join(seg["texts"])
+        text = " ".join(item["text"] for item in seg["items"])
+        first, last = seg["items"][0]["number"], seg["items"][-1]["number"]
         out.append({
-            "ID": f"{basefile}_{seg['first']:04d}_{seg['last']:04d}",
+            "ID": f"{basefile}_{first:04d}_{last:04d}",
             "duration": seg["stop"] - seg["start"],
             "wav": wav,
             "start": seg["start"],
             "stop": seg["stop"],
-            "spk_id": seg["spkr"],
+            "spk_id": seg["speaker"],
             "wrd": normalize_words(text),
             "wrd_raw": text,
         })
@@ -425,7 +406,7 @@ def interview_segments(basefile, txt, wav, keep_interviewer, max_segment_seconds
         skipped.skip(basefile, wav, UNREADABLE_AUDIO)
         return []
     try:
-        rows = read_transcript(txt)
+        rows = read_transcript_table(txt)
     except OSError as err:
         logger.warning("CORAAL: cannot read %s (%s)", txt, err)
         skipped.skip(basefile, txt, UNREADABLE_TRANSCRIPT)
@@ -499,23 +480,21 @@ def prepare_coraal(
     empty (e.g. only the textfiles were unpacked), ValueError when fewer interviewees have
     audio than the split needs.
     """
-    options = {
-        "corpus": "coraal",
-        "prep_version": PREP_VERSION,
-        "data_folder": os.path.abspath(data_folder),
-        "keep_interviewer": bool(keep_interviewer),
-        "max_segment_seconds": float(max_segment_seconds),
-        "n_valid_speakers": int(n_valid_speakers),
-        "n_test_speakers": int(n_test_speakers),
-        "seed": seed,
-    }
+    options = prep_options(
+        "coraal", PREP_VERSION, data_folder,
+        keep_interviewer=bool(keep_interviewer),
+        max_segment_seconds=float(max_segment_seconds),
+        n_valid_speakers=int(n_valid_speakers),
+        n_test_speakers=int(n_test_speakers),
+        seed=seed,
+    )
     if already_prepared(save_folder, MANIFESTS, options):
         logger.info("CORAAL already prepared in %s, skipping", save_folder)
         return None
     if max_segment_seconds <= 0 or n_valid_speakers < 0 or n_test_speakers < 0:
         raise ValueError("max_segment_seconds must be positive and speaker counts not negative")
 
-    require(os.path.isdir(data_folder), f"CORAAL data_folder {data_folder!r} does not exist")
+    require_data_folder(data_folder, "CORAAL")
     found, unusable, orphans = find_transcripts(data_folder)
     headerless = (f" ({len(unusable)} .txt named like basefiles lack that header, e.g. "
                   f"{next(iter(unusable.values()))[0]!r})" if unusable else "")
@@ -575,14 +554,11 @@ def prepare_coraal(
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Prepare CORAAL manifests (train/valid/test CSVs) for AoDE: interviews cut "
-        "into <=30 s segments, speaker-level split (paper: 5 valid, 5 test speakers).",
+    parser = cli_parser(
+        "Prepare CORAAL manifests (train/valid/test CSVs) for AoDE: interviews cut into "
+        "<=30 s segments, speaker-level split (paper: 5 valid, 5 test speakers).",
+        "folder with the unpacked CORAAL <basefile>.txt and .wav files (searched recursively)",
     )
-    parser.add_argument("--data_folder", required=True,
-                        help="folder with the unpacked CORAAL <basefile>.txt and .wav files "
-                        "(searched recursively)")
-    parser.add_argument("--save_folder", required=True, help="where the manifests are written")
     parser.add_argument("--keep_interviewer", action="store_true",
                         help="keep the turns of speakers other than the interviewee "
                         "(default: drop them)")
@@ -594,12 +570,7 @@ def main(argv=None):
     parser.add_argument("--n_test_speakers", type=int, default=5,
                         help="interviewees held out for test (default 5)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the speaker split")
-    args = parser.parse_args(argv)
-    return run_cli(prepare_coraal, args.data_folder, args.save_folder, MANIFESTS,
-                   keep_interviewer=args.keep_interviewer,
-                   max_segment_seconds=args.max_segment_seconds,
-                   n_valid_speakers=args.n_valid_speakers, n_test_speakers=args.n_test_speakers,
-                   seed=args.seed)
+    return run_cli(prepare_coraal, parser, argv, MANIFESTS)
 
 
 if __name__ == "__main__":

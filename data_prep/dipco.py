@@ -39,7 +39,8 @@ non-word.
 
 Segments: one utterance each by default; an utterance longer than ``max_segment_seconds``
 (30) is skipped with a reason. With ``merge_consecutive``, consecutive utterances of one
-speaker in a session (ordered by start time) are merged up to ``max_segment_seconds``.
+speaker in a session (in transcription order; a skipped one ends the segment) are merged up
+to ``max_segment_seconds`` (:func:`data_prep.common.merge_same_speaker`).
 Skipped with a reason in ``skipped.csv``: ``[redacted]``, empty text after cleaning, an
 impossible or unparsable time, too long, past the end of the audio, missing or
 unreadable/truncated audio, an unreadable transcription file. A split that comes out empty,
@@ -47,7 +48,6 @@ or more than half the utterances lost for missing audio, is an error
 (:func:`data_prep.common.finish`); ``n_valid_sessions=0`` writes no ``valid.csv``.
 """
 
-import argparse
 import collections
 import glob
 import json
@@ -57,9 +57,6 @@ import os
 import random
 import re
 import sys
-
-if __name__ == "__main__":  # run as a script: make the repository's packages importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tqdm import tqdm
 
@@ -71,9 +68,16 @@ from data_prep.common import (
     SkipLog,
     already_prepared,
     audio_info,
+    cli_parser,
+    find_root,
     finish,
-    run_cli,
+    folders_below,
+    merge_same_speaker,
+    prep_options,
+    remove_stale_manifests,
     require,
+    require_data_folder,
+    run_cli,
 )
 
 logger = logging.getLogger(__name__)
@@ -129,18 +133,18 @@ def parse_time(value):
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def find_root(data_folder):
+def _is_root(folder):
+    return all(os.path.isdir(os.path.join(folder, part, split))
+               for part in ("audio", "transcriptions") for split in ("dev", "eval"))
+
+
+def find_dipco_root(data_folder):
     """The folder holding ``audio/`` and ``transcriptions/`` (``data_folder`` or one
     subfolder of it), or raise :class:`LayoutError`."""
-    require(os.path.isdir(data_folder), f"DiPCo data_folder {data_folder!r} does not exist")
-    candidates = [data_folder] + sorted(
-        os.path.join(data_folder, d) for d in os.listdir(data_folder)
-        if os.path.isdir(os.path.join(data_folder, d))
-    )
-    for root in candidates:
-        if all(os.path.isdir(os.path.join(root, part, split))
-               for part in ("audio", "transcriptions") for split in ("dev", "eval")):
-            return root
+    require_data_folder(data_folder, "DiPCo")
+    root = find_root(folders_below(data_folder, depth=1), _is_root)
+    if root is not None:
+        return root
     raise LayoutError(
         f"no DiPCo layout under {data_folder!r}: expected audio/{{dev,eval}}/<session>_<Pxx>.wav "
         "and transcriptions/{dev,eval}/<session>.json (in the data folder or one folder below "
@@ -236,26 +240,9 @@ def session_segments(root, split, session, channel, max_segment_seconds, merge_c
                       "stop": min(stop, math.floor(duration * 1000) / 1000),  # 3 decimals
                       "wav": wav, "text": text})
 
-    if merge_consecutive:
-        # transcription order; a skipped utterance (None) ends the current segment
-        merged, current = [], None
-        for item in items:
-            if (item is not None and current is not None
-                    and item["speaker"] == current["speaker"]
-                    and max(item["stop"], current["stop"]) - min(item["start"], current["start"])
-                    <= max_segment_seconds):
-                current["start"] = min(item["start"], current["start"])
-                current["stop"] = max(item["stop"], current["stop"])
-                current["text"] += " " + item["text"]
-                current["ID"] = (f"{session}_{current['speaker']}_{_ms(current['start']):08d}"
-                                 f"_{_ms(current['stop']):08d}")
-                continue
-            if current is not None:
-                merged.append(current)
-            current = dict(item) if item is not None else None
-        if current is not None:
-            merged.append(current)
-        items = merged
+    if merge_consecutive:  # transcription order; a skipped utterance (None) ends a segment
+        items = [_merged_item(session, seg)
+                 for seg in merge_same_speaker(items, max_segment_seconds)]
 
     rows, seen = [], collections.Counter()
     for item in items:
@@ -276,6 +263,18 @@ def session_segments(root, split, session, channel, max_segment_seconds, merge_c
             "wrd_raw": item["text"],
         })
     return rows
+
+
+def _merged_item(session, segment):
+    """One item for a :func:`data_prep.common.merge_same_speaker` segment; a merged one gets
+    the ID of its span."""
+    first, *rest = segment["items"]
+    if not rest:
+        return first
+    return {**first, "start": segment["start"], "stop": segment["stop"],
+            "text": " ".join(item["text"] for item in segment["items"]),
+            "ID": f"{session}_{first['speaker']}_{_ms(segment['start']):08d}"
+                  f"_{_ms(segment['stop']):08d}"}
 
 
 def _warn_partial_sum(session, audio_dir, utterances, mics):
@@ -334,24 +333,22 @@ def prepare_dipco(
     """
     if channel not in CHANNELS:
         raise ValueError(f"channel must be one of {CHANNELS}, not {channel!r}")
-    options = {
-        "corpus": "dipco",
-        "prep_version": PREP_VERSION,
-        "data_folder": os.path.abspath(data_folder),
-        "channel": channel,
-        "max_segment_seconds": float(max_segment_seconds),
-        "merge_consecutive": bool(merge_consecutive),
-        "n_valid_sessions": int(n_valid_sessions),
-        "seed": seed,
-    }
-    manifests = [m for m in MANIFESTS if m != "valid.csv" or n_valid_sessions > 0]
+    options = prep_options(
+        "dipco", PREP_VERSION, data_folder,
+        channel=channel,
+        max_segment_seconds=float(max_segment_seconds),
+        merge_consecutive=bool(merge_consecutive),
+        n_valid_sessions=int(n_valid_sessions),
+        seed=seed,
+    )
+    manifests = wanted_manifests(n_valid_sessions)
     if already_prepared(save_folder, manifests, options):
         logger.info("DiPCo already prepared in %s, skipping", save_folder)
         return None
     if max_segment_seconds <= 0 or n_valid_sessions < 0:
         raise ValueError("max_segment_seconds must be positive, n_valid_sessions not negative")
 
-    root = find_root(data_folder)
+    root = find_dipco_root(data_folder)
     dev = list_sessions(root, "dev")
     test_sessions = list_sessions(root, "eval")
     require(dev and test_sessions,
@@ -376,30 +373,24 @@ def prepare_dipco(
     for name, split, session in tqdm(jobs, desc="DiPCo", unit="session"):
         splits[name].extend(session_segments(root, split, session, channel,
                                              max_segment_seconds, merge_consecutive, skipped))
-    if n_valid_sessions == 0:
-        _remove_stale(os.path.join(save_folder, "valid.csv"))
+    remove_stale_manifests(save_folder, set(MANIFESTS) - set(manifests), "DiPCo",
+                           "n_valid_sessions=0")
     return finish(save_folder, splits, skipped, options, "DiPCo", likely_cause=LIKELY_CAUSE,
                   lost_reasons=LOST_REASONS + (MIC_MISSING, SESSION_AUDIO_MISSING))
 
 
-def _remove_stale(path):
-    """An empty manifest loads in neither SpeechBrain's reader nor ours, so no valid
-    sessions means no valid.csv; one from an earlier run holds sessions now in train."""
-    if os.path.exists(path):
-        logger.info("DiPCo: removing %s from an earlier run (n_valid_sessions=0)", path)
-        os.remove(path)
-
+def wanted_manifests(n_valid_sessions):
+    """The manifests written: no ``valid.csv`` when no session is held out (an empty
+    manifest loads in neither SpeechBrain's reader nor ours)."""
+    return [m for m in MANIFESTS if m != "valid.csv" or n_valid_sessions > 0]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Prepare DiPCo manifests (train/valid/test CSVs) for AoDE. Train = dev "
-        "sessions minus the held-out valid session(s); test = eval (the paper's test).",
+    parser = cli_parser(
+        "Prepare DiPCo manifests (train/valid/test CSVs) for AoDE. Train = dev sessions minus "
+        "the held-out valid session(s); test = eval (the paper's test).",
+        "unpacked DiPCo (the folder with audio/ and transcriptions/, or its parent)",
     )
-    parser.add_argument("--data_folder", required=True,
-                        help="unpacked DiPCo (the folder with audio/ and transcriptions/, "
-                        "or its parent)")
-    parser.add_argument("--save_folder", required=True, help="where the manifests are written")
     parser.add_argument("--channel", choices=CHANNELS, default="sum",
                         help="'sum': all the session's close-talk mics summed at load time "
                         "(paper, default); 'own': the speaker's own close-talk mic")
@@ -412,11 +403,8 @@ def main(argv=None):
                         help="dev sessions held out for validation (default 1; 0: no "
                         "valid.csv)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the session pick")
-    args = parser.parse_args(argv)
-    manifests = [m for m in MANIFESTS if m != "valid.csv" or args.n_valid_sessions > 0]
-    return run_cli(prepare_dipco, args.data_folder, args.save_folder, manifests, channel=args.channel,
-                   max_segment_seconds=args.max_segment_seconds, merge_consecutive=args.merge_consecutive,
-                   n_valid_sessions=args.n_valid_sessions, seed=args.seed)
+    return run_cli(prepare_dipco, parser, argv,
+                   lambda args: wanted_manifests(args.n_valid_sessions))
 
 
 if __name__ == "__main__":

@@ -39,26 +39,26 @@ than three ``_`` fields fall back to everything before the last ``_`` (or the wh
 warning counts them. Audio is 48 kHz and is not resampled here.
 """
 
-import argparse
 import collections
 import logging
 import os
 import re
 import sys
 
-if __name__ == "__main__":  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-from data_prep.common import (  # noqa: E402
+from data_prep.common import (
     LayoutError,
     SkipLog,
     already_prepared,
+    cli_parser,
     finish,
-    print_summary,
+    prep_options,
+    remove_stale_manifests,
     require,
+    require_data_folder,
+    run_cli,
     seeded_split,
-    skipped_counts,
     whole_file_row,
 )
 
@@ -68,7 +68,7 @@ CORPUS = "google_ne"
 INDEX_PATTERN = re.compile(r"^line_index.*\.tsv$", re.I)
 ZIPS = ("en_ng_female.zip", "en_ng_male.zip")
 MANIFESTS = ("train.csv", "valid.csv", "test.csv")
-FORMAT_VERSION = 2
+PREP_VERSION = 2
 MALFORMED = "malformed line_index.tsv line"
 DUPLICATE = "duplicate FileID with another sentence"
 DUPLICATE_AUDIO = "duplicate audio file"
@@ -265,23 +265,14 @@ def prepare_google_ne(
     Returns the summary ``{manifest: (utterances, hours)}``, or None when ``save_folder``
     already holds manifests prepared with the same options.
     """
-    options = {
-        "corpus": CORPUS,
-        "format": FORMAT_VERSION,
-        "data_folder": os.path.abspath(data_folder),
-        "valid_fraction": valid_fraction,
-        "test_fraction": test_fraction,
-        "seed": seed,
-    }
+    options = prep_options(CORPUS, PREP_VERSION, data_folder, valid_fraction=valid_fraction,
+                           test_fraction=test_fraction, seed=seed)
     manifests = wanted_manifests(valid_fraction, test_fraction)
     if already_prepared(save_folder, manifests, options):
         logger.info("%s already prepared in %s with the same options", CORPUS, save_folder)
         return None
-    require(
-        os.path.isdir(data_folder),
-        f"Google NE data_folder {data_folder!r} does not exist; expected en_ng_female/ and "
-        "en_ng_male/ (the unzipped OpenSLR 70 archives) there",
-    )
+    require_data_folder(data_folder, "Google NE",
+                        "en_ng_female/ and en_ng_male/ (the unzipped OpenSLR 70 archives)")
     skipped = SkipLog()
     rows = _collect(data_folder, skipped)
     if not rows:  # nothing to split: finish() says what was lost and why
@@ -293,7 +284,8 @@ def prepare_google_ne(
     logger.info("%s speakers: valid %s, test %s", CORPUS, sorted(valid), sorted(test))
     speakers = {"train.csv": train, "valid.csv": valid, "test.csv": test}
     splits = {name: [r for r in rows if r["spk_id"] in speakers[name]] for name in manifests}
-    remove_stale_manifests(save_folder, set(MANIFESTS) - set(manifests))
+    remove_stale_manifests(save_folder, set(MANIFESTS) - set(manifests), CORPUS,
+                           "not wanted now")
     return finish(save_folder, splits, skipped, options, CORPUS, likely_cause=LIKELY_CAUSE)
 
 
@@ -304,25 +296,12 @@ def wanted_manifests(valid_fraction, test_fraction):
     return [name for name in MANIFESTS if fractions[name] != 0]
 
 
-def remove_stale_manifests(save_folder, names):
-    """Remove manifests an earlier run with other options left, which this run does not
-    write (a stale valid.csv would hold speakers that are now in train)."""
-    for name in sorted(names):
-        path = os.path.join(save_folder, name)
-        if os.path.exists(path):
-            logger.info("%s: removing %s from an earlier run (not wanted now)", CORPUS, path)
-            os.remove(path)
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Prepare Google NE (OpenSLR 70, Nigerian English) manifests: a seeded "
-        "speaker-level split into train.csv, valid.csv and test.csv."
+    parser = cli_parser(
+        "Prepare Google NE (OpenSLR 70, Nigerian English) manifests: a seeded speaker-level "
+        "split into train.csv, valid.csv and test.csv.",
+        "folder with en_ng_female/ and en_ng_male/ (each zip unzipped into its own folder)",
     )
-    parser.add_argument("--data_folder", required=True,
-                        help="folder with en_ng_female/ and en_ng_male/ (each zip unzipped "
-                        "into its own folder)")
-    parser.add_argument("--save_folder", required=True, help="where the manifests are written")
     parser.add_argument("--valid_fraction", type=float, default=0.1,
                         help="share of speakers held out for validation, at least one "
                         "(default: %(default)s)")
@@ -331,19 +310,9 @@ def main(argv=None):
                         "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=1234,
                         help="seed of the speaker split (default: %(default)s)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = prepare_google_ne(args.data_folder, args.save_folder,
-                                    valid_fraction=args.valid_fraction,
-                                    test_fraction=args.test_fraction, seed=args.seed)
-    except (LayoutError, ValueError) as err:
-        parser.exit(2, f"error: {err}\n")
-    if summary is None:
-        print(f"already prepared with the same options: {args.save_folder}")
-    else:
-        print_summary(summary, skipped_counts(args.save_folder))
+    return run_cli(prepare_google_ne, parser, argv,
+                   lambda args: wanted_manifests(args.valid_fraction, args.test_fraction))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,8 +19,9 @@ The same download also holds ``Perception test material on Qualtrics/{main,sub}_
 (copies of some WAVs, without transcripts, and MP3s), ``Picture Stimuli/`` and documents;
 they are not read when the ``JL(wav+txt)`` folder is there.
 
-When a ``JL(wav+txt)`` folder exists (``data_folder`` itself or anywhere below), only it is
-read; otherwise ``<stem>.wav`` + ``<stem>.txt`` pairs are collected from anywhere under
+When a ``JL(wav+txt)`` folder exists (``data_folder`` itself or anywhere below; hidden and
+``__MACOSX`` folders are not searched), only it is read (several: each, shallowest first);
+otherwise ``<stem>.wav`` + ``<stem>.txt`` pairs are collected from anywhere under
 ``data_folder`` (a stem found twice is kept once, the other copies skipped as duplicates).
 
 Stems are ``(fe)male[12]_<emotion>_<sentence><a|b>_<session>``: the speaker is the first
@@ -31,27 +32,25 @@ read is skipped with the reason, like unreadable audio. Audio is 44.1 kHz and is
 resampled here.
 """
 
-import argparse
 import logging
 import os
 import re
 import sys
 
-if __name__ == "__main__":  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from data_prep.common import (  # noqa: E402
-    LayoutError,
+from data_prep.common import (
     SkipLog,
     already_prepared,
+    cli_parser,
     finish,
-    print_summary,
+    folders_below,
+    prep_options,
     read_transcript,
     require,
+    require_data_folder,
+    run_cli,
     seeded_split,
-    skipped_counts,
     whole_file_row,
 )
 
@@ -62,7 +61,7 @@ WAV_TXT_DIR = "JL(wav+txt)"
 RAW_DIR = "Raw JL corpus (unchecked and unannotated)"
 MANIFESTS = ("train.csv", "valid.csv", "test.csv")
 SPLIT_BY = ("utterance", "speaker")
-FORMAT_VERSION = 1
+PREP_VERSION = 1
 # loose: what the speaker and emotion need; STRICT: the documented full stem
 LOOSE = re.compile(r"^((?:fe)?male\d+)_([A-Za-z]+)(?:_|$)", re.IGNORECASE)
 STRICT = re.compile(r"^(?:fe)?male\d+_[A-Za-z]+_\d+[ab]_\d+$", re.IGNORECASE)
@@ -84,14 +83,13 @@ def parse_stem(stem):
 
 
 def _search_roots(data_folder):
+    """Every ``JL(wav+txt)`` folder at or below ``data_folder`` (shallowest first, none
+    inside another), or ``[data_folder]`` when there is none."""
     if os.path.basename(os.path.normpath(data_folder)) == WAV_TXT_DIR:
         return [data_folder]
-    roots = []
-    for folder, dirs, _ in os.walk(data_folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if WAV_TXT_DIR in dirs:
-            roots.append(os.path.join(folder, WAV_TXT_DIR))
-            dirs.remove(WAV_TXT_DIR)
+    roots = [folder for folder in folders_below(data_folder)
+             if os.path.basename(folder) == WAV_TXT_DIR
+             and WAV_TXT_DIR not in os.path.relpath(folder, data_folder).split(os.sep)[:-1]]
     return roots or [data_folder]
 
 
@@ -120,11 +118,8 @@ def _files(roots, skipped):
 
 
 def _collect(data_folder, skipped):
-    require(
-        os.path.isdir(data_folder),
-        f"JL Corpus data_folder {data_folder!r} does not exist; expected "
-        f"'{RAW_DIR}/{WAV_TXT_DIR}/<stem>.wav' and '<stem>.txt' there",
-    )
+    require_data_folder(data_folder, "JL Corpus",
+                        f"'{RAW_DIR}/{WAV_TXT_DIR}/<stem>.wav' and '<stem>.txt'")
     roots = _search_roots(data_folder)
     wavs, txts = _files(roots, skipped)
     zips = [n for n in sorted(os.listdir(data_folder)) if n.lower().endswith(".zip")]
@@ -186,15 +181,8 @@ def prepare_jl_corpus(
     """
     if split_by not in SPLIT_BY:
         raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
-    options = {
-        "corpus": CORPUS,
-        "format": FORMAT_VERSION,
-        "data_folder": os.path.abspath(data_folder),
-        "valid_fraction": valid_fraction,
-        "test_fraction": test_fraction,
-        "split_by": split_by,
-        "seed": seed,
-    }
+    options = prep_options(CORPUS, PREP_VERSION, data_folder, valid_fraction=valid_fraction,
+                           test_fraction=test_fraction, split_by=split_by, seed=seed)
     if already_prepared(save_folder, MANIFESTS, options):
         logger.info("%s already prepared in %s with the same options", CORPUS, save_folder)
         return None
@@ -220,13 +208,11 @@ def _split(rows, split_by, valid_fraction, test_fraction, seed):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Prepare JL Corpus manifests: a seeded split into train.csv, valid.csv "
-        "and test.csv, with an extra 'emotion' column."
+    parser = cli_parser(
+        "Prepare JL Corpus manifests: a seeded split into train.csv, valid.csv and test.csv, "
+        "with an extra 'emotion' column.",
+        f"the unpacked Kaggle download (holding '{RAW_DIR}/{WAV_TXT_DIR}')",
     )
-    parser.add_argument("--data_folder", required=True,
-                        help=f"the unpacked Kaggle download (holding '{RAW_DIR}/{WAV_TXT_DIR}')")
-    parser.add_argument("--save_folder", required=True, help="where the manifests are written")
     parser.add_argument("--valid_fraction", type=float, default=0.1,
                         help="share of utterances (or speakers) for validation, at least one "
                         "(default: %(default)s)")
@@ -238,20 +224,8 @@ def main(argv=None):
                         "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=1234,
                         help="seed of the split (default: %(default)s)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = prepare_jl_corpus(args.data_folder, args.save_folder,
-                                    valid_fraction=args.valid_fraction,
-                                    test_fraction=args.test_fraction, split_by=args.split_by,
-                                    seed=args.seed)
-    except (LayoutError, ValueError) as err:
-        parser.exit(2, f"error: {err}\n")
-    if summary is None:
-        print(f"already prepared with the same options: {args.save_folder}")
-    else:
-        print_summary(summary, skipped_counts(args.save_folder))
+    return run_cli(prepare_jl_corpus, parser, argv, MANIFESTS)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

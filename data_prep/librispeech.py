@@ -24,24 +24,22 @@ exactly as given (no sentence casing is invented); ``wrd`` is their
 Audio is 16 kHz FLAC, read by soundfile.
 """
 
-import argparse
 import logging
 import os
 import sys
 
-if __name__ == "__main__":  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from data_prep.common import (  # noqa: E402
+from data_prep.common import (
     LayoutError,
     SkipLog,
     already_prepared,
+    cli_parser,
+    find_root,
     finish,
-    print_summary,
-    require,
-    skipped_counts,
+    prep_options,
+    require_data_folder,
+    run_cli,
     whole_file_row,
 )
 
@@ -49,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 CORPUS = "librispeech"
 SPLITS = ("test-clean", "test-other")
-FORMAT_VERSION = 1
+PREP_VERSION = 1
 MALFORMED = "malformed .trans.txt line"
 LIKELY_CAUSE = (
     "the split folder lacks <spk>/<chapter>/<spk>-<chapter>-<utt>.flac files with their "
@@ -62,17 +60,20 @@ def manifest_name(split):
     return split.replace("-", "_") + ".csv"
 
 
-def find_root(data_folder, splits):
+def _candidates(data_folder):
+    """Where the split folders may be: ``data_folder/LibriSpeech``, then ``data_folder``."""
+    return [os.path.join(data_folder, "LibriSpeech"), data_folder]
+
+
+def find_librispeech_root(data_folder, splits):
     """The ``LibriSpeech`` folder holding ``splits`` (``data_folder`` or its child)."""
-    require(
-        os.path.isdir(data_folder),
-        f"LibriSpeech data_folder {data_folder!r} does not exist; expected "
-        f"LibriSpeech/{splits[0]}/ (from {splits[0]}.tar.gz) there",
-    )
-    candidates = [os.path.join(data_folder, "LibriSpeech"), data_folder]
-    for root in candidates:
-        if all(os.path.isdir(os.path.join(root, split)) for split in splits):
-            return root
+    require_data_folder(data_folder, "LibriSpeech",
+                        f"LibriSpeech/{splits[0]}/ (from {splits[0]}.tar.gz)")
+    candidates = _candidates(data_folder)
+    root = find_root(candidates, lambda folder: all(os.path.isdir(os.path.join(folder, split))
+                                                    for split in splits))
+    if root is not None:
+        return root
     tars = [f"{s}.tar.gz" for s in splits
             if os.path.isfile(os.path.join(data_folder, f"{s}.tar.gz"))]
     missing = [s for s in splits
@@ -89,12 +90,12 @@ def present_default_splits(data_folder):
     """The default splits (test-clean, test-other) the user has, for ``splits=None``.
 
     A missing one is left out with a warning; its tarball in ``data_folder`` (not yet
-    extracted), or none of them present, raise :class:`LayoutError` via :func:`find_root`.
+    extracted), or none of them present, raise :class:`LayoutError` via
+    :func:`find_librispeech_root`.
     """
-    require(os.path.isdir(data_folder),
-            f"LibriSpeech data_folder {data_folder!r} does not exist; expected "
-            f"LibriSpeech/{SPLITS[0]}/ (from {SPLITS[0]}.tar.gz) there")
-    for root in (os.path.join(data_folder, "LibriSpeech"), data_folder):
+    require_data_folder(data_folder, "LibriSpeech",
+                        f"LibriSpeech/{SPLITS[0]}/ (from {SPLITS[0]}.tar.gz)")
+    for root in _candidates(data_folder):
         present = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
         unextracted = [s for s in SPLITS if s not in present
                        and os.path.isfile(os.path.join(data_folder, f"{s}.tar.gz"))]
@@ -105,7 +106,7 @@ def present_default_splits(data_folder):
                                "splits to require them)", CORPUS, ", ".join(missing), root,
                                ", ".join(present))
             return present
-    return list(SPLITS)  # find_root names what is missing
+    return list(SPLITS)  # find_librispeech_root names what is missing
 
 
 def _read_split(split_dir, split, skipped):
@@ -158,22 +159,15 @@ def prepare_librispeech(data_folder, save_folder, splits=None, seed=None):
     Returns the summary ``{manifest: (utterances, hours)}``, or None when ``save_folder``
     already holds manifests prepared with the same options.
     """
-    if splits is None:
-        splits = present_default_splits(data_folder)
-    splits = list(dict.fromkeys(splits))
+    splits = wanted_splits(data_folder, splits)
     if not splits:
         raise ValueError("splits is empty")
     manifests = [manifest_name(s) for s in splits]
-    options = {
-        "corpus": CORPUS,
-        "format": FORMAT_VERSION,
-        "data_folder": os.path.abspath(data_folder),
-        "splits": splits,
-    }
+    options = prep_options(CORPUS, PREP_VERSION, data_folder, splits=splits)
     if already_prepared(save_folder, manifests, options):
         logger.info("%s already prepared in %s with the same options", CORPUS, save_folder)
         return None
-    root = find_root(data_folder, splits)
+    root = find_librispeech_root(data_folder, splits)
     skipped = SkipLog()
     out = {}
     for split, name in zip(splits, manifests):
@@ -181,28 +175,26 @@ def prepare_librispeech(data_folder, save_folder, splits=None, seed=None):
     return finish(save_folder, out, skipped, options, CORPUS, likely_cause=LIKELY_CAUSE)
 
 
+def wanted_splits(data_folder, splits=None):
+    """``splits`` without repeats, or for None the default splits present
+    (:func:`present_default_splits`)."""
+    if splits is None:
+        splits = present_default_splits(data_folder)
+    return list(dict.fromkeys(splits))
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Prepare LibriSpeech manifests (default test-clean and test-other -> "
-        "test_clean.csv, test_other.csv), the paper's forgetting sets."
+    parser = cli_parser(
+        "Prepare LibriSpeech manifests (default test-clean and test-other -> test_clean.csv, "
+        "test_other.csv), the paper's forgetting sets.",
+        "the LibriSpeech folder or the folder holding it",
     )
-    parser.add_argument("--data_folder", required=True,
-                        help="the LibriSpeech folder or the folder holding it")
-    parser.add_argument("--save_folder", required=True, help="where the manifests are written")
     parser.add_argument("--splits", nargs="+", default=None,
                         help="LibriSpeech split folders to prepare, each required (default: "
                         "test-clean and test-other, or the one of them that is present)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = prepare_librispeech(args.data_folder, args.save_folder, splits=args.splits)
-    except (LayoutError, ValueError) as err:
-        parser.exit(2, f"error: {err}\n")
-    if summary is None:
-        print(f"already prepared with the same options: {args.save_folder}")
-    else:
-        print_summary(summary, skipped_counts(args.save_folder))
+    return run_cli(prepare_librispeech, parser, argv, lambda args: [
+        manifest_name(s) for s in wanted_splits(args.data_folder, args.splits)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -53,26 +53,26 @@ at load time). The transcripts are kept as written ("Please call Stella.") in ``
 ``wrd`` is their :func:`aode.text.normalize_words` form.
 """
 
-import argparse
 import logging
 import os
 import random
 import sys
 
-if __name__ == "__main__":  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from data_prep.common import (  # noqa: E402
+from data_prep.common import (
     LayoutError,
     SkipLog,
     already_prepared,
+    cli_parser,
+    find_root,
     finish,
-    print_summary,
+    folders_below,
+    prep_options,
     read_transcript,
     require,
-    skipped_counts,
+    require_data_folder,
+    run_cli,
     whole_file_row,
 )
 
@@ -86,9 +86,8 @@ VALID_SPEAKERS = ("p226", "p287")
 VALID_SHARE = 2 / 28  # the same share of speakers for the other training sets
 DEFAULT_SEED = 1234
 SUFFIX_16K = "_16k"  # SpeechBrain's resampled audio folders
-IGNORED_DIRS = ("__MACOSX",)
 MANIFESTS = ("train.csv", "valid.csv", "test.csv")
-FORMAT_VERSION = 1
+PREP_VERSION = 1
 LIKELY_CAUSE = (
     "a transcript folder (trainset_*_txt, testset_txt) or an audio folder is empty or only "
     "partly extracted, or holds the files of another set (e.g. 28spk transcripts beside "
@@ -111,28 +110,18 @@ def _unnest(folder):
 
 
 def find_dir(root, name, max_depth=3):
-    """The folder called ``name`` at ``root`` or up to ``max_depth`` levels below, or None.
+    """The folder called ``name``: ``root`` itself, or a subfolder of ``root`` or of a folder
+    up to ``max_depth`` levels below it, or None.
 
-    Breadth first, so the shallowest match wins; hidden and ``__MACOSX`` folders are skipped.
+    Breadth first, so the shallowest match wins; hidden and ``__MACOSX`` folders are skipped
+    (:func:`data_prep.common.folders_below`).
     """
     root = os.path.abspath(root)
     if os.path.basename(root) == name and os.path.isdir(root):
         return _unnest(root)
-    level = [root]
-    for _ in range(max_depth + 1):
-        nxt = []
-        for folder in level:
-            candidate = os.path.join(folder, name)
-            if os.path.isdir(candidate):
-                return _unnest(candidate)
-            try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            except OSError:
-                continue
-            nxt.extend(e.path for e in entries if e.is_dir() and not e.name.startswith(".")
-                       and e.name not in IGNORED_DIRS)
-        level = nxt
-    return None
+    parent = find_root(folders_below(root, max_depth),
+                       lambda folder: os.path.isdir(os.path.join(folder, name)))
+    return None if parent is None else _unnest(os.path.join(parent, name))
 
 
 def _files_by_stem(folder, ext):
@@ -186,11 +175,7 @@ def folder_names(audio, train_set):
 
 
 def _locate(data_folder, audio, train_set):
-    require(
-        os.path.isdir(data_folder),
-        f"Noisy VCTK data_folder {data_folder!r} does not exist; expected the unzipped "
-        "DataShare 10283/2791 folders there",
-    )
+    require_data_folder(data_folder, "Noisy VCTK", "the unzipped DataShare 10283/2791 folders")
     names = folder_names(audio, train_set)
     found = {}
     for key, candidates in names.items():
@@ -285,14 +270,8 @@ def prepare_noisy_vctk(
         raise ValueError(f"audio must be one of {AUDIO_TYPES}, got {audio!r}")
     if isinstance(valid_speakers, str):  # "p226 p287" from a config file
         valid_speakers = valid_speakers.split()
-    options = {
-        "corpus": CORPUS,
-        "format": FORMAT_VERSION,
-        "data_folder": os.path.abspath(data_folder),
-        "train_set": train_set,
-        "audio": audio,
-        **_valid_option(train_set, valid_speakers, seed),
-    }
+    options = prep_options(CORPUS, PREP_VERSION, data_folder, train_set=train_set, audio=audio,
+                           **_valid_option(train_set, valid_speakers, seed))
     if already_prepared(save_folder, MANIFESTS, options):
         logger.info("%s already prepared in %s with the same options", CORPUS, save_folder)
         return None
@@ -324,14 +303,11 @@ def prepare_noisy_vctk(
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Prepare Noisy VCTK (Voicebank+DEMAND) manifests: train.csv, valid.csv "
-        "(speakers held out of training) and test.csv (the official test set)."
+    parser = cli_parser(
+        "Prepare Noisy VCTK (Voicebank+DEMAND) manifests: train.csv, valid.csv (speakers held "
+        "out of training) and test.csv (the official test set).",
+        "folder with the unzipped {noisy,clean}_*set*_wav (or *_wav_16k) and *_txt folders",
     )
-    parser.add_argument("--data_folder", required=True,
-                        help="folder with the unzipped {noisy,clean}_*set*_wav (or *_wav_16k) "
-                        "and *_txt folders")
-    parser.add_argument("--save_folder", required=True, help="where the manifests are written")
     parser.add_argument("--train_set", choices=TRAIN_SETS, default="28spk",
                         help="28- or 56-speaker training set (default: %(default)s; 56spk "
                         "or --audio both gives the paper's ~19 h)")
@@ -343,19 +319,8 @@ def main(argv=None):
                         "for 28spk, a seeded draw of 4 speakers for 56spk)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help="seed of the validation speaker draw (default: %(default)s)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = prepare_noisy_vctk(args.data_folder, args.save_folder, train_set=args.train_set,
-                                     audio=args.audio, valid_speakers=args.valid_speakers,
-                                     seed=args.seed)
-    except (LayoutError, ValueError) as err:
-        parser.exit(2, f"error: {err}\n")
-    if summary is None:
-        print(f"already prepared with the same options: {args.save_folder}")
-    else:
-        print_summary(summary, skipped_counts(args.save_folder))
+    return run_cli(prepare_noisy_vctk, parser, argv, MANIFESTS)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -49,16 +49,12 @@ million", "Q2"); ``wrd`` is :func:`aode.text.normalize_words` of it. (:mod:`aode
 writes a "$" so that SpeechBrain's CSV reader loads it; ``read_manifest`` gives it back.)
 """
 
-import argparse
 import array
 import logging
 import math
 import os
 import random
 import sys
-
-if __name__ == "__main__":  # run as a script: make the repository's packages importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tqdm import tqdm
 
@@ -69,9 +65,13 @@ from data_prep.common import (
     SkipLog,
     already_prepared,
     audio_info,
+    cli_parser,
+    find_root,
     finish,
-    run_cli,
+    prep_options,
     require,
+    require_data_folder,
+    run_cli,
 )
 
 logger = logging.getLogger(__name__)
@@ -122,13 +122,13 @@ def find_csv_dir(data_folder):
     """The folder holding ``train.csv`` and ``val.csv``: ``data_folder``, its
     ``spgispeech/``, or (when ``data_folder`` is the folder with ``train/`` and ``val/`` of
     Kensho's layout) its parent. Raises :class:`LayoutError` if none does."""
-    require(os.path.isdir(data_folder), f"SPGISpeech data_folder {data_folder!r} does not exist")
+    require_data_folder(data_folder, "SPGISpeech")
     candidates = [data_folder, os.path.join(data_folder, "spgispeech")]
     if _has_split_folders(data_folder):
         candidates.append(os.path.dirname(os.path.abspath(data_folder)))
-    for folder in _unique(candidates):
-        if _has_csvs(folder):
-            return folder
+    folder = find_root(_unique(candidates), _has_csvs)
+    if folder is not None:
+        return folder
     raise LayoutError(
         f"no train.csv and val.csv in {data_folder!r} (nor in its spgispeech/ folder). "
         + LAYOUTS
@@ -141,9 +141,9 @@ def find_audio_dir(csv_dir, data_folder):
     Raises :class:`LayoutError` naming the folders looked in if none holds both."""
     candidates = _unique([csv_dir, os.path.join(csv_dir, "spgispeech"),
                           data_folder, os.path.join(data_folder, "spgispeech")])
-    for folder in candidates:
-        if _has_split_folders(folder):
-            return folder
+    folder = find_root(candidates, _has_split_folders)
+    if folder is not None:
+        return folder
     raise LayoutError(
         f"found train.csv and val.csv in {csv_dir!r} but no audio: none of "
         f"{', '.join(repr(c) for c in candidates)} holds both train/ and val/ folders. "
@@ -393,16 +393,14 @@ def prepare_spgispeech(
     :class:`LayoutError` when the layout is not one of those accepted or the audio is not
     where the CSVs say (then nothing is marked prepared).
     """
-    options = {
-        "corpus": "spgispeech",
-        "prep_version": PREP_VERSION,
-        "data_folder": os.path.abspath(data_folder),
-        "test_size": test_size,
-        "valid_size": valid_size,
-        "max_train_hours": max_train_hours,
-        "check_audio": bool(check_audio),
-        "seed": seed,
-    }
+    options = prep_options(
+        "spgispeech", PREP_VERSION, data_folder,
+        test_size=test_size,
+        valid_size=valid_size,
+        max_train_hours=max_train_hours,
+        check_audio=bool(check_audio),
+        seed=seed,
+    )
     if already_prepared(save_folder, MANIFESTS, options):
         logger.info("SPGISpeech already prepared in %s, skipping", save_folder)
         return None
@@ -470,15 +468,12 @@ def _count_or_all(value):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Prepare SPGISpeech manifests (train/valid/test CSVs) for AoDE. "
-        "Paper: test = random 2000 val utterances; Whisper trained on ~1000 h of train.",
+    parser = cli_parser(
+        "Prepare SPGISpeech manifests (train/valid/test CSVs) for AoDE. Paper: test = random "
+        "2000 val utterances; Whisper trained on ~1000 h of train.",
+        "unpacked SPGISpeech: the folder with train.csv and val.csv, or the folder with "
+        "train/ and val/ (Kensho's layout, CSVs beside spgispeech/, or all in one folder)",
     )
-    parser.add_argument("--data_folder", required=True,
-                        help="unpacked SPGISpeech: the folder with train.csv and val.csv, "
-                        "or the folder with train/ and val/ (Kensho's layout, CSVs beside "
-                        "spgispeech/, or all in one folder)")
-    parser.add_argument("--save_folder", required=True, help="where the manifests are written")
     parser.add_argument("--test_size", type=_count_or_all, default=2000,
                         help="utterances of the official val split drawn as test "
                         "(default 2000, the paper's; 'all' = the whole val split)")
@@ -490,11 +485,7 @@ def main(argv=None):
                         help="open every selected WAV (slow on the full corpus) instead of "
                         "trusting wav_filesize; unreadable files are skipped")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the random subsets")
-    args = parser.parse_args(argv)
-    return run_cli(prepare_spgispeech, args.data_folder, args.save_folder, MANIFESTS,
-                   test_size=args.test_size, valid_size=args.valid_size,
-                   max_train_hours=args.max_train_hours, check_audio=args.check_audio,
-                   seed=args.seed)
+    return run_cli(prepare_spgispeech, parser, argv, MANIFESTS)
 
 
 if __name__ == "__main__":

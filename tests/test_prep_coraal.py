@@ -29,7 +29,7 @@ from data_prep.coraal import (
     interviewee_code,
     is_pause_only,
     prepare_coraal,
-    read_transcript,
+    read_transcript_table,
     segment_rows,
     split_speakers,
 )
@@ -439,10 +439,10 @@ def test_transcript_encodings(tmp_path):
     path = tmp_path / "ATL_se0_ag1_f_01_1.txt"
     path.write_bytes((header + "1\tATL_se0_ag1_f_01\t0.5\tI don\u2019t know\t2.0\n")
                      .encode("cp1252"))
-    (row,) = read_transcript(str(path))
+    (row,) = read_transcript_table(str(path))
     assert row[3] == "I don\u2019t know"
     assert normalize_words(clean_content(row[3])) == "i don't know"
     path.write_bytes(("\ufeff" + header + "1\tATL_se0_ag1_f_01\t0.5\tcaf\u00e9 \u2019bout\t2.0\n")
                      .encode("utf-8"))
-    (row,) = read_transcript(str(path))
+    (row,) = read_transcript_table(str(path))
     assert row[1:] == ("ATL_se0_ag1_f_01", "0.5", "caf\u00e9 \u2019bout", "2.0")
