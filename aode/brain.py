@@ -50,8 +50,13 @@ class ASRBrain(sb.Brain):
     def asr(self):
         return unwrap(self.modules.model)
 
-    def _hp(self, name, default=None):
-        return getattr(self.hparams, name, default)
+    def _hp(self, name):
+        """An hparam, or its declared default (:class:`aode.config.TrainingConfig`) when the
+        Brain is built without it (evaluation passes only what it needs)."""
+        from aode.config import TrainingConfig
+
+        field = TrainingConfig.model_fields.get(name)
+        return getattr(self.hparams, name, None if field is None or field.is_required() else field.default)
 
     # ------------------------------------------------------------------ forward / loss
     def compute_forward(self, batch, stage):
@@ -76,7 +81,7 @@ class ASRBrain(sb.Brain):
     # ------------------------------------------------------------------ stages
     def on_stage_start(self, stage, epoch=None):
         if stage != sb.Stage.TRAIN:
-            self._normalize = get_normalizer(self._hp("normalizer", "whisper"))
+            self._normalize = get_normalizer(self._hp("normalizer"))
             self.wer_metric = sb.utils.metric_stats.ErrorRateStats()
             self.cer_metric = sb.utils.metric_stats.ErrorRateStats(split_tokens=True)
             self.utterances = []
@@ -136,11 +141,11 @@ class ASRBrain(sb.Brain):
     def init_optimizers(self):
         """One AdamW over LLRD parameter groups (paper III-A)."""
         groups = llrd_param_groups(
-            self.modules.named_parameters(), lr=self._hp("lr", 1e-5), alpha=self._hp("llrd_alpha", 1.0),
-            mode=self._hp("llrd_mode", "paper"), weight_decay=self._hp("weight_decay", 0.0),
+            self.modules.named_parameters(), lr=self._hp("lr"), alpha=self._hp("llrd_alpha"),
+            mode=self._hp("llrd_mode"), weight_decay=self._hp("weight_decay"),
         )
         log_llrd_table(groups)
-        self.optimizer = torch.optim.AdamW(groups, betas=tuple(self._hp("adam_betas", (0.9, 0.98))))
+        self.optimizer = torch.optim.AdamW(groups, betas=tuple(self._hp("adam_betas")))
         self.optimizers_dict = {"optimizer": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)

@@ -16,7 +16,7 @@ import torch
 
 from aode.atomic import atomic_folder
 from aode.brain import ASRBrain
-from aode.config import parse_command_line
+from aode.config import TrainingConfig, parse_command_line, validate
 from aode.data import make_dataset
 from aode.lora import add_lora, has_lora, merge_lora
 from aode.models import check_same_architecture, load_asr_model, load_hf_config
@@ -51,20 +51,20 @@ def freeze_non_encoder(hf_model):
 
 def build_model(hparams):
     """The ASR model of the run: ``init_from`` (an earlier expert or merge) or ``model_source``."""
-    source = hparams.get("init_from") or hparams["model_source"]
-    if hparams.get("init_from"):
+    source = hparams["init_from"] or hparams["model_source"]
+    if hparams["init_from"]:
         check_same_architecture(load_hf_config(hparams["init_from"]), load_hf_config(hparams["model_source"]),
                                 f"init_from {hparams['init_from']!r}", f"model_source {hparams['model_source']!r}")
     asr = load_asr_model(
-        source, family=hparams.get("family"), save_path=hparams.get("pretrained_cache"),
-        beam_size=hparams.get("beam_size", 1), label_smoothing=hparams.get("label_smoothing", 0.0),
-        max_decode_ratio=hparams.get("max_decode_ratio", 1.0), layerdrop=hparams.get("layerdrop", 0.0),
+        source, family=hparams["family"], save_path=hparams["pretrained_cache"],
+        beam_size=hparams["beam_size"], label_smoothing=hparams["label_smoothing"],
+        max_decode_ratio=hparams["max_decode_ratio"], layerdrop=hparams["layerdrop"],
     )
-    if hparams.get("freeze_decoder"):
+    if hparams["freeze_decoder"]:
         freeze_non_encoder(asr.hf_model)
-    if hparams.get("lora_rank", 0):
-        add_lora(asr.hf_model, rank=hparams["lora_rank"], alpha=hparams.get("lora_alpha"),
-                 target_modules=hparams["lora_targets"], dropout=hparams.get("lora_dropout", 0.0))
+    if hparams["lora_rank"]:
+        add_lora(asr.hf_model, rank=hparams["lora_rank"], alpha=hparams["lora_alpha"],
+                 target_modules=hparams["lora_targets"], dropout=hparams["lora_dropout"])
     return asr, source
 
 
@@ -95,7 +95,7 @@ def resolve_run_options(hparams, run_opts=None):
     for key in RUN_OPTIONS_IN_HPARAMS:
         if key in given:
             hparams[key] = given[key]
-    if (hparams.get("layerdrop") or 0) > 0:
+    if (hparams["layerdrop"] or 0) > 0:
         given.pop("find_unused_parameters", None)
         hparams["find_unused_parameters"] = True
     return given
@@ -103,22 +103,22 @@ def resolve_run_options(hparams, run_opts=None):
 
 def log_training_plan(hparams, batches, total_steps, world_size):
     """What the user is about to train: effective batch, steps, precision."""
-    accumulation = hparams.get("grad_accumulation_factor", 1)
+    accumulation = hparams["grad_accumulation_factor"]
     logger.info(
         "training plan: %d epochs x %d batches of %d per process = %d optimizer steps; effective batch %d "
         "(batch %d x accumulation %d x %d processes); precision %s; layerdrop %s",
         hparams["number_of_epochs"], batches, hparams["batch_size"], total_steps,
         hparams["batch_size"] * accumulation * world_size, hparams["batch_size"], accumulation,
-        world_size, hparams.get("precision", "fp32"), hparams.get("layerdrop", 0.0))
+        world_size, hparams["precision"], hparams["layerdrop"])
 
 
 def train_loader_options(hparams, dataset):
     """Batches per epoch and loader kwargs; ``steps_per_epoch`` fixes the step count."""
     batch_size = hparams["batch_size"]
-    steps = hparams.get("steps_per_epoch")
-    accumulation = hparams.get("grad_accumulation_factor", 1)
+    steps = hparams["steps_per_epoch"]
+    accumulation = hparams["grad_accumulation_factor"]
     if steps:
-        generator = torch.Generator().manual_seed(hparams.get("seed", 0))
+        generator = torch.Generator().manual_seed(hparams["seed"])
         sampler = torch.utils.data.RandomSampler(
             dataset, replacement=False, num_samples=steps * batch_size * accumulation, generator=generator)
         kwargs = {"batch_size": batch_size, "sampler": sampler}
@@ -126,7 +126,7 @@ def train_loader_options(hparams, dataset):
     else:
         kwargs = {"batch_size": batch_size, "shuffle": True}
         batches = math.ceil(len(dataset) / batch_size)
-    kwargs["num_workers"] = hparams.get("num_workers", 0)
+    kwargs["num_workers"] = hparams["num_workers"]
     return kwargs, batches
 
 
@@ -156,39 +156,50 @@ def export_expert(brain, asr, folder, provenance):
 def run(argv, prepare=None, corpus=None):
     """Train one expert; returns the exported folder. ``prepare(**kwargs)`` writes manifests."""
     hparams, run_opts, hparams_file, overrides = load_hparams(argv, {"domain": corpus} if corpus else None)
+    hparams = validate(TrainingConfig, hparams, hparams_file)  # before any work
     sb.utils.distributed.ddp_init_group(run_opts)
     sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file,
                                    overrides=overrides)
-    if prepare is not None and hparams.get("data_folder"):
+    if prepare is not None and hparams["data_folder"]:
         wanted = inspect.signature(prepare).parameters
-        kwargs = {k: v for k, v in (hparams.get("prep_options") or {}).items() if k in wanted}
+        unknown = sorted(set(hparams["prep_options"]) - set(wanted) - {"data_folder", "save_folder"})
+        if unknown:
+            import difflib
+
+            hints = [f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, wanted, n=1)) else "")
+                     for k in unknown]
+            raise ValueError(f"prep_options {', '.join(hints)} not accepted by {prepare.__name__}; "
+                             f"it takes {sorted(set(wanted) - {'data_folder', 'save_folder'})}")
+        kwargs = dict(hparams["prep_options"])
         sb.utils.distributed.run_on_main(prepare, kwargs={
             "data_folder": hparams["data_folder"], "save_folder": hparams["prep_folder"], **kwargs})
     return train_expert(hparams, run_opts, corpus=corpus)
 
 
 def train_expert(hparams, run_opts=None, corpus=None):
-    """Fine-tune and export; usable from Python with an already-loaded hparams dict."""
+    """Fine-tune and export; usable from Python with an already-loaded hparams dict (validated
+    against :class:`aode.config.TrainingConfig`, defaults filled, before any work)."""
+    hparams = validate(TrainingConfig, hparams, "training hparams")
     run_opts = resolve_run_options(hparams, run_opts)
-    torch.manual_seed(hparams.get("seed", 0))
+    torch.manual_seed(hparams["seed"])
     output = hparams["output_folder"]
     os.makedirs(output, exist_ok=True)
     asr, source = build_model(hparams)
     skip_log = os.path.join(output, "skipped_audio.csv")
-    check = hparams.get("check_audio", True)
+    check = hparams["check_audio"]
     train_set = make_dataset(hparams["train_csv"], asr, hparams, check, skip_log)
     valid_set = make_dataset(hparams["valid_csv"], asr, hparams, check, skip_log)
-    test_csvs = {"test": hparams["test_csv"]} if hparams.get("test_csv") else {}
-    test_csvs.update(hparams.get("extra_test_csvs") or {})
+    test_csvs = {"test": hparams["test_csv"]} if hparams["test_csv"] else {}
+    test_csvs.update(hparams["extra_test_csvs"] or {})
     test_sets = {name: make_dataset(path, asr, hparams, check, skip_log) for name, path in test_csvs.items()}
     loader_kwargs, batches = train_loader_options(hparams, train_set)
     epochs = hparams["number_of_epochs"]
     # Under DDP SpeechBrain splits each epoch's batches between the processes.
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     batches = math.ceil(batches / world_size)
-    total_steps = max(1, epochs * batches // hparams.get("grad_accumulation_factor", 1))
+    total_steps = max(1, epochs * batches // hparams["grad_accumulation_factor"])
     epoch_counter = sb.utils.epoch_loop.EpochCounter(epochs)
-    scheduler = STLR(total_steps, hparams.get("peak_fraction", 0.1), hparams.get("stlr_ratio", 32.0))
+    scheduler = STLR(total_steps, hparams["peak_fraction"], hparams["stlr_ratio"])
     checkpointer = sb.utils.checkpoints.Checkpointer(
         os.path.join(output, "save"),
         recoverables={"model": asr, "scheduler": scheduler, "counter": epoch_counter})
@@ -199,37 +210,38 @@ def train_expert(hparams, run_opts=None, corpus=None):
     log_training_plan(hparams, batches, total_steps, world_size)
     brain = ASRBrain(modules={"model": asr}, opt_class=torch.optim.AdamW, hparams=brain_hparams,
                      run_opts=run_opts, checkpointer=checkpointer)
-    eval_kwargs = {"batch_size": hparams.get("eval_batch_size", hparams["batch_size"]),
-                   "num_workers": hparams.get("num_workers", 0)}
+    eval_kwargs = {"batch_size": hparams["eval_batch_size"],
+                   "num_workers": hparams["num_workers"]}
     brain.fit(epoch_counter, train_set, valid_set, train_loader_kwargs=loader_kwargs,
-              valid_loader_kwargs=eval_kwargs, progressbar=hparams.get("progressbar", True))
+              valid_loader_kwargs=eval_kwargs, progressbar=hparams["progressbar"])
     folder = os.path.join(output, EXPERT_DIR)
     best = brain.checkpointer.find_checkpoint(min_key="WER")
     provenance = {
-        "kind": "expert", "base_model": hparams["model_source"], "init_from": hparams.get("init_from"),
-        "domain": corpus or hparams.get("domain"), "train_csv": hparams["train_csv"],
+        "kind": "expert", "base_model": hparams["model_source"], "init_from": hparams["init_from"],
+        "domain": corpus or hparams["domain"], "train_csv": hparams["train_csv"],
         "dev_wer": best.meta.get("WER") if best else None,
         "hparams": {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool, type(None)))},
-        "lora": {"rank": hparams.get("lora_rank"), "alpha": hparams.get("lora_alpha")} if hparams.get("lora_rank") else None,
+        "lora": {"rank": hparams["lora_rank"], "alpha": hparams["lora_alpha"]} if hparams["lora_rank"] else None,
     }
     export_expert(brain, asr, folder, provenance)
     brain.checkpointer = None  # the model now holds the best weights (LoRA folded in)
     for name, test_set in test_sets.items():
         brain.hparams.utterance_output = os.path.join(output, f"test_{name}.csv")
         brain.evaluate(test_set, test_loader_kwargs=eval_kwargs,
-                       progressbar=hparams.get("progressbar", True))
+                       progressbar=hparams["progressbar"])
     return folder
 
 
 def main(argv=None, prepare=None, corpus=None):
-    """A recipe's command line; a data layout error ends it with one line and exit status 2,
-    as the data_prep command lines do."""
+    """A recipe's command line; a data layout or configuration error ends it with its message
+    and exit status 2, as the data_prep command lines do."""
+    from aode.config import ConfigError
     from data_prep.common import LayoutError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         folder = run(sys.argv[1:] if argv is None else argv, prepare=prepare, corpus=corpus)
-    except LayoutError as err:
+    except (LayoutError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(f"expert written to {folder}")

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from aode.config import parse_command_line
+from aode.config import MergeConfig, parse_command_line, validate
 from aode.evaluate import evaluate_models
 from aode.merge import merge_models
 from aode.models import resolve_model_folder
@@ -22,44 +22,49 @@ from aode.report import write_report
 
 def main(argv):
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    hp = parse_command_line(argv)[0]
+    hp, _, hparams_file, _ = parse_command_line(argv)
+    hp = validate(MergeConfig, hp, hparams_file)  # before any work
     experts = collections.OrderedDict(hp["experts"])
-    if not experts:
-        raise ValueError("hparams name no experts to merge")
     # Before any work: every member and the original must be reachable (a hub id through the
     # Hugging Face cache, as from_pretrained finds it).
     original = resolve_model_folder(hp["original"])
     experts = collections.OrderedDict((name, resolve_model_folder(path)) for name, path in experts.items())
     out = hp["output_folder"]
     merged = os.path.join(out, "merged")
-    weights = hp.get("weights")
+    weights = hp["weights"]
     if isinstance(weights, dict):
         weights = [weights[name] for name in experts] + ([weights.get("original", 1.0)]
-                                                         if hp.get("include_original") else [])
+                                                         if hp["include_original"] else [])
     if not os.path.isfile(os.path.join(merged, "config.json")):
-        merge_models(list(experts.values()), merged, method=hp.get("method", "average"), weights=weights,
-                     base=original, include_base=hp.get("include_original", False),
-                     options=hp.get("method_options"), weight_rules=hp.get("weight_rules"), seed=hp.get("seed", 0))
+        merge_models(list(experts.values()), merged, method=hp["method"], weights=weights,
+                     base=original, include_base=hp["include_original"],
+                     options=hp["method_options"], weight_rules=hp["weight_rules"], seed=hp["seed"])
         print(f"merged model written to {merged}")
     else:
         print(f"merged model found in {merged}")
-    models = collections.OrderedDict([(hp.get("original_name", "original"), original)])
-    if hp.get("evaluate_experts", True):
+    models = collections.OrderedDict([(hp["original_name"], original)])
+    if hp["evaluate_experts"]:
         models.update(experts)
-    models.update(hp.get("extra_models") or {})
-    models[hp.get("merged_name", "merged")] = merged
+    models.update(hp["extra_models"] or {})
+    models[hp["merged_name"]] = merged
     test_sets = collections.OrderedDict(hp["test_sets"])
     if not test_sets:
         print("no test sets named: nothing evaluated")
         return
-    table = evaluate_models(models, test_sets, os.path.join(out, "eval"), batch_size=hp.get("eval_batch_size", 8),
-                            normalizer=hp.get("normalizer", "whisper"), beam_size=hp.get("beam_size", 1),
-                            device=hp.get("device", "cpu"), progress=hp.get("progressbar", True))
-    expert_of = {s: name for s, name in (hp.get("expert_of_test_set") or {}).items()}
-    _, text = write_report(table, out, next(iter(models)), hp.get("forgetting_sets"), expert_of=expert_of or None,
-                           title=hp.get("title", "AoDE"))
+    table = evaluate_models(models, test_sets, os.path.join(out, "eval"), batch_size=hp["eval_batch_size"],
+                            normalizer=hp["normalizer"], beam_size=hp["beam_size"],
+                            device=hp["device"], progress=hp["progressbar"])
+    expert_of = {s: name for s, name in (hp["expert_of_test_set"] or {}).items()}
+    _, text = write_report(table, out, next(iter(models)), hp["forgetting_sets"], expert_of=expert_of or None,
+                           title=hp["title"])
     print(text)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from aode.config import ConfigError
+
+    try:
+        main(sys.argv[1:])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -14,12 +14,14 @@ import shutil
 import sys
 
 from aode.builders import build_parakeet_ctc
+from aode.config import MiniPretrainConfig, TrainingConfig, validate
 from aode.train import load_hparams, train_expert
 
 
 def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    hparams, run_opts, _, _ = load_hparams(argv)
+    hparams, run_opts, hparams_file, _ = load_hparams(argv)
+    hparams = validate(MiniPretrainConfig, hparams, hparams_file)  # before any work
     from aode.mini.corpus import generate_corpus
 
     corpus = hparams["corpus_folder"]
@@ -34,8 +36,9 @@ def main(argv):
     hparams.update(model_source=init, domain="general", train_csv=os.path.join(general, "train.csv"),
                    valid_csv=os.path.join(general, "valid.csv"), test_csv=os.path.join(general, "test_clean.csv"),
                    extra_test_csvs={"test_other": os.path.join(general, "test_other.csv")})
-    folder = train_expert(hparams, run_opts, corpus="general")
-    if hparams.get("ship_to"):
+    training = {key: hparams[key] for key in TrainingConfig.model_fields}
+    folder = train_expert(training, run_opts, corpus="general")
+    if hparams["ship_to"]:
         if os.path.isdir(hparams["ship_to"]):
             shutil.rmtree(hparams["ship_to"])
         shutil.copytree(folder, hparams["ship_to"])

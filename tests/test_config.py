@@ -1,0 +1,67 @@
+"""Every shipped YAML fits its schema; a misspelt key fails before any work, with a hint."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from aode.config import ConfigError, MergeConfig, MiniPretrainConfig, TrainingConfig, load_yaml, validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HPARAMS = os.path.join(ROOT, "hparams")
+TRAINING = ["whisper_llrd.yaml", "whisper_lora.yaml", "parakeet_llrd.yaml", "parakeet_lora.yaml"]
+
+
+@pytest.mark.parametrize("name,schema", [(n, TrainingConfig) for n in TRAINING]
+                         + [("aode.yaml", MergeConfig), ("mini_pretrain.yaml", MiniPretrainConfig)])
+def test_shipped_yaml_fits_its_schema(name, schema):
+    path = os.path.join(HPARAMS, name)
+    values = validate(schema, load_yaml(path), path)
+    assert set(values) == set(schema.model_fields)
+
+
+def test_every_shipped_yaml_has_a_schema():
+    covered = set(TRAINING) | {"aode.yaml", "mini_pretrain.yaml", "mini.yaml", "mini_full.yaml"}
+    assert set(os.listdir(HPARAMS)) <= covered, "a new YAML kind needs its schema and a test"
+
+
+def test_misspelt_key_names_the_closest_valid_one():
+    hparams = load_yaml(os.path.join(HPARAMS, "parakeet_llrd.yaml"))
+    hparams["llrd_alpa"] = 0.8
+    with pytest.raises(ConfigError, match=r"unknown key 'llrd_alpa' \(did you mean 'llrd_alpha'\?\)"):
+        validate(TrainingConfig, hparams, "parakeet_llrd.yaml")
+
+
+def test_wrong_values_are_refused():
+    hparams = load_yaml(os.path.join(HPARAMS, "aode.yaml"))
+    with pytest.raises(ConfigError, match=r"unknown merge method 'tie' \(did you mean 'ties'\?\)"):
+        validate(MergeConfig, {**hparams, "method": "tie"})
+    with pytest.raises(ConfigError, match="normalizer"):
+        validate(MergeConfig, {**hparams, "normalizer": "whisperx"})
+    with pytest.raises(ConfigError, match="batch_size"):
+        validate(TrainingConfig, {**load_yaml(os.path.join(HPARAMS, "whisper_llrd.yaml")), "batch_size": 0})
+
+
+def test_defaults_are_declared_once():
+    """The Brain's fallbacks are the schema's (evaluation builds a Brain without training keys)."""
+    import torch
+
+    from aode.brain import ASRBrain
+
+    brain = ASRBrain(modules={"model": torch.nn.Linear(1, 1)}, hparams={}, run_opts={})
+    for key in ("lr", "llrd_alpha", "llrd_mode", "weight_decay", "normalizer"):
+        assert brain._hp(key) == TrainingConfig.model_fields[key].default
+    assert TrainingConfig.model_fields["eval_batch_size"].default == MergeConfig.model_fields["eval_batch_size"].default
+
+
+@pytest.mark.parametrize("command", [
+    ["recipes/CORAAL/train.py", "hparams/whisper_llrd.yaml", "--llrd_alpa", "0.9"],
+    ["recipes/average/merge.py", "hparams/aode.yaml", "--methd", "ties"],
+])
+def test_misspelt_key_on_the_command_line_stops_before_work(command, tmp_path):
+    result = subprocess.run([sys.executable, *command, "--output_folder", str(tmp_path / "out")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "did you mean" in result.stderr and "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "out")  # nothing was started
