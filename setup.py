@@ -25,11 +25,12 @@ setup(
         "matplotlib",
         "numpy",
         "scipy",
+        "pydantic>=2",
     ],
     extras_require={
         # The miniature corpus synthesises speech with espeak-ng (GPL-3.0); only
         # aode/mini/synth.py imports it, so the rest of the package stays free of it.
         "mini": ["espeakng-loader"],
-        "dev": ["pytest", "openai-whisper", "tiktoken", "espeakng-loader"],
+        "dev": ["pytest", "openai-whisper", "tiktoken", "espeakng-loader", "ruff"],
     },
 )
