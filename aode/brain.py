@@ -9,9 +9,13 @@
   dev WER (plus the most recent, for resuming), per-utterance outputs at evaluation.
 """
 
+from __future__ import annotations
+
 import csv
 import logging
 import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import speechbrain as sb
 import torch
@@ -19,14 +23,20 @@ import torch
 from aode.llrd import llrd_param_groups
 from aode.text import get_normalizer
 
+if TYPE_CHECKING:
+    from speechbrain.dataio.batch import PaddedBatch
+    from torch import nn
+
+    from aode.models import ASRModel
+
 logger = logging.getLogger(__name__)
 
 
-def unwrap(module):
+def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
-def log_llrd_table(groups):
+def log_llrd_table(groups: Sequence[Mapping[str, Any]]) -> None:
     """Log the LLRD groups (name, parameters, learning rate) at the start of a run."""
     lines = [f"{'group':<20} {'parameters':>14} {'lr':>11} {'x lr':>8}"]
     for group in groups:
@@ -47,7 +57,7 @@ class ASRBrain(sb.Brain):
     """
 
     @property
-    def asr(self):
+    def asr(self) -> ASRModel:
         return unwrap(self.modules.model)
 
     def _hp(self, name):
@@ -59,11 +69,12 @@ class ASRBrain(sb.Brain):
         return getattr(self.hparams, name, None if field is None or field.is_required() else field.default)
 
     # ------------------------------------------------------------------ forward / loss
-    def compute_forward(self, batch, stage):
+    def compute_forward(self, batch: PaddedBatch, stage: sb.Stage) -> dict[str, torch.Tensor]:
         batch = batch.to(self.device)
         return self.modules.model(*self.asr.batch_inputs(batch))
 
-    def compute_objectives(self, predictions, batch, stage):
+    def compute_objectives(self, predictions: dict[str, torch.Tensor], batch: PaddedBatch,
+                           stage: sb.Stage) -> torch.Tensor:
         loss = self.asr.loss(predictions, *self.asr.batch_targets(batch))
         if stage != sb.Stage.TRAIN:
             self._score(batch.id, self.asr.transcribe_outputs(predictions, batch), batch.text)
@@ -79,14 +90,14 @@ class ASRBrain(sb.Brain):
             self.utterances.append({"ID": utt, "ref": ref, "hyp": hyp})
 
     # ------------------------------------------------------------------ stages
-    def on_stage_start(self, stage, epoch=None):
+    def on_stage_start(self, stage: sb.Stage, epoch: int | None = None) -> None:
         if stage != sb.Stage.TRAIN:
             self._normalize = get_normalizer(self._hp("normalizer"))
             self.wer_metric = sb.utils.metric_stats.ErrorRateStats()
             self.cer_metric = sb.utils.metric_stats.ErrorRateStats(split_tokens=True)
             self.utterances = []
 
-    def on_stage_end(self, stage, stage_loss, epoch=None):
+    def on_stage_end(self, stage: sb.Stage, stage_loss: float, epoch: int | None = None) -> None:
         stats = {"loss": stage_loss}
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
@@ -110,7 +121,7 @@ class ASRBrain(sb.Brain):
             if path and sb.utils.distributed.if_main_process():
                 self.write_utterances(path)
 
-    def write_utterances(self, path):
+    def write_utterances(self, path: str) -> None:
         """Per-utterance reference, hypothesis and word errors, plus SpeechBrain's alignment file."""
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
         per_utt = {s["key"]: s for s in self.wer_metric.scores}
@@ -138,7 +149,7 @@ class ASRBrain(sb.Brain):
         super()._wrap_distributed()
 
     # ------------------------------------------------------------------ optimisation
-    def init_optimizers(self):
+    def init_optimizers(self) -> None:
         """One AdamW over LLRD parameter groups (paper III-A)."""
         groups = llrd_param_groups(
             self.modules.named_parameters(), lr=self._hp("lr"), alpha=self._hp("llrd_alpha"),
@@ -150,17 +161,18 @@ class ASRBrain(sb.Brain):
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
 
-    def on_fit_batch_start(self, batch, should_step):
+    def on_fit_batch_start(self, batch: PaddedBatch, should_step: bool) -> None:
         scheduler = self._hp("scheduler")
         if scheduler is not None:
             scheduler.apply(self.optimizer)
 
-    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+    def on_fit_batch_end(self, batch: PaddedBatch, outputs: dict[str, torch.Tensor], loss: torch.Tensor,
+                         should_step: bool) -> None:
         scheduler = self._hp("scheduler")
         if should_step and scheduler is not None:
             scheduler.step(self.optimizer)
 
-    def optimizers_step(self):
+    def optimizers_step(self) -> None:
         """SpeechBrain's step, but clipping the gradient norm over EVERY parameter group."""
         optimizers = list(self.freeze_optimizers(self.optimizers_dict).values())
         for opt in optimizers:

@@ -5,11 +5,18 @@ tokenizer with the real GPT-2/Whisper vocabulary is built from the tiktoken file
 ``openai-whisper`` package ships.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import string
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+if TYPE_CHECKING:
+    from transformers import ParakeetTokenizer, WhisperTokenizer
 
 CHARACTERS = list(string.ascii_lowercase) + ["'"]
 BLANK = "<blank>"
@@ -17,7 +24,7 @@ UNK = "<unk>"
 WORD_BOUNDARY = "\u2581"
 
 
-def char_tokenizer(characters=CHARACTERS):
+def char_tokenizer(characters: Sequence[str] = CHARACTERS) -> ParakeetTokenizer:
     """A ``ParakeetTokenizer`` over single characters, SentencePiece style (``▁`` starts a
     word), blank last as in Parakeet's vocabularies; the blank is the pad token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -31,9 +38,10 @@ def char_tokenizer(characters=CHARACTERS):
     return ParakeetTokenizer(tokenizer_object=tok, unk_token=UNK, pad_token=BLANK)
 
 
-def build_parakeet_ctc(folder, hidden_size=144, num_layers=4, num_heads=4, intermediate_size=576,
-                       subsampling_factor=2, conv_kernel_size=15, num_mel_bins=80, seed=0,
-                       characters=CHARACTERS):
+def build_parakeet_ctc(folder: str | os.PathLike, hidden_size: int = 144, num_layers: int = 4, num_heads: int = 4,
+                       intermediate_size: int = 576, subsampling_factor: int = 2, conv_kernel_size: int = 15,
+                       num_mel_bins: int = 80, seed: int = 0,
+                       characters: Sequence[str] = CHARACTERS) -> str | os.PathLike:
     """A freshly initialised ``ParakeetForCTC`` with a character tokenizer, saved to ``folder``
     with its processor; returns the folder."""
     import torch
@@ -61,7 +69,7 @@ def build_parakeet_ctc(folder, hidden_size=144, num_layers=4, num_heads=4, inter
     return folder
 
 
-def whisper_tokenizer(folder):
+def whisper_tokenizer(folder: str | os.PathLike) -> WhisperTokenizer:
     """The English-only Whisper tokenizer (GPT-2 BPE + Whisper's special tokens, 51864 ids
     as in whisper-small.en), built offline from openai-whisper's ``gpt2.tiktoken``."""
     import whisper
@@ -90,7 +98,8 @@ def whisper_tokenizer(folder):
     return tok
 
 
-def build_whisper(folder, d_model=64, layers=2, heads=2, ffn=128, seed=0):
+def build_whisper(folder: str | os.PathLike, d_model: int = 64, layers: int = 2, heads: int = 2, ffn: int = 128,
+                  seed: int = 0) -> str | os.PathLike:
     """A freshly initialised small ``WhisperForConditionalGeneration`` with the real
     English-only vocabulary and Whisper's feature extractor (80 mel bins, 30 s input)."""
     import torch

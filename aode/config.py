@@ -10,9 +10,14 @@ hyperpyyaml always does. ``!ref`` to a replaced key sees the replacement.
 
 import io
 import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
+
+if TYPE_CHECKING:
+    from speechbrain.utils.run_opts import RunOptions
 
 
 def _as_dict(overrides):
@@ -25,7 +30,7 @@ def _as_dict(overrides):
     return yaml.safe_load(overrides) or {}
 
 
-def load_yaml(path, overrides=None):
+def load_yaml(path: str | os.PathLike, overrides: str | dict[str, Any] | None = None) -> dict[str, Any]:
     """``path`` loaded by hyperpyyaml with ``overrides`` (a YAML string or a dict); a mapping
     override replaces the file's mapping of the same top-level key."""
     import ruamel.yaml
@@ -49,7 +54,8 @@ def load_yaml(path, overrides=None):
     return load_hyperpyyaml(text, overrides, overrides_must_match=False)
 
 
-def parse_command_line(argv, defaults=None):
+def parse_command_line(argv: list[str], defaults: dict[str, Any] | None = None
+                       ) -> tuple[dict[str, Any], "RunOptions | dict[str, Any]", str, str | dict[str, Any]]:
     """SpeechBrain-style ``hparams.yaml [--key value ...]``: (hparams, run_opts, file, overrides).
 
     ``defaults`` are overrides that the command line can still replace (a recipe's corpus name).
@@ -68,7 +74,7 @@ def parse_command_line(argv, defaults=None):
 # would otherwise be dropped silently and its default used).
 
 import difflib  # noqa: E402
-from typing import Any, Literal, Optional, Union  # noqa: E402
+from typing import Literal, Optional, Union  # noqa: E402
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator  # noqa: E402
 
@@ -207,7 +213,7 @@ class MiniPretrainConfig(TrainingConfig):
     model_source: str = ""
 
 
-def validate(schema, hparams, where="hparams"):
+def validate(schema: type[Schema], hparams: Mapping[str, Any], where: str = "hparams") -> dict[str, Any]:
     """``hparams`` checked against ``schema``; returns a plain dict with every default filled.
 
     Raises :class:`ConfigError` naming ``where``, each unknown key with the closest valid name,
@@ -231,3 +237,161 @@ def validate(schema, hparams, where="hparams"):
     if problems:
         raise ConfigError(f"{where} does not fit the {schema.__name__} schema:\n  " + "\n  ".join(problems))
     return {key: getattr(values, key) for key in fields}
+
+
+# ------------------------------------------------------------ experiment (recipes/average/reproduce.py)
+
+from pydantic import Field, model_validator  # noqa: E402
+
+
+def _did_you_mean(name, choices):
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _known_names(names, choices, what, known=None):
+    """``names`` unchanged when each is one of ``choices``; else ValueError naming the closest
+    (and ``known``, default: the choices)."""
+    unknown = [name for name in names if name not in choices]
+    if unknown:
+        raise ValueError(
+            "; ".join(f"unknown {what} {name!r}{_did_you_mean(name, choices)}" for name in unknown)
+            + f"; known: {known or list(choices)}"
+        )
+    return names
+
+
+class DomainConfig(Schema):
+    """One target domain of an experiment: its manifests and, optionally, its data prep."""
+
+    train_csv: str
+    valid_csv: str
+    test_csv: str
+    prepare: Optional[str] = None  # dotted name of a data_prep function, run when data_folder is set
+    data_folder: Optional[str] = None
+    prep_folder: Optional[str] = None
+    prep_options: dict[str, Any] = {}
+
+
+class SyntheticCorpusConfig(Schema):
+    """The miniature's corpus (aode.mini.corpus.generate_corpus), generated when missing."""
+
+    folder: Optional[str] = None  # default: the experiment's corpus_folder
+    seed: int = 0
+    scale: float = 1.0
+    config: Optional[dict[str, Any]] = None
+
+
+class MergeMethodConfig(Schema):
+    """One row of an experiment's merge-methods table: a registered method over the experts."""
+
+    method: str
+    options: dict[str, Any] = {}
+    include_original: bool = False
+    weights: Union[None, list[float], dict[str, float]] = None
+    weight_rules: Optional[list[Any]] = None
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value):
+        return MergeConfig._known_method(value)
+
+
+class WeightSearchConfig(Schema):
+    """aode.search.search_weights on the dev sets (the experiment's ``weight_search``)."""
+
+    method: str = "average"
+    objective: Literal["average", "constrained"] = "average"
+    max_forgetting: Union[None, int, float] = None  # an int stays one: it is part of the row's label
+    n_random: int = 8
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value):
+        return MergeConfig._known_method(value)
+
+
+class ExperimentConfig(Schema):
+    """An experiment YAML (hparams/mini.yaml, hparams/mini_full.yaml): every scenario of the
+    paper through aode.experiment (recipes/average/reproduce.py)."""
+
+    title: str = "AoDE"
+    seed: int = 0
+    output_folder: str
+    corpus_folder: Optional[str] = None
+    synthetic_corpus: Optional[SyntheticCorpusConfig] = None
+    original: str
+    original_name: str = ORIGINAL_NAME
+    domains: dict[str, DomainConfig]
+    forgetting_sets: dict[str, str]
+    forgetting_dev_sets: dict[str, str] = {}  # the original domain's dev sets: weight search, greedy soup
+    scenarios: list[str] = ["experts", "aode", "aode_with_original"]  # ids of aode.experiment.SCENARIOS
+    sequential_orders: list[list[str]] = []
+    iterations: int = 3
+    merge_methods: dict[str, MergeMethodConfig] = {}
+    fisher_utterances: int = 200
+    weight_search: WeightSearchConfig = Field(default_factory=WeightSearchConfig)
+    train_hparams_file: str
+    train_overrides: dict[str, Any] = {}  # keys of TrainingConfig
+    lora_hparams_file: Optional[str] = None
+    lora_overrides: dict[str, Any] = {}  # keys of TrainingConfig
+    eval_batch_size: int = EVAL_BATCH_SIZE
+    normalizer: Normalizer = "whisper"
+    device: str = "cpu"
+    progressbar: bool = True
+
+    @field_validator(
+        "forgetting_dev_sets",
+        "sequential_orders",
+        "merge_methods",
+        "weight_search",
+        "train_overrides",
+        "lora_overrides",
+        mode="before",
+    )
+    @classmethod
+    def _null_is_empty(cls, value, info):
+        return cls.model_fields[info.field_name].get_default(call_default_factory=True) if value is None else value
+
+    @field_validator("scenarios")
+    @classmethod
+    def _known_scenarios(cls, value):
+        from aode.experiment import SCENARIO_IDS
+
+        return _known_names(value, SCENARIO_IDS, "scenario")
+
+    @field_validator("train_overrides", "lora_overrides")
+    @classmethod
+    def _training_keys(cls, value):
+        _known_names(list(value), TrainingConfig.model_fields, "training key", known="the keys of TrainingConfig")
+        return value
+
+    @field_validator("domains")
+    @classmethod
+    def _some_domains(cls, value):
+        if not value:
+            raise ValueError("name at least one domain")
+        return value
+
+    @field_validator("iterations", "eval_batch_size", "fisher_utterances")
+    @classmethod
+    def _positive(cls, value):
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for order in self.sequential_orders:
+            if not order:
+                raise ValueError("sequential_orders: an order names at least one domain")
+            _known_names(order, self.domains, "domain in sequential_orders")
+        if "weight_search" in self.scenarios and not self.forgetting_dev_sets:
+            raise ValueError("weight_search needs forgetting_dev_sets (dev sets of the original domain)")
+        if "lora" in self.scenarios and not self.lora_hparams_file:
+            raise ValueError("lora needs lora_hparams_file")
+        if self.synthetic_corpus is not None and self.synthetic_corpus.folder is None:
+            if self.corpus_folder is None:
+                raise ValueError("synthetic_corpus needs a folder (or corpus_folder)")
+            self.synthetic_corpus.folder = self.corpus_folder
+        return self

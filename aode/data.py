@@ -6,10 +6,14 @@ file's own rate with soundfile, channels averaged to mono, files of a multi-file
 resampled to 16 kHz. No rate is assumed: it is read from each file.
 """
 
+from __future__ import annotations
+
 import csv
 import functools
 import logging
 import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import soundfile as sf
 import speechbrain as sb
@@ -17,6 +21,11 @@ import torch
 import torchaudio
 
 from aode.manifest import read_manifest, split_wav_field
+
+if TYPE_CHECKING:
+    from speechbrain.dataio.dataset import DynamicItemDataset
+
+    from aode.models import ASRModel
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +41,8 @@ def _resampler(orig, new):
     return torchaudio.transforms.Resample(orig, new)
 
 
-def read_audio_segment(wav, start=0.0, stop=None, sample_rate=SAMPLE_RATE):
+def read_audio_segment(wav: str, start: float | str = 0.0, stop: float | str | None = None,
+                       sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Float32 mono tensor of ``wav`` (one path or several joined by the separator) from
     ``start`` to ``stop`` seconds, at ``sample_rate``."""
     signals = []
@@ -59,7 +69,8 @@ def read_audio_segment(wav, start=0.0, stop=None, sample_rate=SAMPLE_RATE):
     return mixed
 
 
-def check_manifest(path, check_audio=True):
+def check_manifest(path: str | os.PathLike,
+                   check_audio: bool = True) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
     """Rows of a manifest whose audio is readable, and the (ID, reason) of the others.
 
     Raises a clear error for a missing or empty manifest or missing columns.
@@ -81,7 +92,8 @@ def check_manifest(path, check_audio=True):
     return rows, bad
 
 
-def make_dataset(path, model, hparams, check_audio=True, skip_log=None):
+def make_dataset(path: str | os.PathLike, model: ASRModel, hparams: Mapping[str, Any], check_audio: bool = True,
+                 skip_log: str | os.PathLike | None = None) -> DynamicItemDataset:
     """A ``DynamicItemDataset`` from a manifest with ``sig`` and the model's text items.
 
     Unreadable rows are dropped, counted and (with ``skip_log``) appended to that CSV.
@@ -111,7 +123,7 @@ def make_dataset(path, model, hparams, check_audio=True, skip_log=None):
     return dataset
 
 
-def add_pipelines(dataset, model):
+def add_pipelines(dataset: DynamicItemDataset, model: ASRModel) -> None:
     """Audio (``sig``) and text (``text`` and the model family's ``text_keys``) pipelines."""
 
     @sb.utils.data_pipeline.takes("wav", "start", "stop")

@@ -14,8 +14,15 @@ Each group carries ``lr_scale`` (its multiple of the base rate) and ``initial_lr
 the STLR schedule multiplies ``initial_lr`` so the ratios hold for the whole run.
 """
 
+from __future__ import annotations
+
 import collections
 import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
 
 ENCODER_LAYER = re.compile(r"(?:^|\.)encoder\.layers?\.(\d+)\.")
 DECODER_LAYER = re.compile(r"(?:^|\.)decoder\.layers?\.(\d+)\.")
@@ -28,7 +35,7 @@ def _count_layers(names, pattern):
     return max(ids) + 1 if ids else 0
 
 
-def lr_scales(names, alpha, mode="paper"):
+def lr_scales(names: Iterable[str], alpha: float, mode: str = "paper") -> dict[str, tuple[str, float]]:
     """``{parameter name: (group name, lr scale)}`` by the LLRD rule of ``mode``."""
     if mode not in MODES:
         raise ValueError(f"unknown LLRD mode {mode!r}; choose one of {MODES}")
@@ -57,7 +64,8 @@ def lr_scales(names, alpha, mode="paper"):
     return result
 
 
-def llrd_param_groups(named_parameters, lr, alpha=1.0, mode="paper", weight_decay=0.0):
+def llrd_param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], lr: float, alpha: float = 1.0,
+                      mode: str = "paper", weight_decay: float = 0.0) -> list[dict[str, Any]]:
     """Optimizer parameter groups implementing LLRD (only parameters that require grad).
 
     Biases and normalisation weights (every parameter with at most one dimension) get no

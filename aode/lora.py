@@ -9,9 +9,12 @@ r x in/groups x K, conv B as out x r x 1), so a peft adapter file merges with
 :func:`lora_delta` too.
 """
 
+from __future__ import annotations
+
 import fnmatch
 import logging
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -19,7 +22,8 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
-def lora_delta(lora_A, lora_B, scaling, weight_shape):
+def lora_delta(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float,
+               weight_shape: Sequence[int]) -> torch.Tensor:
     """The weight update ``scaling * B @ A`` reshaped to ``weight_shape`` (float32)."""
     a = lora_A.float().flatten(1)
     b = lora_B.float().flatten(1)
@@ -46,10 +50,10 @@ class LoRAWrapper(nn.Module):
         if base.bias is not None:
             base.bias.requires_grad_(False)
 
-    def delta(self):
+    def delta(self) -> torch.Tensor:
         return lora_delta(self.lora_A, self.lora_B, self.scaling, self.base.weight.shape)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``base(x) + scaling * B(A(dropout(x)))``: the full adapted weight is never built for
         a Linear or an ordinary Conv1d (at 1.1B parameters that costs gigabytes a step); a
         depthwise or grouped convolution adds the C x K delta to its small kernel instead."""
@@ -66,7 +70,7 @@ class LoRAWrapper(nn.Module):
         weight = base.weight + self.delta().to(base.weight.dtype)
         return base._conv_forward(self.dropout(x), weight, base.bias)
 
-    def merged(self):
+    def merged(self) -> nn.Linear | nn.Conv1d:
         """The base module with the update folded into its weight."""
         with torch.no_grad():
             self.base.weight.add_(self.delta().to(self.base.weight.dtype))
@@ -80,7 +84,8 @@ def _matches(name, patterns):
     return any(fnmatch.fnmatch(name, p) or name.split(".")[-1] == p for p in patterns)
 
 
-def add_lora(model, rank=16, alpha=None, target_modules=("q_proj", "v_proj"), dropout=0.0):
+def add_lora(model: nn.Module, rank: int = 16, alpha: float | None = None,
+             target_modules: Sequence[str] = ("q_proj", "v_proj"), dropout: float = 0.0) -> list[str]:
     """Freeze ``model`` and wrap every Linear/Conv1d whose name matches ``target_modules``.
 
     ``target_modules`` entries are either a module's last name component ("q_proj",
@@ -103,7 +108,7 @@ def add_lora(model, rank=16, alpha=None, target_modules=("q_proj", "v_proj"), dr
     return wrapped
 
 
-def merge_lora(model):
+def merge_lora(model: nn.Module) -> int:
     """Fold every adapter into its base weight, in place; the model is plain again."""
     count = 0
     for name, module in list(model.named_modules()):
@@ -117,11 +122,11 @@ def merge_lora(model):
     return count
 
 
-def has_lora(model):
+def has_lora(model: nn.Module) -> bool:
     return any(isinstance(m, LoRAWrapper) for m in model.modules())
 
 
-def lora_state_dict(model):
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter tensors only, named as peft names them (for an unmerged export)."""
     state = {}
     for name, module in model.named_modules():

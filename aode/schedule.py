@@ -6,10 +6,18 @@ factor runs from ``1 / ratio`` to 1 and back. It multiplies each parameter group
 schedulers write one rate into every group, which would erase them).
 """
 
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
 import speechbrain as sb
 
+if TYPE_CHECKING:
+    import torch
 
-def stlr_factor(step, total_steps, peak_fraction=0.1, ratio=32.0):
+
+def stlr_factor(step: int, total_steps: int, peak_fraction: float = 0.1, ratio: float = 32.0) -> float:
     """The STLR multiplier at optimizer step ``step`` (0-based) of ``total_steps``."""
     if total_steps <= 0:
         raise ValueError("STLR needs total_steps > 0")
@@ -38,27 +46,27 @@ class STLR:
         self.ratio = ratio
         self.current_step = 0
 
-    def factor(self):
+    def factor(self) -> float:
         return stlr_factor(self.current_step, self.total_steps, self.peak_fraction, self.ratio)
 
-    def apply(self, optimizer):
+    def apply(self, optimizer: torch.optim.Optimizer) -> float:
         factor = self.factor()
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         return factor
 
-    def step(self, optimizer):
+    def step(self, optimizer: torch.optim.Optimizer) -> float:
         self.current_step += 1
         return self.apply(optimizer)
 
     @sb.utils.checkpoints.mark_as_saver
-    def save(self, path):
+    def save(self, path: str | os.PathLike) -> None:
         import torch
 
         torch.save({"current_step": self.current_step, "total_steps": self.total_steps}, path)
 
     @sb.utils.checkpoints.mark_as_loader
-    def load(self, path, end_of_epoch=False):
+    def load(self, path: str | os.PathLike, end_of_epoch: bool = False) -> None:
         import torch
 
         state = torch.load(path, weights_only=True)

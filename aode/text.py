@@ -14,17 +14,20 @@ Scoring (WER/CER) applies ONE normaliser to both reference and hypothesis:
 * ``"none"``: whitespace collapsed only.
 """
 
+from __future__ import annotations
+
 import functools
 import json
 import os
 import re
 import unicodedata
+from collections.abc import Callable
 
 _KEEP = re.compile(r"[^a-z0-9' ]+")
 _APOS = re.compile(r"[\u2018\u2019\u02bc`]")
 
 
-def normalize_words(text):
+def normalize_words(text: str) -> str:
     """Lowercase, apostrophes inside words kept, other punctuation -> space.
 
     Curly apostrophes are straightened ("you’ve" -> "you've"); hyphens split words
@@ -46,7 +49,7 @@ def _whisper_normalizer():
     return EnglishTextNormalizer(load_spelling_mapping())
 
 
-def load_spelling_mapping():
+def load_spelling_mapping() -> dict[str, str]:
     """Whisper's British-to-American spelling map (1,739 entries, "colour" -> "color").
 
     ``english_spelling.json`` is ``whisper/normalizers/english.json`` of the openai-whisper
@@ -60,7 +63,7 @@ def load_spelling_mapping():
 NORMALIZERS = ("whisper", "basic", "none")
 
 
-def get_normalizer(name="whisper"):
+def get_normalizer(name: str = "whisper") -> Callable[[str], str]:
     """The scoring normaliser called ``name`` (see module docstring)."""
     if name == "whisper":
         norm = _whisper_normalizer()

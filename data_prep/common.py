@@ -14,6 +14,8 @@ the corpus, its ``PREP_VERSION``, the data folder and its options); it is skippe
 options file matches the current options and every manifest exists.
 """
 
+from __future__ import annotations
+
 import argparse
 import collections
 import csv
@@ -22,6 +24,8 @@ import logging
 import os
 import random
 import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import soundfile as sf
 
@@ -45,13 +49,13 @@ class LayoutError(FileNotFoundError):
     """The data folder is missing or does not look like the corpus's layout."""
 
 
-def require(condition, message):
+def require(condition: object, message: str) -> None:
     """Raise :class:`LayoutError` with ``message`` unless ``condition``."""
     if not condition:
         raise LayoutError(message)
 
 
-def require_data_folder(data_folder, corpus, expected=None):
+def require_data_folder(data_folder: str | os.PathLike, corpus: str, expected: str | None = None) -> None:
     """Raise :class:`LayoutError` "<corpus> data_folder '<path>' does not exist; expected
     <expected> there" unless ``data_folder`` is a folder."""
     hint = f"; expected {expected} there" if expected else ""
@@ -59,7 +63,7 @@ def require_data_folder(data_folder, corpus, expected=None):
             f"{corpus} data_folder {data_folder!r} does not exist{hint}")
 
 
-def prep_options(corpus, version, data_folder, **options):
+def prep_options(corpus: str, version: int, data_folder: str | os.PathLike, **options: Any) -> dict[str, Any]:
     """The options recorded in ``prep_options.json``: ``corpus``, ``version`` (the module's
     ``PREP_VERSION``) under :data:`VERSION_KEY`, the absolute ``data_folder``, and the
     corpus's own ``options``."""
@@ -67,7 +71,7 @@ def prep_options(corpus, version, data_folder, **options):
             "data_folder": os.path.abspath(data_folder), **options}
 
 
-def already_prepared(save_folder, manifests, options):
+def already_prepared(save_folder: str | os.PathLike, manifests: Iterable[str], options: Mapping[str, Any]) -> bool:
     """True when ``save_folder`` holds every manifest, prepared with the same options."""
     path = os.path.join(save_folder, OPTIONS_FILE)
     if not all(os.path.isfile(os.path.join(save_folder, m)) for m in manifests):
@@ -88,13 +92,13 @@ class SkipLog:
     def __init__(self):
         self.rows = []
 
-    def skip(self, utt_id, path, reason):
+    def skip(self, utt_id: str, path: str, reason: str) -> None:
         self.rows.append({"ID": utt_id, "file": path, "reason": reason})
 
-    def counts(self):
+    def counts(self) -> collections.Counter[str]:
         return collections.Counter(row["reason"] for row in self.rows)
 
-    def write(self, save_folder):
+    def write(self, save_folder: str | os.PathLike) -> None:
         with atomic_open(os.path.join(save_folder, SKIPPED_FILE), newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["ID", "file", "reason"])
             writer.writeheader()
@@ -125,7 +129,7 @@ def _wav_missing_bytes(path):
     return 0
 
 
-def audio_info(path):
+def audio_info(path: str | os.PathLike) -> tuple[float, int]:
     """(duration in seconds, sample rate) of an audio file, or raise ValueError if unreadable.
 
     Truncated files are caught here: a WAV whose data chunk promises more bytes than the file
@@ -160,8 +164,9 @@ EMPTY_TEXT = "empty text after cleaning"
 LOST_REASONS = (NO_AUDIO, NO_TRANSCRIPT)
 
 
-def check_not_lost(splits, skipped, corpus, likely_cause=None, lost_reasons=LOST_REASONS,
-                   max_lost_fraction=0.5):
+def check_not_lost(splits: Mapping[str, Sequence[Mapping[str, Any]]], skipped: SkipLog, corpus: str,
+                   likely_cause: str | None = None, lost_reasons: Iterable[str] = LOST_REASONS,
+                   max_lost_fraction: float = 0.5) -> None:
     """Raise :class:`EmptyPreparationError` when a split came out empty, or when more than
     ``max_lost_fraction`` of the items were dropped for a reason in ``lost_reasons`` (audio or
     transcript not found: a layout problem, never a property of the data).
@@ -187,8 +192,10 @@ def check_not_lost(splits, skipped, corpus, likely_cause=None, lost_reasons=LOST
         )
 
 
-def finish(save_folder, splits, skipped, options, corpus, extra_columns=(), likely_cause=None,
-           lost_reasons=LOST_REASONS, max_lost_fraction=0.5):
+def finish(save_folder: str | os.PathLike, splits: Mapping[str, Sequence[Mapping[str, Any]]], skipped: SkipLog,
+           options: Mapping[str, Any], corpus: str, extra_columns: Sequence[str] = (),
+           likely_cause: str | None = None, lost_reasons: Iterable[str] = LOST_REASONS,
+           max_lost_fraction: float = 0.5) -> dict[str, tuple[int, float]]:
     """Write each split's manifest, the skip log and the options; log a summary.
 
     ``splits`` maps manifest file name (e.g. "train.csv") to its list of rows. The options
@@ -223,7 +230,7 @@ def finish(save_folder, splits, skipped, options, corpus, extra_columns=(), like
     return summary
 
 
-def remove_stale_manifests(save_folder, names, corpus, why):
+def remove_stale_manifests(save_folder: str | os.PathLike, names: Iterable[str], corpus: str, why: str) -> None:
     """Remove manifests an earlier run with other options left in ``save_folder`` that this
     run does not write (an empty manifest loads in neither SpeechBrain's reader nor ours, so
     a held-out set of size 0 gets none; a stale one would hold items now in train)."""
@@ -234,7 +241,7 @@ def remove_stale_manifests(save_folder, names, corpus, why):
             os.remove(path)
 
 
-def folders_below(folder, depth=None):
+def folders_below(folder: str, depth: int | None = None) -> Iterator[str]:
     """``folder``, then the folders below it, at most ``depth`` levels down (None: any
     depth), breadth first: shallower folders first, each folder's subfolders in name order.
     Hidden folders and :data:`IGNORED_FOLDERS` are left out, with everything below them."""
@@ -254,7 +261,7 @@ def folders_below(folder, depth=None):
         level, below = deeper, below + 1
 
 
-def find_root(candidates, is_root):
+def find_root(candidates: Iterable[str], is_root: Callable[[str], object]) -> str | None:
     """The folder that holds a corpus: the first of ``candidates`` for which
     ``is_root(folder)`` is true, or None (the caller then raises its :class:`LayoutError`
     with the corpus's own hint).
@@ -266,7 +273,9 @@ def find_root(candidates, is_root):
     return next((folder for folder in candidates if is_root(folder)), None)
 
 
-def merge_same_speaker(items, max_seconds, may_join=None):
+def merge_same_speaker(items: Iterable[dict[str, Any] | None], max_seconds: float,
+                       may_join: Callable[[dict[str, Any], dict[str, Any]], object] | None = None
+                       ) -> list[dict[str, Any]]:
     """Merge runs of consecutive same-speaker items into segments of at most ``max_seconds``.
 
     ``items`` are in order; each is a dict with ``speaker``, ``start`` and ``stop`` (seconds,
@@ -300,7 +309,8 @@ def merge_same_speaker(items, max_seconds, may_join=None):
     return segments
 
 
-def whole_file_row(utt_id, wav, spk_id, text, skipped, source=None, **extra):
+def whole_file_row(utt_id: str, wav: str | None, spk_id: str, text: str | None, skipped: SkipLog,
+                   source: str | None = None, **extra: Any) -> dict[str, Any] | None:
     """The manifest row of a whole-file utterance, or None (and a skip log entry) if unusable.
 
     ``wav`` or ``text`` None means the audio or the transcript is missing; ``source`` is the
@@ -329,7 +339,7 @@ def whole_file_row(utt_id, wav, spk_id, text, skipped, source=None, **extra):
     return row
 
 
-def decode_text(data):
+def decode_text(data: bytes) -> str:
     """Text of a transcript's bytes: UTF-8 (with or without BOM) is tried first, then cp1252,
     which some corpora's hand-edited files use (a Windows ``’`` stays an apostrophe)."""
     try:
@@ -338,7 +348,7 @@ def decode_text(data):
         return data.decode("cp1252", errors="replace")
 
 
-def read_transcript(path):
+def read_transcript(path: str | os.PathLike) -> str:
     """The text of a one-utterance transcript file (:func:`decode_text`), whitespace
     collapsed.
 
@@ -353,7 +363,8 @@ def read_transcript(path):
     return " ".join(decode_text(data).split())
 
 
-def seeded_split(keys, valid_fraction, test_fraction, seed):
+def seeded_split(keys: Iterable[str], valid_fraction: float, test_fraction: float,
+                 seed: int) -> tuple[set[str], set[str], set[str]]:
     """Split ``keys`` (speakers or utterance ids) into (train, valid, test) sets, seeded.
 
     The sorted unique keys are shuffled with ``random.Random(seed)``; test takes
@@ -380,7 +391,7 @@ def seeded_split(keys, valid_fraction, test_fraction, seed):
     return train, valid, test
 
 
-def skipped_counts(save_folder):
+def skipped_counts(save_folder: str | os.PathLike) -> dict[str, int]:
     """``{reason: count}`` read back from a prepared folder's ``skipped.csv`` (for the CLIs)."""
     path = os.path.join(save_folder, SKIPPED_FILE)
     if not os.path.isfile(path):
@@ -389,7 +400,8 @@ def skipped_counts(save_folder):
         return dict(collections.Counter(row["reason"] for row in csv.DictReader(f)))
 
 
-def summary_from_disk(save_folder, manifests):
+def summary_from_disk(save_folder: str | os.PathLike,
+                      manifests: Iterable[str]) -> tuple[dict[str, tuple[int, float]], dict[str, int]]:
     """``({manifest: (utterances, hours)}, {reason: count})`` read back from ``save_folder``
     (what the CLIs print when the preparation was skipped as already done)."""
     from aode.manifest import read_manifest
@@ -401,7 +413,7 @@ def summary_from_disk(save_folder, manifests):
     return summary, skipped_counts(save_folder)
 
 
-def print_summary(summary, skipped_counts=None):
+def print_summary(summary: Mapping[str, tuple[int, float]], skipped_counts: Mapping[str, int] | None = None) -> None:
     """Human-readable summary for the command lines."""
     for name, (count, hours) in summary.items():
         print(f"{name}: {count} utterances, {hours:.2f} h")
@@ -409,7 +421,7 @@ def print_summary(summary, skipped_counts=None):
         print(f"skipped {count}: {reason}")
 
 
-def cli_parser(description, data_folder_help):
+def cli_parser(description: str, data_folder_help: str) -> argparse.ArgumentParser:
     """The argument parser of a preparation's command line, with the two flags every one
     takes (``--data_folder``, ``--save_folder``); the corpus adds its own options, each with
     the ``dest`` of the ``prepare_<corpus>`` argument it sets."""
@@ -419,7 +431,9 @@ def cli_parser(description, data_folder_help):
     return parser
 
 
-def run_cli(prepare, parser, argv=None, manifests=()):
+def run_cli(prepare: Callable[..., Mapping[str, tuple[int, float]] | None], parser: argparse.ArgumentParser,
+            argv: Sequence[str] | None = None,
+            manifests: Iterable[str] | Callable[[argparse.Namespace], Iterable[str]] = ()) -> int:
     """The command line of a preparation: parse ``argv`` with ``parser`` (see
     :func:`cli_parser`), call ``prepare(data_folder, save_folder, **every other option)``
     with INFO logging, and print the summary (:func:`print_summary`); when the folder was

@@ -62,6 +62,8 @@ only interviewees whose audio was found count.
 Audio stays at its own rate (~44.1 kHz); the loader (:mod:`aode.data`) resamples at load time.
 """
 
+from __future__ import annotations
+
 import collections
 import logging
 import math
@@ -69,6 +71,8 @@ import os
 import random
 import re
 import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from tqdm import tqdm
 
@@ -96,6 +100,8 @@ MANIFESTS = ("train.csv", "valid.csv", "test.csv")
 HEADER = ("line", "spkr", "sttime", "content", "entime")
 # 2: notes in ( ) and { } removed, [ ] glued to words, rows in StTime order (outputs differ).
 PREP_VERSION = 2
+# One transcript row: (row number, Spkr, StTime, Content, EnTime), times as written.
+TranscriptRow = tuple[int, str, str, str, str]
 # A segment may end this much past the end of its audio (rounding in the timings); it is
 # clipped to the audio. Anything later is skipped.
 END_TOLERANCE = 0.05
@@ -170,12 +176,12 @@ def _drop_non_speech_bracket(match):
     return match.group(0)
 
 
-def is_pause_only(content):
+def is_pause_only(content: str) -> bool:
     """True when a Content cell holds nothing but pause marks (or nothing at all)."""
     return not _PAUSE.sub(" ", content).strip()
 
 
-def clean_content(content):
+def clean_content(content: str) -> str:
     """CORAAL Content cell -> cleaned text with its casing and punctuation ('' if no words).
 
     >>> clean_content("Tell me about /RD-NAME-2/ <laugh>.")
@@ -205,7 +211,7 @@ def clean_content(content):
     return text
 
 
-def interviewee_code(basefile):
+def interviewee_code(basefile: str) -> str:
     """``DCB_se1_ag1_f_01`` from ``DCB_se1_ag1_f_01_1`` (the basefile minus ``_<part>``)."""
     return re.sub(r"_\d+$", "", basefile)
 
@@ -218,7 +224,7 @@ def _header_columns(first_line):
     return {name: header.index(name) for name in HEADER if name in header}
 
 
-def read_transcript_table(path):
+def read_transcript_table(path: str | os.PathLike) -> list[TranscriptRow] | None:
     """Rows ``(row number, Spkr, StTime str, Content, EnTime str)`` of a CORAAL transcript
     (a tab-separated table, decoded by :func:`data_prep.common.decode_text`), or None when
     the file does not start with the transcript header. Raises OSError when the file cannot
@@ -253,7 +259,8 @@ def _transcript_state(path):
     return "ok" if _header_columns(line) is not None else NO_HEADER
 
 
-def find_transcripts(data_folder):
+def find_transcripts(data_folder: str | os.PathLike
+                     ) -> tuple[dict[str, tuple[str, str | None]], dict[str, tuple[str, str]], dict[str, str]]:
     """Walk ``data_folder``: ``(found, unusable, orphan_wavs)``.
 
     ``found``: ``{basefile: (transcript path, wav path or None)}``; ``unusable``:
@@ -296,7 +303,7 @@ def _number(text):
     return value if math.isfinite(value) else None
 
 
-def parse_times(st, en):
+def parse_times(st: str, en: str) -> tuple[float, float] | None:
     """``(start, stop)`` in seconds, or None when impossible (not numbers, negative,
     stop <= start)."""
     start, stop = _number(st), _number(en)
@@ -305,7 +312,7 @@ def parse_times(st, en):
     return start, stop
 
 
-def start_order(rows):
+def start_order(rows: Iterable[TranscriptRow]) -> list[TranscriptRow]:
     """``rows`` sorted by StTime (stable). A row whose StTime is not a number keeps its place
     right after its predecessor in the file, where the transcriber put it."""
     keyed, last = [], -math.inf
@@ -317,8 +324,8 @@ def start_order(rows):
     return [row for _, row in sorted(keyed, key=lambda item: item[0])]
 
 
-def segment_rows(basefile, rows, audio_duration, wav, keep_interviewer, max_segment_seconds,
-                 skipped):
+def segment_rows(basefile: str, rows: Iterable[TranscriptRow], audio_duration: float, wav: str,
+                 keep_interviewer: bool, max_segment_seconds: float, skipped: SkipLog) -> list[dict[str, Any]]:
     """Manifest rows (without split) of one transcript; every dropped row goes to ``skipped``.
 
     See the module docstring for the rules.
@@ -332,7 +339,7 @@ def segment_rows(basefile, rows, audio_duration, wav, keep_interviewer, max_segm
     items = []
     speech_until = {}  # latest stop of the rows seen so far, per owner
 
-    def drop(row_id, reason, times, detail=None):
+    def drop(row_id: str, reason: str, times: tuple[float, float] | None, detail: str | None = None) -> None:
         skipped.skip(row_id, wav, reason)
         if detail:
             logger.debug("CORAAL %s skipped (%s): %s", row_id, reason, detail)
@@ -396,7 +403,8 @@ def segment_rows(basefile, rows, audio_duration, wav, keep_interviewer, max_segm
     return out
 
 
-def interview_segments(basefile, txt, wav, keep_interviewer, max_segment_seconds, skipped):
+def interview_segments(basefile: str, txt: str, wav: str, keep_interviewer: bool, max_segment_seconds: float,
+                       skipped: SkipLog) -> list[dict[str, Any]]:
     """Segments of one interview whose audio was found; [] (and a skip log entry) when its
     audio or transcript cannot be used."""
     try:
@@ -421,7 +429,8 @@ def interview_segments(basefile, txt, wav, keep_interviewer, max_segment_seconds
                         skipped)
 
 
-def split_speakers(speakers, n_valid, n_test, seed):
+def split_speakers(speakers: Iterable[str], n_valid: int, n_test: int,
+                   seed: int) -> tuple[set[str], set[str], set[str]]:
     """Seeded ``(train, valid, test)`` sets of interviewee codes."""
     order = sorted(speakers)
     random.Random(seed).shuffle(order)
@@ -445,14 +454,14 @@ def _likely_cause(n_transcripts, n_with_audio, n_usable, n_needed):
 
 
 def prepare_coraal(
-    data_folder,
-    save_folder,
-    keep_interviewer=False,
-    max_segment_seconds=30.0,
-    n_valid_speakers=5,
-    n_test_speakers=5,
-    seed=1234,
-):
+    data_folder: str,
+    save_folder: str,
+    keep_interviewer: bool = False,
+    max_segment_seconds: float = 30.0,
+    n_valid_speakers: int = 5,
+    n_test_speakers: int = 5,
+    seed: int = 1234,
+) -> dict[str, tuple[int, float]] | None:
     """Write CORAAL's ``train.csv``, ``valid.csv``, ``test.csv`` in ``save_folder``.
 
     Paper: interviews cut into <=30 s segments from the transcript timings; 5 speakers for
@@ -553,7 +562,7 @@ def prepare_coraal(
     return finish(save_folder, splits, skipped, options, "CORAAL", likely_cause=cause)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = cli_parser(
         "Prepare CORAAL manifests (train/valid/test CSVs) for AoDE: interviews cut into "
         "<=30 s segments, speaker-level split (paper: 5 valid, 5 test speakers).",

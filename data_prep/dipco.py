@@ -48,6 +48,8 @@ or more than half the utterances lost for missing audio, is an error
 (:func:`data_prep.common.finish`); ``n_valid_sessions=0`` writes no ``valid.csv``.
 """
 
+from __future__ import annotations
+
 import collections
 import glob
 import json
@@ -57,6 +59,8 @@ import os
 import random
 import re
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from tqdm import tqdm
 
@@ -104,12 +108,12 @@ _CLOSE_TALK = re.compile(r"^(S\d+)_(P\d+)\.wav$", re.I)
 _TIME = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")
 
 
-def has_redacted(words):
+def has_redacted(words: str) -> bool:
     """True when the utterance holds a ``[redacted]`` tag (such utterances are dropped)."""
     return bool(_REDACTED.search(words))
 
 
-def clean_words(words):
+def clean_words(words: str) -> str:
     """DiPCo ``words`` -> cleaned text with casing and punctuation ('' if no words left).
 
     >>> clean_words("Mm- yeah [laugh] it was [inaudible 0:12] good.")
@@ -124,7 +128,7 @@ def clean_words(words):
     return text if normalize_words(text) else ""
 
 
-def parse_time(value):
+def parse_time(value: object) -> float:
     """Seconds from DiPCo's ``"HH:MM:SS.ff"``; ValueError if malformed."""
     match = _TIME.match(str(value).strip())
     if not match:
@@ -138,7 +142,7 @@ def _is_root(folder):
                for part in ("audio", "transcriptions") for split in ("dev", "eval"))
 
 
-def find_dipco_root(data_folder):
+def find_dipco_root(data_folder: str) -> str:
     """The folder holding ``audio/`` and ``transcriptions/`` (``data_folder`` or one
     subfolder of it), or raise :class:`LayoutError`."""
     require_data_folder(data_folder, "DiPCo")
@@ -156,8 +160,8 @@ def _ms(seconds):
     return int(round(seconds * 1000))
 
 
-def session_segments(root, split, session, channel, max_segment_seconds, merge_consecutive,
-                     skipped):
+def session_segments(root: str, split: str, session: str, channel: str, max_segment_seconds: float,
+                     merge_consecutive: bool, skipped: SkipLog) -> list[dict[str, Any]]:
     """Manifest rows of one session; every dropped utterance goes to ``skipped``."""
     json_path = os.path.join(root, "transcriptions", split, session + ".json")
     audio_dir = os.path.join(root, "audio", split)
@@ -185,7 +189,7 @@ def session_segments(root, split, session, channel, max_segment_seconds, merge_c
     if channel == "sum":
         _warn_partial_sum(session, audio_dir, utterances, mics)
 
-    def audio_for(speaker):
+    def audio_for(speaker: str) -> tuple[str, float | None, str | None]:
         """``(wav field, duration, None)``, or ``(file, None, reason)`` when unusable."""
         if channel == "sum" and not mics:
             return os.path.join(audio_dir, f"{session}_P*.wav"), None, SESSION_AUDIO_MISSING
@@ -291,21 +295,21 @@ def _warn_partial_sum(session, audio_dir, utterances, mics):
             len(mics))
 
 
-def list_sessions(root, split):
+def list_sessions(root: str, split: str) -> list[str]:
     """Session ids (``S02``..) with a transcription file in ``split`` (dev or eval)."""
     folder = os.path.join(root, "transcriptions", split)
     return sorted(os.path.splitext(n)[0] for n in os.listdir(folder) if n.endswith(".json"))
 
 
 def prepare_dipco(
-    data_folder,
-    save_folder,
-    channel="sum",
-    max_segment_seconds=30.0,
-    merge_consecutive=False,
-    n_valid_sessions=1,
-    seed=1234,
-):
+    data_folder: str,
+    save_folder: str,
+    channel: str = "sum",
+    max_segment_seconds: float = 30.0,
+    merge_consecutive: bool = False,
+    n_valid_sessions: int = 1,
+    seed: int = 1234,
+) -> dict[str, tuple[int, float]] | None:
     """Write DiPCo's ``train.csv``, ``valid.csv``, ``test.csv`` in ``save_folder``.
 
     Paper: close-talk sum, segments <= 30 s, dev 2.7 h / test (eval) 3.4 h. Here train = dev
@@ -379,13 +383,13 @@ def prepare_dipco(
                   lost_reasons=LOST_REASONS + (MIC_MISSING, SESSION_AUDIO_MISSING))
 
 
-def wanted_manifests(n_valid_sessions):
+def wanted_manifests(n_valid_sessions: int) -> list[str]:
     """The manifests written: no ``valid.csv`` when no session is held out (an empty
     manifest loads in neither SpeechBrain's reader nor ours)."""
     return [m for m in MANIFESTS if m != "valid.csv" or n_valid_sessions > 0]
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = cli_parser(
         "Prepare DiPCo manifests (train/valid/test CSVs) for AoDE. Train = dev sessions minus "
         "the held-out valid session(s); test = eval (the paper's test).",

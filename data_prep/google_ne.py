@@ -39,11 +39,14 @@ than three ``_`` fields fall back to everything before the last ``_`` (or the wh
 warning counts them. Audio is 48 kHz and is not resampled here.
 """
 
+from __future__ import annotations
+
 import collections
 import logging
 import os
 import re
 import sys
+from collections.abc import Container, Mapping, Sequence
 
 from tqdm import tqdm
 
@@ -90,7 +93,7 @@ _MIDDLE_FIELD = re.compile(r"\t[^\t]*\t")
 _FIELD_SEPARATOR = re.compile(r"\t\t?")
 
 
-def speaker_of(file_id):
+def speaker_of(file_id: str) -> tuple[str, bool]:
     """Speaker id of a FileID: ``ngf_00295_01314275188`` -> ``ngf_00295`` (see module doc).
 
     Returns (speaker, regular) where ``regular`` is False for ids not of the usual
@@ -104,12 +107,12 @@ def speaker_of(file_id):
     return file_id, False
 
 
-def prefix_of(file_id):
+def prefix_of(file_id: str) -> str:
     """``ngf_00295_01314275188`` -> ``ngf`` (the gender prefix of Google's FileIDs)."""
     return file_id.split("_", 1)[0]
 
 
-def parse_index_line(line):
+def parse_index_line(line: str) -> tuple[str, str] | None:
     """``(FileID, sentence)`` of one index line, or None when it is malformed.
 
     As HF's loader: strip the whole line, drop an extra middle field, split on one or two
@@ -129,7 +132,7 @@ def parse_index_line(line):
     return fields[0].strip(), " ".join(fields[1].split())
 
 
-def read_line_index(path, skipped):
+def read_line_index(path: str, skipped: SkipLog) -> list[tuple[str, str, int]]:
     """``[(FileID, sentence, line number)]`` of one index file; malformed lines go to
     ``skipped``."""
     entries = []
@@ -185,7 +188,7 @@ def _read_indexes(indexes, skipped):
     return entries
 
 
-def check_each_prefix_indexed(wavs, listed_stems):
+def check_each_prefix_indexed(wavs: Mapping[str, Sequence[str]], listed_stems: Container[str]) -> None:
     """Raise :class:`LayoutError` when a FileID prefix (``ngf``/``ngm``) has WAVs but no index
     lists any of them: the sign of the two zips unzipped into one folder."""
     found, listed = collections.Counter(), collections.Counter()
@@ -243,8 +246,8 @@ def _collect(data_folder, skipped):
 
 
 def prepare_google_ne(
-    data_folder, save_folder, valid_fraction=0.1, test_fraction=0.1, seed=1234
-):
+    data_folder: str, save_folder: str, valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 1234
+) -> dict[str, tuple[int, float]] | None:
     """Write train/valid/test manifests of Google NE (OpenSLR 70) into ``save_folder``.
 
     Arguments
@@ -289,14 +292,14 @@ def prepare_google_ne(
     return finish(save_folder, splits, skipped, options, CORPUS, likely_cause=LIKELY_CAUSE)
 
 
-def wanted_manifests(valid_fraction, test_fraction):
+def wanted_manifests(valid_fraction: float, test_fraction: float) -> list[str]:
     """The manifests to write: a held-out set of fraction 0 gets none, since an empty
     manifest loads in neither SpeechBrain's reader nor ours."""
     fractions = {"train.csv": 1, "valid.csv": valid_fraction, "test.csv": test_fraction}
     return [name for name in MANIFESTS if fractions[name] != 0]
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = cli_parser(
         "Prepare Google NE (OpenSLR 70, Nigerian English) manifests: a seeded speaker-level "
         "split into train.csv, valid.csv and test.csv.",

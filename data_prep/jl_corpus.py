@@ -32,10 +32,13 @@ read is skipped with the reason, like unreadable audio. Audio is 44.1 kHz and is
 resampled here.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import re
 import sys
+from collections.abc import Sequence
 
 from tqdm import tqdm
 
@@ -73,7 +76,7 @@ LIKELY_CAUSE = (
 )
 
 
-def parse_stem(stem):
+def parse_stem(stem: str) -> tuple[str, str] | None:
     """(speaker, emotion) of a JL stem (``female1_angry_7b_1`` -> ``female1``, ``angry``),
     or None when the name does not carry them."""
     match = LOOSE.match(stem)
@@ -151,13 +154,13 @@ def _collect(data_folder, skipped):
 
 
 def prepare_jl_corpus(
-    data_folder,
-    save_folder,
-    valid_fraction=0.1,
-    test_fraction=0.1,
-    split_by="utterance",
-    seed=1234,
-):
+    data_folder: str,
+    save_folder: str,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_by: str = "utterance",
+    seed: int = 1234,
+) -> dict[str, tuple[int, float]] | None:
     """Write train/valid/test manifests of JL Corpus into ``save_folder``.
 
     Arguments
@@ -207,7 +210,7 @@ def _split(rows, split_by, valid_fraction, test_fraction, seed):
     }
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = cli_parser(
         "Prepare JL Corpus manifests: a seeded split into train.csv, valid.csv and test.csv, "
         "with an extra 'emotion' column.",

@@ -24,9 +24,12 @@ exactly as given (no sentence casing is invented); ``wrd`` is their
 Audio is 16 kHz FLAC, read by soundfile.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import sys
+from collections.abc import Iterable, Sequence
 
 from tqdm import tqdm
 
@@ -55,7 +58,7 @@ LIKELY_CAUSE = (
 )
 
 
-def manifest_name(split):
+def manifest_name(split: str) -> str:
     """``test-clean`` -> ``test_clean.csv``."""
     return split.replace("-", "_") + ".csv"
 
@@ -65,7 +68,7 @@ def _candidates(data_folder):
     return [os.path.join(data_folder, "LibriSpeech"), data_folder]
 
 
-def find_librispeech_root(data_folder, splits):
+def find_librispeech_root(data_folder: str, splits: Sequence[str]) -> str:
     """The ``LibriSpeech`` folder holding ``splits`` (``data_folder`` or its child)."""
     require_data_folder(data_folder, "LibriSpeech",
                         f"LibriSpeech/{splits[0]}/ (from {splits[0]}.tar.gz)")
@@ -86,7 +89,7 @@ def find_librispeech_root(data_folder, splits):
     )
 
 
-def present_default_splits(data_folder):
+def present_default_splits(data_folder: str) -> list[str]:
     """The default splits (test-clean, test-other) the user has, for ``splits=None``.
 
     A missing one is left out with a warning; its tarball in ``data_folder`` (not yet
@@ -140,7 +143,8 @@ def _read_split(split_dir, split, skipped):
     return rows
 
 
-def prepare_librispeech(data_folder, save_folder, splits=None, seed=None):
+def prepare_librispeech(data_folder: str, save_folder: str, splits: Iterable[str] | None = None,
+                        seed: int | None = None) -> dict[str, tuple[int, float]] | None:
     """Write one manifest per LibriSpeech split into ``save_folder``.
 
     Arguments
@@ -175,7 +179,7 @@ def prepare_librispeech(data_folder, save_folder, splits=None, seed=None):
     return finish(save_folder, out, skipped, options, CORPUS, likely_cause=LIKELY_CAUSE)
 
 
-def wanted_splits(data_folder, splits=None):
+def wanted_splits(data_folder: str, splits: Iterable[str] | None = None) -> list[str]:
     """``splits`` without repeats, or for None the default splits present
     (:func:`present_default_splits`)."""
     if splits is None:
@@ -183,7 +187,7 @@ def wanted_splits(data_folder, splits=None):
     return list(dict.fromkeys(splits))
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = cli_parser(
         "Prepare LibriSpeech manifests (default test-clean and test-other -> test_clean.csv, "
         "test_other.csv), the paper's forgetting sets.",

@@ -53,10 +53,13 @@ at load time). The transcripts are kept as written ("Please call Stella.") in ``
 ``wrd`` is their :func:`aode.text.normalize_words` form.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import random
 import sys
+from collections.abc import Iterable, Sequence
 
 from tqdm import tqdm
 
@@ -109,7 +112,7 @@ def _unnest(folder):
         folder = inner
 
 
-def find_dir(root, name, max_depth=3):
+def find_dir(root: str | os.PathLike, name: str, max_depth: int = 3) -> str | None:
     """The folder called ``name``: ``root`` itself, or a subfolder of ``root`` or of a folder
     up to ``max_depth`` levels below it, or None.
 
@@ -162,7 +165,7 @@ def _collect(wav_dir, txt_dir, skipped, desc, id_suffix=""):
     return rows
 
 
-def folder_names(audio, train_set):
+def folder_names(audio: str, train_set: str) -> dict[str, tuple[str, ...]]:
     """``{key: (DataShare name, alternatives...)}`` of the four folders one audio kind needs."""
     train_wav = f"{audio}_trainset_{train_set}_wav"
     test_wav = f"{audio}_testset_wav"
@@ -192,7 +195,7 @@ def _locate(data_folder, audio, train_set):
     return found
 
 
-def default_valid_speakers(speakers, train_set, seed):
+def default_valid_speakers(speakers: Iterable[str], train_set: str, seed: int) -> list[str]:
     """The validation speakers used when none are given.
 
     28spk: p226 and p287 (SpeechBrain). Other sets: ``round(VALID_SHARE * len(speakers))``
@@ -232,13 +235,13 @@ def _collect_all(found_by_kind, skipped):
 
 
 def prepare_noisy_vctk(
-    data_folder,
-    save_folder,
-    train_set="28spk",
-    audio="noisy",
-    valid_speakers=None,
-    seed=DEFAULT_SEED,
-):
+    data_folder: str,
+    save_folder: str,
+    train_set: str = "28spk",
+    audio: str = "noisy",
+    valid_speakers: Iterable[str] | str | None = None,
+    seed: int = DEFAULT_SEED,
+) -> dict[str, tuple[int, float]] | None:
     """Write train/valid/test manifests of Noisy VCTK into ``save_folder``.
 
     Arguments
@@ -302,7 +305,7 @@ def prepare_noisy_vctk(
     return finish(save_folder, splits, skipped, options, CORPUS, likely_cause=LIKELY_CAUSE)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = cli_parser(
         "Prepare Noisy VCTK (Voicebank+DEMAND) manifests: train.csv, valid.csv (speakers held "
         "out of training) and test.csv (the official test set).",

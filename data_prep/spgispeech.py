@@ -49,12 +49,15 @@ million", "Q2"); ``wrd`` is :func:`aode.text.normalize_words` of it. (:mod:`aode
 writes a "$" so that SpeechBrain's CSV reader loads it; ``read_manifest`` gives it back.)
 """
 
+from __future__ import annotations
+
 import array
 import logging
 import math
 import os
 import random
 import sys
+from collections.abc import Sequence
 
 from tqdm import tqdm
 
@@ -118,7 +121,7 @@ def _has_split_folders(folder):
     return all(os.path.isdir(os.path.join(folder, split)) for split in SPLITS)
 
 
-def find_csv_dir(data_folder):
+def find_csv_dir(data_folder: str) -> str:
     """The folder holding ``train.csv`` and ``val.csv``: ``data_folder``, its
     ``spgispeech/``, or (when ``data_folder`` is the folder with ``train/`` and ``val/`` of
     Kensho's layout) its parent. Raises :class:`LayoutError` if none does."""
@@ -135,7 +138,7 @@ def find_csv_dir(data_folder):
     )
 
 
-def find_audio_dir(csv_dir, data_folder):
+def find_audio_dir(csv_dir: str, data_folder: str) -> str:
     """The folder holding the ``train/`` and ``val/`` audio folders, looked for (lhotse's
     rule) in ``csv_dir``, ``csv_dir/spgispeech``, ``data_folder``, ``data_folder/spgispeech``.
     Raises :class:`LayoutError` naming the folders looked in if none holds both."""
@@ -151,7 +154,7 @@ def find_audio_dir(csv_dir, data_folder):
     )
 
 
-def find_layout(data_folder):
+def find_layout(data_folder: str) -> tuple[str, str]:
     """``(csv_dir, audio_dir)``: where ``train.csv``/``val.csv`` are and where the
     ``train/`` and ``val/`` audio folders are (see the module docstring)."""
     csv_dir = find_csv_dir(data_folder)
@@ -198,13 +201,13 @@ class Listing:
         # the line number (1-based, header = 1) is exact unless the file has blank lines
         return (index + 2, parts[0].strip(), parts[1].strip(), parts[2])
 
-    def close(self):
+    def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
 
 
-def utterance_id(wav_filename):
+def utterance_id(wav_filename: str) -> str:
     """``spgi_<call id>_<n>`` from ``<call id>/<n>.wav`` (no slashes, no commas)."""
     stem = os.path.splitext(wav_filename.replace("\\", "/"))[0]
     return "spgi_" + "_".join(p for p in stem.split("/") if p).replace(",", "_")
@@ -256,7 +259,7 @@ class _MissingAudioGuard:
         self.checked = 0
         self.missing = 0
 
-    def note(self, reason, path):
+    def note(self, reason: str | None, path: str) -> None:
         if self.checked >= EARLY_CHECK_ROWS:
             return
         self.checked += 1
@@ -287,7 +290,7 @@ class _Rows:
         for index, duration in zip(self.indices, self.durations):
             yield _row(self.split_dir, self.listing[index], duration)
 
-    def ids(self):
+    def ids(self) -> list[str]:
         return [row["ID"] for row in self]
 
 
@@ -325,7 +328,7 @@ def _pick(listing, split_dir, order, quotas, check_audio, skipped, desc):
     seen = set()  # hashes of the accepted wav_filenames (a listed file twice is skipped)
     guard = _MissingAudioGuard(listing, split_dir)
 
-    def full(i):
+    def full(i: int) -> bool:
         count, max_hours = quotas[i]
         if count is not None and len(indices[i]) >= count:
             return True
@@ -356,14 +359,14 @@ def _pick(listing, split_dir, order, quotas, check_audio, skipped, desc):
 
 
 def prepare_spgispeech(
-    data_folder,
-    save_folder,
-    test_size=2000,
-    valid_size=4000,
-    max_train_hours=None,
-    check_audio=False,
-    seed=1234,
-):
+    data_folder: str,
+    save_folder: str,
+    test_size: int | None = 2000,
+    valid_size: int = 4000,
+    max_train_hours: float | None = None,
+    check_audio: bool = False,
+    seed: int = 1234,
+) -> dict[str, tuple[int, float]] | None:
     """Write SPGISpeech's ``train.csv``, ``valid.csv``, ``test.csv`` in ``save_folder``.
 
     Paper (Table VI): test = a random 2000-utterance subset of the official val split; Whisper
@@ -467,7 +470,7 @@ def _count_or_all(value):
     return None if value.lower() in ("none", "all") else int(value)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = cli_parser(
         "Prepare SPGISpeech manifests (train/valid/test CSVs) for AoDE. Paper: test = random "
         "2000 val utterances; Whisper trained on ~1000 h of train.",

@@ -9,8 +9,12 @@ Diagnostics used by the tests and the corpus summary: :func:`estimate_snr_db` an
 :func:`high_band_ratio`.
 """
 
+from __future__ import annotations
+
 import functools
 import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,12 +25,12 @@ NOISE_KINDS = ("white", "pink", "brown")
 
 
 # ----------------------------------------------------------------------------- levels
-def rms(x):
+def rms(x: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64)
     return float(np.sqrt(np.mean(x * x))) if len(x) else 0.0
 
 
-def rms_dbfs(x):
+def rms_dbfs(x: np.ndarray) -> float:
     return 20.0 * np.log10(max(rms(x), 1e-10))
 
 
@@ -38,7 +42,7 @@ def _frame_power(x, frame=320):
     return np.mean(frames * frames, axis=1)
 
 
-def active_power(x, floor_db=-40.0):
+def active_power(x: np.ndarray, floor_db: float = -40.0) -> float:
     """Mean power over the frames within ``floor_db`` of the loudest 20 ms frame."""
     power = _frame_power(x)
     if not power.size or power.max() <= 0:
@@ -47,7 +51,7 @@ def active_power(x, floor_db=-40.0):
     return float(active.mean())
 
 
-def set_level(x, dbfs=-26.0, peak=0.99):
+def set_level(x: np.ndarray, dbfs: float = -26.0, peak: float = 0.99) -> np.ndarray:
     """Scale to an RMS of ``dbfs`` (over active frames), then down if the peak exceeds ``peak``."""
     power = active_power(x)
     if power <= 0:
@@ -59,7 +63,8 @@ def set_level(x, dbfs=-26.0, peak=0.99):
     return y.astype(np.float32)
 
 
-def trim_silence(x, threshold_db=-45.0, lead=0.1, trail=0.2, sample_rate=SAMPLE_RATE):
+def trim_silence(x: np.ndarray, threshold_db: float = -45.0, lead: float = 0.1, trail: float = 0.2,
+                 sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Cut leading/trailing samples quieter than ``threshold_db`` below the peak, then pad
     ``lead`` / ``trail`` seconds of digital silence."""
     if not len(x):
@@ -77,7 +82,7 @@ def trim_silence(x, threshold_db=-45.0, lead=0.1, trail=0.2, sample_rate=SAMPLE_
 
 
 # ----------------------------------------------------------------------------- noise
-def colored_noise(kind, n, rng):
+def colored_noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """Unit-RMS ``white``, ``pink`` (1/f) or ``brown`` (1/f^2) noise of ``n`` samples."""
     if kind not in NOISE_KINDS:
         raise ValueError(f"unknown noise kind {kind!r}; choose one of {NOISE_KINDS}")
@@ -96,7 +101,7 @@ def colored_noise(kind, n, rng):
     return (noise / max(rms(noise), 1e-12)).astype(np.float32)
 
 
-def mix_at_snr(speech, noise, snr_db):
+def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     """``speech + g * noise`` with ``g`` set so that active speech power / noise power = SNR."""
     p_speech = active_power(speech)
     p_noise = float(np.mean(np.square(noise, dtype=np.float64)))
@@ -106,7 +111,7 @@ def mix_at_snr(speech, noise, snr_db):
     return (speech + gain * noise).astype(np.float32)
 
 
-def babble(n, sources, picks, offsets):
+def babble(n: int, sources: Sequence[np.ndarray], picks: Sequence[int], offsets: Sequence[float]) -> np.ndarray:
     """Sum of the ``sources`` named by ``picks`` (indices), each unit-RMS, looped to ``n``
     samples and started at ``offsets`` (fractions of its length)."""
     out = np.zeros(n, dtype=np.float64)
@@ -123,7 +128,7 @@ def babble(n, sources, picks, offsets):
 
 
 # ----------------------------------------------------------------------------- channel
-def telephone(x, low=300.0, high=3400.0, mulaw=True):
+def telephone(x: np.ndarray, low: float = 300.0, high: float = 3400.0, mulaw: bool = True) -> np.ndarray:
     """Narrow-band telephone channel: 8 kHz resampling, 300-3400 Hz band-pass, optional G.711
     mu-law companding, back to 16 kHz (so almost no energy remains above 4 kHz)."""
     from scipy.signal import sosfilt
@@ -157,7 +162,7 @@ def _resample_filter(up, down):
     return firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)) * up
 
 
-def resample(x, up, down):
+def resample(x: np.ndarray, up: int, down: int) -> np.ndarray:
     """Polyphase resampling by ``up / down`` with a cached filter (as ``resample_poly``)."""
     from scipy.signal import resample_poly
 
@@ -165,7 +170,7 @@ def resample(x, up, down):
 
 
 @functools.lru_cache(maxsize=None)
-def load_rir(name):
+def load_rir(name: str) -> np.ndarray:
     """A room impulse response from ``rirs/`` aligned to its direct path, peak 1."""
     import soundfile as sf
 
@@ -179,7 +184,7 @@ def load_rir(name):
     return rir / np.max(np.abs(rir))
 
 
-def reverb(x, rir_name="rir1", wet=0.3, direct_ms=2.5):
+def reverb(x: np.ndarray, rir_name: str = "rir1", wet: float = 0.3, direct_ms: float = 2.5) -> np.ndarray:
     """Convolve with a measured RIR whose tail (after ``direct_ms`` past the direct path) is
     scaled by ``wet`` (0 = dry, 1 = the full room). Output keeps the input length and RMS."""
     from scipy.signal import fftconvolve
@@ -193,7 +198,8 @@ def reverb(x, rir_name="rir1", wet=0.3, direct_ms=2.5):
 
 
 # ----------------------------------------------------------------------------- chains
-def apply_chain(x, chain, rng, babble_sources=None):
+def apply_chain(x: np.ndarray, chain: Iterable[Mapping[str, Any]], rng: np.random.Generator,
+                babble_sources: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """Apply effect specs in order. Specs (dicts, key ``op``):
 
     * ``{"op": "noise", "kind": "pink", "snr": 30.0}``
@@ -224,7 +230,7 @@ def apply_chain(x, chain, rng, babble_sources=None):
     return y
 
 
-def describe_chain(chain):
+def describe_chain(chain: Iterable[Mapping[str, Any]]) -> str:
     """Short label for the manifest's ``effect`` column, e.g. ``babble5@12.3dB+telephone``."""
     parts = []
     for spec in chain:
@@ -240,21 +246,21 @@ def describe_chain(chain):
     return "+".join(parts) if parts else "clean"
 
 
-def chain_snr(chain):
+def chain_snr(chain: Iterable[Mapping[str, Any]]) -> float | None:
     """The SNR of the chain's additive noise (the lowest if several), or ``None`` if clean."""
     snrs = [spec["snr"] for spec in chain if spec["op"] in ("noise", "babble")]
     return min(snrs) if snrs else None
 
 
 # ----------------------------------------------------------------------------- diagnostics
-def estimate_snr_db(x):
+def estimate_snr_db(x: np.ndarray) -> float:
     """Blind SNR estimate: loud-frame power (95th percentile) over quiet-frame power (10th)."""
     power = _frame_power(np.asarray(x, dtype=np.float64))
     quiet = max(float(np.percentile(power, 10)), 1e-12)
     return 10.0 * np.log10(max(float(np.percentile(power, 95)), 1e-12) / quiet)
 
 
-def high_band_ratio(x, cutoff=4000.0, sample_rate=SAMPLE_RATE):
+def high_band_ratio(x: np.ndarray, cutoff: float = 4000.0, sample_rate: int = SAMPLE_RATE) -> float:
     """Share of the signal's energy above ``cutoff`` Hz."""
     spectrum = np.abs(np.fft.rfft(np.asarray(x, dtype=np.float64))) ** 2
     freqs = np.fft.rfftfreq(len(x), 1.0 / sample_rate)

@@ -16,6 +16,8 @@ Voices are named ``<language>[+<variant>]`` as espeak-ng understands them, e.g. 
 :func:`list_voices` and :func:`list_variants` read what the installed data provides.
 """
 
+from __future__ import annotations
+
 import ctypes
 import functools
 import os
@@ -56,7 +58,7 @@ def _loader():
     return espeakng_loader
 
 
-def data_path():
+def data_path() -> str:
     """The espeak-ng data folder shipped by ``espeakng-loader``."""
     return _loader().get_data_path()
 
@@ -69,7 +71,7 @@ def _voice_files(folder):
     return out
 
 
-def list_voices(prefix="en"):
+def list_voices(prefix: str | None = "en") -> list[str]:
     """Language voice names available in the data (lowercase), e.g. ``en-us``, ``en-029``.
 
     ``prefix`` keeps one language and its regional voices; ``None`` or ``""`` lists all.
@@ -78,7 +80,7 @@ def list_voices(prefix="en"):
     return sorted(v for v in voices if not prefix or v == prefix or v.startswith(prefix + "-"))
 
 
-def list_variants():
+def list_variants() -> list[str]:
     """Variant names available in the data (as spelt in the data, e.g. ``m3``, ``f2``, ``klatt``)."""
     folder = os.path.join(data_path(), "voices", "!v")
     return sorted(os.listdir(folder))
@@ -157,7 +159,7 @@ class Synthesizer:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(numsamples,)).copy())
         return 0
 
-    def check_voice(self, voice):
+    def check_voice(self, voice: str) -> None:
         """Raise ``ValueError`` unless ``voice`` (``lang[+variant]``) exists in the data.
 
         espeak-ng silently falls back to a default for unknown variants; this does not.
@@ -168,7 +170,8 @@ class Synthesizer:
         if variant and variant.lower() not in self._variants:
             raise ValueError(f"unknown espeak-ng variant {variant!r}")
 
-    def synthesize_native(self, text, voice="en-us", rate=175, pitch=50, range_=50, volume=100):
+    def synthesize_native(self, text: str, voice: str = "en-us", rate: float = 175, pitch: float = 50,
+                          range_: float = 50, volume: float = 100) -> np.ndarray:
         """int16 samples at the engine's native rate (22050 Hz for espeak-ng)."""
         self.check_voice(voice)
         lang, _, variant = voice.partition("+")
@@ -193,7 +196,8 @@ class Synthesizer:
         chunks, self._chunks = self._chunks, []
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
-    def synthesize(self, text, voice="en-us", rate=175, pitch=50, range_=50, volume=100):
+    def synthesize(self, text: str, voice: str = "en-us", rate: float = 175, pitch: float = 50,
+                   range_: float = 50, volume: float = 100) -> np.ndarray:
         """float32 waveform in [-1, 1] at ``self.sample_rate`` (16 kHz by default)."""
         native = self.synthesize_native(text, voice, rate, pitch, range_, volume)
         x = native.astype(np.float32) / 32768.0

@@ -21,8 +21,11 @@ Generation is deterministic: :func:`generate_texts` draws from ``random.Random``
 string, which does not depend on ``PYTHONHASHSEED``.
 """
 
+from __future__ import annotations
+
 import random
 import re
+from collections.abc import Iterable, Mapping
 
 from aode.text import normalize_words
 
@@ -39,7 +42,7 @@ _ONES = (
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 
 
-def number_words(n):
+def number_words(n: int) -> str:
     """Spell a non-negative integer in words: 342 -> 'three hundred and forty two'."""
     n = int(n)
     if n < 0:
@@ -61,7 +64,7 @@ def number_words(n):
     raise AssertionError(n)
 
 
-def year_words(year):
+def year_words(year: int) -> str:
     """Spell a year as spoken: 1968 -> 'nineteen sixty eight', 1905 -> 'nineteen oh five'."""
     high, low = divmod(int(year), 100)
     if low == 0:
@@ -102,7 +105,7 @@ _IRREGULAR_PLURALS = {
 }
 
 
-def plural(word):
+def plural(word: str) -> str:
     if word in _IRREGULAR_PLURALS:
         return _IRREGULAR_PLURALS[word]
     if re.search(r"(s|x|z|ch|sh)$", word):
@@ -717,7 +720,7 @@ def _general_slot(name, suffix, rng):
 
 
 def _lexicon_slot(lexicon, extra):
-    def slot(name, suffix, rng):
+    def slot(name: str, suffix: str, rng: random.Random) -> str:
         if name in extra:
             return extra[name](rng)
         word = rng.choice(lexicon[name])
@@ -729,7 +732,7 @@ def _lexicon_slot(lexicon, extra):
 def _fill(template, slot_fn, rng):
     used = {}
 
-    def sub(match):
+    def sub(match: re.Match[str]) -> str:
         name, suffix, index = match.group(1), match.group(2) or "", match.group(3)
         for _ in range(20):  # {name2} differs from {name}
             value = slot_fn(name, suffix, rng)
@@ -774,7 +777,7 @@ _GRAMMARS = {
 }
 
 
-def make_sentence(domain, rng):
+def make_sentence(domain: str, rng: random.Random) -> str:
     """One raw sentence (sentence case, punctuation) of ``domain`` drawn with ``rng``."""
     if domain == "jl":
         return rng.choice(JL_PHRASES)
@@ -788,7 +791,8 @@ def make_sentence(domain, rng):
 MAX_WORDS = {"general": 13, "vctk": 12, "coraal": 14, "jl": 12, "ne": 12}
 
 
-def generate_texts(domain, count, seed=0, exclude=(), max_words=None, min_words=3):
+def generate_texts(domain: str, count: int, seed: int | str = 0, exclude: Iterable[str] = (),
+                   max_words: int | None = None, min_words: int = 3) -> list[str]:
     """``count`` raw sentences of ``domain``, unique (except ``jl``), deterministic in ``seed``.
 
     ``exclude`` holds normalised texts (``wrd``) that must not be produced. ``jl`` draws from
@@ -822,7 +826,7 @@ def generate_texts(domain, count, seed=0, exclude=(), max_words=None, min_words=
     return out
 
 
-def plan_texts(counts, seed=0):
+def plan_texts(counts: Mapping[str, Mapping[str, int]], seed: int = 0) -> dict[str, dict[str, list[str]]]:
     """Texts for every domain and split: ``{domain: {split: [raw, ...]}}``.
 
     ``counts`` is ``{domain: {split: n}}``. Within a domain all splits are drawn together as one
@@ -840,11 +844,11 @@ def plan_texts(counts, seed=0):
     return plan
 
 
-def word_types(texts):
+def word_types(texts: Iterable[str]) -> set[str]:
     return {w for t in texts for w in normalize_words(t).split()}
 
 
-def vocabulary_overlap(target_texts, general_texts):
+def vocabulary_overlap(target_texts: Iterable[str], general_texts: Iterable[str]) -> dict[str, float]:
     """How much of a target's vocabulary the general text covers.
 
     Returns ``types`` (share of the target's word types that occur in the general text),
