@@ -5,11 +5,15 @@ The hparams file holds scalars (see hparams/*.yaml); the objects (checkpointer, 
 counter, logger, scheduler) are built here so every recipe gets the same policy.
 """
 
+from __future__ import annotations
+
 import inspect
 import logging
 import math
 import os
 import sys
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import speechbrain as sb
 import torch
@@ -22,19 +26,27 @@ from aode.lora import add_lora, has_lora, merge_lora
 from aode.models import check_same_architecture, load_asr_model, load_hf_config
 from aode.schedule import STLR
 
+if TYPE_CHECKING:
+    from speechbrain.dataio.dataset import DynamicItemDataset
+    from speechbrain.utils.run_opts import RunOptions
+    from torch import nn
+
+    from aode.models import ASRModel
+
 logger = logging.getLogger(__name__)
 
 EXPERT_DIR = "expert"
 
 
-def load_hparams(argv, defaults=None):
+def load_hparams(argv: list[str], defaults: dict[str, Any] | None = None
+                 ) -> tuple[dict[str, Any], RunOptions | dict[str, Any], str, str | dict[str, Any]]:
     """SpeechBrain-style: ``hparams.yaml [--key value ...]``; returns (hparams, run_opts,
     file, overrides). ``defaults`` are overrides the command line can still replace; a mapping
     on the command line replaces the file's (see :mod:`aode.config`)."""
     return parse_command_line(argv, defaults)
 
 
-def freeze_non_encoder(hf_model):
+def freeze_non_encoder(hf_model: nn.Module) -> int:
     """Frozen-decoder baseline (Takashima et al.): train the encoder only.
 
     For Whisper the decoder is frozen; for CTC models everything outside ``encoder.``
@@ -49,7 +61,7 @@ def freeze_non_encoder(hf_model):
     return frozen
 
 
-def build_model(hparams):
+def build_model(hparams: Mapping[str, Any]) -> tuple[ASRModel, str]:
     """The ASR model of the run: ``init_from`` (an earlier expert or merge) or ``model_source``."""
     source = hparams["init_from"] or hparams["model_source"]
     if hparams["init_from"]:
@@ -75,7 +87,8 @@ RUN_OPTIONS_IN_HPARAMS = ("precision", "eval_precision", "grad_accumulation_fact
                           "find_unused_parameters")
 
 
-def resolve_run_options(hparams, run_opts=None):
+def resolve_run_options(hparams: dict[str, Any],
+                        run_opts: RunOptions | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The run options given explicitly (command line or a dict); ``hparams`` gets the values
     that will run.
 
@@ -101,7 +114,7 @@ def resolve_run_options(hparams, run_opts=None):
     return given
 
 
-def log_training_plan(hparams, batches, total_steps, world_size):
+def log_training_plan(hparams: Mapping[str, Any], batches: int, total_steps: int, world_size: int) -> None:
     """What the user is about to train: effective batch, steps, precision."""
     accumulation = hparams["grad_accumulation_factor"]
     logger.info(
@@ -112,7 +125,7 @@ def log_training_plan(hparams, batches, total_steps, world_size):
         world_size, hparams["precision"], hparams["layerdrop"])
 
 
-def train_loader_options(hparams, dataset):
+def train_loader_options(hparams: Mapping[str, Any], dataset: DynamicItemDataset) -> tuple[dict[str, Any], int]:
     """Batches per epoch and loader kwargs; ``steps_per_epoch`` fixes the step count."""
     batch_size = hparams["batch_size"]
     steps = hparams["steps_per_epoch"]
@@ -130,7 +143,8 @@ def train_loader_options(hparams, dataset):
     return kwargs, batches
 
 
-def export_expert(brain, asr, folder, provenance):
+def export_expert(brain: ASRBrain, asr: ASRModel, folder: str | os.PathLike,
+                  provenance: dict[str, Any]) -> str | os.PathLike:
     """Recover the best-dev-WER checkpoint's weights, fold LoRA in, write a model folder.
 
     Only the model is recovered: the optimizer's state (twice the model's size with AdamW, 8 GiB
@@ -153,7 +167,7 @@ def export_expert(brain, asr, folder, provenance):
     return folder
 
 
-def run(argv, prepare=None, corpus=None):
+def run(argv: list[str], prepare: Callable[..., Any] | None = None, corpus: str | None = None) -> str:
     """Train one expert; returns the exported folder. ``prepare(**kwargs)`` writes manifests."""
     hparams, run_opts, hparams_file, overrides = load_hparams(argv, {"domain": corpus} if corpus else None)
     hparams = validate(TrainingConfig, hparams, hparams_file)  # before any work
@@ -176,7 +190,8 @@ def run(argv, prepare=None, corpus=None):
     return train_expert(hparams, run_opts, corpus=corpus)
 
 
-def train_expert(hparams, run_opts=None, corpus=None):
+def train_expert(hparams: Mapping[str, Any], run_opts: RunOptions | Mapping[str, Any] | None = None,
+                 corpus: str | None = None) -> str:
     """Fine-tune and export; usable from Python with an already-loaded hparams dict (validated
     against :class:`aode.config.TrainingConfig`, defaults filled, before any work)."""
     hparams = validate(TrainingConfig, hparams, "training hparams")
@@ -232,9 +247,15 @@ def train_expert(hparams, run_opts=None, corpus=None):
     return folder
 
 
-def main(argv=None, prepare=None, corpus=None):
-    """A recipe's command line; a data layout or configuration error ends it with its message
-    and exit status 2, as the data_prep command lines do."""
+def main(argv: list[str] | None = None, prepare: Callable[..., Any] | None = None, corpus: str | None = None) -> str:
+    """A corpus recipe's command line: ``recipes/<Corpus>/train.py hparams.yaml [--key value ...]``.
+
+    With ``--data_folder`` the corpus is prepared first (``prepare``, on the main process, skipped
+    when done, manifests in ``prep_folder``); without it the manifests named by ``train_csv``,
+    ``valid_csv`` and ``test_csv`` are used as they are. Then one expert is fine-tuned and
+    exported to ``<output_folder>/expert/``. A data layout or configuration error ends it with
+    its message and exit status 2, as the data_prep command lines do.
+    """
     from aode.config import ConfigError
     from data_prep.common import LayoutError
 

@@ -1,12 +1,6 @@
 #!/usr/bin/env python3
-"""CORAAL expert: prepare the corpus (main process, skipped when done), then fine-tune.
-
-    python recipes/CORAAL/train.py hparams/whisper_llrd.yaml --data_folder /path/to/CORAAL
-    python recipes/CORAAL/train.py hparams/parakeet_llrd.yaml --data_folder DIR --lr 3e-5
-
-Without --data_folder the manifests named by train_csv/valid_csv/test_csvs are used as
-they are. The expert is exported to <output_folder>/expert/.
-"""
+"""CORAAL expert, as every corpus recipe (see aode.train.main and README, "Using it on real data"):
+python recipes/CORAAL/train.py hparams/whisper_llrd.yaml --data_folder /path/to/CORAAL"""
 
 from aode.train import main
 from data_prep.coraal import prepare_coraal

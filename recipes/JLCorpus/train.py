@@ -1,12 +1,6 @@
 #!/usr/bin/env python3
-"""JLCorpus expert: prepare the corpus (main process, skipped when done), then fine-tune.
-
-    python recipes/JLCorpus/train.py hparams/whisper_llrd.yaml --data_folder /path/to/JLCorpus
-    python recipes/JLCorpus/train.py hparams/parakeet_llrd.yaml --data_folder DIR --lr 3e-5
-
-Without --data_folder the manifests named by train_csv/valid_csv/test_csvs are used as
-they are. The expert is exported to <output_folder>/expert/.
-"""
+"""JLCorpus expert, as every corpus recipe (see aode.train.main and README, "Using it on real data"):
+python recipes/JLCorpus/train.py hparams/whisper_llrd.yaml --data_folder /path/to/JLCorpus"""
 
 from aode.train import main
 from data_prep.jl_corpus import prepare_jl_corpus

@@ -1,12 +1,6 @@
 #!/usr/bin/env python3
-"""SPGISpeech expert: prepare the corpus (main process, skipped when done), then fine-tune.
-
-    python recipes/SPGISpeech/train.py hparams/whisper_llrd.yaml --data_folder /path/to/SPGISpeech
-    python recipes/SPGISpeech/train.py hparams/parakeet_llrd.yaml --data_folder DIR --lr 3e-5
-
-Without --data_folder the manifests named by train_csv/valid_csv/test_csvs are used as
-they are. The expert is exported to <output_folder>/expert/.
-"""
+"""SPGISpeech expert, as every corpus recipe (see aode.train.main and README, "Using it on real data"):
+python recipes/SPGISpeech/train.py hparams/whisper_llrd.yaml --data_folder /path/to/SPGISpeech"""
 
 from aode.train import main
 from data_prep.spgispeech import prepare_spgispeech
