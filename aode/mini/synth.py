@@ -99,30 +99,18 @@ def _load_lib():
         if _LIB is None:
             loader = _loader()
             lib = ctypes.CDLL(loader.get_library_path())
-            lib.espeak_Initialize.restype = ctypes.c_int
-            lib.espeak_Initialize.argtypes = [
-                ctypes.c_int,
-                ctypes.c_int,
-                ctypes.c_char_p,
-                ctypes.c_int,
-            ]
-            lib.espeak_SetSynthCallback.argtypes = [_CALLBACK_TYPE]
-            lib.espeak_SetSynthCallback.restype = None
-            lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-            lib.espeak_SetVoiceByName.restype = ctypes.c_int
-            lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-            lib.espeak_SetParameter.restype = ctypes.c_int
-            lib.espeak_Synth.argtypes = [
-                ctypes.c_char_p,
-                ctypes.c_size_t,
-                ctypes.c_uint,
-                ctypes.c_int,
-                ctypes.c_uint,
-                ctypes.c_uint,
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-            ]
-            lib.espeak_Synth.restype = ctypes.c_int
+            c = ctypes
+            signatures = {  # name: (argument types, return type), from espeak-ng's speak_lib.h
+                "espeak_Initialize": ([c.c_int, c.c_int, c.c_char_p, c.c_int], c.c_int),
+                "espeak_SetSynthCallback": ([_CALLBACK_TYPE], None),
+                "espeak_SetVoiceByName": ([c.c_char_p], c.c_int),
+                "espeak_SetParameter": ([c.c_int, c.c_int, c.c_int], c.c_int),
+                "espeak_Synth": ([c.c_char_p, c.c_size_t, c.c_uint, c.c_int, c.c_uint, c.c_uint,
+                                  c.c_void_p, c.c_void_p], c.c_int),
+            }
+            for name, (argtypes, restype) in signatures.items():
+                getattr(lib, name).argtypes = argtypes
+                getattr(lib, name).restype = restype
             lib.espeak_Synchronize.restype = ctypes.c_int
             _LIB = lib
     return _LIB
