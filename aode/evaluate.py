@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from aode.atomic import atomic_write_json
+
 logger = logging.getLogger(__name__)
 
 
@@ -47,14 +49,6 @@ def read_cached(path, key):
     with open(path, encoding="utf-8") as f:
         result = json.load(f)
     return result if result.get("key") == key else None
-
-
-def _write_json(path, obj):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def evaluate_model(model, test_sets, out_folder, batch_size=8, normalizer="whisper", beam_size=1,
@@ -93,7 +87,7 @@ def evaluate_model(model, test_sets, out_folder, batch_size=8, normalizer="whisp
         result = {"model": str(model), "test_set": name, "manifest": manifest, "key": key,
                   "wer": stats["WER"], "cer": stats["CER"], "utterances": len(brain.utterances),
                   "seconds": round(time.time() - start, 2), "hypotheses": brain.utterances}
-        _write_json(os.path.join(out_folder, f"{name}.json"), result)
+        atomic_write_json(os.path.join(out_folder, f"{name}.json"), result, indent=1)
         logger.info("%s on %s: WER %.2f (%d utts, %.1f s)", model, name, stats["WER"], len(brain.utterances),
                     result["seconds"])
         results[name] = result

@@ -27,10 +27,15 @@ back into "$", and Unicode compatibility normalisation (NFKC/NFKD, as Whisper's 
 applies) maps it to "$" as well, so scoring is unchanged either way.
 """
 
+from __future__ import annotations
+
 import csv
 import os
 import re
-import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from aode.atomic import atomic_open
 
 MANIFEST_COLUMNS = ["ID", "duration", "wav", "start", "stop", "spk_id", "wrd", "wrd_raw"]
 WAV_SEPARATOR = "|"
@@ -45,36 +50,29 @@ def _escape_dollars(value):
     return _SPEECHBRAIN_VARIABLE.sub(FULLWIDTH_DOLLAR, value) if isinstance(value, str) else value
 
 
-def write_manifest(path, rows, extra_columns=()):
+def write_manifest(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
+                   extra_columns: Sequence[str] = ()) -> None:
     """Write ``rows`` (dicts) as a manifest CSV, atomically.
 
     The file is written under a temporary name in the same folder and renamed at the
-    end, so an interrupted run never leaves a half manifest that a later run trusts.
+    end (:func:`aode.atomic.atomic_open`), so an interrupted run never leaves a half
+    manifest that a later run trusts.
     """
     columns = MANIFEST_COLUMNS + [c for c in extra_columns if c not in MANIFEST_COLUMNS]
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".csv", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                for key in MANIFEST_COLUMNS:
-                    if key not in row:
-                        raise ValueError(f"manifest row {row.get('ID')!r} lacks column {key!r}")
-                out = {k: v if k in _NOT_TEXT else _escape_dollars(v) for k, v in row.items()}
-                for key in ("duration", "start", "stop"):
-                    out[key] = f"{float(row[key]):.3f}"
-                writer.writerow(out)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            for key in MANIFEST_COLUMNS:
+                if key not in row:
+                    raise ValueError(f"manifest row {row.get('ID')!r} lacks column {key!r}")
+            out = {k: v if k in _NOT_TEXT else _escape_dollars(v) for k, v in row.items()}
+            for key in ("duration", "start", "stop"):
+                out[key] = f"{float(row[key]):.3f}"
+            writer.writerow(out)
 
 
-def read_manifest(path):
+def read_manifest(path: str | os.PathLike) -> list[dict[str, str]]:
     """Read a manifest as a list of dicts, checking the required columns."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"manifest not found: {path}")
@@ -91,6 +89,6 @@ def read_manifest(path):
     return rows
 
 
-def split_wav_field(wav):
+def split_wav_field(wav: str) -> list[str]:
     """The list of audio files a manifest row names."""
     return [p for p in wav.split(WAV_SEPARATOR) if p]

@@ -10,17 +10,24 @@ Both take a hub id or a local model folder and export a standard transformers fo
 (:meth:`export`) that ``from_pretrained`` and ``transformers.pipeline`` load.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 # Model-folder files (provenance, processor files) are aode.model_folder's; re-exported here.
-from aode.model_folder import (PROVENANCE_FILE, copy_processor_files, read_provenance,  # noqa: F401
-                               write_provenance)
+from aode.model_folder import PROVENANCE_FILE, copy_processor_files, read_provenance, write_provenance  # noqa: F401
+
+if TYPE_CHECKING:
+    from speechbrain.dataio.batch import PaddedBatch
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +39,7 @@ def _looks_local(source):
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$|^[\w.-]+$")
 
 
-def resolve_model_folder(source):
+def resolve_model_folder(source: str | os.PathLike) -> str:
     """The local folder of ``source``: a folder as it is, a hub id resolved as
     ``from_pretrained`` resolves it (the Hugging Face cache first; a download only when the
     hub is reachable and ``HF_HUB_OFFLINE`` is not set). Raises FileNotFoundError saying how to
@@ -63,7 +70,7 @@ def resolve_model_folder(source):
     )
 
 
-def load_hf_config(source):
+def load_hf_config(source: str | os.PathLike) -> PretrainedConfig:
     """The transformers config object (``AutoConfig``) of a hub id or folder, with a clear error
     when missing. (A model folder's config.json as a plain dict:
     :func:`aode.model_folder.read_config_json`.)"""
@@ -81,16 +88,17 @@ def load_hf_config(source):
 
 
 FAMILIES = {}  # name -> ASRModel subclass, in registration order
+_Family = TypeVar("_Family", bound="type[ASRModel]")
 
 
-def register_family(cls):
+def register_family(cls: _Family) -> _Family:
     """Class decorator: make a model family known to :func:`load_asr_model` (the only place
     that chooses a family; a new family is one new class)."""
     FAMILIES[cls.family] = cls
     return cls
 
 
-def detect_family(config):
+def detect_family(config: PretrainedConfig) -> str:
     """The registered family name that handles a transformers config; ValueError otherwise."""
     for name, cls in FAMILIES.items():
         if cls.handles(config):
@@ -109,11 +117,11 @@ _SHAPE_KEY = re.compile(
     re.IGNORECASE)
 
 
-def architecture_signature(config):
+def architecture_signature(config: PretrainedConfig) -> dict[str, Any]:
     """What two models must share to be fine-tuned from one another or averaged: the model
     type and every integer config key that fixes a shape or the depth, sub-configs included
     (e.g. ``encoder_config.num_hidden_layers``)."""
-    def shape_keys(values, prefix=""):
+    def shape_keys(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         out = {}
         for key, value in sorted(values.items()):
             if isinstance(value, dict):
@@ -129,7 +137,7 @@ def architecture_signature(config):
             **shape_keys(config.to_dict())}
 
 
-def check_same_architecture(config, other, what, other_what):
+def check_same_architecture(config: PretrainedConfig, other: PretrainedConfig, what: str, other_what: str) -> None:
     """Raise ValueError naming the differing keys when the two configs' architectures differ."""
     sig, other_sig = architecture_signature(config), architecture_signature(other)
     if sig != other_sig:
@@ -139,7 +147,7 @@ def check_same_architecture(config, other, what, other_what):
         raise ValueError(f"{what} and {other_what} have different architectures ({shown})")
 
 
-def set_layerdrop(hf_model, layerdrop):
+def set_layerdrop(hf_model: nn.Module, layerdrop: float) -> int:
     """Set every layerdrop probability of ``hf_model`` (modules and config) to ``layerdrop``.
 
     Hub configs carry a training-time layerdrop (parakeet-ctc-1.1b's converted config: 0.1;
@@ -153,7 +161,7 @@ def set_layerdrop(hf_model, layerdrop):
             module.layerdrop = float(layerdrop)
             changed += 1
 
-    def set_in(config):
+    def set_in(config: PretrainedConfig) -> None:
         for key in list(vars(config)):
             value = getattr(config, key)
             if "layerdrop" in key and isinstance(value, (int, float)):
@@ -165,7 +173,7 @@ def set_layerdrop(hf_model, layerdrop):
     return changed
 
 
-def load_asr_model(source, family=None, **kwargs):
+def load_asr_model(source: str | os.PathLike, family: str | None = None, **kwargs: Any) -> ASRModel:
     """Load ``source`` (hub id or folder) as a ``WhisperASR`` or ``CTCASR``.
 
     ``family`` (``"whisper"``/``"ctc"``), when given, must match the checkpoint.
@@ -193,41 +201,41 @@ class ASRModel(nn.Module):
     text_keys = ("tokens",)
 
     @classmethod
-    def handles(cls, config):
+    def handles(cls, config: PretrainedConfig) -> bool:
         """True when this family loads a checkpoint with this transformers config."""
         raise NotImplementedError
 
-    def text_items(self, text):
+    def text_items(self, text: str) -> tuple[torch.Tensor, ...]:
         """The training targets of one transcript, one tensor per name in ``text_keys``."""
         raise NotImplementedError
 
-    def batch_inputs(self, batch):
+    def batch_inputs(self, batch: PaddedBatch) -> tuple[torch.Tensor, ...]:
         """The positional arguments of :meth:`forward` for a SpeechBrain batch (on device)."""
         raise NotImplementedError
 
-    def batch_targets(self, batch):
+    def batch_targets(self, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(tokens, relative lengths)`` that :meth:`loss` compares the outputs with."""
         raise NotImplementedError
 
-    def loss(self, outputs, tokens, tokens_lens):
+    def loss(self, outputs: dict[str, torch.Tensor], tokens: torch.Tensor, tokens_lens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def transcribe_outputs(self, outputs, batch):
+    def transcribe_outputs(self, outputs: dict[str, torch.Tensor], batch: PaddedBatch) -> list[str]:
         """Hypothesis texts for a batch whose forward outputs are already computed."""
         raise NotImplementedError
 
-    def transcribe(self, wavs, wav_lens):
+    def transcribe(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> list[str]:
         """Hypothesis texts for a padded batch of 16 kHz waveforms."""
         raise NotImplementedError
 
-    def export(self, folder, provenance=None):
+    def export(self, folder: str | os.PathLike, provenance: dict[str, Any] | None = None) -> None:
         """Write a transformers model folder (with processor files and ``aode.json``)."""
         raise NotImplementedError
 
-    def freeze_fixed_parameters(self):
+    def freeze_fixed_parameters(self) -> None:
         """Re-freeze what the architecture defines as fixed (after LoRA or a merge unfroze it)."""
 
-    def batch_loss(self, batch):
+    def batch_loss(self, batch: PaddedBatch) -> torch.Tensor:
         """Forward and loss of one batch, as a bare training loop or Fisher estimation needs."""
         return self.loss(self(*self.batch_inputs(batch)), *self.batch_targets(batch))
 
@@ -245,7 +253,7 @@ class WhisperASR(ASRModel):
     text_keys = ("tokens_bos", "tokens_eos")
 
     @classmethod
-    def handles(cls, config):
+    def handles(cls, config: PretrainedConfig) -> bool:
         return config.model_type == "whisper"
 
     def __init__(self, source, save_path=None, language=None, task="transcribe",
@@ -263,48 +271,49 @@ class WhisperASR(ASRModel):
         set_layerdrop(self.hf_model, layerdrop)
         self.freeze_fixed_parameters()
 
-    def freeze_fixed_parameters(self):
+    def freeze_fixed_parameters(self) -> None:
         """Keep the encoder's sinusoidal positions fixed, as Whisper defines them (SpeechBrain's
         wrapper makes every parameter trainable, and they would drift)."""
         self.hf_model.encoder.embed_positions.requires_grad_(False)
 
     @property
-    def hf_model(self):
+    def hf_model(self) -> PreTrainedModel:
         return self.whisper.model
 
     @property
-    def config(self):
+    def config(self) -> PretrainedConfig:
         return self.whisper.model.config
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.whisper.tokenizer
 
-    def encode_text(self, text):
+    def encode_text(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens_bos, tokens_eos) LongTensors for teacher forcing."""
         ids = self.tokenizer.encode(" " + text.strip(), add_special_tokens=False)
         full = list(self.tokenizer.prefix_tokens) + ids + [self.whisper.eos]
         return torch.LongTensor(full[:-1]), torch.LongTensor(full[1:])
 
-    def text_items(self, text):
+    def text_items(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_text(text)
 
-    def batch_inputs(self, batch):
+    def batch_inputs(self, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         wavs, wav_lens = batch.sig
         return wavs, wav_lens, batch.tokens_bos[0]
 
-    def batch_targets(self, batch):
+    def batch_targets(self, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return batch.tokens_eos
 
-    def transcribe_outputs(self, outputs, batch):
+    def transcribe_outputs(self, outputs: dict[str, torch.Tensor], batch: PaddedBatch) -> list[str]:
         wavs, wav_lens = batch.sig
         return self.transcribe(wavs, wav_lens, encoder_out=outputs["encoder_out"])
 
-    def forward(self, wavs, wav_lens, tokens_bos):
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor, tokens_bos: torch.Tensor) -> dict[str, torch.Tensor]:
         enc, logits, _ = self.whisper(wavs, tokens_bos)
         return {"encoder_out": enc, "logits": logits}
 
-    def loss(self, outputs, tokens_eos, tokens_eos_lens):
+    def loss(self, outputs: dict[str, torch.Tensor], tokens_eos: torch.Tensor,
+             tokens_eos_lens: torch.Tensor) -> torch.Tensor:
         import speechbrain as sb
 
         log_probs = F.log_softmax(outputs["logits"], dim=-1)
@@ -328,13 +337,14 @@ class WhisperASR(ASRModel):
         return self._searcher
 
     @torch.no_grad()
-    def transcribe(self, wavs, wav_lens, encoder_out=None):
+    def transcribe(self, wavs: torch.Tensor, wav_lens: torch.Tensor,
+                   encoder_out: torch.Tensor | None = None) -> list[str]:
         if encoder_out is None:
             encoder_out = self.whisper.forward_encoder(self.whisper._get_mel(wavs))
         hyps = self._get_searcher()(encoder_out.detach(), wav_lens)[0]
         return [self.tokenizer.decode(h, skip_special_tokens=True).strip() for h in hyps]
 
-    def export(self, folder, provenance=None):
+    def export(self, folder: str | os.PathLike, provenance: dict[str, Any] | None = None) -> None:
         """Write a ``WhisperForConditionalGeneration`` folder with tokenizer and processor."""
         from transformers import WhisperForConditionalGeneration
 
@@ -366,25 +376,25 @@ class CTCASR(ASRModel):
     SEQ2SEQ_ONLY = {"beam_size", "label_smoothing", "max_decode_ratio", "language", "task"}
 
     @classmethod
-    def handles(cls, config):
+    def handles(cls, config: PretrainedConfig) -> bool:
         from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING_NAMES
 
         archs = getattr(config, "architectures", None) or []
         return config.model_type in MODEL_FOR_CTC_MAPPING_NAMES or any(a.endswith("ForCTC") for a in archs)
 
-    def text_items(self, text):
+    def text_items(self, text: str) -> tuple[torch.Tensor]:
         return (self.encode_text(text),)
 
-    def batch_inputs(self, batch):
+    def batch_inputs(self, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return batch.sig
 
-    def batch_targets(self, batch):
+    def batch_targets(self, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return batch.tokens
 
-    def transcribe_outputs(self, outputs, batch):
+    def transcribe_outputs(self, outputs: dict[str, torch.Tensor], batch: PaddedBatch) -> list[str]:
         return self.transcribe(*batch.sig, outputs=outputs)
 
-    def freeze_fixed_parameters(self):
+    def freeze_fixed_parameters(self) -> None:
         """Nothing in a CTC model is fixed by definition."""
 
     def __init__(self, source, save_path=None, layerdrop=0.0, **seq2seq_options):
@@ -404,25 +414,25 @@ class CTCASR(ASRModel):
             raise ValueError(f"CTC model {source!r} defines no pad_token_id (its blank)")
 
     @property
-    def hf_model(self):
+    def hf_model(self) -> PreTrainedModel:
         return self.model
 
     @property
-    def config(self):
+    def config(self) -> PretrainedConfig:
         return self.model.config
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         return self._tokenizer
 
-    def encode_text(self, text):
+    def encode_text(self, text: str) -> torch.Tensor:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         unk = self.tokenizer.unk_token_id
         if unk is not None and unk in ids:
             logger.debug("text %r has characters outside the vocabulary", text)
         return torch.LongTensor(ids)
 
-    def features(self, wavs, wav_lens):
+    def features(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> dict[str, torch.Tensor]:
         """The model's input features for a padded batch (relative lengths as SpeechBrain)."""
         lengths = (wav_lens * wavs.shape[1]).round().long().tolist()
         audio = [w[:n].detach().float().cpu().numpy() for w, n in zip(wavs, lengths)]
@@ -431,7 +441,7 @@ class CTCASR(ASRModel):
         )
         return {k: v.to(wavs.device) for k, v in inputs.items()}
 
-    def output_lengths(self, attention_mask):
+    def output_lengths(self, attention_mask: torch.Tensor) -> torch.Tensor:
         lengths = attention_mask.sum(-1)
         for name in ("_get_subsampling_output_length", "_get_feat_extract_output_lengths"):
             fn = getattr(self.model, name, None)
@@ -439,13 +449,13 @@ class CTCASR(ASRModel):
                 return fn(lengths).long()
         return lengths
 
-    def forward(self, wavs, wav_lens):
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> dict[str, torch.Tensor]:
         inputs = self.features(wavs, wav_lens)
         logits = self.model(**inputs).logits
         out_lens = self.output_lengths(inputs["attention_mask"]).clamp(max=logits.shape[1])
         return {"logits": logits, "out_lens": out_lens}
 
-    def loss(self, outputs, tokens, tokens_lens):
+    def loss(self, outputs: dict[str, torch.Tensor], tokens: torch.Tensor, tokens_lens: torch.Tensor) -> torch.Tensor:
         """Mean-over-batch CTC loss, each utterance's loss divided by its target length."""
         log_probs = F.log_softmax(outputs["logits"].float(), dim=-1).transpose(0, 1)
         target_lens = (tokens_lens * tokens.shape[1]).round().long()
@@ -455,7 +465,8 @@ class CTCASR(ASRModel):
         )
 
     @torch.no_grad()
-    def transcribe(self, wavs, wav_lens, outputs=None):
+    def transcribe(self, wavs: torch.Tensor, wav_lens: torch.Tensor,
+                   outputs: dict[str, torch.Tensor] | None = None) -> list[str]:
         outputs = outputs if outputs is not None else self.forward(wavs, wav_lens)
         best = outputs["logits"].argmax(dim=-1)
         texts = []
@@ -469,7 +480,7 @@ class CTCASR(ASRModel):
             texts.append(self.tokenizer.decode(ids, skip_special_tokens=True, group_tokens=False).strip())
         return texts
 
-    def export(self, folder, provenance=None):
+    def export(self, folder: str | os.PathLike, provenance: dict[str, Any] | None = None) -> None:
         os.makedirs(folder, exist_ok=True)
         self.model.save_pretrained(folder)
         self.feature_extractor.save_pretrained(folder)

@@ -20,6 +20,8 @@ import math
 import os
 import sys
 
+from aode.atomic import atomic_open
+
 DERIVED = ("Average", "Forgetting %")
 
 
@@ -122,13 +124,11 @@ def write_csv(rows, path):
 
 def write_wer_csv(table, path, sets=None):
     sets = sets or list(next(iter(table.values())))
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["model"] + sets)
         for name, wers in table.items():
             writer.writerow([name] + [f"{wers[s]:.4f}" for s in sets])
-    os.replace(tmp, path)
 
 
 def plot(rows, sets, path, title="AoDE"):

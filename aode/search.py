@@ -32,6 +32,8 @@ import math
 import os
 import shutil
 
+from aode.atomic import atomic_write_json
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["search_weights", "candidate_weights", "pareto_front", "select_candidate", "plot_search"]
@@ -208,13 +210,6 @@ def plot_search(result, path):
     plt.close(fig)
 
 
-def _write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _previous_scores(path, eval_key):
     """Scores of an earlier search.json with the same evaluation key, by candidate id."""
     if not os.path.isfile(path):
@@ -358,7 +353,7 @@ def search_weights(members, base, dev_sets, forgetting_sets, out_folder, method=
                                                "average", "forgetting", "pareto", "chosen")}
                        for c in cands],
     }
-    _write_json(json_path, result)
+    atomic_write_json(json_path, result, indent=1)
     plot_search(result, os.path.join(out_folder, "search.png"))
     print(f"[aode] weight search ({method}, {objective}): chose {winner['label']} "
           f"(weights {winner['weights']}{', with the original' if winner['include_base'] else ''}): "

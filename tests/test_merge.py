@@ -11,9 +11,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from aode.lora import add_lora, lora_state_dict, merge_lora
-from aode.merge import MergeError, get_method, merge_models, save_fisher, tensor_seed
-from aode.merge import registry
-from aode.merge.io import SafetensorsFile, SafetensorsWriter, open_model, safetensors_layout
+from aode.merge import MergeError, get_method, merge_models, registry, save_fisher, tensor_seed
+from aode.merge.read import SafetensorsFile, open_model
+from aode.merge.write import SafetensorsWriter, safetensors_layout
 
 SAMPLES = os.path.join(os.path.dirname(__file__), "data", "samples")
 CONFIG = {"model_type": "toy", "vocab_size": 10}

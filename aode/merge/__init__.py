@@ -2,7 +2,8 @@
 
 One file per method behind a small registry (:mod:`aode.merge.registry`); a streaming
 driver (:func:`merge_models`) that merges model folders tensor by tensor; a streaming
-safetensors reader/writer (:mod:`aode.merge.io`).
+reader of model folders (:mod:`aode.merge.read`), a streaming safetensors writer
+(:mod:`aode.merge.write`) and the checks between members (:mod:`aode.merge.checks`).
 
 Methods: ``average`` (AoDE), ``most_extreme`` / ``least_extreme`` (Table IV),
 ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``slerp``, ``model_stock``,
@@ -11,11 +12,12 @@ Methods: ``average`` (AoDE), ``most_extreme`` / ``least_extreme`` (Table IV),
 
 from .registry import available_methods, get_method, get_spec, register  # noqa: I001
 from . import linear, extreme, task_arithmetic, ties, dare, slerp, model_stock, fisher  # noqa: F401
-from .driver import MergeError, merge_models, tensor_seed
-from .fisher import save_fisher
+from .driver import MergeError, MergePlan, merge_models, tensor_seed
+from aode.fisher_file import save_fisher
 
 __all__ = [
     "merge_models",
+    "MergePlan",
     "MergeError",
     "register",
     "get_method",

@@ -7,34 +7,46 @@ input dtype, straight into the output safetensors file. Peak memory is therefore
 tensor per member (element-wise methods: a bounded slice), never a whole model per member.
 """
 
+import contextlib
 import datetime
 import fnmatch
 import hashlib
-import inspect
-import json
 import logging
 import math
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from aode.models import read_provenance
-from .io import (SafetensorsWriter, copy_processor_files, open_model, safetensors_layout)
-from .registry import get_spec
+from aode.atomic import atomic_folder
+from aode.model_folder import CONFIG_FILE, copy_processor_files, read_provenance, write_provenance
+
+from .checks import (
+    MergeError,
+    agreeing_non_float,
+    all_finite,
+    as_weights,
+    check_aligned,
+    check_configs,
+    check_member_count,
+    check_options,
+    check_tensors,
+    nonfinite_error,
+    read_checked,
+)
+from .read import open_model
+from .registry import MethodSpec, get_spec
+from .write import SafetensorsWriter, safetensors_layout
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["merge_models", "tensor_seed", "MergeError"]
+__all__ = ["merge_models", "MergePlan", "tensor_seed", "MergeError"]
 
-CONFIG_FIELDS = ("model_type", "vocab_size")
-_FIXED_ARGS = 4  # tensors, weights, base, generator
-
-
-class MergeError(ValueError):
-    """Members that cannot be merged (mismatch, non-finite values, ...)."""
+RUNNING_STATISTICS = ("running_mean", "running_var")
 
 
 def tensor_seed(seed, name):
@@ -43,86 +55,176 @@ def tensor_seed(seed, name):
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def _as_weights(values, n, what):
-    if values is None:
-        return torch.ones(n, dtype=torch.float32)
-    w = torch.as_tensor([float(v) for v in values], dtype=torch.float32)
-    if w.numel() != n:
-        raise ValueError(f"{what}: {w.numel()} weights for {n} members"
-                         " (with include_base the base is the last member)")
-    if not torch.isfinite(w).all():
-        raise ValueError(f"{what}: non-finite weight in {w.tolist()}")
-    return w
+@dataclass
+class MergePlan:
+    """What a merge merges and how: :func:`merge_models`' arguments from ``members`` to
+    ``seed``, checked when the plan is made, before any file is opened.
+
+    After construction ``members`` and ``base`` are paths, ``spec`` is the method's
+    :class:`~aode.merge.registry.MethodSpec`, ``weights`` a float32 tensor with one weight
+    per input (the members, then the base with ``include_base``), ``weight_rules`` a list of
+    ``(pattern, float32 tensor)`` and ``options`` a dict (the caller's, as given).
+    """
+
+    members: list
+    method: str = "average"
+    weights: Any = None
+    base: str | None = None
+    include_base: bool = False
+    weight_rules: list | None = None
+    options: dict | None = None
+    seed: int = 0
+    spec: MethodSpec = field(init=False)
+
+    def __post_init__(self):
+        self.spec = get_spec(self.method)
+        self.members = [os.fspath(m) for m in self.members]
+        if not self.members:
+            raise ValueError("no members to merge")
+        self.base = os.fspath(self.base) if self.base is not None else None
+        if self.spec.needs_base and self.base is None:
+            raise ValueError(f"merge method {self.method!r} needs the original model: pass base=<folder>")
+        if self.include_base and self.base is None:
+            raise ValueError("include_base=True needs base=<folder>")
+        self.include_base = bool(self.include_base)
+        check_member_count(self.spec, self.n_inputs)
+        self.weights = as_weights(self.weights, self.n_inputs, "weights")
+        self.weight_rules = [
+            (pattern, as_weights(w, self.n_inputs, f"weight_rules[{pattern!r}]"))
+            for pattern, w in (self.weight_rules or [])
+        ]
+        self.options = dict(self.options or {})
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.members) + (1 if self.include_base else 0)
+
+    def weights_for(self, name: str) -> torch.Tensor:
+        """The weights of tensor ``name``: the first matching rule's, else ``weights``."""
+        for pattern, w in self.weight_rules:
+            if fnmatch.fnmatchcase(name, pattern):
+                return w
+        return self.weights
+
+    def provenance(self) -> dict:
+        """The merged folder's ``aode.json``."""
+        return {
+            "kind": "merge",
+            "method": self.method,
+            "members": [os.path.abspath(m) for m in self.members],
+            "weights": self.weights.tolist(),
+            "weight_rules": [[p, w.tolist()] for p, w in self.weight_rules],
+            "base": os.path.abspath(self.base) if self.base is not None else None,
+            "include_base": self.include_base,
+            "options": self.options,
+            "seed": self.seed,
+            "member_provenance": [read_provenance(m) for m in self.members],
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        }
 
 
-def _option_names(fn):
-    params = list(inspect.signature(fn).parameters.values())[_FIXED_ARGS:]
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return [p.name for p in params]
+class _Inputs:
+    """The opened sources of a plan, checked: ``inputs`` (members, then the base with
+    include_base), ``base`` (or None), ``aligned`` per-member files and the method's
+    ``options`` (after its setup hook). A context manager that closes them all."""
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.inputs, self.base, self.aligned, self.options = [], None, {}, dict(plan.options)
+        self._opened = []
+
+    def open(self):
+        plan = self.plan
+        for i, m in enumerate(plan.members):
+            self.inputs.append(self._open(m, f"member {i} '{m}'"))
+        if plan.base is not None:
+            self.base = self._open(plan.base, f"base '{plan.base}'")
+            if plan.include_base:
+                self.inputs.append(self.base)
+        checked = self.inputs + ([self.base] if self.base is not None and not plan.include_base else [])
+        check_configs(checked)
+        check_tensors(checked)
+        spec = plan.spec
+        if spec.setup is not None:
+            self.options, self.aligned = spec.setup([s.path for s in self.inputs], self.options)
+        check_options(spec, self.options, self.aligned)
+        check_aligned(self.aligned, self.inputs[0])
+        return self
+
+    def _open(self, path, label):
+        src = open_model(path, label=label)
+        self._opened.append(src)
+        return src
+
+    @property
+    def base_used(self) -> bool:
+        """Whether the method reads the base tensor (it uses one and one was given)."""
+        return self.plan.spec.uses_base and self.base is not None
+
+    @property
+    def n_read(self) -> int:
+        """How many sources a tensor is read from (members, base, aligned files)."""
+        return (
+            len(self.inputs)
+            + (1 if self.base_used else 0)
+            + sum(1 for srcs in self.aligned.values() if any(s is not None for s in srcs))
+        )
+
+    def __enter__(self):
+        try:
+            return self.open()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        for src in self._opened:
+            src.close()
+        for srcs in self.aligned.values():
+            for s in srcs:
+                if s is not None:
+                    s.close()
 
 
-STEP_COUNTERS = ("num_batches_tracked",)
-RUNNING_STATISTICS = ("running_mean", "running_var")
+@contextlib.contextmanager
+def _torch_threads(num_threads):
+    saved = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
-def _is_float(dtype):
-    return dtype.is_floating_point
-
-
-def _check_configs(sources):
-    ref = next((s for s in sources if s.config is not None), None)
-    if ref is None:
-        return
-    for other in sources:
-        if other is ref or other.config is None:
-            continue
-        for field in CONFIG_FIELDS:
-            a, b = ref.config.get(field), other.config.get(field)
-            if a != b:
-                raise MergeError(f"config field {field!r} differs: {a!r} in {ref.label} but "
-                                 f"{b!r} in {other.label}; these models cannot be merged")
-
-
-def _check_tensors(sources):
-    ref = sources[0]
-    warned = False
-    for other in sources[1:]:
-        for name, info in ref.infos.items():
-            if name not in other.infos:
-                raise MergeError(f"tensor {name!r} is in {ref.label} but missing from "
-                                 f"{other.label}")
-            o = other.infos[name]
-            if tuple(o.shape) != tuple(info.shape):
-                raise MergeError(f"tensor {name!r} has shape {list(info.shape)} in {ref.label} "
-                                 f"but {list(o.shape)} in {other.label}")
-            if _is_float(o.dtype) != _is_float(info.dtype):
-                raise MergeError(f"tensor {name!r} is {info.dtype} in {ref.label} but "
-                                 f"{o.dtype} in {other.label}")
-            if o.dtype != info.dtype and not warned:
-                logger.warning("tensor %r is %s in %s but %s in %s; the output keeps the "
-                               "first member's dtypes", name, info.dtype, ref.label, o.dtype,
-                               other.label)
-                warned = True
-        for name in other.infos:
-            if name not in ref.infos:
-                raise MergeError(f"tensor {name!r} is in {other.label} but missing from "
-                                 f"{ref.label}")
-
-
-def _json_safe(obj):
-    return json.loads(json.dumps(obj, default=str))
-
-
-def merge_models(members, output, method="average", weights=None, base=None,
-                 include_base=False, weight_rules=None, options=None, seed=0, progress=True,
-                 overwrite=False, max_chunk_bytes=8 * 2**20, num_threads=1):
+def merge_models(
+    members,
+    output,
+    method="average",
+    weights=None,
+    base=None,
+    include_base=False,
+    weight_rules=None,
+    options=None,
+    seed=0,
+    progress=True,
+    overwrite=False,
+    max_chunk_bytes=8 * 2**20,
+    num_threads=1,
+):
     """Merge model folders into the model folder ``output`` (AoDE, paper III-C).
+
+    The arguments from ``members`` to ``seed`` say what to merge (checked and grouped by
+    :class:`MergePlan`); the others how to run it.
 
     Args:
         members: model folders (or peft LoRA adapter folders, folded on the fly).
-        output: the merged model folder; written to ``.<name>.tmp-<pid>`` beside it and
-            renamed at the end. An existing ``output`` is refused unless ``overwrite``.
+        output: the merged model folder; written to a temporary folder beside it and
+            renamed at the end (:func:`aode.atomic.atomic_folder`). An existing ``output``
+            is refused unless ``overwrite``.
         method: a registered method name (:func:`aode.merge.available_methods`).
         weights: one per member (the base last with ``include_base``); default all 1.
             Whether they are normalised is the method's convention (``average`` divides by
@@ -149,138 +251,37 @@ def merge_models(members, output, method="average", weights=None, base=None,
 
     Returns the output folder path.
     """
-    spec = get_spec(method)
-    members = [os.fspath(m) for m in members]
-    if not members:
-        raise ValueError("no members to merge")
+    plan = MergePlan(members, method, weights, base, include_base, weight_rules, options, seed)
     output = os.path.abspath(os.fspath(output))
-    if os.path.exists(output) and not overwrite:
-        raise FileExistsError(f"{output} exists; pass overwrite=True to replace it")
-    if spec.needs_base and base is None:
-        raise ValueError(f"merge method {method!r} needs the original model: pass base=<folder>")
-    if include_base and base is None:
-        raise ValueError("include_base=True needs base=<folder>")
-    n_inputs = len(members) + (1 if include_base else 0)
-    if n_inputs < spec.min_members or (spec.max_members and n_inputs > spec.max_members):
-        want = (f"exactly {spec.min_members}" if spec.min_members == spec.max_members
-                else f"at least {spec.min_members}")
-        raise ValueError(f"merge method {method!r} takes {want} members, got {n_inputs}")
-    default_w = _as_weights(weights, n_inputs, "weights")
-    rules = [(pattern, _as_weights(w, n_inputs, f"weight_rules[{pattern!r}]"))
-             for pattern, w in (weight_rules or [])]
-    options = dict(options or {})
-    user_options = dict(options)
+    start_time = time.time()
+    with _torch_threads(num_threads), atomic_folder(output, overwrite=overwrite) as tmp, _Inputs(plan) as sources:
+        _write_weights(plan, sources, os.path.join(tmp, "model.safetensors"), progress, max_chunk_bytes)
+        _write_folder_files(tmp, sources)
+        write_provenance(tmp, plan.provenance())
+    logger.info("merged %s in %.1f s", output, time.time() - start_time)
+    return output
 
-    opened = []
-    aligned = {}
-    saved_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
+
+def _write_weights(plan, sources, path, progress, max_chunk_bytes):
+    inputs = sources.inputs
+    entries = safetensors_layout([(n, i.dtype, tuple(i.shape)) for n, i in inputs[0].infos.items()])
+    logger.info(
+        "merging %d members with %r into %s (%d tensors)",
+        plan.n_inputs,
+        plan.spec.name,
+        os.path.dirname(path),
+        len(entries),
+    )
+    writer = SafetensorsWriter(path, entries, metadata={"format": "pt"})
     try:
-        inputs = []
-        for i, m in enumerate(members):
-            src = open_model(m, label=f"member {i} '{m}'")
-            opened.append(src)
-            inputs.append(src)
-        base_src = None
-        if base is not None:
-            base_src = open_model(os.fspath(base), label=f"base '{os.fspath(base)}'")
-            opened.append(base_src)
-            if include_base:
-                inputs.append(base_src)
-        checked = inputs + ([base_src] if base_src is not None and not include_base else [])
-        _check_configs(checked)
-        _check_tensors(checked)
-
-        if spec.setup is not None:
-            options, aligned = spec.setup([s.path for s in inputs], options)
-        accepted = _option_names(spec.fn)
-        if accepted is not None:
-            unknown = sorted(set(options) - set(accepted))
-            if unknown:
-                raise ValueError(f"merge method {method!r} has no option(s) {unknown}; its "
-                                 f"options: {[a for a in accepted if a not in aligned]}")
-        for kw, srcs in aligned.items():
-            for src in srcs:
-                if src is None:
-                    continue
-                for name in src.keys():
-                    if name in inputs[0].infos and \
-                            tuple(src.info(name).shape) != tuple(inputs[0].infos[name].shape):
-                        raise MergeError(f"{kw} file {src.path}: tensor {name!r} has shape "
-                                         f"{list(src.info(name).shape)}, the model has "
-                                         f"{list(inputs[0].infos[name].shape)}")
-
-        entries = safetensors_layout(
-            [(n, i.dtype, tuple(i.shape)) for n, i in inputs[0].infos.items()])
-        parent, leaf = os.path.split(output)
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{leaf}.tmp-{os.getpid()}")
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-        os.makedirs(tmp)
-        writer = None
-        start_time = time.time()
-        logger.info("merging %d members with %r into %s (%d tensors)", n_inputs, method,
-                    output, len(entries))
-        try:
-            writer = SafetensorsWriter(os.path.join(tmp, "model.safetensors"), entries,
-                                       metadata={"format": "pt"})
-            n_read = len(inputs) + (1 if spec.uses_base and base_src is not None else 0) \
-                + sum(1 for srcs in aligned.values() if any(s is not None for s in srcs))
-            scratch = _Scratch(max(4096, max_chunk_bytes // n_read))
-            for name, dtype, shape in tqdm(entries, disable=not progress, unit="tensor",
-                                           desc=f"merge ({method})"):
-                _merge_tensor(name, dtype, shape, spec, inputs, base_src, aligned, options,
-                              default_w, rules, seed, writer, scratch)
-            writer.close()
-            _write_folder_files(tmp, inputs, base_src)
-            provenance = {
-                "kind": "merge",
-                "method": method,
-                "members": [os.path.abspath(m) for m in members],
-                "weights": default_w.tolist(),
-                "weight_rules": [[p, w.tolist()] for p, w in rules],
-                "base": os.path.abspath(os.fspath(base)) if base is not None else None,
-                "include_base": bool(include_base),
-                "options": _json_safe(user_options),
-                "seed": seed,
-                "member_provenance": [read_provenance(m) for m in members],
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            }
-            with open(os.path.join(tmp, "aode.json"), "w", encoding="utf-8") as f:
-                json.dump(provenance, f, indent=2)
-            if os.path.exists(output):
-                if not overwrite:
-                    raise FileExistsError(f"{output} appeared during the merge")
-                shutil.rmtree(output)
-            os.rename(tmp, output)
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        logger.info("merged %s in %.1f s", output, time.time() - start_time)
-        return output
-    finally:
-        torch.set_num_threads(saved_threads)
-        for src in opened:
-            src.close()
-        for srcs in aligned.values():
-            for s in srcs:
-                if s is not None:
-                    s.close()
-
-
-def _base_used(spec, base_src):
-    return spec.uses_base and base_src is not None
-
-
-def _weights_for(name, default_w, rules):
-    for pattern, w in rules:
-        if fnmatch.fnmatchcase(name, pattern):
-            return w
-    return default_w
+        scratch = _Scratch(max(4096, max_chunk_bytes // sources.n_read))
+        for name, dtype, shape in tqdm(entries, disable=not progress, unit="tensor", desc=f"merge ({plan.spec.name})"):
+            for piece in _merged_pieces(name, dtype, shape, plan, sources, scratch):
+                writer.write(name, piece)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
 
 
 class _Scratch:
@@ -300,49 +301,22 @@ class _Scratch:
         return buf
 
 
-def _all_finite(t):
-    # One cheap reduction first; the exact test only when the sum is not finite (a NaN/inf
-    # element, or a float32 overflow of the sum).
-    return math.isfinite(t.sum().item()) or bool(torch.isfinite(t).all())
-
-
-def _nonfinite_error(src, name):
-    return MergeError(f"{src.label}: tensor {name!r} has non-finite values (NaN or inf)")
-
-
-def _read_checked(src, name, start, stop, buffer=None, check=True):
-    t = src.read(name, start, stop, buffer).float()
-    if check and not _all_finite(t):
-        raise _nonfinite_error(src, name)
-    return t
-
-
-def _merge_tensor(name, dtype, shape, spec, inputs, base_src, aligned, options, default_w,
-                  rules, seed, writer, scratch):
-    if not _is_float(dtype):
-        # Integer / bool tensors (buffers: index tables) are copied from the first member and
-        # must agree everywhere. BatchNorm's num_batches_tracked is the exception: a step
-        # counter that differs between any two experts trained for different step counts and
-        # that inference never reads (it matters only with momentum=None); the first
-        # member's is kept.
-        first = inputs[0].read(name)
-        if name.endswith(STEP_COUNTERS):
-            writer.write(name, first.to(dtype))
-            return
-        for src in inputs[1:]:
-            other = src.read(name)
-            if other.dtype != first.dtype or not torch.equal(other, first):
-                raise MergeError(
-                    f"non-float tensor {name!r} ({dtype}) differs between {inputs[0].label} "
-                    f"and {src.label}; such tensors are copied, not merged, so they must agree")
-        writer.write(name, first.to(dtype))
+def _merged_pieces(name, dtype, shape, plan, sources, scratch):
+    """The merged tensor ``name`` in ``dtype``: whole, or consecutive slices of its flattened
+    elements (element-wise methods, large tensors), in order."""
+    inputs = sources.inputs
+    if not dtype.is_floating_point:
+        # Integer / bool tensors (buffers: index tables) are copied from the first member.
+        yield agreeing_non_float(name, inputs).to(dtype)
         return
-    w = _weights_for(name, default_w, rules)
+    spec, options, aligned = plan.spec, sources.options, sources.aligned
+    w = plan.weights_for(name)
     if name.endswith(RUNNING_STATISTICS) and spec.name != "average":
         # BatchNorm statistics are no task vector: trimming, dropping or scaling their deltas
         # can make a variance negative (the model then decodes nothing); average them
         spec, options, aligned = get_spec("average"), {}, {}
-    generator = torch.Generator().manual_seed(tensor_seed(seed, name))
+    base_used = spec.uses_base and sources.base is not None
+    generator = torch.Generator().manual_seed(tensor_seed(plan.seed, name))
     numel = math.prod(shape)
     # Slices of at most scratch.size bytes per input (float32), element-wise methods only.
     step = max(1, scratch.size // 4)
@@ -356,39 +330,40 @@ def _merge_tensor(name, dtype, shape, spec, inputs, base_src, aligned, options, 
         # Methods whose output is non-finite wherever an input is get their inputs checked
         # through the output (below); the others input by input.
         check = not spec.propagates_nonfinite
-        tensors = [_read_checked(src, name, start, stop, scratch.get(i, nbytes), check)
-                   for i, src in enumerate(inputs)]
+        tensors = [read_checked(src, name, start, stop, scratch.get(i, nbytes), check) for i, src in enumerate(inputs)]
         base_t = None
-        if spec.uses_base and base_src is not None:
-            base_t = _read_checked(base_src, name, start, stop, scratch.get("base", nbytes),
-                                   check)
+        if base_used:
+            base_t = read_checked(sources.base, name, start, stop, scratch.get("base", nbytes), check)
         extra = {}
         for kw, srcs in aligned.items():
-            extra[kw] = [s.read(name, start, stop, scratch.get((kw, i), nbytes)).float()
-                         if s is not None and name in s else None for i, s in enumerate(srcs)]
+            extra[kw] = [
+                s.read(name, start, stop, scratch.get((kw, i), nbytes)).float() if s is not None and name in s else None
+                for i, s in enumerate(srcs)
+            ]
         out = spec.fn(tensors, w, base_t, generator, **options, **extra)
         del tensors, base_t, extra
         if tuple(out.shape) != tuple(shape if start is None else (stop - start,)):
-            raise MergeError(f"method {spec.name!r} returned shape {list(out.shape)} for "
-                             f"tensor {name!r} of shape {list(shape)}")
-        if not _all_finite(out):
-            suspects = inputs + ([base_src] if _base_used(spec, base_src) else [])
+            raise MergeError(
+                f"method {spec.name!r} returned shape {list(out.shape)} for tensor {name!r} of shape {list(shape)}"
+            )
+        if not all_finite(out):
+            suspects = inputs + ([sources.base] if base_used else [])
             for src in suspects:  # name the member that brought the NaN / inf
-                if not _all_finite(src.read(name, start, stop).float()):
-                    raise _nonfinite_error(src, name)
-            raise MergeError(f"method {spec.name!r} produced non-finite values for tensor "
-                             f"{name!r}")
-        writer.write(name, out.to(dtype))
+                if not all_finite(src.read(name, start, stop).float()):
+                    raise nonfinite_error(src, name)
+            raise MergeError(f"method {spec.name!r} produced non-finite values for tensor {name!r}")
+        yield out.to(dtype)
 
 
-def _write_folder_files(tmp, inputs, base_src):
-    src = base_src if base_src is not None else inputs[0]
-    config = os.path.join(src.model_folder, "config.json")
+def _write_folder_files(folder, sources):
+    """config.json and the processor files, from the base when given, else member 0."""
+    src = sources.base if sources.base is not None else sources.inputs[0]
+    config = os.path.join(src.model_folder, CONFIG_FILE)
     if os.path.isfile(config):
-        shutil.copy2(config, os.path.join(tmp, "config.json"))
+        shutil.copy2(config, os.path.join(folder, CONFIG_FILE))
     else:
         logger.warning("%s has no config.json; the merged folder has none either", src.label)
-    copied = copy_processor_files(src.model_folder, tmp)
+    copied = copy_processor_files(src.model_folder, folder)
     if src.path != src.model_folder:  # a LoRA adapter folder may carry its own processor
-        copied += copy_processor_files(src.path, tmp)
+        copied += copy_processor_files(src.path, folder)
     logger.info("copied %s from %s", sorted(set(copied)) or "no processor files", src.label)

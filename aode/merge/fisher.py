@@ -10,9 +10,10 @@ for this tensor in any member, the tensor falls back to the plain weighted avera
 (:func:`aode.merge.linear.weighted_average`). mergekit has no Fisher merge.
 
 Fishers are stored as one safetensors file per member, keyed like the model's tensors,
-float32 (:func:`save_fisher` writes that format). The driver finds them through the option
-``fisher_files`` (one path per member, None for none; with ``include_base`` the base is the
-last member) or, by default, ``fisher.safetensors`` inside each member's folder.
+float32 (the format is :mod:`aode.fisher_file`; :func:`aode.merge.save_fisher` writes it).
+The driver finds them through the option ``fisher_files`` (one path per member, None for
+none; with ``include_base`` the base is the last member) or, by default,
+``fisher.safetensors`` inside each member's folder.
 
 Options: ``fisher_files`` (driver), ``eps`` (1e-6).
 """
@@ -22,41 +23,20 @@ import os
 
 import torch
 
-from .io import SafetensorsFile
+from aode.fisher_file import fisher_path
+
 from .linear import weighted_average
+from .read import SafetensorsFile
 from .registry import register
 
 logger = logging.getLogger(__name__)
-
-FISHER_FILE = "fisher.safetensors"
-
-
-def save_fisher(path, fisher_dict):
-    """Write diagonal Fishers ``{tensor name: tensor}`` where Fisher merging looks for them.
-
-    ``path`` is a ``.safetensors`` file or a model folder (then ``<folder>/fisher.safetensors``).
-    Values are stored float32; they must be finite and non-negative.
-    """
-    from safetensors.torch import save_file
-
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, FISHER_FILE)
-    out = {}
-    for name, t in fisher_dict.items():
-        t = t.detach().to("cpu", torch.float32).contiguous()
-        if not torch.isfinite(t).all() or (t < 0).any():
-            raise ValueError(f"Fisher of {name!r} has negative or non-finite values")
-        out[name] = t
-    save_file(out, path, metadata={"format": "pt", "content": "diagonal fisher"})
-    return path
 
 
 def _setup(member_dirs, options):
     options = dict(options)
     files = options.pop("fisher_files", None)
     if files is None:
-        files = [os.path.join(d, FISHER_FILE) for d in member_dirs]
+        files = [fisher_path(d) for d in member_dirs]
         files = [f if os.path.isfile(f) else None for f in files]
     elif len(files) != len(member_dirs):
         raise ValueError(f"fisher_files has {len(files)} entries for {len(member_dirs)} members")

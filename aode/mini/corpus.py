@@ -58,6 +58,7 @@ import random
 import sys
 import time
 
+from aode.atomic import atomic_write_json
 from aode.manifest import write_manifest
 from aode.mini import effects, textgen
 from aode.text import normalize_words
@@ -489,10 +490,7 @@ def generate_corpus(out_folder, seed=0, config=None, scale=1.0, workers=2, progr
             "determinism": "all choices are seeded; espeak-ng audio may differ by a few tens of ms between runs",
         },
     }
-    tmp = os.path.join(out_folder, INFO_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
-    os.replace(tmp, os.path.join(out_folder, INFO_FILE))
+    atomic_write_json(os.path.join(out_folder, INFO_FILE), info, indent=2)
     if progress:
         print(summary(info))
     info["skipped"] = False

@@ -1,49 +1,43 @@
-"""Streaming model I/O for merging (paper III-C needs N full models; we hold one tensor).
+"""Streaming model reading for merging (paper III-C needs N full models; we hold one tensor).
 
 * :class:`SafetensorsFile`: a minimal safetensors reader. It parses the header (8-byte
   little-endian length + JSON) and reads one tensor, or a range of its elements, with
   ``seek`` + ``readinto`` into a fresh torch buffer: plain reads, no mmap, so the resident
   memory of a merge does not accumulate the files it reads.
-* :class:`SafetensorsWriter`: a streaming writer. The header (names, dtypes, shapes,
-  offsets) is computed first and written; then each tensor's bytes, possibly in consecutive
-  chunks, in header order, so only one (piece of a) tensor is ever in memory. Tensors are
-  laid out like the safetensors library does (by element size, largest first, then name) so
-  every tensor is aligned to its element size.
-* :func:`open_model`: a model folder as a tensor source: ``model.safetensors``, sharded
-  ``model-0000x-of-0000y.safetensors`` + ``model.safetensors.index.json``, legacy
-  ``pytorch_model.bin`` (loaded whole with ``torch.load(weights_only=True)``, with a
-  warning), or a peft LoRA adapter folder (``adapter_config.json`` +
-  ``adapter_model.safetensors``) whose adapters are folded into its base model's weights on
-  the fly (paper III-B: ``W + (alpha / r) B A``). No checkpoint ever runs code.
+* :func:`open_model`: a model folder as a tensor source (:class:`ModelSource`):
+  ``model.safetensors``, sharded ``model-0000x-of-0000y.safetensors`` +
+  ``model.safetensors.index.json``, legacy ``pytorch_model.bin`` (loaded whole with
+  ``torch.load(weights_only=True)``, with a warning), or a peft LoRA adapter folder
+  (``adapter_config.json`` + ``adapter_model.safetensors``) whose adapters are folded into
+  its base model's weights on the fly (paper III-B: ``W + (alpha / r) B A``). No checkpoint
+  ever runs code. Which files a model folder holds is :mod:`aode.model_folder`'s business.
+
+The streaming writer is :mod:`aode.merge.write`; the checks between members
+:mod:`aode.merge.checks`.
 """
 
-import fnmatch
 import json
 import logging
 import math
 import os
 import re
-import shutil
 import struct
 from collections import namedtuple
 
 import torch
 
 from aode.lora import lora_delta
+from aode.model_folder import find_weight_files, is_lora_folder, read_config_json
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "TensorInfo",
     "SafetensorsFile",
-    "SafetensorsWriter",
     "ModelSource",
     "open_model",
-    "find_weight_files",
-    "load_config",
-    "copy_processor_files",
-    "is_lora_folder",
     "DTYPES",
+    "DTYPE_NAMES",
 ]
 
 DTYPES = {
@@ -71,11 +65,13 @@ TensorInfo = namedtuple("TensorInfo", ["dtype", "shape"])
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-def _numel(shape):
+def shape_numel(shape):
+    """Number of elements of a tensor of this shape."""
     return math.prod(shape)
 
 
-def _itemsize(dtype):
+def dtype_itemsize(dtype):
+    """Bytes per element of ``dtype``."""
     return torch.empty((), dtype=dtype).element_size()
 
 
@@ -85,8 +81,7 @@ def _readinto_exact(f, buf, path, what):
     while got < len(view):
         n = f.readinto(view[got:])
         if not n:
-            raise OSError(f"{path}: truncated file while reading {what} "
-                          f"({got} of {len(view)} bytes)")
+            raise OSError(f"{path}: truncated file while reading {what} ({got} of {len(view)} bytes)")
         got += n
 
 
@@ -112,14 +107,16 @@ class SafetensorsFile:
             try:
                 dtype = DTYPES[meta["dtype"]]
             except KeyError:
-                raise OSError(f"{self.path}: tensor {name!r} has unsupported dtype "
-                              f"{meta['dtype']!r}") from None
+                raise OSError(f"{self.path}: tensor {name!r} has unsupported dtype {meta['dtype']!r}") from None
             shape = tuple(int(s) for s in meta["shape"])
             begin, end = (int(x) for x in meta["data_offsets"])
-            if end - begin != _numel(shape) * _itemsize(dtype) or end > data_len or begin < 0:
-                raise OSError(f"{self.path}: tensor {name!r} has inconsistent offsets "
-                              f"{[begin, end]} for {meta['dtype']} {list(shape)} "
-                              f"(data section {data_len} bytes)")
+            nbytes = shape_numel(shape) * dtype_itemsize(dtype)
+            if end - begin != nbytes or end > data_len or begin < 0:
+                raise OSError(
+                    f"{self.path}: tensor {name!r} has inconsistent offsets "
+                    f"{[begin, end]} for {meta['dtype']} {list(shape)} "
+                    f"(data section {data_len} bytes)"
+                )
             self._entries[name] = (dtype, shape, begin)
         self._order = sorted(self._entries, key=lambda n: self._entries[n][2])
         self._file = None
@@ -142,13 +139,13 @@ class SafetensorsFile:
         result is then a view of it, valid until the buffer is reused).
         """
         dtype, shape, begin = self._entries[name]
-        numel = _numel(shape)
+        numel = shape_numel(shape)
         whole = start is None and stop is None
         start = 0 if start is None else start
         stop = numel if stop is None else stop
         if not 0 <= start <= stop <= numel:
             raise IndexError(f"{name}: element range [{start}, {stop}) outside [0, {numel})")
-        size = _itemsize(dtype)
+        size = dtype_itemsize(dtype)
         nbytes = (stop - start) * size
         if buffer is not None and buffer.numel() >= nbytes:
             buf = buffer[:nbytes]
@@ -171,130 +168,6 @@ class SafetensorsFile:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def safetensors_layout(entries):
-    """Order ``(name, dtype, shape)`` entries as the safetensors library does (aligned)."""
-    return sorted(entries, key=lambda e: (-_itemsize(e[1]), e[0]))
-
-
-class SafetensorsWriter:
-    """Streaming safetensors writer: header first, then tensor bytes in header order.
-
-    ``entries`` is a list of ``(name, dtype, shape)`` in the order the tensors will be
-    written (use :func:`safetensors_layout` for aligned offsets). Each tensor is given to
-    :meth:`write` whole or as consecutive chunks of its flattened elements.
-    """
-
-    def __init__(self, path, entries, metadata=None):
-        self.path = os.fspath(path)
-        header = {}
-        self._plan = []
-        offset = 0
-        for name, dtype, shape in entries:
-            if name in header:
-                raise ValueError(f"duplicate tensor name {name!r}")
-            nbytes = _numel(shape) * _itemsize(dtype)
-            header[name] = {
-                "dtype": DTYPE_NAMES[dtype],
-                "shape": [int(s) for s in shape],
-                "data_offsets": [offset, offset + nbytes],
-            }
-            self._plan.append((name, dtype, nbytes))
-            offset += nbytes
-        if metadata:
-            header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        raw += b" " * (-len(raw) % 8)
-        self._file = open(self.path, "wb")
-        self._file.write(struct.pack("<Q", len(raw)))
-        self._file.write(raw)
-        self._index = 0
-        self._left = self._plan[0][2] if self._plan else 0
-        self._skip_empty()
-
-    def _skip_empty(self):
-        while self._index < len(self._plan) and self._left == 0:
-            self._index += 1
-            if self._index < len(self._plan):
-                self._left = self._plan[self._index][2]
-
-    @property
-    def expected(self):
-        """The name of the tensor the next :meth:`write` must belong to (None when done)."""
-        return self._plan[self._index][0] if self._index < len(self._plan) else None
-
-    def write(self, name, tensor):
-        """Write ``tensor`` (the whole tensor ``name`` or its next chunk)."""
-        if tensor.numel() == 0:
-            return
-        if name != self.expected:
-            raise ValueError(f"writer expected tensor {self.expected!r}, got {name!r}")
-        dtype = self._plan[self._index][1]
-        if tensor.dtype != dtype:
-            raise ValueError(f"tensor {name!r}: dtype {tensor.dtype}, header says {dtype}")
-        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-        if data.nbytes > self._left:
-            raise ValueError(f"tensor {name!r}: {data.nbytes} bytes written past its end")
-        self._file.write(memoryview(data))
-        self._left -= data.nbytes
-        self._skip_empty()
-
-    def close(self):
-        """Finish the file; fails if a tensor was not written completely."""
-        if self._file is None:
-            return
-        missing = self.expected
-        self._file.close()
-        self._file = None
-        if missing is not None:
-            raise ValueError(f"{self.path}: tensor {missing!r} was not written completely")
-
-    def abort(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def load_config(folder):
-    """``config.json`` of a model folder as a dict, or None when absent."""
-    path = os.path.join(folder, "config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def is_lora_folder(folder):
-    return os.path.isfile(os.path.join(folder, "adapter_config.json"))
-
-
-def find_weight_files(folder):
-    """``("safetensors" | "bin", [files])`` of a model folder, shards in order."""
-    folder = os.fspath(folder)
-    single = os.path.join(folder, "model.safetensors")
-    if os.path.isfile(single):
-        return "safetensors", [single]
-    for kind, index_name in (("safetensors", "model.safetensors.index.json"),
-                             ("bin", "pytorch_model.bin.index.json")):
-        index = os.path.join(folder, index_name)
-        if os.path.isfile(index):
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-            files = sorted(set(weight_map.values()))
-            paths = [os.path.join(folder, name) for name in files]
-            for p in paths:
-                if not os.path.isfile(p):
-                    raise FileNotFoundError(f"{index} lists shard {p}, which does not exist")
-            return kind, paths
-    legacy = os.path.join(folder, "pytorch_model.bin")
-    if os.path.isfile(legacy):
-        return "bin", [legacy]
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"model folder {folder} does not exist")
-    raise FileNotFoundError(
-        f"no weights in {folder} (looked for model.safetensors, model.safetensors.index.json, "
-        f"pytorch_model.bin[.index.json]); it holds {sorted(os.listdir(folder))}")
 
 
 def _torch_load(path):
@@ -328,8 +201,7 @@ class SafetensorsSource(ModelSource):
         for sf in self.files:
             for name in sf.keys():
                 if name in self._where:
-                    raise OSError(f"{label}: tensor {name!r} is in two shards "
-                                  f"({self._where[name].path}, {sf.path})")
+                    raise OSError(f"{label}: tensor {name!r} is in two shards ({self._where[name].path}, {sf.path})")
                 self._where[name] = sf
                 self.infos[name] = sf.info(name)
 
@@ -346,8 +218,11 @@ class StateDictSource(ModelSource):
 
     def __init__(self, path, label, config, files):
         super().__init__(path, label, config)
-        logger.warning("%s: legacy pytorch_model.bin is loaded whole into memory "
-                       "(not streamed); convert it to safetensors for large merges", label)
+        logger.warning(
+            "%s: legacy pytorch_model.bin is loaded whole into memory "
+            "(not streamed); convert it to safetensors for large merges",
+            label,
+        )
         self.state = {}
         for p in files:
             part = _torch_load(p)
@@ -366,16 +241,15 @@ class StateDictSource(ModelSource):
 
 def _resolve_adapter_base(adapter_dir, base_ref):
     if not base_ref:
-        raise ValueError(f"LoRA adapter {adapter_dir}: adapter_config.json has no "
-                         "base_model_name_or_path")
-    candidates = [base_ref] if os.path.isabs(base_ref) else [
-        os.path.join(adapter_dir, base_ref), base_ref]
+        raise ValueError(f"LoRA adapter {adapter_dir}: adapter_config.json has no base_model_name_or_path")
+    candidates = [base_ref] if os.path.isabs(base_ref) else [os.path.join(adapter_dir, base_ref), base_ref]
     for c in candidates:
         if os.path.isdir(c):
             return os.path.normpath(c)
     raise ValueError(
         f"LoRA adapter {adapter_dir}: its base {base_ref!r} is not a local folder "
-        f"(tried {candidates}); hub ids are not downloaded, give a local model folder")
+        f"(tried {candidates}); hub ids are not downloaded, give a local model folder"
+    )
 
 
 def _pattern_value(patterns, module, default):
@@ -386,8 +260,10 @@ def _pattern_value(patterns, module, default):
     return default
 
 
-_LORA_KEY = re.compile(r"^base_model\.model\.(.+)\.(lora_A|lora_B|lora_embedding_A|"
-                       r"lora_embedding_B)(?:\.[A-Za-z0-9_-]+)?(?:\.weight)?$")
+_LORA_KEY = re.compile(
+    r"^base_model\.model\.(.+)\.(lora_A|lora_B|lora_embedding_A|"
+    r"lora_embedding_B)(?:\.[A-Za-z0-9_-]+)?(?:\.weight)?$"
+)
 
 
 class LoraSource(ModelSource):
@@ -427,15 +303,16 @@ class LoraSource(ModelSource):
                 module, part = m.group(1), m.group(2)
                 pairs.setdefault(module, {})[part] = t
                 continue
-            name = key[len("base_model.model."):] if key.startswith("base_model.model.") else key
+            name = key[len("base_model.model.") :] if key.startswith("base_model.model.") else key
             name = re.sub(r"\.modules_to_save(\.[A-Za-z0-9_-]+)?\.", ".", name)
             name = re.sub(r"\.modules_to_save\.[A-Za-z0-9_-]+$", "", name)
             if name not in self.infos:
-                raise ValueError(f"{label}: adapter tensor {key!r} matches no tensor of the "
-                                 f"base model {base_dir}")
+                raise ValueError(f"{label}: adapter tensor {key!r} matches no tensor of the base model {base_dir}")
             if tuple(t.shape) != tuple(self.infos[name].shape):
-                raise ValueError(f"{label}: adapter tensor {key!r} has shape {list(t.shape)}, "
-                                 f"base tensor {name!r} has {list(self.infos[name].shape)}")
+                raise ValueError(
+                    f"{label}: adapter tensor {key!r} has shape {list(t.shape)}, "
+                    f"base tensor {name!r} has {list(self.infos[name].shape)}"
+                )
             self.replaced[name] = t
         r_default, alpha_default = cfg.get("r", 8), cfg.get("lora_alpha", 8)
         self.adapted = {}
@@ -447,18 +324,20 @@ class LoraSource(ModelSource):
                 raise ValueError(f"{label}: module {module!r} has only one of lora_A/lora_B")
             target = f"{module}.weight"
             if target not in self.infos:
-                raise ValueError(f"{label}: adapter module {module!r} has no weight "
-                                 f"{target!r} in the base model {base_dir}")
+                raise ValueError(
+                    f"{label}: adapter module {module!r} has no weight {target!r} in the base model {base_dir}"
+                )
             r = _pattern_value(cfg.get("rank_pattern"), module, r_default)
             alpha = _pattern_value(cfg.get("alpha_pattern"), module, alpha_default)
             if a.shape[0] != r or b.shape[1] != r:
-                raise ValueError(f"{label}: {module!r} has lora_A {list(a.shape)} and lora_B "
-                                 f"{list(b.shape)}; adapter_config.json says rank {r}")
+                raise ValueError(
+                    f"{label}: {module!r} has lora_A {list(a.shape)} and lora_B "
+                    f"{list(b.shape)}; adapter_config.json says rank {r}"
+                )
             scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
             transpose = emb or bool(cfg.get("fan_in_fan_out"))
             self.adapted[target] = (a, b, scaling, transpose)
-        logger.info("%s: %d adapted tensors, %d replaced", self.label, len(self.adapted),
-                    len(self.replaced))
+        logger.info("%s: %d adapted tensors, %d replaced", self.label, len(self.adapted), len(self.replaced))
         self._cache = (None, None)
 
     def _delta(self, name):
@@ -500,40 +379,9 @@ def open_model(path, label=None):
     if is_lora_folder(path):
         return LoraSource(path, label)
     kind, files = find_weight_files(path)
-    config = load_config(path)
+    config = read_config_json(path)
     if config is None:
         logger.warning("%s: no config.json; architecture checks skipped for it", label)
     if kind == "safetensors":
         return SafetensorsSource(path, label, config, files)
     return StateDictSource(path, label, config, files)
-
-
-# Files of a model folder that describe the processor / tokenizer / generation, copied
-# beside merged weights (config.json is written separately).
-PROCESSOR_FILES = (
-    "generation_config.json",
-    "preprocessor_config.json",
-    "processor_config.json",
-    "feature_extractor_config.json",
-    "tokenizer*",
-    "vocab*",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "normalizer.json",
-    "spiece.model",
-    "sentencepiece*.model",
-    "*.tiktoken",
-    "chat_template*",
-)
-
-
-def copy_processor_files(src, dst):
-    """Copy the tokenizer / processor / feature-extractor / generation-config files."""
-    copied = []
-    for name in sorted(os.listdir(src)):
-        path = os.path.join(src, name)
-        if os.path.isfile(path) and any(fnmatch.fnmatch(name, p) for p in PROCESSOR_FILES):
-            shutil.copy2(path, os.path.join(dst, name))
-            copied.append(name)
-    return copied
