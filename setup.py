@@ -9,7 +9,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["aode", "aode.*", "data_prep"]),
     include_package_data=True,
-    package_data={"aode.mini": ["rirs/*.wav", "rirs/README.md"], "aode": ["mini_generalist/*", "english_spelling.json"]},
+    package_data={
+        "aode.mini": ["rirs/*.wav", "rirs/README.md"],
+        "aode": ["mini_generalist/*", "english_spelling.json"],
+    },
     install_requires=[
         "speechbrain>=1.0,<1.2",
         "torch>=2.3",

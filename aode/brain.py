@@ -73,8 +73,9 @@ class ASRBrain(sb.Brain):
         batch = batch.to(self.device)
         return self.modules.model(*self.asr.batch_inputs(batch))
 
-    def compute_objectives(self, predictions: dict[str, torch.Tensor], batch: PaddedBatch,
-                           stage: sb.Stage) -> torch.Tensor:
+    def compute_objectives(
+        self, predictions: dict[str, torch.Tensor], batch: PaddedBatch, stage: sb.Stage
+    ) -> torch.Tensor:
         loss = self.asr.loss(predictions, *self.asr.batch_targets(batch))
         if stage != sb.Stage.TRAIN:
             self._score(batch.id, self.asr.transcribe_outputs(predictions, batch), batch.text)
@@ -109,14 +110,17 @@ class ASRBrain(sb.Brain):
         if stage == sb.Stage.VALID:
             lrs = {"lr_top": max(g["lr"] for g in self.optimizer.param_groups)} if self.optimizer else {}
             if train_logger is not None:
-                train_logger.log_stats({"epoch": epoch, **lrs}, train_stats=getattr(self, "train_stats", None),
-                                       valid_stats=stats)
+                train_logger.log_stats(
+                    {"epoch": epoch, **lrs}, train_stats=getattr(self, "train_stats", None), valid_stats=stats
+                )
             if self.checkpointer is not None:
                 self.checkpointer.save_and_keep_only(meta={"WER": stats["WER"]}, min_keys=["WER"])
         elif stage == sb.Stage.TEST:
             if train_logger is not None:
-                train_logger.log_stats({"Epoch loaded": self.hparams.epoch_counter.current}
-                                       if self._hp("epoch_counter") else {}, test_stats=stats)
+                train_logger.log_stats(
+                    {"Epoch loaded": self.hparams.epoch_counter.current} if self._hp("epoch_counter") else {},
+                    test_stats=stats,
+                )
             path = self._hp("utterance_output")
             if path and sb.utils.distributed.if_main_process():
                 self.write_utterances(path)
@@ -130,8 +134,15 @@ class ASRBrain(sb.Brain):
             writer.writeheader()
             for row in self.utterances:
                 score = per_utt.get(row["ID"], {})
-                writer.writerow({"ID": row["ID"], "errors": score.get("num_edits", ""),
-                                 "words": score.get("num_ref_tokens", ""), "ref": row["ref"], "hyp": row["hyp"]})
+                writer.writerow(
+                    {
+                        "ID": row["ID"],
+                        "errors": score.get("num_edits", ""),
+                        "words": score.get("num_ref_tokens", ""),
+                        "ref": row["ref"],
+                        "hyp": row["hyp"],
+                    }
+                )
         with open(os.path.splitext(path)[0] + "_alignments.txt", "w", encoding="utf-8") as f:
             self.wer_metric.write_stats(f)
 
@@ -144,7 +155,8 @@ class ASRBrain(sb.Brain):
             for name, module in self.modules.items():
                 if any(p.requires_grad for p in module.parameters()):
                     self.modules[name] = DistributedDataParallel(
-                        module, device_ids=None, find_unused_parameters=self.find_unused_parameters)
+                        module, device_ids=None, find_unused_parameters=self.find_unused_parameters
+                    )
             return
         super()._wrap_distributed()
 
@@ -152,8 +164,11 @@ class ASRBrain(sb.Brain):
     def init_optimizers(self) -> None:
         """One AdamW over LLRD parameter groups (paper III-A)."""
         groups = llrd_param_groups(
-            self.modules.named_parameters(), lr=self._hp("lr"), alpha=self._hp("llrd_alpha"),
-            mode=self._hp("llrd_mode"), weight_decay=self._hp("weight_decay"),
+            self.modules.named_parameters(),
+            lr=self._hp("lr"),
+            alpha=self._hp("llrd_alpha"),
+            mode=self._hp("llrd_mode"),
+            weight_decay=self._hp("weight_decay"),
         )
         log_llrd_table(groups)
         self.optimizer = torch.optim.AdamW(groups, betas=tuple(self._hp("adam_betas")))
@@ -166,8 +181,9 @@ class ASRBrain(sb.Brain):
         if scheduler is not None:
             scheduler.apply(self.optimizer)
 
-    def on_fit_batch_end(self, batch: PaddedBatch, outputs: dict[str, torch.Tensor], loss: torch.Tensor,
-                         should_step: bool) -> None:
+    def on_fit_batch_end(
+        self, batch: PaddedBatch, outputs: dict[str, torch.Tensor], loss: torch.Tensor, should_step: bool
+    ) -> None:
         scheduler = self._hp("scheduler")
         if should_step and scheduler is not None:
             scheduler.step(self.optimizer)

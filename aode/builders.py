@@ -38,27 +38,51 @@ def char_tokenizer(characters: Sequence[str] = CHARACTERS) -> ParakeetTokenizer:
     return ParakeetTokenizer(tokenizer_object=tok, unk_token=UNK, pad_token=BLANK)
 
 
-def build_parakeet_ctc(folder: str | os.PathLike, hidden_size: int = 144, num_layers: int = 4, num_heads: int = 4,
-                       intermediate_size: int = 576, subsampling_factor: int = 2, conv_kernel_size: int = 15,
-                       num_mel_bins: int = 80, seed: int = 0,
-                       characters: Sequence[str] = CHARACTERS) -> str | os.PathLike:
+def build_parakeet_ctc(
+    folder: str | os.PathLike,
+    hidden_size: int = 144,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_size: int = 576,
+    subsampling_factor: int = 2,
+    conv_kernel_size: int = 15,
+    num_mel_bins: int = 80,
+    seed: int = 0,
+    characters: Sequence[str] = CHARACTERS,
+) -> str | os.PathLike:
     """A freshly initialised ``ParakeetForCTC`` with a character tokenizer, saved to ``folder``
     with its processor; returns the folder."""
     import torch
-    from transformers import (ParakeetCTCConfig, ParakeetEncoderConfig, ParakeetFeatureExtractor,
-                              ParakeetForCTC, ParakeetProcessor)
+    from transformers import (
+        ParakeetCTCConfig,
+        ParakeetEncoderConfig,
+        ParakeetFeatureExtractor,
+        ParakeetForCTC,
+        ParakeetProcessor,
+    )
 
     tokenizer = char_tokenizer(characters)
     encoder = ParakeetEncoderConfig(
-        hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
-        intermediate_size=intermediate_size, subsampling_factor=subsampling_factor,
-        subsampling_conv_channels=hidden_size, conv_kernel_size=conv_kernel_size,
-        num_mel_bins=num_mel_bins, dropout=0.1, dropout_positions=0.0, layerdrop=0.0,
-        activation_dropout=0.1, attention_dropout=0.1,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        subsampling_factor=subsampling_factor,
+        subsampling_conv_channels=hidden_size,
+        conv_kernel_size=conv_kernel_size,
+        num_mel_bins=num_mel_bins,
+        dropout=0.1,
+        dropout_positions=0.0,
+        layerdrop=0.0,
+        activation_dropout=0.1,
+        attention_dropout=0.1,
     )
     config = ParakeetCTCConfig(
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-        encoder_config=encoder.to_dict(), ctc_loss_reduction="mean", ctc_zero_infinity=True,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        encoder_config=encoder.to_dict(),
+        ctc_loss_reduction="mean",
+        ctc_zero_infinity=True,
     )
     torch.manual_seed(seed)
     model = ParakeetForCTC(config)
@@ -85,12 +109,13 @@ def whisper_tokenizer(folder: str | os.PathLike) -> WhisperTokenizer:
     with open(merges_file, "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges))
     eot = "<|endoftext|>"
-    tok = WhisperTokenizer(vocab_file, merges_file, unk_token=eot, bos_token=eot, eos_token=eot,
-                           pad_token=eot)
+    tok = WhisperTokenizer(vocab_file, merges_file, unk_token=eot, bos_token=eot, eos_token=eot, pad_token=eot)
     languages = [f"<|{code}|>" for code in list(LANGUAGES)[:99]]  # .en models: 99 languages
-    specials = ["<|startoftranscript|>"] + languages + [
-        "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
-        "<|notimestamps|>"]
+    specials = (
+        ["<|startoftranscript|>"]
+        + languages
+        + ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+    )
     tok.add_tokens(specials, special_tokens=True)
     tok.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)])
     os.remove(vocab_file)
@@ -98,8 +123,9 @@ def whisper_tokenizer(folder: str | os.PathLike) -> WhisperTokenizer:
     return tok
 
 
-def build_whisper(folder: str | os.PathLike, d_model: int = 64, layers: int = 2, heads: int = 2, ffn: int = 128,
-                  seed: int = 0) -> str | os.PathLike:
+def build_whisper(
+    folder: str | os.PathLike, d_model: int = 64, layers: int = 2, heads: int = 2, ffn: int = 128, seed: int = 0
+) -> str | os.PathLike:
     """A freshly initialised small ``WhisperForConditionalGeneration`` with the real
     English-only vocabulary and Whisper's feature extractor (80 mel bins, 30 s input)."""
     import torch
@@ -107,11 +133,20 @@ def build_whisper(folder: str | os.PathLike, d_model: int = 64, layers: int = 2,
 
     tokenizer = whisper_tokenizer(folder)
     config = WhisperConfig(
-        vocab_size=len(tokenizer), d_model=d_model, encoder_layers=layers, decoder_layers=layers,
-        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=ffn,
-        decoder_ffn_dim=ffn, num_mel_bins=80, max_source_positions=1500, max_target_positions=448,
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
+        encoder_ffn_dim=ffn,
+        decoder_ffn_dim=ffn,
+        num_mel_bins=80,
+        max_source_positions=1500,
+        max_target_positions=448,
         decoder_start_token_id=tokenizer.convert_tokens_to_ids("<|startoftranscript|>"),
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)

@@ -54,8 +54,9 @@ def load_yaml(path: str | os.PathLike, overrides: str | dict[str, Any] | None = 
     return load_hyperpyyaml(text, overrides, overrides_must_match=False)
 
 
-def parse_command_line(argv: list[str], defaults: dict[str, Any] | None = None
-                       ) -> tuple[dict[str, Any], "RunOptions | dict[str, Any]", str, str | dict[str, Any]]:
+def parse_command_line(
+    argv: list[str], defaults: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], "RunOptions | dict[str, Any]", str, str | dict[str, Any]]:
     """SpeechBrain-style ``hparams.yaml [--key value ...]``: (hparams, run_opts, file, overrides).
 
     ``defaults`` are overrides that the command line can still replace (a recipe's corpus name).
@@ -231,8 +232,9 @@ def validate(schema: type[Schema], hparams: Mapping[str, Any], where: str = "hpa
     except ValidationError as err:
         for error in err.errors():
             location = ".".join(str(part) for part in error["loc"])
-            problems.append(f"{location}: {error['msg']}" + (
-                f" (got {error['input']!r})" if error["type"] != "missing" else ""))
+            problems.append(
+                f"{location}: {error['msg']}" + (f" (got {error['input']!r})" if error["type"] != "missing" else "")
+            )
         values = None
     if problems:
         raise ConfigError(f"{where} does not fit the {schema.__name__} schema:\n  " + "\n  ".join(problems))

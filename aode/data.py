@@ -41,8 +41,9 @@ def _resampler(orig, new):
     return torchaudio.transforms.Resample(orig, new)
 
 
-def read_audio_segment(wav: str, start: float | str = 0.0, stop: float | str | None = None,
-                       sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+def read_audio_segment(
+    wav: str, start: float | str = 0.0, stop: float | str | None = None, sample_rate: int = SAMPLE_RATE
+) -> torch.Tensor:
     """Float32 mono tensor of ``wav`` (one path or several joined by the separator) from
     ``start`` to ``stop`` seconds, at ``sample_rate``."""
     signals = []
@@ -51,11 +52,8 @@ def read_audio_segment(wav: str, start: float | str = 0.0, stop: float | str | N
         first = int(round(float(start) * info.samplerate))
         last = info.frames if stop is None else int(round(float(stop) * info.samplerate))
         if first < 0 or last > info.frames + END_TOLERANCE_SECONDS * info.samplerate or last <= first:
-            raise ValueError(
-                f"segment {start}-{stop} s is outside {path} ({info.frames / info.samplerate:.3f} s)"
-            )
-        data, rate = sf.read(path, start=first, stop=min(last, info.frames), dtype="float32",
-                             always_2d=True)
+            raise ValueError(f"segment {start}-{stop} s is outside {path} ({info.frames / info.samplerate:.3f} s)")
+        data, rate = sf.read(path, start=first, stop=min(last, info.frames), dtype="float32", always_2d=True)
         signal = torch.from_numpy(data).mean(dim=1)
         if rate != sample_rate:
             signal = _resampler(rate, sample_rate)(signal.unsqueeze(0)).squeeze(0)
@@ -69,8 +67,9 @@ def read_audio_segment(wav: str, start: float | str = 0.0, stop: float | str | N
     return mixed
 
 
-def check_manifest(path: str | os.PathLike,
-                   check_audio: bool = True) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
+def check_manifest(
+    path: str | os.PathLike, check_audio: bool = True
+) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
     """Rows of a manifest whose audio is readable, and the (ID, reason) of the others.
 
     Raises a clear error for a missing or empty manifest or missing columns.
@@ -92,16 +91,22 @@ def check_manifest(path: str | os.PathLike,
     return rows, bad
 
 
-def make_dataset(path: str | os.PathLike, model: ASRModel, hparams: Mapping[str, Any], check_audio: bool = True,
-                 skip_log: str | os.PathLike | None = None) -> DynamicItemDataset:
+def make_dataset(
+    path: str | os.PathLike,
+    model: ASRModel,
+    hparams: Mapping[str, Any],
+    check_audio: bool = True,
+    skip_log: str | os.PathLike | None = None,
+) -> DynamicItemDataset:
     """A ``DynamicItemDataset`` from a manifest with ``sig`` and the model's text items.
 
     Unreadable rows are dropped, counted and (with ``skip_log``) appended to that CSV.
     """
     rows, bad = check_manifest(path, check_audio)
     if bad:
-        logger.warning("%s: skipping %d of %d rows with unreadable audio (first: %s)",
-                       path, len(bad), len(rows), bad[0])
+        logger.warning(
+            "%s: skipping %d of %d rows with unreadable audio (first: %s)", path, len(bad), len(rows), bad[0]
+        )
         if skip_log:
             new = not os.path.exists(skip_log)
             with open(skip_log, "a", newline="", encoding="utf-8") as f:

@@ -28,8 +28,11 @@ def model_fingerprint(model):
     if not os.path.isdir(model):
         return str(model)
     # weights and config only: a fisher.safetensors written beside them changes no output
-    parts = sorted(_file_fingerprint(os.path.join(model, f)) for f in os.listdir(model)
-                   if f.startswith(("model", "pytorch_model")) or f == "config.json")
+    parts = sorted(
+        _file_fingerprint(os.path.join(model, f))
+        for f in os.listdir(model)
+        if f.startswith(("model", "pytorch_model")) or f == "config.json"
+    )
     return hashlib.sha1("|".join(parts).encode()).hexdigest()
 
 
@@ -39,8 +42,12 @@ def manifest_fingerprint(path):
 
 
 def cache_key(model, manifest, normalizer, beam_size):
-    return {"model": model_fingerprint(model), "manifest": manifest_fingerprint(manifest),
-            "normalizer": normalizer, "beam_size": beam_size}
+    return {
+        "model": model_fingerprint(model),
+        "manifest": manifest_fingerprint(manifest),
+        "normalizer": normalizer,
+        "beam_size": beam_size,
+    }
 
 
 def read_cached(path, key):
@@ -51,8 +58,18 @@ def read_cached(path, key):
     return result if result.get("key") == key else None
 
 
-def evaluate_model(model, test_sets, out_folder, batch_size=8, normalizer="whisper", beam_size=1,
-                   device="cpu", num_workers=0, progress=True, max_duration=None):
+def evaluate_model(
+    model,
+    test_sets,
+    out_folder,
+    batch_size=8,
+    normalizer="whisper",
+    beam_size=1,
+    device="cpu",
+    num_workers=0,
+    progress=True,
+    max_duration=None,
+):
     """WER of ``model`` (folder or hub id) on each ``{name: manifest}``; cached per set.
 
     Returns ``{name: result dict}`` (``wer``, ``cer``, ``utterances``, ``seconds``, ...).
@@ -81,15 +98,25 @@ def evaluate_model(model, test_sets, out_folder, batch_size=8, normalizer="whisp
         brain.hparams.utterance_output = os.path.join(out_folder, f"{name}_utterances.csv")
         start = time.time()
         with torch.inference_mode():
-            brain.evaluate(dataset, test_loader_kwargs={"batch_size": batch_size, "num_workers": num_workers},
-                           progressbar=progress)
+            brain.evaluate(
+                dataset, test_loader_kwargs={"batch_size": batch_size, "num_workers": num_workers}, progressbar=progress
+            )
         stats = brain.last_stats
-        result = {"model": str(model), "test_set": name, "manifest": manifest, "key": key,
-                  "wer": stats["WER"], "cer": stats["CER"], "utterances": len(brain.utterances),
-                  "seconds": round(time.time() - start, 2), "hypotheses": brain.utterances}
+        result = {
+            "model": str(model),
+            "test_set": name,
+            "manifest": manifest,
+            "key": key,
+            "wer": stats["WER"],
+            "cer": stats["CER"],
+            "utterances": len(brain.utterances),
+            "seconds": round(time.time() - start, 2),
+            "hypotheses": brain.utterances,
+        }
         atomic_write_json(os.path.join(out_folder, f"{name}.json"), result, indent=1)
-        logger.info("%s on %s: WER %.2f (%d utts, %.1f s)", model, name, stats["WER"], len(brain.utterances),
-                    result["seconds"])
+        logger.info(
+            "%s on %s: WER %.2f (%d utts, %.1f s)", model, name, stats["WER"], len(brain.utterances), result["seconds"]
+        )
         results[name] = result
     return results
 

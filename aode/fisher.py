@@ -68,8 +68,12 @@ def _name_map(asr, model_folder):
         else:
             unmatched.append(name)
     if unmatched:
-        logger.warning("%s: %d parameters have no tensor in the saved weights and get no Fisher "
-                       "(first: %s)", model_folder, len(unmatched), unmatched[0])
+        logger.warning(
+            "%s: %d parameters have no tensor in the saved weights and get no Fisher (first: %s)",
+            model_folder,
+            len(unmatched),
+            unmatched[0],
+        )
     if not mapping:
         raise ValueError(f"{model_folder}: no parameter matches a tensor of its saved weights")
     return mapping
@@ -90,9 +94,19 @@ def _batch_loss(asr, batch, device):
     return asr.batch_loss(batch.to(device))
 
 
-def estimate_fisher(model_folder, manifest, out_path=None, n_utterances=200, batch_size=8, seed=0,
-                    device="cpu", progress=True, per_utterance=False, max_duration=None,
-                    overwrite=False):
+def estimate_fisher(
+    model_folder,
+    manifest,
+    out_path=None,
+    n_utterances=200,
+    batch_size=8,
+    seed=0,
+    device="cpu",
+    progress=True,
+    per_utterance=False,
+    max_duration=None,
+    overwrite=False,
+):
     """Diagonal empirical Fisher of ``model_folder``'s training loss on its own data.
 
     Args:
@@ -135,14 +149,15 @@ def estimate_fisher(model_folder, manifest, out_path=None, n_utterances=200, bat
     dataset = make_dataset(manifest, asr, {"max_duration": max_duration})
     indices = _subset(dataset, n_utterances, seed)
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+        torch.utils.data.Subset(dataset, indices),
+        batch_size=batch_size,
+        shuffle=False,
         collate_fn=sb.dataio.batch.PaddedBatch,
     )
     sums = {name: torch.zeros_like(params[name], dtype=torch.float32) for name in names}
     counted = skipped = 0
     torch.manual_seed(seed)
-    for batch in tqdm(loader, disable=not progress, desc=f"Fisher {os.path.basename(model_folder)}",
-                      unit="batch"):
+    for batch in tqdm(loader, disable=not progress, desc=f"Fisher {os.path.basename(model_folder)}", unit="batch"):
         n = len(batch.id)
         asr.zero_grad(set_to_none=True)
         with torch.enable_grad():

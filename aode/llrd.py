@@ -64,8 +64,13 @@ def lr_scales(names: Iterable[str], alpha: float, mode: str = "paper") -> dict[s
     return result
 
 
-def llrd_param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], lr: float, alpha: float = 1.0,
-                      mode: str = "paper", weight_decay: float = 0.0) -> list[dict[str, Any]]:
+def llrd_param_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    lr: float,
+    alpha: float = 1.0,
+    mode: str = "paper",
+    weight_decay: float = 0.0,
+) -> list[dict[str, Any]]:
     """Optimizer parameter groups implementing LLRD (only parameters that require grad).
 
     Biases and normalisation weights (every parameter with at most one dimension) get no
@@ -86,8 +91,14 @@ def llrd_param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], lr: 
             group += ".no_decay"
         grouped.setdefault((group, scale, decays), []).append(param)
     groups = [
-        {"params": params, "name": group, "lr_scale": scale, "lr": lr * scale,
-         "initial_lr": lr * scale, "weight_decay": weight_decay if decays else 0.0}
+        {
+            "params": params,
+            "name": group,
+            "lr_scale": scale,
+            "lr": lr * scale,
+            "initial_lr": lr * scale,
+            "weight_decay": weight_decay if decays else 0.0,
+        }
         for (group, scale, decays), params in grouped.items()
     ]
     return sorted(groups, key=lambda g: (g["lr_scale"], g["name"]))

@@ -22,8 +22,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
-def lora_delta(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float,
-               weight_shape: Sequence[int]) -> torch.Tensor:
+def lora_delta(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float, weight_shape: Sequence[int]) -> torch.Tensor:
     """The weight update ``scaling * B @ A`` reshaped to ``weight_shape`` (float32)."""
     a = lora_A.float().flatten(1)
     b = lora_B.float().flatten(1)
@@ -84,8 +83,13 @@ def _matches(name, patterns):
     return any(fnmatch.fnmatch(name, p) or name.split(".")[-1] == p for p in patterns)
 
 
-def add_lora(model: nn.Module, rank: int = 16, alpha: float | None = None,
-             target_modules: Sequence[str] = ("q_proj", "v_proj"), dropout: float = 0.0) -> list[str]:
+def add_lora(
+    model: nn.Module,
+    rank: int = 16,
+    alpha: float | None = None,
+    target_modules: Sequence[str] = ("q_proj", "v_proj"),
+    dropout: float = 0.0,
+) -> list[str]:
     """Freeze ``model`` and wrap every Linear/Conv1d whose name matches ``target_modules``.
 
     ``target_modules`` entries are either a module's last name component ("q_proj",

@@ -50,8 +50,9 @@ def _escape_dollars(value):
     return _SPEECHBRAIN_VARIABLE.sub(FULLWIDTH_DOLLAR, value) if isinstance(value, str) else value
 
 
-def write_manifest(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
-                   extra_columns: Sequence[str] = ()) -> None:
+def write_manifest(
+    path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], extra_columns: Sequence[str] = ()
+) -> None:
     """Write ``rows`` (dicts) as a manifest CSV, atomically.
 
     The file is written under a temporary name in the same folder and renamed at the

@@ -56,8 +56,9 @@ def resolve_model_folder(source: str | os.PathLike) -> str:
         return snapshot_download(source, local_files_only=True, cache_dir=cache_dir)
     except Exception as cached_error:  # noqa: BLE001 (any cache miss means: try the hub)
         reason = cached_error
-    offline = any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
-                  for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    offline = any(
+        os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
     if not offline:
         try:
             return snapshot_download(source, cache_dir=cache_dir)
@@ -113,14 +114,15 @@ def detect_family(config: PretrainedConfig) -> str:
 # Integer config keys that fix tensor shapes or the layer structure (widths, depths, heads,
 # kernels, vocabularies, positions); dropouts, layerdrop and generation settings do not.
 _SHAPE_KEY = re.compile(
-    r"(size|dim|layers|heads|d_model|ffn|positions|kernel|channels|bins|subsampling|stride|vocab|groups)",
-    re.IGNORECASE)
+    r"(size|dim|layers|heads|d_model|ffn|positions|kernel|channels|bins|subsampling|stride|vocab|groups)", re.IGNORECASE
+)
 
 
 def architecture_signature(config: PretrainedConfig) -> dict[str, Any]:
     """What two models must share to be fine-tuned from one another or averaged: the model
     type and every integer config key that fixes a shape or the depth, sub-configs included
     (e.g. ``encoder_config.num_hidden_layers``)."""
+
     def shape_keys(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         out = {}
         for key, value in sorted(values.items()):
@@ -128,21 +130,31 @@ def architecture_signature(config: PretrainedConfig) -> dict[str, Any]:
                 out.update(shape_keys(value, f"{prefix}{key}."))
             elif isinstance(value, int) and not isinstance(value, bool) and _SHAPE_KEY.search(key):
                 out[prefix + key] = value
-            elif isinstance(value, (list, tuple)) and value and _SHAPE_KEY.search(key) and all(
-                    isinstance(v, int) and not isinstance(v, bool) for v in value):
+            elif (
+                isinstance(value, (list, tuple))
+                and value
+                and _SHAPE_KEY.search(key)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            ):
                 out[prefix + key] = list(value)
         return out
 
-    return {"model_type": config.model_type, "vocab_size": getattr(config, "vocab_size", None),
-            **shape_keys(config.to_dict())}
+    return {
+        "model_type": config.model_type,
+        "vocab_size": getattr(config, "vocab_size", None),
+        **shape_keys(config.to_dict()),
+    }
 
 
 def check_same_architecture(config: PretrainedConfig, other: PretrainedConfig, what: str, other_what: str) -> None:
     """Raise ValueError naming the differing keys when the two configs' architectures differ."""
     sig, other_sig = architecture_signature(config), architecture_signature(other)
     if sig != other_sig:
-        diff = {k: (sig.get(k), other_sig.get(k)) for k in sorted(set(sig) | set(other_sig))
-                if sig.get(k) != other_sig.get(k)}
+        diff = {
+            k: (sig.get(k), other_sig.get(k))
+            for k in sorted(set(sig) | set(other_sig))
+            if sig.get(k) != other_sig.get(k)
+        }
         shown = ", ".join(f"{k}: {a} vs {b}" for k, a, b in ((k, *v) for k, v in list(diff.items())[:6]))
         raise ValueError(f"{what} and {other_what} have different architectures ({shown})")
 
@@ -256,8 +268,17 @@ class WhisperASR(ASRModel):
     def handles(cls, config: PretrainedConfig) -> bool:
         return config.model_type == "whisper"
 
-    def __init__(self, source, save_path=None, language=None, task="transcribe",
-                 beam_size=1, max_decode_ratio=1.0, label_smoothing=0.0, layerdrop=0.0):
+    def __init__(
+        self,
+        source,
+        save_path=None,
+        language=None,
+        task="transcribe",
+        beam_size=1,
+        max_decode_ratio=1.0,
+        label_smoothing=0.0,
+        layerdrop=0.0,
+    ):
         super().__init__()
         from speechbrain.integrations.huggingface.whisper import Whisper
 
@@ -312,8 +333,9 @@ class WhisperASR(ASRModel):
         enc, logits, _ = self.whisper(wavs, tokens_bos)
         return {"encoder_out": enc, "logits": logits}
 
-    def loss(self, outputs: dict[str, torch.Tensor], tokens_eos: torch.Tensor,
-             tokens_eos_lens: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, outputs: dict[str, torch.Tensor], tokens_eos: torch.Tensor, tokens_eos_lens: torch.Tensor
+    ) -> torch.Tensor:
         import speechbrain as sb
 
         log_probs = F.log_softmax(outputs["logits"], dim=-1)
@@ -327,18 +349,23 @@ class WhisperASR(ASRModel):
 
             if self.beam_size > 1:
                 self._searcher = S2SWhisperBeamSearcher(
-                    module=[self.whisper], min_decode_ratio=0.0,
-                    max_decode_ratio=self.max_decode_ratio, beam_size=self.beam_size,
+                    module=[self.whisper],
+                    min_decode_ratio=0.0,
+                    max_decode_ratio=self.max_decode_ratio,
+                    beam_size=self.beam_size,
                 )
             else:
                 self._searcher = S2SWhisperGreedySearcher(
-                    model=self.whisper, min_decode_ratio=0.0, max_decode_ratio=self.max_decode_ratio,
+                    model=self.whisper,
+                    min_decode_ratio=0.0,
+                    max_decode_ratio=self.max_decode_ratio,
                 )
         return self._searcher
 
     @torch.no_grad()
-    def transcribe(self, wavs: torch.Tensor, wav_lens: torch.Tensor,
-                   encoder_out: torch.Tensor | None = None) -> list[str]:
+    def transcribe(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor, encoder_out: torch.Tensor | None = None
+    ) -> list[str]:
         if encoder_out is None:
             encoder_out = self.whisper.forward_encoder(self.whisper._get_mel(wavs))
         hyps = self._get_searcher()(encoder_out.detach(), wav_lens)[0]
@@ -460,13 +487,19 @@ class CTCASR(ASRModel):
         log_probs = F.log_softmax(outputs["logits"].float(), dim=-1).transpose(0, 1)
         target_lens = (tokens_lens * tokens.shape[1]).round().long()
         return F.ctc_loss(
-            log_probs, tokens, outputs["out_lens"], target_lens, blank=self.blank_id,
-            reduction="mean", zero_infinity=True,
+            log_probs,
+            tokens,
+            outputs["out_lens"],
+            target_lens,
+            blank=self.blank_id,
+            reduction="mean",
+            zero_infinity=True,
         )
 
     @torch.no_grad()
-    def transcribe(self, wavs: torch.Tensor, wav_lens: torch.Tensor,
-                   outputs: dict[str, torch.Tensor] | None = None) -> list[str]:
+    def transcribe(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor, outputs: dict[str, torch.Tensor] | None = None
+    ) -> list[str]:
         outputs = outputs if outputs is not None else self.forward(wavs, wav_lens)
         best = outputs["logits"].argmax(dim=-1)
         texts = []

@@ -93,8 +93,7 @@ def summarize(table, baseline, forgetting_sets=None, sets=None, expert_of=None, 
 
 def gain_kept(wers, base, experts):
     """Mean over target sets of (WER_pre - WER_model) / (WER_pre - WER_expert)."""
-    shares = [(base[s] - wers[s]) / (base[s] - expert[s]) for s, expert in experts.items()
-              if base[s] != expert[s]]
+    shares = [(base[s] - wers[s]) / (base[s] - expert[s]) for s, expert in experts.items() if base[s] != expert[s]]
     return sum(shares) / len(shares) if shares else float("nan")
 
 
@@ -149,8 +148,9 @@ def plot(rows, sets, path, title="AoDE"):
     ax1.legend(fontsize=7, ncol=2)
     for row in rows:
         ax2.scatter(row["Forgetting %"], row["Average"])
-        ax2.annotate(row["model"], (row["Forgetting %"], row["Average"]), fontsize=7,
-                     xytext=(3, 3), textcoords="offset points")
+        ax2.annotate(
+            row["model"], (row["Forgetting %"], row["Average"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
     ax2.axvline(0, color="grey", lw=0.5)
     ax2.set_xlabel("Forgetting %  (lower is better)")
     ax2.set_ylabel("Average WER %  (lower is better)")
@@ -161,8 +161,7 @@ def plot(rows, sets, path, title="AoDE"):
     plt.close(fig)
 
 
-def write_report(table, folder, baseline, forgetting_sets=None, expert_of=None, title="AoDE", sets=None,
-                 lookup=None):
+def write_report(table, folder, baseline, forgetting_sets=None, expert_of=None, title="AoDE", sets=None, lookup=None):
     """wer.csv, results.csv, results.md, results.json, results.png in ``folder``."""
     os.makedirs(folder, exist_ok=True)
     sets = sets or list(next(iter(table.values())))
@@ -171,8 +170,10 @@ def write_report(table, folder, baseline, forgetting_sets=None, expert_of=None, 
     write_csv(rows, os.path.join(folder, "results.csv"))
     text = markdown(rows)
     with open(os.path.join(folder, "results.md"), "w", encoding="utf-8") as f:
-        f.write(f"# {title}\n\nWER % per test set; Average = mean of the columns; Forgetting % against "
-                f"{baseline!r} on {', '.join(forgetting_sets or default_forgetting_sets(sets))}.\n\n" + text)
+        f.write(
+            f"# {title}\n\nWER % per test set; Average = mean of the columns; Forgetting % against "
+            f"{baseline!r} on {', '.join(forgetting_sets or default_forgetting_sets(sets))}.\n\n" + text
+        )
     with open(os.path.join(folder, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"baseline": baseline, "rows": rows}, f, indent=1)
     plot(rows, sets, os.path.join(folder, "results.png"), title)

@@ -55,15 +55,15 @@ def pareto_front(points):
     front = []
     for i in valid:
         xi, yi = pts[i]
-        dominated = any(pts[j][0] <= xi and pts[j][1] <= yi and (pts[j][0] < xi or pts[j][1] < yi)
-                        for j in valid if j != i)
+        dominated = any(
+            pts[j][0] <= xi and pts[j][1] <= yi and (pts[j][0] < xi or pts[j][1] < yi) for j in valid if j != i
+        )
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: (pts[i][0], pts[i][1], i))
 
 
-def candidate_weights(n_members, n_random=8, seed=0, include_base_choices=(False, True),
-                      emphasis=(2.0, 4.0)):
+def candidate_weights(n_members, n_random=8, seed=0, include_base_choices=(False, True), emphasis=(2.0, 4.0)):
     """The default candidates: ``[{"label", "weights", "include_base"}, ...]``.
 
     Per ``include_base`` choice (inputs = the members, plus the original last): uniform
@@ -85,13 +85,17 @@ def candidate_weights(n_members, n_random=8, seed=0, include_base_choices=(False
                 for i in range(n):
                     w = [1.0] * n
                     w[i] = float(factor)
-                    out.append({"label": f"{names[i]}x{factor:g}{suffix}", "weights": w,
-                                "include_base": include_base})
+                    out.append({"label": f"{names[i]}x{factor:g}{suffix}", "weights": w, "include_base": include_base})
         rng = np.random.default_rng([int(seed), int(include_base)])
         for k in range(n_random):
             w = rng.dirichlet(np.ones(n)) * n
-            out.append({"label": f"dirichlet{k}{suffix}", "weights": [round(float(v), 6) for v in w],
-                        "include_base": include_base})
+            out.append(
+                {
+                    "label": f"dirichlet{k}{suffix}",
+                    "weights": [round(float(v), 6) for v in w],
+                    "include_base": include_base,
+                }
+            )
     return out
 
 
@@ -109,8 +113,10 @@ def _normalise_candidates(candidates, n_members):
             label = f"candidate{k}"
         want = n_members + (1 if include_base else 0)
         if len(weights) != want:
-            raise ValueError(f"candidate {label!r}: {len(weights)} weights for {want} inputs "
-                             f"({n_members} members{' + the original' if include_base else ''})")
+            raise ValueError(
+                f"candidate {label!r}: {len(weights)} weights for {want} inputs "
+                f"({n_members} members{' + the original' if include_base else ''})"
+            )
         out.append({"label": label, "weights": weights, "include_base": include_base})
     return out
 
@@ -121,8 +127,7 @@ def _digest(obj, n=10):
 
 def _candidate_id(cand, identity):
     label = "".join(ch if ch.isalnum() or ch in "+-_." else "_" for ch in cand["label"])
-    key = {**identity, "weights": [round(w, 9) for w in cand["weights"]],
-           "include_base": cand["include_base"]}
+    key = {**identity, "weights": [round(w, 9) for w in cand["weights"]], "include_base": cand["include_base"]}
     return f"{label}-{_digest(key, 8)}"
 
 
@@ -175,31 +180,51 @@ def plot_search(result, path):
     xs = [x if math.isfinite(x) else float("nan") for x in xs]  # inf: the original had 0 errors
     ys = [c["average"] for c in cands]
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    for include_base, color, label in ((False, "tab:blue", "experts only"),
-                                       (True, "tab:orange", "with the original")):
+    for include_base, color, label in ((False, "tab:blue", "experts only"), (True, "tab:orange", "with the original")):
         idx = [i for i, c in enumerate(cands) if c["include_base"] == include_base]
         if idx:
-            ax.scatter([xs[i] for i in idx], [ys[i] for i in idx], s=22, color=color, alpha=0.7,
-                       label=f"candidates, {label}")
+            ax.scatter(
+                [xs[i] for i in idx], [ys[i] for i in idx], s=22, color=color, alpha=0.7, label=f"candidates, {label}"
+            )
     front = [i for i, c in enumerate(cands) if c["pareto"]]
     front.sort(key=lambda i: (xs[i], ys[i]))
     if front:
-        ax.plot([xs[i] for i in front], [ys[i] for i in front], "-o", color="tab:green", ms=8,
-                mfc="none", lw=1.2, label="Pareto front")
+        ax.plot(
+            [xs[i] for i in front],
+            [ys[i] for i in front],
+            "-o",
+            color="tab:green",
+            ms=8,
+            mfc="none",
+            lw=1.2,
+            label="Pareto front",
+        )
     for i, c in enumerate(cands):
         if c["label"] in ("uniform", "uniform+orig"):
             text = "AoDE (uniform)" if c["label"] == "uniform" else "AoDE with orig. (uniform)"
             ax.scatter([xs[i]], [ys[i]], marker="D", s=45, facecolors="none", edgecolors="black", zorder=4)
             ax.annotate(text, (xs[i], ys[i]), fontsize=8, xytext=(5, -12), textcoords="offset points")
     chosen = next(i for i, c in enumerate(cands) if c["chosen"])
-    ax.scatter([xs[chosen]], [ys[chosen]], marker="*", s=260, color="tab:red", zorder=5,
-               label=f"chosen: {cands[chosen]['label']}")
+    ax.scatter(
+        [xs[chosen]],
+        [ys[chosen]],
+        marker="*",
+        s=260,
+        color="tab:red",
+        zorder=5,
+        label=f"chosen: {cands[chosen]['label']}",
+    )
     base = result.get("base_wer")
     if base and result.get("base_average") is not None:
         ax.scatter([0.0], [result["base_average"]], marker="s", color="grey", label="original")
     if result.get("objective") == "constrained" and result.get("max_forgetting") is not None:
-        ax.axvline(result["max_forgetting"], color="tab:red", lw=0.8, ls="--",
-                   label=f"Forgetting bound {result['max_forgetting']:g} %")
+        ax.axvline(
+            result["max_forgetting"],
+            color="tab:red",
+            lw=0.8,
+            ls="--",
+            label=f"Forgetting bound {result['max_forgetting']:g} %",
+        )
     ax.axvline(0, color="grey", lw=0.5)
     ax.set_xlabel("Forgetting %  (dev sets, lower is better)")
     ax.set_ylabel("Average WER %  (dev sets, lower is better)")
@@ -224,10 +249,24 @@ def _previous_scores(path, eval_key):
     return {c["id"]: c["wer"] for c in old.get("candidates", []) if c.get("wer")}
 
 
-def search_weights(members, base, dev_sets, forgetting_sets, out_folder, method="average",
-                   objective="average", max_forgetting=None, candidates=None, n_random=8, seed=0,
-                   include_base_choices=(False, True), eval_kwargs=None, merge_options=None,
-                   keep_merges=True, progress=True):
+def search_weights(
+    members,
+    base,
+    dev_sets,
+    forgetting_sets,
+    out_folder,
+    method="average",
+    objective="average",
+    max_forgetting=None,
+    candidates=None,
+    n_random=8,
+    seed=0,
+    include_base_choices=(False, True),
+    eval_kwargs=None,
+    merge_options=None,
+    keep_merges=True,
+    progress=True,
+):
     """Search merge weights on dev sets; returns the chosen candidate (module docstring).
 
     Args:
@@ -275,8 +314,7 @@ def search_weights(members, base, dev_sets, forgetting_sets, out_folder, method=
         cands = candidate_weights(len(members), n_random, seed, include_base_choices)
     else:
         cands = _normalise_candidates(candidates, len(members))
-    identity = {"members": members, "base": base, "method": method, "options": merge_options,
-                "seed": seed}
+    identity = {"members": members, "base": base, "method": method, "options": merge_options, "seed": seed}
     seen, unique = set(), []
     for c in cands:
         c["id"] = _candidate_id(c, identity)
@@ -288,8 +326,12 @@ def search_weights(members, base, dev_sets, forgetting_sets, out_folder, method=
     os.makedirs(out_folder, exist_ok=True)
     eval_folder = os.path.join(out_folder, "eval")
     json_path = os.path.join(out_folder, "search.json")
-    eval_key = _digest({"sets": {s: manifest_fingerprint(m) for s, m in all_sets.items()},
-                        "eval": {k: v for k, v in eval_kwargs.items() if k != "progress"}})
+    eval_key = _digest(
+        {
+            "sets": {s: manifest_fingerprint(m) for s, m in all_sets.items()},
+            "eval": {k: v for k, v in eval_kwargs.items() if k != "progress"},
+        }
+    )
     previous = _previous_scores(json_path, eval_key)
 
     base_wer = evaluate_models({BASE_NAME: base}, all_sets, eval_folder, **eval_kwargs)[BASE_NAME]
@@ -299,13 +341,25 @@ def search_weights(members, base, dev_sets, forgetting_sets, out_folder, method=
 
         folder = os.path.join(out_folder, "candidates", c["id"])
         if not os.path.isfile(os.path.join(folder, "config.json")):
-            logger.info("search: merging candidate %s (weights %s%s)", c["id"], c["weights"],
-                        ", with the original" if c["include_base"] else "")
+            logger.info(
+                "search: merging candidate %s (weights %s%s)",
+                c["id"],
+                c["weights"],
+                ", with the original" if c["include_base"] else "",
+            )
             if os.path.exists(folder):  # an incomplete folder from elsewhere
                 shutil.rmtree(folder)
-            merge_models(members, folder, method=method, weights=c["weights"], base=base,
-                         include_base=c["include_base"], options=merge_options, seed=seed,
-                         progress=progress)
+            merge_models(
+                members,
+                folder,
+                method=method,
+                weights=c["weights"],
+                base=base,
+                include_base=c["include_base"],
+                options=merge_options,
+                seed=seed,
+                progress=progress,
+            )
         return folder
 
     for k, c in enumerate(cands):
@@ -318,16 +372,19 @@ def search_weights(members, base, dev_sets, forgetting_sets, out_folder, method=
         c["folder"] = folder
         c["average"] = sum(c["wer"][s] for s in all_sets) / len(all_sets)
         c["forgetting"] = _forgetting(c["wer"], base_wer, list(forgetting_sets))
-        logger.info("search %d/%d %s: Average %.2f, Forgetting %s", k + 1, len(cands), c["label"],
-                    c["average"], c["forgetting"])
+        logger.info(
+            "search %d/%d %s: Average %.2f, Forgetting %s", k + 1, len(cands), c["label"], c["average"], c["forgetting"]
+        )
 
     chosen, met = select_candidate(cands, objective, max_forgetting)
     if met is False:
-        logger.warning("no candidate has Forgetting %% <= %s; chose the one with the lowest "
-                       "Forgetting %% (%s, %.2f %%)", max_forgetting, cands[chosen]["label"],
-                       cands[chosen]["forgetting"])
-    front = set(pareto_front([(c["forgetting"] if c["forgetting"] is not None else 0.0, c["average"])
-                              for c in cands]))
+        logger.warning(
+            "no candidate has Forgetting %% <= %s; chose the one with the lowest Forgetting %% (%s, %.2f %%)",
+            max_forgetting,
+            cands[chosen]["label"],
+            cands[chosen]["forgetting"],
+        )
+    front = set(pareto_front([(c["forgetting"] if c["forgetting"] is not None else 0.0, c["average"]) for c in cands]))
     for i, c in enumerate(cands):
         c["pareto"] = i in front
         c["chosen"] = i == chosen
@@ -341,21 +398,47 @@ def search_weights(members, base, dev_sets, forgetting_sets, out_folder, method=
     winner["constraint_met"] = met
 
     result = {
-        "method": method, "merge_options": merge_options, "objective": objective,
-        "max_forgetting": max_forgetting, "constraint_met": met,
-        "note": None if met is not False else
-        f"no candidate met Forgetting % <= {max_forgetting}; chose the lowest Forgetting %",
-        "members": members, "base": base, "dev_sets": dict(dev_sets),
-        "forgetting_sets": dict(forgetting_sets), "eval_key": eval_key,
-        "base_wer": base_wer, "base_average": sum(base_wer[s] for s in all_sets) / len(all_sets),
+        "method": method,
+        "merge_options": merge_options,
+        "objective": objective,
+        "max_forgetting": max_forgetting,
+        "constraint_met": met,
+        "note": None
+        if met is not False
+        else f"no candidate met Forgetting % <= {max_forgetting}; chose the lowest Forgetting %",
+        "members": members,
+        "base": base,
+        "dev_sets": dict(dev_sets),
+        "forgetting_sets": dict(forgetting_sets),
+        "eval_key": eval_key,
+        "base_wer": base_wer,
+        "base_average": sum(base_wer[s] for s in all_sets) / len(all_sets),
         "chosen": winner["id"],
-        "candidates": [{k: c.get(k) for k in ("id", "label", "weights", "include_base", "folder", "wer",
-                                               "average", "forgetting", "pareto", "chosen")}
-                       for c in cands],
+        "candidates": [
+            {
+                k: c.get(k)
+                for k in (
+                    "id",
+                    "label",
+                    "weights",
+                    "include_base",
+                    "folder",
+                    "wer",
+                    "average",
+                    "forgetting",
+                    "pareto",
+                    "chosen",
+                )
+            }
+            for c in cands
+        ],
     }
     atomic_write_json(json_path, result, indent=1)
     plot_search(result, os.path.join(out_folder, "search.png"))
-    print(f"[aode] weight search ({method}, {objective}): chose {winner['label']} "
-          f"(weights {winner['weights']}{', with the original' if winner['include_base'] else ''}): "
-          f"dev Average {winner['average']:.2f}, Forgetting {winner['forgetting']}", flush=True)
+    print(
+        f"[aode] weight search ({method}, {objective}): chose {winner['label']} "
+        f"(weights {winner['weights']}{', with the original' if winner['include_base'] else ''}): "
+        f"dev Average {winner['average']:.2f}, Forgetting {winner['forgetting']}",
+        flush=True,
+    )
     return dict(winner)

@@ -38,8 +38,9 @@ logger = logging.getLogger(__name__)
 EXPERT_DIR = "expert"
 
 
-def load_hparams(argv: list[str], defaults: dict[str, Any] | None = None
-                 ) -> tuple[dict[str, Any], RunOptions | dict[str, Any], str, str | dict[str, Any]]:
+def load_hparams(
+    argv: list[str], defaults: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], RunOptions | dict[str, Any], str, str | dict[str, Any]]:
     """SpeechBrain-style: ``hparams.yaml [--key value ...]``; returns (hparams, run_opts,
     file, overrides). ``defaults`` are overrides the command line can still replace; a mapping
     on the command line replaces the file's (see :mod:`aode.config`)."""
@@ -65,30 +66,49 @@ def build_model(hparams: Mapping[str, Any]) -> tuple[ASRModel, str]:
     """The ASR model of the run: ``init_from`` (an earlier expert or merge) or ``model_source``."""
     source = hparams["init_from"] or hparams["model_source"]
     if hparams["init_from"]:
-        check_same_architecture(load_hf_config(hparams["init_from"]), load_hf_config(hparams["model_source"]),
-                                f"init_from {hparams['init_from']!r}", f"model_source {hparams['model_source']!r}")
+        check_same_architecture(
+            load_hf_config(hparams["init_from"]),
+            load_hf_config(hparams["model_source"]),
+            f"init_from {hparams['init_from']!r}",
+            f"model_source {hparams['model_source']!r}",
+        )
     asr = load_asr_model(
-        source, family=hparams["family"], save_path=hparams["pretrained_cache"],
-        beam_size=hparams["beam_size"], label_smoothing=hparams["label_smoothing"],
-        max_decode_ratio=hparams["max_decode_ratio"], layerdrop=hparams["layerdrop"],
+        source,
+        family=hparams["family"],
+        save_path=hparams["pretrained_cache"],
+        beam_size=hparams["beam_size"],
+        label_smoothing=hparams["label_smoothing"],
+        max_decode_ratio=hparams["max_decode_ratio"],
+        layerdrop=hparams["layerdrop"],
     )
     if hparams["freeze_decoder"]:
         freeze_non_encoder(asr.hf_model)
     if hparams["lora_rank"]:
-        add_lora(asr.hf_model, rank=hparams["lora_rank"], alpha=hparams["lora_alpha"],
-                 target_modules=hparams["lora_targets"], dropout=hparams["lora_dropout"])
+        add_lora(
+            asr.hf_model,
+            rank=hparams["lora_rank"],
+            alpha=hparams["lora_alpha"],
+            target_modules=hparams["lora_targets"],
+            dropout=hparams["lora_dropout"],
+        )
     return asr, source
 
 
 # SpeechBrain run options that the hparams files set too. The command line wins over the YAML,
 # the YAML over SpeechBrain's defaults; the value that runs is written back into hparams, so
 # the sampler, the schedule's length and the exported provenance all see what ran.
-RUN_OPTIONS_IN_HPARAMS = ("precision", "eval_precision", "grad_accumulation_factor", "max_grad_norm",
-                          "find_unused_parameters")
+RUN_OPTIONS_IN_HPARAMS = (
+    "precision",
+    "eval_precision",
+    "grad_accumulation_factor",
+    "max_grad_norm",
+    "find_unused_parameters",
+)
 
 
-def resolve_run_options(hparams: dict[str, Any],
-                        run_opts: RunOptions | Mapping[str, Any] | None = None) -> dict[str, Any]:
+def resolve_run_options(
+    hparams: dict[str, Any], run_opts: RunOptions | Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The run options given explicitly (command line or a dict); ``hparams`` gets the values
     that will run.
 
@@ -120,9 +140,17 @@ def log_training_plan(hparams: Mapping[str, Any], batches: int, total_steps: int
     logger.info(
         "training plan: %d epochs x %d batches of %d per process = %d optimizer steps; effective batch %d "
         "(batch %d x accumulation %d x %d processes); precision %s; layerdrop %s",
-        hparams["number_of_epochs"], batches, hparams["batch_size"], total_steps,
-        hparams["batch_size"] * accumulation * world_size, hparams["batch_size"], accumulation,
-        world_size, hparams["precision"], hparams["layerdrop"])
+        hparams["number_of_epochs"],
+        batches,
+        hparams["batch_size"],
+        total_steps,
+        hparams["batch_size"] * accumulation * world_size,
+        hparams["batch_size"],
+        accumulation,
+        world_size,
+        hparams["precision"],
+        hparams["layerdrop"],
+    )
 
 
 def train_loader_options(hparams: Mapping[str, Any], dataset: DynamicItemDataset) -> tuple[dict[str, Any], int]:
@@ -133,7 +161,8 @@ def train_loader_options(hparams: Mapping[str, Any], dataset: DynamicItemDataset
     if steps:
         generator = torch.Generator().manual_seed(hparams["seed"])
         sampler = torch.utils.data.RandomSampler(
-            dataset, replacement=False, num_samples=steps * batch_size * accumulation, generator=generator)
+            dataset, replacement=False, num_samples=steps * batch_size * accumulation, generator=generator
+        )
         kwargs = {"batch_size": batch_size, "sampler": sampler}
         batches = steps * accumulation
     else:
@@ -143,8 +172,9 @@ def train_loader_options(hparams: Mapping[str, Any], dataset: DynamicItemDataset
     return kwargs, batches
 
 
-def export_expert(brain: ASRBrain, asr: ASRModel, folder: str | os.PathLike,
-                  provenance: dict[str, Any]) -> str | os.PathLike:
+def export_expert(
+    brain: ASRBrain, asr: ASRModel, folder: str | os.PathLike, provenance: dict[str, Any]
+) -> str | os.PathLike:
     """Recover the best-dev-WER checkpoint's weights, fold LoRA in, write a model folder.
 
     Only the model is recovered: the optimizer's state (twice the model's size with AdamW, 8 GiB
@@ -154,8 +184,7 @@ def export_expert(brain: ASRBrain, asr: ASRModel, folder: str | os.PathLike,
         brain.optimizer.state.clear()
     checkpointer = brain.checkpointer
     if checkpointer is not None and checkpointer.find_checkpoint(min_key="WER") is not None:
-        model_only = sb.utils.checkpoints.Checkpointer(checkpointer.checkpoints_dir,
-                                                       recoverables={"model": asr})
+        model_only = sb.utils.checkpoints.Checkpointer(checkpointer.checkpoints_dir, recoverables={"model": asr})
         model_only.recover_if_possible(min_key="WER")
     if has_lora(asr.hf_model):
         merged = merge_lora(asr.hf_model)
@@ -172,26 +201,31 @@ def run(argv: list[str], prepare: Callable[..., Any] | None = None, corpus: str 
     hparams, run_opts, hparams_file, overrides = load_hparams(argv, {"domain": corpus} if corpus else None)
     hparams = validate(TrainingConfig, hparams, hparams_file)  # before any work
     sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file,
-                                   overrides=overrides)
+    sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
     if prepare is not None and hparams["data_folder"]:
         wanted = inspect.signature(prepare).parameters
         unknown = sorted(set(hparams["prep_options"]) - set(wanted) - {"data_folder", "save_folder"})
         if unknown:
             import difflib
 
-            hints = [f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, wanted, n=1)) else "")
-                     for k in unknown]
-            raise ValueError(f"prep_options {', '.join(hints)} not accepted by {prepare.__name__}; "
-                             f"it takes {sorted(set(wanted) - {'data_folder', 'save_folder'})}")
+            hints = [
+                f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, wanted, n=1)) else "")
+                for k in unknown
+            ]
+            raise ValueError(
+                f"prep_options {', '.join(hints)} not accepted by {prepare.__name__}; "
+                f"it takes {sorted(set(wanted) - {'data_folder', 'save_folder'})}"
+            )
         kwargs = dict(hparams["prep_options"])
-        sb.utils.distributed.run_on_main(prepare, kwargs={
-            "data_folder": hparams["data_folder"], "save_folder": hparams["prep_folder"], **kwargs})
+        sb.utils.distributed.run_on_main(
+            prepare, kwargs={"data_folder": hparams["data_folder"], "save_folder": hparams["prep_folder"], **kwargs}
+        )
     return train_expert(hparams, run_opts, corpus=corpus)
 
 
-def train_expert(hparams: Mapping[str, Any], run_opts: RunOptions | Mapping[str, Any] | None = None,
-                 corpus: str | None = None) -> str:
+def train_expert(
+    hparams: Mapping[str, Any], run_opts: RunOptions | Mapping[str, Any] | None = None, corpus: str | None = None
+) -> str:
     """Fine-tune and export; usable from Python with an already-loaded hparams dict (validated
     against :class:`aode.config.TrainingConfig`, defaults filled, before any work)."""
     hparams = validate(TrainingConfig, hparams, "training hparams")
@@ -216,24 +250,39 @@ def train_expert(hparams: Mapping[str, Any], run_opts: RunOptions | Mapping[str,
     epoch_counter = sb.utils.epoch_loop.EpochCounter(epochs)
     scheduler = STLR(total_steps, hparams["peak_fraction"], hparams["stlr_ratio"])
     checkpointer = sb.utils.checkpoints.Checkpointer(
-        os.path.join(output, "save"),
-        recoverables={"model": asr, "scheduler": scheduler, "counter": epoch_counter})
+        os.path.join(output, "save"), recoverables={"model": asr, "scheduler": scheduler, "counter": epoch_counter}
+    )
     brain_hparams = dict(hparams)
     brain_hparams.update(
-        scheduler=scheduler, epoch_counter=epoch_counter,
-        train_logger=sb.utils.train_logger.FileTrainLogger(os.path.join(output, "train_log.txt")))
+        scheduler=scheduler,
+        epoch_counter=epoch_counter,
+        train_logger=sb.utils.train_logger.FileTrainLogger(os.path.join(output, "train_log.txt")),
+    )
     log_training_plan(hparams, batches, total_steps, world_size)
-    brain = ASRBrain(modules={"model": asr}, opt_class=torch.optim.AdamW, hparams=brain_hparams,
-                     run_opts=run_opts, checkpointer=checkpointer)
-    eval_kwargs = {"batch_size": hparams["eval_batch_size"],
-                   "num_workers": hparams["num_workers"]}
-    brain.fit(epoch_counter, train_set, valid_set, train_loader_kwargs=loader_kwargs,
-              valid_loader_kwargs=eval_kwargs, progressbar=hparams["progressbar"])
+    brain = ASRBrain(
+        modules={"model": asr},
+        opt_class=torch.optim.AdamW,
+        hparams=brain_hparams,
+        run_opts=run_opts,
+        checkpointer=checkpointer,
+    )
+    eval_kwargs = {"batch_size": hparams["eval_batch_size"], "num_workers": hparams["num_workers"]}
+    brain.fit(
+        epoch_counter,
+        train_set,
+        valid_set,
+        train_loader_kwargs=loader_kwargs,
+        valid_loader_kwargs=eval_kwargs,
+        progressbar=hparams["progressbar"],
+    )
     folder = os.path.join(output, EXPERT_DIR)
     best = brain.checkpointer.find_checkpoint(min_key="WER")
     provenance = {
-        "kind": "expert", "base_model": hparams["model_source"], "init_from": hparams["init_from"],
-        "domain": corpus or hparams["domain"], "train_csv": hparams["train_csv"],
+        "kind": "expert",
+        "base_model": hparams["model_source"],
+        "init_from": hparams["init_from"],
+        "domain": corpus or hparams["domain"],
+        "train_csv": hparams["train_csv"],
         "dev_wer": best.meta.get("WER") if best else None,
         "hparams": {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool, type(None)))},
         "lora": {"rank": hparams["lora_rank"], "alpha": hparams["lora_alpha"]} if hparams["lora_rank"] else None,
@@ -242,8 +291,7 @@ def train_expert(hparams: Mapping[str, Any], run_opts: RunOptions | Mapping[str,
     brain.checkpointer = None  # the model now holds the best weights (LoRA folded in)
     for name, test_set in test_sets.items():
         brain.hparams.utterance_output = os.path.join(output, f"test_{name}.csv")
-        brain.evaluate(test_set, test_loader_kwargs=eval_kwargs,
-                       progressbar=hparams["progressbar"])
+        brain.evaluate(test_set, test_loader_kwargs=eval_kwargs, progressbar=hparams["progressbar"])
     return folder
 
 

@@ -26,8 +26,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
 def default_manifest(n):
-    from aode.manifest import write_manifest
     from conftest import sample_rows
+
+    from aode.manifest import write_manifest
 
     rows = sample_rows()
     rows = [{**rows[i % len(rows)], "ID": f"u{i:04d}"} for i in range(n)]
@@ -57,11 +58,25 @@ def main():
     seconds_audio = sum(len(a) for a in audio) / 16000
 
     cache = tempfile.mkdtemp()
-    evaluate_model(args.model, {"warm": default_manifest(4)}, cache, batch_size=4, normalizer="basic",
-                   device=args.device, progress=False)
+    evaluate_model(
+        args.model,
+        {"warm": default_manifest(4)},
+        cache,
+        batch_size=4,
+        normalizer="basic",
+        device=args.device,
+        progress=False,
+    )
     start = time.perf_counter()
-    ours = evaluate_model(args.model, {"bench": manifest}, cache, batch_size=args.batch_size, normalizer="basic",
-                          device=args.device, progress=False)["bench"]
+    ours = evaluate_model(
+        args.model,
+        {"bench": manifest},
+        cache,
+        batch_size=args.batch_size,
+        normalizer="basic",
+        device=args.device,
+        progress=False,
+    )["bench"]
     aode_s = time.perf_counter() - start
     shutil.rmtree(cache)
 
@@ -73,17 +88,22 @@ def main():
     hyp_by_id = {h["ID"]: h["hyp"] for h in ours["hypotheses"]}
     same = sum(o["text"].strip() == hyp_by_id[r["ID"]] for o, r in zip(outputs, rows))
 
-    machine = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
-               else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores")
-    text = (f"\n### Decoding: batched evaluation vs transformers.pipeline ({datetime.date.today()}, {machine}, "
-            f"torch {torch.__version__})\n\n"
-            f"Model `{os.path.relpath(args.model, ROOT)}`, {len(rows)} utterances ({seconds_audio:.0f} s of audio), "
-            f"batch size {args.batch_size}, greedy.\n\n"
-            "| decoder | seconds | utterances/s | real-time factor |\n|---|---|---|---|\n"
-            f"| aode.evaluate (ASRBrain) | {aode_s:.2f} | {len(rows) / aode_s:.1f} | {aode_s / seconds_audio:.4f} |\n"
-            f"| transformers.pipeline | {pipe_s:.2f} | {len(rows) / pipe_s:.1f} | {pipe_s / seconds_audio:.4f} |\n\n"
-            f"Identical transcripts: {same} of {len(rows)} (batches differ between the two decoders, and a "
-            "padding-sensitive model may then differ slightly).\n")
+    machine = (
+        torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+    )
+    text = (
+        f"\n### Decoding: batched evaluation vs transformers.pipeline ({datetime.date.today()}, {machine}, "
+        f"torch {torch.__version__})\n\n"
+        f"Model `{os.path.relpath(args.model, ROOT)}`, {len(rows)} utterances ({seconds_audio:.0f} s of audio), "
+        f"batch size {args.batch_size}, greedy.\n\n"
+        "| decoder | seconds | utterances/s | real-time factor |\n|---|---|---|---|\n"
+        f"| aode.evaluate (ASRBrain) | {aode_s:.2f} | {len(rows) / aode_s:.1f} | {aode_s / seconds_audio:.4f} |\n"
+        f"| transformers.pipeline | {pipe_s:.2f} | {len(rows) / pipe_s:.1f} | {pipe_s / seconds_audio:.4f} |\n\n"
+        f"Identical transcripts: {same} of {len(rows)} (batches differ between the two decoders, and a "
+        "padding-sensitive model may then differ slightly).\n"
+    )
     print(text)
     with open(args.results, "a", encoding="utf-8") as f:
         f.write(text)

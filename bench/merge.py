@@ -35,13 +35,17 @@ RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
 def whisper_small_shapes(d=768, layers=12, ffn=3072, vocab=51864, mels=80, src=1500, tgt=448):
     """Tensor names and shapes of WhisperForConditionalGeneration (small.en), as saved."""
     shapes = {
-        "model.encoder.conv1.weight": (d, mels, 3), "model.encoder.conv1.bias": (d,),
-        "model.encoder.conv2.weight": (d, d, 3), "model.encoder.conv2.bias": (d,),
+        "model.encoder.conv1.weight": (d, mels, 3),
+        "model.encoder.conv1.bias": (d,),
+        "model.encoder.conv2.weight": (d, d, 3),
+        "model.encoder.conv2.bias": (d,),
         "model.encoder.embed_positions.weight": (src, d),
-        "model.encoder.layer_norm.weight": (d,), "model.encoder.layer_norm.bias": (d,),
+        "model.encoder.layer_norm.weight": (d,),
+        "model.encoder.layer_norm.bias": (d,),
         "model.decoder.embed_tokens.weight": (vocab, d),
         "model.decoder.embed_positions.weight": (tgt, d),
-        "model.decoder.layer_norm.weight": (d,), "model.decoder.layer_norm.bias": (d,),
+        "model.decoder.layer_norm.weight": (d,),
+        "model.decoder.layer_norm.bias": (d,),
     }
 
     def attn(prefix):
@@ -129,8 +133,9 @@ print(json.dumps({"wall": wall, "peak": status("VmHWM"), "rss_after_import": bef
 
 def run_child(code, members, out):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", code, json.dumps(members), out],
-                         capture_output=True, text=True, env=env, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(members), out], capture_output=True, text=True, env=env, cwd=ROOT
+    )
     if res.returncode != 0:
         raise RuntimeError(f"child failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -174,10 +179,12 @@ def main():
     ap.add_argument("--workdir", default=tempfile.gettempdir())
     ap.add_argument("--small", action="store_true", help="tiny shapes, for a dry run")
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
-    ap.add_argument("--repeat", type=int, default=2,
-                    help="streaming runs per N; the fastest is reported (shared machine)")
-    ap.add_argument("--skip-inmem-above", type=int, default=10,
-                    help="skip the in-memory baseline for more members than this")
+    ap.add_argument(
+        "--repeat", type=int, default=2, help="streaming runs per N; the fastest is reported (shared machine)"
+    )
+    ap.add_argument(
+        "--skip-inmem-above", type=int, default=10, help="skip the in-memory baseline for more members than this"
+    )
     args = ap.parse_args()
 
     kw = dict(d=64, layers=2, ffn=256, vocab=1000) if args.small else {}
@@ -190,9 +197,11 @@ def main():
         t0 = time.perf_counter()
         members = make_members(workdir, max(args.sizes), shapes, vocab)
         member_bytes = os.path.getsize(os.path.join(members[0], "model.safetensors"))
-        print(f"{len(members)} members of {n_params / 1e6:.1f} M parameters "
-              f"({member_bytes / 2**30:.2f} GiB each) written in {time.perf_counter() - t0:.0f} s",
-              flush=True)
+        print(
+            f"{len(members)} members of {n_params / 1e6:.1f} M parameters "
+            f"({member_bytes / 2**30:.2f} GiB each) written in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
         for n in args.sizes:
             group = members[:n]
             os.sync()  # no pending writeback from earlier steps to throttle this one's writes
@@ -246,22 +255,27 @@ def main():
             f"| {r['n']} | {r['read']:.2f} | {s['wall']:.2f} "
             f"({', '.join(f'{x:.2f}' for x in s['all_walls'])}) | {s['wall'] / r['read']:.2f} "
             f"| {s['peak'] / gib:.2f} | {(s['peak'] - s['rss_after_import']) / gib:.2f} "
-            f"| {s['peak'] / member_bytes:.2f} | {inmem} |")
+            f"| {s['peak'] / member_bytes:.2f} | {inmem} |"
+        )
     ok_mem = all(r["stream"]["peak"] <= 1.5 * member_bytes for r in rows)
     ok_time = all(r["stream"]["wall"] <= 2 * r["read"] for r in rows)
-    lines += ["", f"Targets: peak RSS <= 1.5 x one member: {'met' if ok_mem else 'NOT met'}; "
-              f"wall <= 2 x raw read: {'met' if ok_time else 'NOT met'}.",
-              "",
-              "Reading: the streaming merge holds ~20-30 MiB above the interpreter whatever N "
-              "(8 MiB of read buffers, one slice per member, plus the output slice), against N "
-              "full state dicts in memory for the in-memory baseline. Its time is the same "
-              "page-cache copy `cat` does, plus one add pass and a NaN check per input slice, "
-              "plus writing the 0.9 GiB output (a fixed cost that dominates at N = 2); against "
-              "a warm-cache `cat` the ratio falls with N but stays above 2. Torch runs "
-              "single-threaded in the merge (`num_threads=1`): with 2 OpenMP threads on this "
-              "busy 2-core machine a 3-member merge took ~25 s instead of ~1.6 s.",
-              "", "Reproduce: `python bench/merge.py` (writes ~"
-              f"{max(args.sizes) * member_bytes / gib:.0f} GiB of temp files, removed at the end)."]
+    lines += [
+        "",
+        f"Targets: peak RSS <= 1.5 x one member: {'met' if ok_mem else 'NOT met'}; "
+        f"wall <= 2 x raw read: {'met' if ok_time else 'NOT met'}.",
+        "",
+        "Reading: the streaming merge holds ~20-30 MiB above the interpreter whatever N "
+        "(8 MiB of read buffers, one slice per member, plus the output slice), against N "
+        "full state dicts in memory for the in-memory baseline. Its time is the same "
+        "page-cache copy `cat` does, plus one add pass and a NaN check per input slice, "
+        "plus writing the 0.9 GiB output (a fixed cost that dominates at N = 2); against "
+        "a warm-cache `cat` the ratio falls with N but stays above 2. Torch runs "
+        "single-threaded in the merge (`num_threads=1`): with 2 OpenMP threads on this "
+        "busy 2-core machine a 3-member merge took ~25 s instead of ~1.6 s.",
+        "",
+        "Reproduce: `python bench/merge.py` (writes ~"
+        f"{max(args.sizes) * member_bytes / gib:.0f} GiB of temp files, removed at the end).",
+    ]
     text = "\n".join(lines)
     print(text)
     if not args.no_write and not args.small:

@@ -40,10 +40,10 @@ def build(name, folder):
 
 def make_batch(asr, batch_size):
     import speechbrain as sb
+    from conftest import sample_rows
 
     from aode.data import make_dataset
     from aode.manifest import write_manifest
-    from conftest import sample_rows
 
     path = os.path.join(tempfile.mkdtemp(), "bench.csv")
     write_manifest(path, sample_rows())
@@ -88,9 +88,12 @@ def run(name, steps, warmup, device):
     bare = timed(lambda: bare_step(asr, batch, optimizer, device), steps, device)
 
     asr = load_asr_model(folder)
-    brain = ASRBrain(modules={"model": asr}, opt_class=torch.optim.AdamW,
-                     hparams={"lr": 1e-5, "llrd_alpha": 0.9, "scheduler": STLR(1000)},
-                     run_opts={"device": device, "max_grad_norm": 5.0})
+    brain = ASRBrain(
+        modules={"model": asr},
+        opt_class=torch.optim.AdamW,
+        hparams={"lr": 1e-5, "llrd_alpha": 0.9, "scheduler": STLR(1000)},
+        run_opts={"device": device, "max_grad_norm": 5.0},
+    )
     brain.on_fit_start()
     brain.modules.train()
     for _ in range(warmup):
@@ -100,8 +103,15 @@ def run(name, steps, warmup, device):
         memory = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (CUDA peak)"
     else:
         memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (peak RSS)"
-    return {"config": name, "params": params, "batch": batch_size, "bare": batch_size * steps / bare,
-            "brain": batch_size * steps / ours, "overhead": 100 * (ours / bare - 1), "memory": memory}
+    return {
+        "config": name,
+        "params": params,
+        "batch": batch_size,
+        "bare": batch_size * steps / bare,
+        "brain": batch_size * steps / ours,
+        "overhead": 100 * (ours / bare - 1),
+        "memory": memory,
+    }
 
 
 def main():
@@ -113,15 +123,22 @@ def main():
     parser.add_argument("--results", default=os.path.join(ROOT, "bench", "RESULTS.md"))
     args = parser.parse_args()
     rows = [run(name, args.steps, args.warmup, args.device) for name in args.configs]
-    machine = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
-               else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores")
-    lines = [f"\n### Training step: ASRBrain vs a bare loop ({datetime.date.today()}, {machine}, "
-             f"torch {torch.__version__}, {args.steps} timed steps after {args.warmup} warm-up)\n",
-             "| config | parameters | batch | bare loop utt/s | ASRBrain utt/s | Brain overhead | memory |",
-             "|---|---|---|---|---|---|---|"]
+    machine = (
+        torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+    )
+    lines = [
+        f"\n### Training step: ASRBrain vs a bare loop ({datetime.date.today()}, {machine}, "
+        f"torch {torch.__version__}, {args.steps} timed steps after {args.warmup} warm-up)\n",
+        "| config | parameters | batch | bare loop utt/s | ASRBrain utt/s | Brain overhead | memory |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['batch']} | {r['bare']:.2f} | "
-                     f"{r['brain']:.2f} | {r['overhead']:+.1f} % | {r['memory']} |")
+        lines.append(
+            f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['batch']} | {r['bare']:.2f} | "
+            f"{r['brain']:.2f} | {r['overhead']:+.1f} % | {r['memory']} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     with open(args.results, "a", encoding="utf-8") as f:

@@ -59,16 +59,14 @@ def require_data_folder(data_folder: str | os.PathLike, corpus: str, expected: s
     """Raise :class:`LayoutError` "<corpus> data_folder '<path>' does not exist; expected
     <expected> there" unless ``data_folder`` is a folder."""
     hint = f"; expected {expected} there" if expected else ""
-    require(os.path.isdir(data_folder),
-            f"{corpus} data_folder {data_folder!r} does not exist{hint}")
+    require(os.path.isdir(data_folder), f"{corpus} data_folder {data_folder!r} does not exist{hint}")
 
 
 def prep_options(corpus: str, version: int, data_folder: str | os.PathLike, **options: Any) -> dict[str, Any]:
     """The options recorded in ``prep_options.json``: ``corpus``, ``version`` (the module's
     ``PREP_VERSION``) under :data:`VERSION_KEY`, the absolute ``data_folder``, and the
     corpus's own ``options``."""
-    return {"corpus": corpus, VERSION_KEY: version,
-            "data_folder": os.path.abspath(data_folder), **options}
+    return {"corpus": corpus, VERSION_KEY: version, "data_folder": os.path.abspath(data_folder), **options}
 
 
 def already_prepared(save_folder: str | os.PathLike, manifests: Iterable[str], options: Mapping[str, Any]) -> bool:
@@ -164,9 +162,14 @@ EMPTY_TEXT = "empty text after cleaning"
 LOST_REASONS = (NO_AUDIO, NO_TRANSCRIPT)
 
 
-def check_not_lost(splits: Mapping[str, Sequence[Mapping[str, Any]]], skipped: SkipLog, corpus: str,
-                   likely_cause: str | None = None, lost_reasons: Iterable[str] = LOST_REASONS,
-                   max_lost_fraction: float = 0.5) -> None:
+def check_not_lost(
+    splits: Mapping[str, Sequence[Mapping[str, Any]]],
+    skipped: SkipLog,
+    corpus: str,
+    likely_cause: str | None = None,
+    lost_reasons: Iterable[str] = LOST_REASONS,
+    max_lost_fraction: float = 0.5,
+) -> None:
     """Raise :class:`EmptyPreparationError` when a split came out empty, or when more than
     ``max_lost_fraction`` of the items were dropped for a reason in ``lost_reasons`` (audio or
     transcript not found: a layout problem, never a property of the data).
@@ -192,10 +195,17 @@ def check_not_lost(splits: Mapping[str, Sequence[Mapping[str, Any]]], skipped: S
         )
 
 
-def finish(save_folder: str | os.PathLike, splits: Mapping[str, Sequence[Mapping[str, Any]]], skipped: SkipLog,
-           options: Mapping[str, Any], corpus: str, extra_columns: Sequence[str] = (),
-           likely_cause: str | None = None, lost_reasons: Iterable[str] = LOST_REASONS,
-           max_lost_fraction: float = 0.5) -> dict[str, tuple[int, float]]:
+def finish(
+    save_folder: str | os.PathLike,
+    splits: Mapping[str, Sequence[Mapping[str, Any]]],
+    skipped: SkipLog,
+    options: Mapping[str, Any],
+    corpus: str,
+    extra_columns: Sequence[str] = (),
+    likely_cause: str | None = None,
+    lost_reasons: Iterable[str] = LOST_REASONS,
+    max_lost_fraction: float = 0.5,
+) -> dict[str, tuple[int, float]]:
     """Write each split's manifest, the skip log and the options; log a summary.
 
     ``splits`` maps manifest file name (e.g. "train.csv") to its list of rows. The options
@@ -256,8 +266,9 @@ def folders_below(folder: str, depth: int | None = None) -> Iterator[str]:
                 entries = sorted(os.scandir(parent), key=lambda e: e.name)
             except OSError:
                 continue
-            deeper.extend(e.path for e in entries if e.is_dir() and not e.name.startswith(".")
-                          and e.name not in IGNORED_FOLDERS)
+            deeper.extend(
+                e.path for e in entries if e.is_dir() and not e.name.startswith(".") and e.name not in IGNORED_FOLDERS
+            )
         level, below = deeper, below + 1
 
 
@@ -273,9 +284,11 @@ def find_root(candidates: Iterable[str], is_root: Callable[[str], object]) -> st
     return next((folder for folder in candidates if is_root(folder)), None)
 
 
-def merge_same_speaker(items: Iterable[dict[str, Any] | None], max_seconds: float,
-                       may_join: Callable[[dict[str, Any], dict[str, Any]], object] | None = None
-                       ) -> list[dict[str, Any]]:
+def merge_same_speaker(
+    items: Iterable[dict[str, Any] | None],
+    max_seconds: float,
+    may_join: Callable[[dict[str, Any], dict[str, Any]], object] | None = None,
+) -> list[dict[str, Any]]:
     """Merge runs of consecutive same-speaker items into segments of at most ``max_seconds``.
 
     ``items`` are in order; each is a dict with ``speaker``, ``start`` and ``stop`` (seconds,
@@ -291,26 +304,38 @@ def merge_same_speaker(items: Iterable[dict[str, Any] | None], max_seconds: floa
     """
     segments, current = [], None
     for item in items:
-        if (item is not None and current is not None
-                and item["speaker"] == current["speaker"]
-                and max(item["stop"], current["stop"]) - min(item["start"], current["start"])
-                <= max_seconds
-                and (may_join is None or may_join(current, item))):
+        if (
+            item is not None
+            and current is not None
+            and item["speaker"] == current["speaker"]
+            and max(item["stop"], current["stop"]) - min(item["start"], current["start"]) <= max_seconds
+            and (may_join is None or may_join(current, item))
+        ):
             current["start"] = min(item["start"], current["start"])
             current["stop"] = max(item["stop"], current["stop"])
             current["items"].append(item)
             continue
         if current is not None:
             segments.append(current)
-        current = None if item is None else {"speaker": item["speaker"], "start": item["start"],
-                                             "stop": item["stop"], "items": [item]}
+        current = (
+            None
+            if item is None
+            else {"speaker": item["speaker"], "start": item["start"], "stop": item["stop"], "items": [item]}
+        )
     if current is not None:
         segments.append(current)
     return segments
 
 
-def whole_file_row(utt_id: str, wav: str | None, spk_id: str, text: str | None, skipped: SkipLog,
-                   source: str | None = None, **extra: Any) -> dict[str, Any] | None:
+def whole_file_row(
+    utt_id: str,
+    wav: str | None,
+    spk_id: str,
+    text: str | None,
+    skipped: SkipLog,
+    source: str | None = None,
+    **extra: Any,
+) -> dict[str, Any] | None:
     """The manifest row of a whole-file utterance, or None (and a skip log entry) if unusable.
 
     ``wav`` or ``text`` None means the audio or the transcript is missing; ``source`` is the
@@ -333,8 +358,16 @@ def whole_file_row(utt_id: str, wav: str | None, spk_id: str, text: str | None, 
     except ValueError as err:
         skipped.skip(utt_id, wav, str(err))
         return None
-    row = {"ID": utt_id, "duration": duration, "wav": os.path.abspath(wav), "start": 0.0,
-           "stop": duration, "spk_id": spk_id, "wrd": words, "wrd_raw": text}
+    row = {
+        "ID": utt_id,
+        "duration": duration,
+        "wav": os.path.abspath(wav),
+        "start": 0.0,
+        "stop": duration,
+        "spk_id": spk_id,
+        "wrd": words,
+        "wrd_raw": text,
+    }
     row.update(extra)
     return row
 
@@ -363,8 +396,9 @@ def read_transcript(path: str | os.PathLike) -> str:
     return " ".join(decode_text(data).split())
 
 
-def seeded_split(keys: Iterable[str], valid_fraction: float, test_fraction: float,
-                 seed: int) -> tuple[set[str], set[str], set[str]]:
+def seeded_split(
+    keys: Iterable[str], valid_fraction: float, test_fraction: float, seed: int
+) -> tuple[set[str], set[str], set[str]]:
     """Split ``keys`` (speakers or utterance ids) into (train, valid, test) sets, seeded.
 
     The sorted unique keys are shuffled with ``random.Random(seed)``; test takes
@@ -380,14 +414,13 @@ def seeded_split(keys: Iterable[str], valid_fraction: float, test_fraction: floa
     n_test = max(1, round(test_fraction * len(keys))) if test_fraction > 0 else 0
     if n_valid + n_test >= len(keys):
         raise ValueError(
-            f"cannot split {len(keys)} keys into {n_valid} valid + {n_test} test and a "
-            "non-empty train set"
+            f"cannot split {len(keys)} keys into {n_valid} valid + {n_test} test and a non-empty train set"
         )
     rng = random.Random(seed)
     rng.shuffle(keys)
     test = set(keys[:n_test])
-    valid = set(keys[n_test:n_test + n_valid])
-    train = set(keys[n_test + n_valid:])
+    valid = set(keys[n_test : n_test + n_valid])
+    train = set(keys[n_test + n_valid :])
     return train, valid, test
 
 
@@ -400,8 +433,9 @@ def skipped_counts(save_folder: str | os.PathLike) -> dict[str, int]:
         return dict(collections.Counter(row["reason"] for row in csv.DictReader(f)))
 
 
-def summary_from_disk(save_folder: str | os.PathLike,
-                      manifests: Iterable[str]) -> tuple[dict[str, tuple[int, float]], dict[str, int]]:
+def summary_from_disk(
+    save_folder: str | os.PathLike, manifests: Iterable[str]
+) -> tuple[dict[str, tuple[int, float]], dict[str, int]]:
     """``({manifest: (utterances, hours)}, {reason: count})`` read back from ``save_folder``
     (what the CLIs print when the preparation was skipped as already done)."""
     from aode.manifest import read_manifest
@@ -431,9 +465,12 @@ def cli_parser(description: str, data_folder_help: str) -> argparse.ArgumentPars
     return parser
 
 
-def run_cli(prepare: Callable[..., Mapping[str, tuple[int, float]] | None], parser: argparse.ArgumentParser,
-            argv: Sequence[str] | None = None,
-            manifests: Iterable[str] | Callable[[argparse.Namespace], Iterable[str]] = ()) -> int:
+def run_cli(
+    prepare: Callable[..., Mapping[str, tuple[int, float]] | None],
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+    manifests: Iterable[str] | Callable[[argparse.Namespace], Iterable[str]] = (),
+) -> int:
     """The command line of a preparation: parse ``argv`` with ``parser`` (see
     :func:`cli_parser`), call ``prepare(data_folder, save_folder, **every other option)``
     with INFO logging, and print the summary (:func:`print_summary`); when the folder was

@@ -129,12 +129,53 @@ _BASEFILE = re.compile(r"^[A-Z]{3}_se\d+_ag\d+_[a-z]_\d+_\d+$", re.I)
 
 # Bracketed tags that are sounds, not words: removed (any other "[word]" keeps "word").
 NON_SPEECH = {
-    "laugh", "laughs", "laughing", "laughter", "cough", "coughs", "coughing", "sigh", "sighs",
-    "sighing", "breath", "breathing", "breathes", "inhale", "inhales", "exhale", "exhales",
-    "sneeze", "sneezes", "sneezing", "sniff", "sniffs", "sniffing", "yawn", "yawns", "yawning",
-    "clears throat", "clearing throat", "throat clear", "ts", "tsk", "lipsmack", "lip smack",
-    "whistle", "whistles", "whistling", "noise", "background noise", "crosstalk", "pause",
-    "silence", "unintelligible", "inaudible", "cries", "crying", "groan", "groans",
+    "laugh",
+    "laughs",
+    "laughing",
+    "laughter",
+    "cough",
+    "coughs",
+    "coughing",
+    "sigh",
+    "sighs",
+    "sighing",
+    "breath",
+    "breathing",
+    "breathes",
+    "inhale",
+    "inhales",
+    "exhale",
+    "exhales",
+    "sneeze",
+    "sneezes",
+    "sneezing",
+    "sniff",
+    "sniffs",
+    "sniffing",
+    "yawn",
+    "yawns",
+    "yawning",
+    "clears throat",
+    "clearing throat",
+    "throat clear",
+    "ts",
+    "tsk",
+    "lipsmack",
+    "lip smack",
+    "whistle",
+    "whistles",
+    "whistling",
+    "noise",
+    "background noise",
+    "crosstalk",
+    "pause",
+    "silence",
+    "unintelligible",
+    "inaudible",
+    "cries",
+    "crying",
+    "groan",
+    "groans",
 }
 
 # "(pause 0.17)", "{pause 1.2}", and the unclosed "(pause 0.5" (which must not leave words).
@@ -242,13 +283,20 @@ def read_transcript_table(path: str | os.PathLike) -> list[TranscriptRow] | None
             continue
         cells = line.split("\t")
         cells += [""] * (max(col.values()) + 1 - len(cells))
-        rows.append((number, cells[col["spkr"]].strip(), cells[col["sttime"]].strip(),
-                     cells[col["content"]], cells[col["entime"]].strip()))
+        rows.append(
+            (
+                number,
+                cells[col["spkr"]].strip(),
+                cells[col["sttime"]].strip(),
+                cells[col["content"]],
+                cells[col["entime"]].strip(),
+            )
+        )
     return rows
 
 
 def _transcript_state(path):
-    """"ok", NO_HEADER or UNREADABLE_TRANSCRIPT for a ``.txt`` (its first line only)."""
+    """ "ok", NO_HEADER or UNREADABLE_TRANSCRIPT for a ``.txt`` (its first line only)."""
     try:
         with open(path, "rb") as f:
             first = f.readline()
@@ -259,8 +307,9 @@ def _transcript_state(path):
     return "ok" if _header_columns(line) is not None else NO_HEADER
 
 
-def find_transcripts(data_folder: str | os.PathLike
-                     ) -> tuple[dict[str, tuple[str, str | None]], dict[str, tuple[str, str]], dict[str, str]]:
+def find_transcripts(
+    data_folder: str | os.PathLike,
+) -> tuple[dict[str, tuple[str, str | None]], dict[str, tuple[str, str]], dict[str, str]]:
     """Walk ``data_folder``: ``(found, unusable, orphan_wavs)``.
 
     ``found``: ``{basefile: (transcript path, wav path or None)}``; ``unusable``:
@@ -283,14 +332,14 @@ def find_transcripts(data_folder: str | os.PathLike
         states = {path: _transcript_state(path) for path in sorted(paths)}
         good = [path for path, state in states.items() if state == "ok"]
         if good:
-            candidates = sorted(wavs.get(stem, []),
-                                key=lambda w: os.path.dirname(w) != os.path.dirname(good[0]))
+            candidates = sorted(wavs.get(stem, []), key=lambda w: os.path.dirname(w) != os.path.dirname(good[0]))
             found[stem] = (good[0], candidates[0] if candidates else None)
         elif _BASEFILE.match(stem) or stem in wavs:
             path = sorted(paths)[0]
             unusable[stem] = (path, states[path])
-    orphans = {stem: sorted(paths)[0] for stem, paths in sorted(wavs.items())
-               if stem not in found and stem not in unusable}
+    orphans = {
+        stem: sorted(paths)[0] for stem, paths in sorted(wavs.items()) if stem not in found and stem not in unusable
+    }
     return found, unusable, orphans
 
 
@@ -324,8 +373,15 @@ def start_order(rows: Iterable[TranscriptRow]) -> list[TranscriptRow]:
     return [row for _, row in sorted(keyed, key=lambda item: item[0])]
 
 
-def segment_rows(basefile: str, rows: Iterable[TranscriptRow], audio_duration: float, wav: str,
-                 keep_interviewer: bool, max_segment_seconds: float, skipped: SkipLog) -> list[dict[str, Any]]:
+def segment_rows(
+    basefile: str,
+    rows: Iterable[TranscriptRow],
+    audio_duration: float,
+    wav: str,
+    keep_interviewer: bool,
+    max_segment_seconds: float,
+    skipped: SkipLog,
+) -> list[dict[str, Any]]:
     """Manifest rows (without split) of one transcript; every dropped row goes to ``skipped``.
 
     See the module docstring for the rules.
@@ -368,8 +424,7 @@ def segment_rows(basefile: str, rows: Iterable[TranscriptRow], audio_duration: f
             drop(row_id, TOO_LONG.format(max_segment_seconds), times, f"{stop - start:.2f} s")
             continue
         if stop > audio_duration + END_TOLERANCE:
-            drop(row_id, PAST_AUDIO_END, times, f"ends at {stop:.2f} s, audio "
-                 f"{audio_duration:.2f} s")
+            drop(row_id, PAST_AUDIO_END, times, f"ends at {stop:.2f} s, audio {audio_duration:.2f} s")
             continue
         stop = min(stop, audio_end)
         text = clean_content(content)
@@ -377,34 +432,38 @@ def segment_rows(basefile: str, rows: Iterable[TranscriptRow], audio_duration: f
             drop(row_id, EMPTY_TEXT, times, repr(content))
             continue
         spk = speaker if interviewee else spkr
-        others_until = max((t for owner, t in speech_until.items() if owner != spk),
-                           default=-math.inf)
-        items.append({"speaker": spk, "start": start, "stop": stop, "text": text,
-                      "number": number, "others_until": others_until})
+        others_until = max((t for owner, t in speech_until.items() if owner != spk), default=-math.inf)
+        items.append(
+            {"speaker": spk, "start": start, "stop": stop, "text": text, "number": number, "others_until": others_until}
+        )
         speech_until[spk] = max(speech_until.get(spk, 0.0), stop)
 
     # Never merge across speech of another owner that reaches past the segment's end.
-    segments = merge_same_speaker(items, max_segment_seconds,
-                                 may_join=lambda seg, item: item["others_until"] <= seg["stop"])
+    segments = merge_same_speaker(
+        items, max_segment_seconds, may_join=lambda seg, item: item["others_until"] <= seg["stop"]
+    )
     out = []
     for seg in segments:
         text = " ".join(item["text"] for item in seg["items"])
         first, last = seg["items"][0]["number"], seg["items"][-1]["number"]
-        out.append({
-            "ID": f"{basefile}_{first:04d}_{last:04d}",
-            "duration": seg["stop"] - seg["start"],
-            "wav": wav,
-            "start": seg["start"],
-            "stop": seg["stop"],
-            "spk_id": seg["speaker"],
-            "wrd": normalize_words(text),
-            "wrd_raw": text,
-        })
+        out.append(
+            {
+                "ID": f"{basefile}_{first:04d}_{last:04d}",
+                "duration": seg["stop"] - seg["start"],
+                "wav": wav,
+                "start": seg["start"],
+                "stop": seg["stop"],
+                "spk_id": seg["speaker"],
+                "wrd": normalize_words(text),
+                "wrd_raw": text,
+            }
+        )
     return out
 
 
-def interview_segments(basefile: str, txt: str, wav: str, keep_interviewer: bool, max_segment_seconds: float,
-                       skipped: SkipLog) -> list[dict[str, Any]]:
+def interview_segments(
+    basefile: str, txt: str, wav: str, keep_interviewer: bool, max_segment_seconds: float, skipped: SkipLog
+) -> list[dict[str, Any]]:
     """Segments of one interview whose audio was found; [] (and a skip log entry) when its
     audio or transcript cannot be used."""
     try:
@@ -425,18 +484,18 @@ def interview_segments(basefile: str, txt: str, wav: str, keep_interviewer: bool
     if not rows:
         skipped.skip(basefile, txt, NO_ROWS)
         return []
-    return segment_rows(basefile, rows, duration, wav, keep_interviewer, max_segment_seconds,
-                        skipped)
+    return segment_rows(basefile, rows, duration, wav, keep_interviewer, max_segment_seconds, skipped)
 
 
-def split_speakers(speakers: Iterable[str], n_valid: int, n_test: int,
-                   seed: int) -> tuple[set[str], set[str], set[str]]:
+def split_speakers(
+    speakers: Iterable[str], n_valid: int, n_test: int, seed: int
+) -> tuple[set[str], set[str], set[str]]:
     """Seeded ``(train, valid, test)`` sets of interviewee codes."""
     order = sorted(speakers)
     random.Random(seed).shuffle(order)
     valid = set(order[:n_valid])
-    test = set(order[n_valid:n_valid + n_test])
-    return set(order[n_valid + n_test:]), valid, test
+    test = set(order[n_valid : n_valid + n_test])
+    return set(order[n_valid + n_test :]), valid, test
 
 
 def _likely_cause(n_transcripts, n_with_audio, n_usable, n_needed):
@@ -445,11 +504,15 @@ def _likely_cause(n_transcripts, n_with_audio, n_usable, n_needed):
         return TEXT_ONLY_CAUSE
     causes = []
     if n_with_audio < n_transcripts:
-        causes.append(f"{n_transcripts - n_with_audio} of {n_transcripts} transcripts have no "
-                      "audio (an audio tarball not unpacked under data_folder?)")
+        causes.append(
+            f"{n_transcripts - n_with_audio} of {n_transcripts} transcripts have no "
+            "audio (an audio tarball not unpacked under data_folder?)"
+        )
     if n_usable < n_needed:
-        causes.append(f"only {n_usable} interviewees have a usable segment, fewer than the "
-                      f"{n_needed} the split needs (unreadable audio? see skipped.csv)")
+        causes.append(
+            f"only {n_usable} interviewees have a usable segment, fewer than the "
+            f"{n_needed} the split needs (unreadable audio? see skipped.csv)"
+        )
     return "; ".join(causes) or None
 
 
@@ -490,7 +553,9 @@ def prepare_coraal(
     audio than the split needs.
     """
     options = prep_options(
-        "coraal", PREP_VERSION, data_folder,
+        "coraal",
+        PREP_VERSION,
+        data_folder,
         keep_interviewer=bool(keep_interviewer),
         max_segment_seconds=float(max_segment_seconds),
         n_valid_speakers=int(n_valid_speakers),
@@ -505,8 +570,11 @@ def prepare_coraal(
 
     require_data_folder(data_folder, "CORAAL")
     found, unusable, orphans = find_transcripts(data_folder)
-    headerless = (f" ({len(unusable)} .txt named like basefiles lack that header, e.g. "
-                  f"{next(iter(unusable.values()))[0]!r})" if unusable else "")
+    headerless = (
+        f" ({len(unusable)} .txt named like basefiles lack that header, e.g. {next(iter(unusable.values()))[0]!r})"
+        if unusable
+        else ""
+    )
     require(
         bool(found),
         f"no CORAAL transcript under {data_folder!r}: expected <basefile>.txt files (e.g. "
@@ -536,27 +604,24 @@ def prepare_coraal(
         raise ValueError(
             f"CORAAL: {len(speakers)} interviewees with audio under {data_folder!r}, too few "
             f"for n_valid_speakers={n_valid_speakers} + n_test_speakers={n_test_speakers} + "
-            "at least one for training"
-            + (f" ({no_audio} transcripts have no audio)" if no_audio else "")
+            "at least one for training" + (f" ({no_audio} transcripts have no audio)" if no_audio else "")
         )
 
     by_speaker = collections.defaultdict(list)
     for basefile, (txt, wav) in tqdm(sorted(with_audio.items()), desc="CORAAL", unit="file"):
-        segments = interview_segments(basefile, txt, wav, keep_interviewer,
-                                      max_segment_seconds, skipped)
+        segments = interview_segments(basefile, txt, wav, keep_interviewer, max_segment_seconds, skipped)
         by_speaker[interviewee_code(basefile)].extend(segments)
 
     usable = [s for s in speakers if by_speaker.get(s)]
     if len(usable) < len(speakers):
-        logger.warning("CORAAL: %d interviewees have no usable segment and are left out of "
-                       "the split", len(speakers) - len(usable))
-    train_spk, valid_spk, test_spk = split_speakers(usable, n_valid_speakers, n_test_speakers,
-                                                    seed)
+        logger.warning(
+            "CORAAL: %d interviewees have no usable segment and are left out of the split", len(speakers) - len(usable)
+        )
+    train_spk, valid_spk, test_spk = split_speakers(usable, n_valid_speakers, n_test_speakers, seed)
     logger.info("CORAAL valid speakers: %s", ", ".join(sorted(valid_spk)))
     logger.info("CORAAL test speakers: %s", ", ".join(sorted(test_spk)))
     splits = {}
-    for name, group in (("train.csv", train_spk), ("valid.csv", valid_spk),
-                        ("test.csv", test_spk)):
+    for name, group in (("train.csv", train_spk), ("valid.csv", valid_spk), ("test.csv", test_spk)):
         splits[name] = [row for spk in sorted(group) for row in by_speaker[spk]]
     cause = _likely_cause(len(found), len(with_audio), len(usable), n_needed)
     return finish(save_folder, splits, skipped, options, "CORAAL", likely_cause=cause)
@@ -568,16 +633,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "<=30 s segments, speaker-level split (paper: 5 valid, 5 test speakers).",
         "folder with the unpacked CORAAL <basefile>.txt and .wav files (searched recursively)",
     )
-    parser.add_argument("--keep_interviewer", action="store_true",
-                        help="keep the turns of speakers other than the interviewee "
-                        "(default: drop them)")
-    parser.add_argument("--max_segment_seconds", type=float, default=30.0,
-                        help="longest segment; consecutive rows of one speaker are merged up "
-                        "to it (default 30, the paper's)")
-    parser.add_argument("--n_valid_speakers", type=int, default=5,
-                        help="interviewees held out for validation (default 5)")
-    parser.add_argument("--n_test_speakers", type=int, default=5,
-                        help="interviewees held out for test (default 5)")
+    parser.add_argument(
+        "--keep_interviewer",
+        action="store_true",
+        help="keep the turns of speakers other than the interviewee (default: drop them)",
+    )
+    parser.add_argument(
+        "--max_segment_seconds",
+        type=float,
+        default=30.0,
+        help="longest segment; consecutive rows of one speaker are merged up to it (default 30, the paper's)",
+    )
+    parser.add_argument(
+        "--n_valid_speakers", type=int, default=5, help="interviewees held out for validation (default 5)"
+    )
+    parser.add_argument("--n_test_speakers", type=int, default=5, help="interviewees held out for test (default 5)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the speaker split")
     return run_cli(prepare_coraal, parser, argv, MANIFESTS)
 

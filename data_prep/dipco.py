@@ -138,8 +138,11 @@ def parse_time(value: object) -> float:
 
 
 def _is_root(folder):
-    return all(os.path.isdir(os.path.join(folder, part, split))
-               for part in ("audio", "transcriptions") for split in ("dev", "eval"))
+    return all(
+        os.path.isdir(os.path.join(folder, part, split))
+        for part in ("audio", "transcriptions")
+        for split in ("dev", "eval")
+    )
 
 
 def find_dipco_root(data_folder: str) -> str:
@@ -160,8 +163,15 @@ def _ms(seconds):
     return int(round(seconds * 1000))
 
 
-def session_segments(root: str, split: str, session: str, channel: str, max_segment_seconds: float,
-                     merge_consecutive: bool, skipped: SkipLog) -> list[dict[str, Any]]:
+def session_segments(
+    root: str,
+    split: str,
+    session: str,
+    channel: str,
+    max_segment_seconds: float,
+    merge_consecutive: bool,
+    skipped: SkipLog,
+) -> list[dict[str, Any]]:
     """Manifest rows of one session; every dropped utterance goes to ``skipped``."""
     json_path = os.path.join(root, "transcriptions", split, session + ".json")
     audio_dir = os.path.join(root, "audio", split)
@@ -240,13 +250,19 @@ def session_segments(root: str, split: str, session: str, channel: str, max_segm
             skipped.skip(uid, wav, reason)
             items.append(None)
             continue
-        items.append({"ID": uid, "speaker": speaker, "start": start,
-                      "stop": min(stop, math.floor(duration * 1000) / 1000),  # 3 decimals
-                      "wav": wav, "text": text})
+        items.append(
+            {
+                "ID": uid,
+                "speaker": speaker,
+                "start": start,
+                "stop": min(stop, math.floor(duration * 1000) / 1000),  # 3 decimals
+                "wav": wav,
+                "text": text,
+            }
+        )
 
     if merge_consecutive:  # transcription order; a skipped utterance (None) ends a segment
-        items = [_merged_item(session, seg)
-                 for seg in merge_same_speaker(items, max_segment_seconds)]
+        items = [_merged_item(session, seg) for seg in merge_same_speaker(items, max_segment_seconds)]
 
     rows, seen = [], collections.Counter()
     for item in items:
@@ -256,16 +272,18 @@ def session_segments(root: str, split: str, session: str, channel: str, max_segm
         seen[uid] += 1
         if seen[uid] > 1:
             uid = f"{uid}_{seen[uid]}"
-        rows.append({
-            "ID": uid,
-            "duration": item["stop"] - item["start"],
-            "wav": item["wav"],
-            "start": item["start"],
-            "stop": item["stop"],
-            "spk_id": item["speaker"],
-            "wrd": normalize_words(item["text"]),
-            "wrd_raw": item["text"],
-        })
+        rows.append(
+            {
+                "ID": uid,
+                "duration": item["stop"] - item["start"],
+                "wav": item["wav"],
+                "start": item["start"],
+                "stop": item["stop"],
+                "spk_id": item["speaker"],
+                "wrd": normalize_words(item["text"]),
+                "wrd_raw": item["text"],
+            }
+        )
     return rows
 
 
@@ -275,24 +293,28 @@ def _merged_item(session, segment):
     first, *rest = segment["items"]
     if not rest:
         return first
-    return {**first, "start": segment["start"], "stop": segment["stop"],
-            "text": " ".join(item["text"] for item in segment["items"]),
-            "ID": f"{session}_{first['speaker']}_{_ms(segment['start']):08d}"
-                  f"_{_ms(segment['stop']):08d}"}
+    return {
+        **first,
+        "start": segment["start"],
+        "stop": segment["stop"],
+        "text": " ".join(item["text"] for item in segment["items"]),
+        "ID": f"{session}_{first['speaker']}_{_ms(segment['start']):08d}_{_ms(segment['stop']):08d}",
+    }
 
 
 def _warn_partial_sum(session, audio_dir, utterances, mics):
     """Warn when speakers of the session have no close-talk file: their utterances are
     skipped, and the sum of the others' utterances lacks their microphone."""
-    speakers = {str(u["speaker_id"]) for u in utterances
-                if isinstance(u, dict) and "speaker_id" in u}
+    speakers = {str(u["speaker_id"]) for u in utterances if isinstance(u, dict) and "speaker_id" in u}
     missing = sorted(speakers - set(mics))
     if missing and mics:
         logger.warning(
             "DiPCo %s: close-talk file(s) %s missing: those speakers' utterances are skipped "
-            "and the sum for the others' is of %d file(s) only", session,
+            "and the sum for the others' is of %d file(s) only",
+            session,
             ", ".join(os.path.join(audio_dir, f"{session}_{spk}.wav") for spk in missing),
-            len(mics))
+            len(mics),
+        )
 
 
 def list_sessions(root: str, split: str) -> list[str]:
@@ -338,7 +360,9 @@ def prepare_dipco(
     if channel not in CHANNELS:
         raise ValueError(f"channel must be one of {CHANNELS}, not {channel!r}")
     options = prep_options(
-        "dipco", PREP_VERSION, data_folder,
+        "dipco",
+        PREP_VERSION,
+        data_folder,
         channel=channel,
         max_segment_seconds=float(max_segment_seconds),
         merge_consecutive=bool(merge_consecutive),
@@ -355,32 +379,43 @@ def prepare_dipco(
     root = find_dipco_root(data_folder)
     dev = list_sessions(root, "dev")
     test_sessions = list_sessions(root, "eval")
-    require(dev and test_sessions,
-            f"DiPCo under {root!r} lacks session files: expected "
-            "transcriptions/dev/<session>.json and transcriptions/eval/<session>.json "
-            f"(found dev: {dev}, eval: {test_sessions})")
+    require(
+        dev and test_sessions,
+        f"DiPCo under {root!r} lacks session files: expected "
+        "transcriptions/dev/<session>.json and transcriptions/eval/<session>.json "
+        f"(found dev: {dev}, eval: {test_sessions})",
+    )
     if len(dev) <= n_valid_sessions:
-        raise ValueError(f"DiPCo: {len(dev)} dev sessions ({dev}), too few for "
-                         f"n_valid_sessions={n_valid_sessions} plus training")
+        raise ValueError(
+            f"DiPCo: {len(dev)} dev sessions ({dev}), too few for n_valid_sessions={n_valid_sessions} plus training"
+        )
     order = list(dev)
     random.Random(seed).shuffle(order)
     valid_sessions = sorted(order[:n_valid_sessions])
     train_sessions = sorted(order[n_valid_sessions:])
-    logger.info("DiPCo train sessions %s, valid %s, test %s", train_sessions, valid_sessions,
-                test_sessions)
+    logger.info("DiPCo train sessions %s, valid %s, test %s", train_sessions, valid_sessions, test_sessions)
 
     skipped = SkipLog()
     splits = {name: [] for name in manifests}
-    jobs = ([("train.csv", "dev", s) for s in train_sessions]
-            + [("valid.csv", "dev", s) for s in valid_sessions]
-            + [("test.csv", "eval", s) for s in test_sessions])
+    jobs = (
+        [("train.csv", "dev", s) for s in train_sessions]
+        + [("valid.csv", "dev", s) for s in valid_sessions]
+        + [("test.csv", "eval", s) for s in test_sessions]
+    )
     for name, split, session in tqdm(jobs, desc="DiPCo", unit="session"):
-        splits[name].extend(session_segments(root, split, session, channel,
-                                             max_segment_seconds, merge_consecutive, skipped))
-    remove_stale_manifests(save_folder, set(MANIFESTS) - set(manifests), "DiPCo",
-                           "n_valid_sessions=0")
-    return finish(save_folder, splits, skipped, options, "DiPCo", likely_cause=LIKELY_CAUSE,
-                  lost_reasons=LOST_REASONS + (MIC_MISSING, SESSION_AUDIO_MISSING))
+        splits[name].extend(
+            session_segments(root, split, session, channel, max_segment_seconds, merge_consecutive, skipped)
+        )
+    remove_stale_manifests(save_folder, set(MANIFESTS) - set(manifests), "DiPCo", "n_valid_sessions=0")
+    return finish(
+        save_folder,
+        splits,
+        skipped,
+        options,
+        "DiPCo",
+        likely_cause=LIKELY_CAUSE,
+        lost_reasons=LOST_REASONS + (MIC_MISSING, SESSION_AUDIO_MISSING),
+    )
 
 
 def wanted_manifests(n_valid_sessions: int) -> list[str]:
@@ -395,20 +430,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the held-out valid session(s); test = eval (the paper's test).",
         "unpacked DiPCo (the folder with audio/ and transcriptions/, or its parent)",
     )
-    parser.add_argument("--channel", choices=CHANNELS, default="sum",
-                        help="'sum': all the session's close-talk mics summed at load time "
-                        "(paper, default); 'own': the speaker's own close-talk mic")
-    parser.add_argument("--max_segment_seconds", type=float, default=30.0,
-                        help="longest segment; longer utterances are skipped (default 30)")
-    parser.add_argument("--merge_consecutive", action="store_true",
-                        help="merge consecutive utterances of one speaker up to "
-                        "--max_segment_seconds (default: one utterance per segment)")
-    parser.add_argument("--n_valid_sessions", type=int, default=1,
-                        help="dev sessions held out for validation (default 1; 0: no "
-                        "valid.csv)")
+    parser.add_argument(
+        "--channel",
+        choices=CHANNELS,
+        default="sum",
+        help="'sum': all the session's close-talk mics summed at load time "
+        "(paper, default); 'own': the speaker's own close-talk mic",
+    )
+    parser.add_argument(
+        "--max_segment_seconds",
+        type=float,
+        default=30.0,
+        help="longest segment; longer utterances are skipped (default 30)",
+    )
+    parser.add_argument(
+        "--merge_consecutive",
+        action="store_true",
+        help="merge consecutive utterances of one speaker up to "
+        "--max_segment_seconds (default: one utterance per segment)",
+    )
+    parser.add_argument(
+        "--n_valid_sessions",
+        type=int,
+        default=1,
+        help="dev sessions held out for validation (default 1; 0: no valid.csv)",
+    )
     parser.add_argument("--seed", type=int, default=1234, help="seed of the session pick")
-    return run_cli(prepare_dipco, parser, argv,
-                   lambda args: wanted_manifests(args.n_valid_sessions))
+    return run_cli(prepare_dipco, parser, argv, lambda args: wanted_manifests(args.n_valid_sessions))
 
 
 if __name__ == "__main__":

@@ -183,8 +183,9 @@ def _read_indexes(indexes, skipped):
                 continue
             entries[file_id] = (text, where, os.path.dirname(index))
     if repeats:
-        logger.info("%s: %d FileIDs listed again with the same sentence in another index "
-                    "file (counted once)", CORPUS, repeats)
+        logger.info(
+            "%s: %d FileIDs listed again with the same sentence in another index file (counted once)", CORPUS, repeats
+        )
     return entries
 
 
@@ -199,8 +200,7 @@ def check_each_prefix_indexed(wavs: Mapping[str, Sequence[str]], listed_stems: C
     if orphaned and any(listed.values()):
         counts = ", ".join(f"{found[p]} {p}_*.wav" for p in orphaned)
         raise LayoutError(
-            f"Google NE: no line_index*.tsv lists any of the {counts} found under the data "
-            f"folder; {ONE_FOLDER_HINT}"
+            f"Google NE: no line_index*.tsv lists any of the {counts} found under the data folder; {ONE_FOLDER_HINT}"
         )
 
 
@@ -240,8 +240,9 @@ def _collect(data_folder, skipped):
         if row is not None:
             rows.append(row)
     if irregular:
-        logger.warning("%s: %d FileIDs are not <prefix>_<speaker>_<number>; their speaker id "
-                       "is a guess", CORPUS, irregular)
+        logger.warning(
+            "%s: %d FileIDs are not <prefix>_<speaker>_<number>; their speaker id is a guess", CORPUS, irregular
+        )
     return rows
 
 
@@ -268,27 +269,23 @@ def prepare_google_ne(
     Returns the summary ``{manifest: (utterances, hours)}``, or None when ``save_folder``
     already holds manifests prepared with the same options.
     """
-    options = prep_options(CORPUS, PREP_VERSION, data_folder, valid_fraction=valid_fraction,
-                           test_fraction=test_fraction, seed=seed)
+    options = prep_options(
+        CORPUS, PREP_VERSION, data_folder, valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed
+    )
     manifests = wanted_manifests(valid_fraction, test_fraction)
     if already_prepared(save_folder, manifests, options):
         logger.info("%s already prepared in %s with the same options", CORPUS, save_folder)
         return None
-    require_data_folder(data_folder, "Google NE",
-                        "en_ng_female/ and en_ng_male/ (the unzipped OpenSLR 70 archives)")
+    require_data_folder(data_folder, "Google NE", "en_ng_female/ and en_ng_male/ (the unzipped OpenSLR 70 archives)")
     skipped = SkipLog()
     rows = _collect(data_folder, skipped)
     if not rows:  # nothing to split: finish() says what was lost and why
-        finish(save_folder, {name: [] for name in manifests}, skipped, options, CORPUS,
-               likely_cause=LIKELY_CAUSE)
-    train, valid, test = seeded_split(
-        [row["spk_id"] for row in rows], valid_fraction, test_fraction, seed
-    )
+        finish(save_folder, {name: [] for name in manifests}, skipped, options, CORPUS, likely_cause=LIKELY_CAUSE)
+    train, valid, test = seeded_split([row["spk_id"] for row in rows], valid_fraction, test_fraction, seed)
     logger.info("%s speakers: valid %s, test %s", CORPUS, sorted(valid), sorted(test))
     speakers = {"train.csv": train, "valid.csv": valid, "test.csv": test}
     splits = {name: [r for r in rows if r["spk_id"] in speakers[name]] for name in manifests}
-    remove_stale_manifests(save_folder, set(MANIFESTS) - set(manifests), CORPUS,
-                           "not wanted now")
+    remove_stale_manifests(save_folder, set(MANIFESTS) - set(manifests), CORPUS, "not wanted now")
     return finish(save_folder, splits, skipped, options, CORPUS, likely_cause=LIKELY_CAUSE)
 
 
@@ -305,16 +302,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "split into train.csv, valid.csv and test.csv.",
         "folder with en_ng_female/ and en_ng_male/ (each zip unzipped into its own folder)",
     )
-    parser.add_argument("--valid_fraction", type=float, default=0.1,
-                        help="share of speakers held out for validation, at least one "
-                        "(default: %(default)s)")
-    parser.add_argument("--test_fraction", type=float, default=0.1,
-                        help="share of speakers held out for test, at least one "
-                        "(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=1234,
-                        help="seed of the speaker split (default: %(default)s)")
-    return run_cli(prepare_google_ne, parser, argv,
-                   lambda args: wanted_manifests(args.valid_fraction, args.test_fraction))
+    parser.add_argument(
+        "--valid_fraction",
+        type=float,
+        default=0.1,
+        help="share of speakers held out for validation, at least one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--test_fraction",
+        type=float,
+        default=0.1,
+        help="share of speakers held out for test, at least one (default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the speaker split (default: %(default)s)")
+    return run_cli(
+        prepare_google_ne, parser, argv, lambda args: wanted_manifests(args.valid_fraction, args.test_fraction)
+    )
 
 
 if __name__ == "__main__":

@@ -90,9 +90,12 @@ def _search_roots(data_folder):
     inside another), or ``[data_folder]`` when there is none."""
     if os.path.basename(os.path.normpath(data_folder)) == WAV_TXT_DIR:
         return [data_folder]
-    roots = [folder for folder in folders_below(data_folder)
-             if os.path.basename(folder) == WAV_TXT_DIR
-             and WAV_TXT_DIR not in os.path.relpath(folder, data_folder).split(os.sep)[:-1]]
+    roots = [
+        folder
+        for folder in folders_below(data_folder)
+        if os.path.basename(folder) == WAV_TXT_DIR
+        and WAV_TXT_DIR not in os.path.relpath(folder, data_folder).split(os.sep)[:-1]
+    ]
     return roots or [data_folder]
 
 
@@ -121,8 +124,7 @@ def _files(roots, skipped):
 
 
 def _collect(data_folder, skipped):
-    require_data_folder(data_folder, "JL Corpus",
-                        f"'{RAW_DIR}/{WAV_TXT_DIR}/<stem>.wav' and '<stem>.txt'")
+    require_data_folder(data_folder, "JL Corpus", f"'{RAW_DIR}/{WAV_TXT_DIR}/<stem>.wav' and '<stem>.txt'")
     roots = _search_roots(data_folder)
     wavs, txts = _files(roots, skipped)
     zips = [n for n in sorted(os.listdir(data_folder)) if n.lower().endswith(".zip")]
@@ -130,13 +132,14 @@ def _collect(data_folder, skipped):
         wavs or txts,
         f"JL Corpus layout not found under {data_folder!r}: expected "
         f"'{RAW_DIR}/{WAV_TXT_DIR}/<stem>.wav' + '<stem>.txt' with stems like "
-        "female1_angry_7b_1 (searched " + ", ".join(repr(r) for r in roots) + ")"
+        "female1_angry_7b_1 (searched "
+        + ", ".join(repr(r) for r in roots)
+        + ")"
         + (f"; unzip {', '.join(zips)} first" if zips else ""),
     )
     irregular = sorted(s for s in set(wavs) | set(txts) if not STRICT.match(s))
     if irregular:
-        logger.warning("%s: %d stems are not of the documented form (e.g. %s)",
-                       CORPUS, len(irregular), irregular[0])
+        logger.warning("%s: %d stems are not of the documented form (e.g. %s)", CORPUS, len(irregular), irregular[0])
     rows = []
     for stem in tqdm(sorted(set(wavs) | set(txts)), desc=CORPUS, unit="file"):
         speaker, emotion = parse_stem(stem)
@@ -146,8 +149,7 @@ def _collect(data_folder, skipped):
         except ValueError as err:  # unreadable .txt: skipped and logged like unreadable audio
             skipped.skip(stem, txt, str(err))
             continue
-        row = whole_file_row(stem, wavs.get(stem), speaker, text, skipped,
-                             source=txt, emotion=emotion)
+        row = whole_file_row(stem, wavs.get(stem), speaker, text, skipped, source=txt, emotion=emotion)
         if row is not None:
             rows.append(row)
     return rows
@@ -184,8 +186,15 @@ def prepare_jl_corpus(
     """
     if split_by not in SPLIT_BY:
         raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
-    options = prep_options(CORPUS, PREP_VERSION, data_folder, valid_fraction=valid_fraction,
-                           test_fraction=test_fraction, split_by=split_by, seed=seed)
+    options = prep_options(
+        CORPUS,
+        PREP_VERSION,
+        data_folder,
+        valid_fraction=valid_fraction,
+        test_fraction=test_fraction,
+        split_by=split_by,
+        seed=seed,
+    )
     if already_prepared(save_folder, MANIFESTS, options):
         logger.info("%s already prepared in %s with the same options", CORPUS, save_folder)
         return None
@@ -195,14 +204,12 @@ def prepare_jl_corpus(
         splits = _split(rows, split_by, valid_fraction, test_fraction, seed)
     else:  # nothing usable: finish() says why (skip reasons, likely cause), not seeded_split
         splits = {name: [] for name in MANIFESTS}
-    return finish(save_folder, splits, skipped, options, CORPUS, extra_columns=("emotion",),
-                  likely_cause=LIKELY_CAUSE)
+    return finish(save_folder, splits, skipped, options, CORPUS, extra_columns=("emotion",), likely_cause=LIKELY_CAUSE)
 
 
 def _split(rows, split_by, valid_fraction, test_fraction, seed):
     key = "ID" if split_by == "utterance" else "spk_id"
-    train, valid, test = seeded_split([r[key] for r in rows], valid_fraction, test_fraction,
-                                      seed)
+    train, valid, test = seeded_split([r[key] for r in rows], valid_fraction, test_fraction, seed)
     return {
         "train.csv": [r for r in rows if r[key] in train],
         "valid.csv": [r for r in rows if r[key] in valid],
@@ -216,17 +223,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "with an extra 'emotion' column.",
         f"the unpacked Kaggle download (holding '{RAW_DIR}/{WAV_TXT_DIR}')",
     )
-    parser.add_argument("--valid_fraction", type=float, default=0.1,
-                        help="share of utterances (or speakers) for validation, at least one "
-                        "(default: %(default)s)")
-    parser.add_argument("--test_fraction", type=float, default=0.1,
-                        help="share of utterances (or speakers) for test, at least one "
-                        "(default: %(default)s)")
-    parser.add_argument("--split_by", choices=SPLIT_BY, default="utterance",
-                        help="random utterance-level split or speaker-level split "
-                        "(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=1234,
-                        help="seed of the split (default: %(default)s)")
+    parser.add_argument(
+        "--valid_fraction",
+        type=float,
+        default=0.1,
+        help="share of utterances (or speakers) for validation, at least one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--test_fraction",
+        type=float,
+        default=0.1,
+        help="share of utterances (or speakers) for test, at least one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--split_by",
+        choices=SPLIT_BY,
+        default="utterance",
+        help="random utterance-level split or speaker-level split (default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the split (default: %(default)s)")
     return run_cli(prepare_jl_corpus, parser, argv, MANIFESTS)
 
 

@@ -70,17 +70,13 @@ def _candidates(data_folder):
 
 def find_librispeech_root(data_folder: str, splits: Sequence[str]) -> str:
     """The ``LibriSpeech`` folder holding ``splits`` (``data_folder`` or its child)."""
-    require_data_folder(data_folder, "LibriSpeech",
-                        f"LibriSpeech/{splits[0]}/ (from {splits[0]}.tar.gz)")
+    require_data_folder(data_folder, "LibriSpeech", f"LibriSpeech/{splits[0]}/ (from {splits[0]}.tar.gz)")
     candidates = _candidates(data_folder)
-    root = find_root(candidates, lambda folder: all(os.path.isdir(os.path.join(folder, split))
-                                                    for split in splits))
+    root = find_root(candidates, lambda folder: all(os.path.isdir(os.path.join(folder, split)) for split in splits))
     if root is not None:
         return root
-    tars = [f"{s}.tar.gz" for s in splits
-            if os.path.isfile(os.path.join(data_folder, f"{s}.tar.gz"))]
-    missing = [s for s in splits
-               if not any(os.path.isdir(os.path.join(r, s)) for r in candidates)]
+    tars = [f"{s}.tar.gz" for s in splits if os.path.isfile(os.path.join(data_folder, f"{s}.tar.gz"))]
+    missing = [s for s in splits if not any(os.path.isdir(os.path.join(r, s)) for r in candidates)]
     raise LayoutError(
         f"LibriSpeech layout not found under {data_folder!r}: expected "
         + ", ".join(f"LibriSpeech/{s}/<spk>/<chapter>/" for s in splits)
@@ -96,18 +92,22 @@ def present_default_splits(data_folder: str) -> list[str]:
     extracted), or none of them present, raise :class:`LayoutError` via
     :func:`find_librispeech_root`.
     """
-    require_data_folder(data_folder, "LibriSpeech",
-                        f"LibriSpeech/{SPLITS[0]}/ (from {SPLITS[0]}.tar.gz)")
+    require_data_folder(data_folder, "LibriSpeech", f"LibriSpeech/{SPLITS[0]}/ (from {SPLITS[0]}.tar.gz)")
     for root in _candidates(data_folder):
         present = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
-        unextracted = [s for s in SPLITS if s not in present
-                       and os.path.isfile(os.path.join(data_folder, f"{s}.tar.gz"))]
+        unextracted = [
+            s for s in SPLITS if s not in present and os.path.isfile(os.path.join(data_folder, f"{s}.tar.gz"))
+        ]
         if present and not unextracted:
             missing = [s for s in SPLITS if s not in present]
             if missing:
-                logger.warning("%s: %s not found under %s; preparing %s only (name the "
-                               "splits to require them)", CORPUS, ", ".join(missing), root,
-                               ", ".join(present))
+                logger.warning(
+                    "%s: %s not found under %s; preparing %s only (name the splits to require them)",
+                    CORPUS,
+                    ", ".join(missing),
+                    root,
+                    ", ".join(present),
+                )
             return present
     return list(SPLITS)  # find_librispeech_root names what is missing
 
@@ -131,20 +131,19 @@ def _read_split(split_dir, split, skipped):
                         if utt_id in texts:
                             skipped.skip(utt_id, f"{path}:{lineno}", "duplicate utterance id")
                             continue
-                        texts[utt_id] = (" ".join(fields[1].split()) if len(fields) > 1 else "",
-                                         f"{path}:{lineno}")
+                        texts[utt_id] = (" ".join(fields[1].split()) if len(fields) > 1 else "", f"{path}:{lineno}")
     rows = []
     for utt_id in tqdm(sorted(set(audio) | set(texts)), desc=f"{CORPUS} {split}", unit="file"):
         text, where = texts.get(utt_id, (None, None))
-        row = whole_file_row(utt_id, audio.get(utt_id), utt_id.split("-")[0], text, skipped,
-                             source=where)
+        row = whole_file_row(utt_id, audio.get(utt_id), utt_id.split("-")[0], text, skipped, source=where)
         if row is not None:
             rows.append(row)
     return rows
 
 
-def prepare_librispeech(data_folder: str, save_folder: str, splits: Iterable[str] | None = None,
-                        seed: int | None = None) -> dict[str, tuple[int, float]] | None:
+def prepare_librispeech(
+    data_folder: str, save_folder: str, splits: Iterable[str] | None = None, seed: int | None = None
+) -> dict[str, tuple[int, float]] | None:
     """Write one manifest per LibriSpeech split into ``save_folder``.
 
     Arguments
@@ -193,11 +192,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "test_other.csv), the paper's forgetting sets.",
         "the LibriSpeech folder or the folder holding it",
     )
-    parser.add_argument("--splits", nargs="+", default=None,
-                        help="LibriSpeech split folders to prepare, each required (default: "
-                        "test-clean and test-other, or the one of them that is present)")
-    return run_cli(prepare_librispeech, parser, argv, lambda args: [
-        manifest_name(s) for s in wanted_splits(args.data_folder, args.splits)])
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=None,
+        help="LibriSpeech split folders to prepare, each required (default: "
+        "test-clean and test-other, or the one of them that is present)",
+    )
+    return run_cli(
+        prepare_librispeech,
+        parser,
+        argv,
+        lambda args: [manifest_name(s) for s in wanted_splits(args.data_folder, args.splits)],
+    )
 
 
 if __name__ == "__main__":

@@ -122,8 +122,7 @@ def find_dir(root: str | os.PathLike, name: str, max_depth: int = 3) -> str | No
     root = os.path.abspath(root)
     if os.path.basename(root) == name and os.path.isdir(root):
         return _unnest(root)
-    parent = find_root(folders_below(root, max_depth),
-                       lambda folder: os.path.isdir(os.path.join(folder, name)))
+    parent = find_root(folders_below(root, max_depth), lambda folder: os.path.isdir(os.path.join(folder, name)))
     return None if parent is None else _unnest(os.path.join(parent, name))
 
 
@@ -227,10 +226,8 @@ def _collect_all(found_by_kind, skipped):
     train, test = [], []
     for kind, found in found_by_kind.items():
         suffix = f"_{kind}" if len(found_by_kind) > 1 else ""
-        train += _collect(found["train_wav"], found["train_txt"], skipped,
-                          f"{CORPUS} {kind} train", suffix)
-        test += _collect(found["test_wav"], found["test_txt"], skipped,
-                         f"{CORPUS} {kind} test", suffix)
+        train += _collect(found["train_wav"], found["train_txt"], skipped, f"{CORPUS} {kind} train", suffix)
+        test += _collect(found["test_wav"], found["test_txt"], skipped, f"{CORPUS} {kind} test", suffix)
     return train, test
 
 
@@ -273,8 +270,14 @@ def prepare_noisy_vctk(
         raise ValueError(f"audio must be one of {AUDIO_TYPES}, got {audio!r}")
     if isinstance(valid_speakers, str):  # "p226 p287" from a config file
         valid_speakers = valid_speakers.split()
-    options = prep_options(CORPUS, PREP_VERSION, data_folder, train_set=train_set, audio=audio,
-                           **_valid_option(train_set, valid_speakers, seed))
+    options = prep_options(
+        CORPUS,
+        PREP_VERSION,
+        data_folder,
+        train_set=train_set,
+        audio=audio,
+        **_valid_option(train_set, valid_speakers, seed),
+    )
     if already_prepared(save_folder, MANIFESTS, options):
         logger.info("%s already prepared in %s with the same options", CORPUS, save_folder)
         return None
@@ -311,17 +314,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "out of training) and test.csv (the official test set).",
         "folder with the unzipped {noisy,clean}_*set*_wav (or *_wav_16k) and *_txt folders",
     )
-    parser.add_argument("--train_set", choices=TRAIN_SETS, default="28spk",
-                        help="28- or 56-speaker training set (default: %(default)s; 56spk "
-                        "or --audio both gives the paper's ~19 h)")
-    parser.add_argument("--audio", choices=AUDIO_TYPES, default="noisy",
-                        help="noisy recordings, their clean originals, or both "
-                        "(default: %(default)s)")
-    parser.add_argument("--valid_speakers", nargs="+", default=None,
-                        help="training speakers held out for validation (default: p226 p287 "
-                        "for 28spk, a seeded draw of 4 speakers for 56spk)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                        help="seed of the validation speaker draw (default: %(default)s)")
+    parser.add_argument(
+        "--train_set",
+        choices=TRAIN_SETS,
+        default="28spk",
+        help="28- or 56-speaker training set (default: %(default)s; 56spk or --audio both gives the paper's ~19 h)",
+    )
+    parser.add_argument(
+        "--audio",
+        choices=AUDIO_TYPES,
+        default="noisy",
+        help="noisy recordings, their clean originals, or both (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--valid_speakers",
+        nargs="+",
+        default=None,
+        help="training speakers held out for validation (default: p226 p287 "
+        "for 28spk, a seeded draw of 4 speakers for 56spk)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help="seed of the validation speaker draw (default: %(default)s)"
+    )
     return run_cli(prepare_noisy_vctk, parser, argv, MANIFESTS)
 
 

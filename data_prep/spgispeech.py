@@ -132,25 +132,22 @@ def find_csv_dir(data_folder: str) -> str:
     folder = find_root(_unique(candidates), _has_csvs)
     if folder is not None:
         return folder
-    raise LayoutError(
-        f"no train.csv and val.csv in {data_folder!r} (nor in its spgispeech/ folder). "
-        + LAYOUTS
-    )
+    raise LayoutError(f"no train.csv and val.csv in {data_folder!r} (nor in its spgispeech/ folder). " + LAYOUTS)
 
 
 def find_audio_dir(csv_dir: str, data_folder: str) -> str:
     """The folder holding the ``train/`` and ``val/`` audio folders, looked for (lhotse's
     rule) in ``csv_dir``, ``csv_dir/spgispeech``, ``data_folder``, ``data_folder/spgispeech``.
     Raises :class:`LayoutError` naming the folders looked in if none holds both."""
-    candidates = _unique([csv_dir, os.path.join(csv_dir, "spgispeech"),
-                          data_folder, os.path.join(data_folder, "spgispeech")])
+    candidates = _unique(
+        [csv_dir, os.path.join(csv_dir, "spgispeech"), data_folder, os.path.join(data_folder, "spgispeech")]
+    )
     folder = find_root(candidates, _has_split_folders)
     if folder is not None:
         return folder
     raise LayoutError(
         f"found train.csv and val.csv in {csv_dir!r} but no audio: none of "
-        f"{', '.join(repr(c) for c in candidates)} holds both train/ and val/ folders. "
-        + LAYOUTS
+        f"{', '.join(repr(c) for c in candidates)} holds both train/ and val/ folders. " + LAYOUTS
     )
 
 
@@ -176,8 +173,7 @@ class Listing:
             header = f.readline().decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r\n")
             require(
                 [h.strip() for h in header.split("|")] == HEADER,
-                f"{csv_path!r} does not start with SPGISpeech's header "
-                f"{'|'.join(HEADER)!r} (found {header!r})",
+                f"{csv_path!r} does not start with SPGISpeech's header {'|'.join(HEADER)!r} (found {header!r})",
             )
             position = f.tell()
             for line in f:
@@ -397,7 +393,9 @@ def prepare_spgispeech(
     where the CSVs say (then nothing is marked prepared).
     """
     options = prep_options(
-        "spgispeech", PREP_VERSION, data_folder,
+        "spgispeech",
+        PREP_VERSION,
+        data_folder,
         test_size=test_size,
         valid_size=valid_size,
         max_train_hours=max_train_hours,
@@ -417,39 +415,52 @@ def prepare_spgispeech(
     val = Listing(os.path.join(csv_dir, "val.csv"))
     train_listing = Listing(os.path.join(csv_dir, "train.csv"))
     try:  # the listings stay open until finish() has written the rows rebuilt from them
-        test, valid, train = _pick_splits(val, train_listing, audio_dir, test_size, valid_size,
-                                          max_train_hours, check_audio, seed, skipped)
+        test, valid, train = _pick_splits(
+            val, train_listing, audio_dir, test_size, valid_size, max_train_hours, check_audio, seed, skipped
+        )
         splits = {"train.csv": train, "valid.csv": valid, "test.csv": test}
-        return finish(save_folder, splits, skipped, options, "SPGISpeech",
-                      likely_cause=_likely_cause(audio_dir),
-                      lost_reasons=(AUDIO_MISSING,) + LOST_REASONS)
+        return finish(
+            save_folder,
+            splits,
+            skipped,
+            options,
+            "SPGISpeech",
+            likely_cause=_likely_cause(audio_dir),
+            lost_reasons=(AUDIO_MISSING,) + LOST_REASONS,
+        )
     finally:
         val.close()
         train_listing.close()
 
 
-def _pick_splits(val, train_listing, audio_dir, test_size, valid_size, max_train_hours,
-                 check_audio, seed, skipped):
+def _pick_splits(val, train_listing, audio_dir, test_size, valid_size, max_train_hours, check_audio, seed, skipped):
     """``(test, valid, train)``: test drawn (seeded) from val, valid then train from train."""
     order = list(range(len(val)))
     random.Random(seed).shuffle(order)
     (test,) = _pick(
-        val, os.path.join(audio_dir, "val"), order, [(test_size, None)], check_audio,
-        skipped, "SPGISpeech val",
+        val,
+        os.path.join(audio_dir, "val"),
+        order,
+        [(test_size, None)],
+        check_audio,
+        skipped,
+        "SPGISpeech val",
     )
     order = list(range(len(train_listing)))
     random.Random(seed + 1).shuffle(order)
     valid, train = _pick(
-        train_listing, os.path.join(audio_dir, "train"), order,
-        [(valid_size, None), (None, max_train_hours)], check_audio, skipped,
+        train_listing,
+        os.path.join(audio_dir, "train"),
+        order,
+        [(valid_size, None), (None, max_train_hours)],
+        check_audio,
+        skipped,
         "SPGISpeech train",
     )
     if test_size and len(test) < test_size:
-        logger.warning("SPGISpeech: only %d usable val utterances for test_size=%d",
-                       len(test), test_size)
+        logger.warning("SPGISpeech: only %d usable val utterances for test_size=%d", len(test), test_size)
     if len(valid) < valid_size:
-        logger.warning("SPGISpeech: only %d usable train utterances for valid_size=%d",
-                       len(valid), valid_size)
+        logger.warning("SPGISpeech: only %d usable train utterances for valid_size=%d", len(valid), valid_size)
     return test, valid, train
 
 
@@ -477,16 +488,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "unpacked SPGISpeech: the folder with train.csv and val.csv, or the folder with "
         "train/ and val/ (Kensho's layout, CSVs beside spgispeech/, or all in one folder)",
     )
-    parser.add_argument("--test_size", type=_count_or_all, default=2000,
-                        help="utterances of the official val split drawn as test "
-                        "(default 2000, the paper's; 'all' = the whole val split)")
-    parser.add_argument("--valid_size", type=int, default=4000,
-                        help="train utterances held out as validation (default 4000)")
-    parser.add_argument("--max_train_hours", type=_positive_or_none, default=None,
-                        help="seeded random cap on training hours (paper: ~1000; default: all)")
-    parser.add_argument("--check_audio", action="store_true",
-                        help="open every selected WAV (slow on the full corpus) instead of "
-                        "trusting wav_filesize; unreadable files are skipped")
+    parser.add_argument(
+        "--test_size",
+        type=_count_or_all,
+        default=2000,
+        help="utterances of the official val split drawn as test "
+        "(default 2000, the paper's; 'all' = the whole val split)",
+    )
+    parser.add_argument(
+        "--valid_size", type=int, default=4000, help="train utterances held out as validation (default 4000)"
+    )
+    parser.add_argument(
+        "--max_train_hours",
+        type=_positive_or_none,
+        default=None,
+        help="seeded random cap on training hours (paper: ~1000; default: all)",
+    )
+    parser.add_argument(
+        "--check_audio",
+        action="store_true",
+        help="open every selected WAV (slow on the full corpus) instead of "
+        "trusting wav_filesize; unreadable files are skipped",
+    )
     parser.add_argument("--seed", type=int, default=1234, help="seed of the random subsets")
     return run_cli(prepare_spgispeech, parser, argv, MANIFESTS)
 

@@ -20,9 +20,18 @@ def sample_rows():
         for r in csv.DictReader(f):
             path = os.path.join(SAMPLES, r["wav"])
             duration = sf.info(path).duration
-            rows.append({"ID": r["ID"], "duration": duration, "wav": path, "start": 0, "stop": duration,
-                         "spk_id": r["spk_id"], "wrd": normalize_words(r["wrd"]),
-                         "wrd_raw": r["wrd"].capitalize() + "."})
+            rows.append(
+                {
+                    "ID": r["ID"],
+                    "duration": duration,
+                    "wav": path,
+                    "start": 0,
+                    "stop": duration,
+                    "spk_id": r["spk_id"],
+                    "wrd": normalize_words(r["wrd"]),
+                    "wrd_raw": r["wrd"].capitalize() + ".",
+                }
+            )
     return rows
 
 
@@ -40,8 +49,9 @@ def tiny_parakeet(tmp_path_factory):
     from aode.builders import build_parakeet_ctc
 
     folder = tmp_path_factory.mktemp("models") / "parakeet"
-    return build_parakeet_ctc(str(folder), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                              conv_kernel_size=5)
+    return build_parakeet_ctc(
+        str(folder), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, conv_kernel_size=5
+    )
 
 
 @pytest.fixture(scope="session")

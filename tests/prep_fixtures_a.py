@@ -47,7 +47,7 @@ def place(total_seconds, rate, pieces):
     for name, start in pieces:
         audio = sample(name, rate)
         i = int(round(start * rate))
-        out[i:i + len(audio)] += audio[: len(out) - i]
+        out[i : i + len(audio)] += audio[: len(out) - i]
     return np.clip(out, -1, 1)
 
 
@@ -110,7 +110,10 @@ def make_spgispeech(root, with_level=True, kensho=False):
                 text = sentence(name).replace(".", SPGI_ENDINGS[n % 2])
                 lines.append(f"{rel}|{size}|{text}")
                 good[split][f"spgi_{call}_{n * 25}"] = {
-                    "wav": os.path.abspath(path), "size": size, "text": text, "spk": call,
+                    "wav": os.path.abspath(path),
+                    "size": size,
+                    "text": text,
+                    "spk": call,
                     "duration": len(sample(name)) / 16000,
                 }
         if split == "train":
@@ -124,13 +127,21 @@ def make_spgispeech(root, with_level=True, kensho=False):
             size = os.path.getsize(path)
             truncate(path)
             lines.append(f"{rel}|{size}|Tear thin sheep from the other pat.")
-            good["truncated"] = {"ID": "spgi_00112233445566778899aabbccddeeff_300",
-                                 "size": size, "wav": os.path.abspath(path)}
+            good["truncated"] = {
+                "ID": "spgi_00112233445566778899aabbccddeeff_300",
+                "size": size,
+                "wav": os.path.abspath(path),
+            }
         with open(os.path.join(csv_dir, f"{split}.csv"), "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
-    return {"root": root, "csv_dir": csv_dir, "audio_dir": base, "good": good,
-            "missing": "spgi_13aa6c0669adb5544a0d62beef677189_999",
-            "empty": "spgi_13aa6c0669adb5544a0d62beef677189_1000"}
+    return {
+        "root": root,
+        "csv_dir": csv_dir,
+        "audio_dir": base,
+        "good": good,
+        "missing": "spgi_13aa6c0669adb5544a0d62beef677189_999",
+        "empty": "spgi_13aa6c0669adb5544a0d62beef677189_1000",
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -146,13 +157,10 @@ MAIN_ROWS = [
     (MAIN_SPK, 2.5, 5.37, "The child almost hurt the small dog <laugh>", "spk1_snt1"),
     (MAIN_SPK, 5.37, 5.6, "(pause 0.23)", None),
     (MAIN_SPK, 5.6, 8.75, "Drop the [tue] when you aks /RD-NAME-3. the figures", "spk1_snt2"),
-    ("DCB_int_01", 9.0, 10.76, "We are /unintelligible/ sure that one wore is enough",
-     "spk2_snt2"),
-    (MAIN_SPK, 11.0, 13.72, "At that high level [/RD-NAME-2/-] the air is pure <ts>",
-     "spk1_snt3"),
+    ("DCB_int_01", 9.0, 10.76, "We are /unintelligible/ sure that one wore is enough", "spk2_snt2"),
+    (MAIN_SPK, 11.0, 13.72, "At that high level [/RD-NAME-2/-] the air is pure <ts>", "spk1_snt3"),
     (MAIN_SPK, 13.9, 14.3, "/inaudible/", None),
-    (MAIN_SPK, 14.5, 17.03, "A thin stripe {pause 0.5} runs down the busses middle <laugh]",
-     "spk1_snt4"),
+    (MAIN_SPK, 14.5, 17.03, "A thin stripe {pause 0.5} runs down the busses middle <laugh]", "spk1_snt4"),
     (MAIN_SPK, 17.5, 17.2, "Impossible time here", None),
     (MAIN_SPK, 17.6, 20.2, "[laughing] Sunday is the best part of the week", "spk1_snt5"),
     (MAIN_SPK, 20.5, 40.0, "This row runs past the end", None),
@@ -162,11 +170,14 @@ MAIN_SECONDS = 21.0
 # Other interviews: basefile -> (seconds, rows). One row each, interviewee speaking.
 OTHER = {
     "DCB_se1_ag1_f_01_2": (4.0, [("DCB_se1_ag1_f_01", 0.5, 3.65, "Drop the tue.", "spk1_snt2")]),
-    "DCB_se1_ag2_m_02_1": (4.0, [("DCB_int_01", 0.1, 1.86, "Ken pairs lack full flavor",
-                                  "spk2_snt5"),
-                                 ("DCB_se1_ag2_m_02", 2.0, 3.88, "Tear thin sheep", "spk2_snt3")]),
-    "ATL_se0_ag1_f_01_1": (4.0, [("ATL_se0_ag1_f_01", 0.5, 3.22, "At that high level",
-                                  "spk1_snt3")]),
+    "DCB_se1_ag2_m_02_1": (
+        4.0,
+        [
+            ("DCB_int_01", 0.1, 1.86, "Ken pairs lack full flavor", "spk2_snt5"),
+            ("DCB_se1_ag2_m_02", 2.0, 3.88, "Tear thin sheep", "spk2_snt3"),
+        ],
+    ),
+    "ATL_se0_ag1_f_01_1": (4.0, [("ATL_se0_ag1_f_01", 0.5, 3.22, "At that high level", "spk1_snt3")]),
     "ATL_se0_ag2_m_02_1": (3.0, [("ATL_se0_ag2_m_02", 0.5, 2.54, "Mend the coat", "spk2_snt4")]),
     "PRV_se0_ag1_f_01_1": (3.0, [("PRV_se0_ag1_f_01", 0.5, 2.51, "What joy", "spk2_snt1")]),
 }
@@ -192,8 +203,10 @@ ORDER_ROWS = [
 ]
 # Files named like basefiles that are not transcripts: a 0-byte .txt next to its audio, and
 # another export (an ELAN-style tier table) without audio.
-HEADERLESS = {"DCA_se1_ag1_f_01_1": "", "DCA_se1_ag2_m_01_1":
-              "Tier\tBegin Time\tEnd Time\tAnnotation\nDCA_se1_ag2_m_01\t0.5\t2.0\tWhat joy\n"}
+HEADERLESS = {
+    "DCA_se1_ag1_f_01_1": "",
+    "DCA_se1_ag2_m_01_1": "Tier\tBegin Time\tEnd Time\tAnnotation\nDCA_se1_ag2_m_01\t0.5\t2.0\tWhat joy\n",
+}
 # Audio whose transcript is missing (its textfiles tarball not unpacked).
 NO_TRANSCRIPT_BASE = "VLD_se0_ag2_f_01_1"
 
@@ -211,8 +224,7 @@ def make_coraal(root):
     transcript without audio, an interview part with rows out of StTime order, .txt files
     named like basefiles but without the header (one with audio). Returns the folder layout
     facts."""
-    interviews = {MAIN_BASE: (MAIN_SECONDS, MAIN_ROWS), **OTHER,
-                  ORDER_BASE: (ORDER_SECONDS, ORDER_ROWS)}
+    interviews = {MAIN_BASE: (MAIN_SECONDS, MAIN_ROWS), **OTHER, ORDER_BASE: (ORDER_SECONDS, ORDER_ROWS)}
     for base, (seconds, rows) in interviews.items():
         component = base[:3]
         text_dir = os.path.join(root, "textfiles")
@@ -220,8 +232,7 @@ def make_coraal(root):
         with open(os.path.join(text_dir, base + ".txt"), "w", encoding="utf-8") as f:
             f.write(coraal_transcript(rows))
         audio = place(seconds, CORAAL_RATE, [(s, st) for _, st, _, _, s in rows if s])
-        wav = write_wav(os.path.join(root, f"{component}_audio_part01", base + ".wav"), audio,
-                        CORAAL_RATE)
+        wav = write_wav(os.path.join(root, f"{component}_audio_part01", base + ".wav"), audio, CORAAL_RATE)
         if base == TRUNCATED:
             truncate(wav)
     with open(os.path.join(root, "textfiles", NO_AUDIO + ".txt"), "w", encoding="utf-8") as f:
@@ -229,13 +240,18 @@ def make_coraal(root):
     for base, text in HEADERLESS.items():
         with open(os.path.join(root, "textfiles", base + ".txt"), "w", encoding="utf-8") as f:
             f.write(text)
-    write_wav(os.path.join(root, "DCA_audio_part01", "DCA_se1_ag1_f_01_1.wav"),
-              place(3.0, CORAAL_RATE, [("spk2_snt4", 0.5)]), CORAAL_RATE)
-    write_wav(os.path.join(root, "VLD_audio_part01", NO_TRANSCRIPT_BASE + ".wav"),
-              place(3.0, CORAAL_RATE, [("spk1_snt5", 0.2)]), CORAAL_RATE)
+    write_wav(
+        os.path.join(root, "DCA_audio_part01", "DCA_se1_ag1_f_01_1.wav"),
+        place(3.0, CORAAL_RATE, [("spk2_snt4", 0.5)]),
+        CORAAL_RATE,
+    )
+    write_wav(
+        os.path.join(root, "VLD_audio_part01", NO_TRANSCRIPT_BASE + ".wav"),
+        place(3.0, CORAAL_RATE, [("spk1_snt5", 0.2)]),
+        CORAAL_RATE,
+    )
     with open(os.path.join(root, "DCB_metadata_2018.10.06.txt"), "w", encoding="utf-8") as f:
-        f.write("CORAAL.File\tCORAAL.Spkr\tGender\tAge\n"
-                "DCB_se1_ag1_f_01_1\tDCB_se1_ag1_f_01\tFemale\t19\n")
+        f.write("CORAAL.File\tCORAAL.Spkr\tGender\tAge\nDCB_se1_ag1_f_01_1\tDCB_se1_ag1_f_01\tFemale\t19\n")
     return {"root": root}
 
 
@@ -245,33 +261,58 @@ def make_coraal(root):
 DIPCO_SESSIONS = {
     # session: (split, seconds, participants, utterances)
     # utterance: (speaker, start, end, words, sample placed on the speaker's mic or None)
-    "S02": ("dev", 12.0, ["P05", "P06"], [
-        ("P05", 0.5, 3.37, "Mm- the child almost hurt the small dog [laugh].", "spk1_snt1"),
-        ("P06", 3.5, 5.51, "We are sure that one wore is enough.", "spk2_snt1"),
-        ("P06", 5.6, 7.36, "What joy [inaudible 0:05:31.02] there is in living.", "spk2_snt2"),
-        ("P05", 7.5, 9.0, "My name is [redacted].", None),
-        ("P05", 9.2, 11.92, "At that high level the air is pure.", "spk1_snt3"),
-    ]),
-    "S04": ("dev", 8.0, ["P09", "P10"], [
-        ("P09", 0.5, 3.03, "A thin stripe runs down the middle.", "spk1_snt4"),
-        ("P10", 3.5, 5.54, "Mend the coat before you go out.", "spk2_snt4"),
-        ("P10", 5.8, 5.2, "Impossible time.", None),
-    ]),
-    "S05": ("dev", 6.0, ["P11", "P12"], [
-        ("P11", 0.5, 3.1, "Sunday is the best part of the week.", "spk1_snt5"),
-        ("P12", 3.5, 4.2, "[noise] [inaudible]", None),
-        ("P12", 4.3, 9.0, "Past the end of the audio.", None),
-    ]),
-    "S01": ("eval", 9.0, ["P01", "P02"], [
-        ("P01", 0.3, 3.45, "Drop the tue when you add the figures.", "spk1_snt2"),
-        ("P02", 3.6, 5.58, "Ken pairs lack full flavor.", "spk2_snt5"),
-        ("P02", 5.7, 7.58, "Tear thin sheep from the other pat.", "spk2_snt3"),
-        ("P01", 7.0, 8.9, "That is fine.", None),
-    ]),
-    "S03": ("eval", 4.0, ["P03", "P04"], [
-        ("P03", 0.5, 3.37, "The child almost hurt the small dog.", "spk1_snt1"),
-        ("P04", 0.6, 2.61, "We are sure that one wore is enough.", "spk2_snt1"),
-    ]),
+    "S02": (
+        "dev",
+        12.0,
+        ["P05", "P06"],
+        [
+            ("P05", 0.5, 3.37, "Mm- the child almost hurt the small dog [laugh].", "spk1_snt1"),
+            ("P06", 3.5, 5.51, "We are sure that one wore is enough.", "spk2_snt1"),
+            ("P06", 5.6, 7.36, "What joy [inaudible 0:05:31.02] there is in living.", "spk2_snt2"),
+            ("P05", 7.5, 9.0, "My name is [redacted].", None),
+            ("P05", 9.2, 11.92, "At that high level the air is pure.", "spk1_snt3"),
+        ],
+    ),
+    "S04": (
+        "dev",
+        8.0,
+        ["P09", "P10"],
+        [
+            ("P09", 0.5, 3.03, "A thin stripe runs down the middle.", "spk1_snt4"),
+            ("P10", 3.5, 5.54, "Mend the coat before you go out.", "spk2_snt4"),
+            ("P10", 5.8, 5.2, "Impossible time.", None),
+        ],
+    ),
+    "S05": (
+        "dev",
+        6.0,
+        ["P11", "P12"],
+        [
+            ("P11", 0.5, 3.1, "Sunday is the best part of the week.", "spk1_snt5"),
+            ("P12", 3.5, 4.2, "[noise] [inaudible]", None),
+            ("P12", 4.3, 9.0, "Past the end of the audio.", None),
+        ],
+    ),
+    "S01": (
+        "eval",
+        9.0,
+        ["P01", "P02"],
+        [
+            ("P01", 0.3, 3.45, "Drop the tue when you add the figures.", "spk1_snt2"),
+            ("P02", 3.6, 5.58, "Ken pairs lack full flavor.", "spk2_snt5"),
+            ("P02", 5.7, 7.58, "Tear thin sheep from the other pat.", "spk2_snt3"),
+            ("P01", 7.0, 8.9, "That is fine.", None),
+        ],
+    ),
+    "S03": (
+        "eval",
+        4.0,
+        ["P03", "P04"],
+        [
+            ("P03", 0.5, 3.37, "The child almost hurt the small dog.", "spk1_snt1"),
+            ("P04", 0.6, 2.61, "We are sure that one wore is enough.", "spk2_snt1"),
+        ],
+    ),
 }
 DIPCO_TRUNCATED = ("S03", "P04")
 
@@ -290,26 +331,28 @@ def make_dipco(root, top="Dipco"):
         entries = []
         for spk, st, en, words, _ in utts:
             times = {"close-talk": None, **{f"U0{i}": None for i in range(1, 6)}}
-            entries.append({
-                "end_time": {k: hms(en) for k in times},
-                "gender": "male" if spk in ("P05", "P09") else "female",
-                "mother_tongue": "English", "nativeness": "native",
-                "ref": "close-talk", "session_id": session, "speaker_id": spk,
-                "start_time": {k: hms(st) for k in times},
-                "words": words,
-            })
+            entries.append(
+                {
+                    "end_time": {k: hms(en) for k in times},
+                    "gender": "male" if spk in ("P05", "P09") else "female",
+                    "mother_tongue": "English",
+                    "nativeness": "native",
+                    "ref": "close-talk",
+                    "session_id": session,
+                    "speaker_id": spk,
+                    "start_time": {k: hms(st) for k in times},
+                    "words": words,
+                }
+            )
         folder = os.path.join(base, "transcriptions", split)
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, session + ".json"), "w", encoding="utf-8") as f:
             json.dump(entries, f, indent=4)
         for p in participants:
-            audio = place(seconds, 16000, [(s, st) for spk, st, _, _, s in utts
-                                           if s and spk == p])
-            path = write_wav(os.path.join(base, "audio", split, f"{session}_{p}.wav"), audio,
-                             16000)
+            audio = place(seconds, 16000, [(s, st) for spk, st, _, _, s in utts if s and spk == p])
+            path = write_wav(os.path.join(base, "audio", split, f"{session}_{p}.wav"), audio, 16000)
             if (session, p) == DIPCO_TRUNCATED:
                 truncate(path)
         # one far-field channel, which the prep must ignore
-        write_wav(os.path.join(base, "audio", split, f"{session}_U01.CH1.wav"),
-                  np.zeros(1600, dtype="float32"), 16000)
+        write_wav(os.path.join(base, "audio", split, f"{session}_U01.CH1.wav"), np.zeros(1600, dtype="float32"), 16000)
     return {"root": root, "base": base}

@@ -12,8 +12,12 @@ from aode.schedule import STLR
 
 def _brain(asr, max_grad_norm=5.0, lr=3e-3, total_steps=100):
     hparams = {"lr": lr, "llrd_alpha": 0.9, "scheduler": STLR(total_steps, 0.1)}
-    return ASRBrain(modules={"model": asr}, opt_class=torch.optim.AdamW, hparams=hparams,
-                    run_opts={"device": "cpu", "max_grad_norm": max_grad_norm})
+    return ASRBrain(
+        modules={"model": asr},
+        opt_class=torch.optim.AdamW,
+        hparams=hparams,
+        run_opts={"device": "cpu", "max_grad_norm": max_grad_norm},
+    )
 
 
 def _batch(asr, manifest, n=4):
@@ -50,8 +54,9 @@ def test_clipping_covers_every_group(tiny_parakeet, sample_manifest, monkeypatch
     def record(opt):
         grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
         norms["total"] = torch.norm(torch.stack([g.norm() for g in grads])).item()
-        norms["outside_group0"] = torch.norm(torch.stack(
-            [p.grad.norm() for g in opt.param_groups[1:] for p in g["params"] if p.grad is not None])).item()
+        norms["outside_group0"] = torch.norm(
+            torch.stack([p.grad.norm() for g in opt.param_groups[1:] for p in g["params"] if p.grad is not None])
+        ).item()
 
     monkeypatch.setattr(brain.scaler, "step", record)
     brain.fit_batch(_batch(asr, sample_manifest, 2))

@@ -13,8 +13,10 @@ HPARAMS = os.path.join(ROOT, "hparams")
 TRAINING = ["whisper_llrd.yaml", "whisper_lora.yaml", "parakeet_llrd.yaml", "parakeet_lora.yaml"]
 
 
-@pytest.mark.parametrize("name,schema", [(n, TrainingConfig) for n in TRAINING]
-                         + [("aode.yaml", MergeConfig), ("mini_pretrain.yaml", MiniPretrainConfig)])
+@pytest.mark.parametrize(
+    "name,schema",
+    [(n, TrainingConfig) for n in TRAINING] + [("aode.yaml", MergeConfig), ("mini_pretrain.yaml", MiniPretrainConfig)],
+)
 def test_shipped_yaml_fits_its_schema(name, schema):
     path = os.path.join(HPARAMS, name)
     values = validate(schema, load_yaml(path), path)
@@ -55,13 +57,21 @@ def test_defaults_are_declared_once():
     assert TrainingConfig.model_fields["eval_batch_size"].default == MergeConfig.model_fields["eval_batch_size"].default
 
 
-@pytest.mark.parametrize("command", [
-    ["recipes/CORAAL/train.py", "hparams/whisper_llrd.yaml", "--llrd_alpa", "0.9"],
-    ["recipes/average/merge.py", "hparams/aode.yaml", "--methd", "ties"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["recipes/CORAAL/train.py", "hparams/whisper_llrd.yaml", "--llrd_alpa", "0.9"],
+        ["recipes/average/merge.py", "hparams/aode.yaml", "--methd", "ties"],
+    ],
+)
 def test_misspelt_key_on_the_command_line_stops_before_work(command, tmp_path):
-    result = subprocess.run([sys.executable, *command, "--output_folder", str(tmp_path / "out")], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, *command, "--output_folder", str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "did you mean" in result.stderr and "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "out")  # nothing was started

@@ -5,10 +5,10 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
+from conftest import SAMPLES
 
 from aode.data import read_audio_segment
 from aode.manifest import WAV_SEPARATOR
-from conftest import SAMPLES
 
 
 def _speech(name="spk1_snt1"):
@@ -27,7 +27,7 @@ def test_segment_of_a_441_khz_stereo_file(tmp_path):
     assert seg.dim() == 1 and seg.dtype == torch.float32
     assert abs(len(seg) - 1.25 * 16000) <= 1
     reference = 0.75 * speech[8000:28000]
-    assert torch.corrcoef(torch.stack([seg[:len(reference)], reference]))[0, 1] > 0.99
+    assert torch.corrcoef(torch.stack([seg[: len(reference)], reference]))[0, 1] > 0.99
 
 
 def test_mixed_multi_file_row_is_the_sum(tmp_path):
@@ -64,8 +64,21 @@ def test_one_end_tolerance_for_the_check_and_the_reader(tmp_path):
     sf.write(wav, np.zeros(16000, dtype="float32"), 16000)
     stop = 1.0 + 0.03
     assert 0.03 < END_TOLERANCE_SECONDS
-    write_manifest(str(tmp_path / "m.csv"), [{"ID": "u", "duration": stop, "wav": wav, "start": 0.0,
-                                              "stop": stop, "spk_id": "s", "wrd": "a", "wrd_raw": "a"}])
+    write_manifest(
+        str(tmp_path / "m.csv"),
+        [
+            {
+                "ID": "u",
+                "duration": stop,
+                "wav": wav,
+                "start": 0.0,
+                "stop": stop,
+                "spk_id": "s",
+                "wrd": "a",
+                "wrd_raw": "a",
+            }
+        ],
+    )
     rows, bad = check_manifest(str(tmp_path / "m.csv"))
     assert not bad
     assert len(read_audio_segment(wav, 0.0, stop)) == 16000

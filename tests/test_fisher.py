@@ -5,12 +5,12 @@ import shutil
 
 import pytest
 import torch
+from conftest import sample_rows
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from aode.fisher import estimate_fisher, load_fisher
 from aode.manifest import write_manifest
-from conftest import sample_rows
 
 
 def stored_keys(folder):
@@ -42,8 +42,9 @@ def perturbed_copy(src, dst, seed, scale=0.01):
 @pytest.fixture(scope="module")
 def fisher_a(tiny_parakeet, sample_manifest, tmp_path_factory):
     out = tmp_path_factory.mktemp("fisher") / "a.safetensors"
-    return estimate_fisher(tiny_parakeet, sample_manifest, out_path=str(out), n_utterances=6,
-                           batch_size=3, seed=0, progress=False), str(out)
+    return estimate_fisher(
+        tiny_parakeet, sample_manifest, out_path=str(out), n_utterances=6, batch_size=3, seed=0, progress=False
+    ), str(out)
 
 
 def test_keys_values(fisher_a, tiny_parakeet):
@@ -65,8 +66,15 @@ def test_keys_values(fisher_a, tiny_parakeet):
 
 def test_deterministic_and_cached(fisher_a, tiny_parakeet, sample_manifest, tmp_path):
     fisher, path = fisher_a
-    again = estimate_fisher(tiny_parakeet, sample_manifest, out_path=str(tmp_path / "b.safetensors"),
-                            n_utterances=6, batch_size=3, seed=0, progress=False)
+    again = estimate_fisher(
+        tiny_parakeet,
+        sample_manifest,
+        out_path=str(tmp_path / "b.safetensors"),
+        n_utterances=6,
+        batch_size=3,
+        seed=0,
+        progress=False,
+    )
     assert all(torch.equal(again[k], fisher[k]) for k in fisher)
     mtime = os.path.getmtime(path)
     cached = estimate_fisher(tiny_parakeet, "/nonexistent.csv", out_path=path)  # no computation
@@ -98,15 +106,22 @@ def test_per_utterance_matches_hand_computation(tiny_parakeet, tmp_path):
     rows = sample_rows()[:2]
     manifest = str(tmp_path / "two.csv")
     write_manifest(manifest, rows)
-    fisher = estimate_fisher(tiny_parakeet, manifest, out_path=str(tmp_path / "f1.safetensors"),
-                             n_utterances=2, per_utterance=True, progress=False)
+    fisher = estimate_fisher(
+        tiny_parakeet,
+        manifest,
+        out_path=str(tmp_path / "f1.safetensors"),
+        n_utterances=2,
+        per_utterance=True,
+        progress=False,
+    )
     expected, grads = _hand_fisher(tiny_parakeet, rows)
     assert set(fisher) == set(expected)
     for name in fisher:
         torch.testing.assert_close(fisher[name], expected[name], rtol=1e-4, atol=1e-10)
     # one batch of both: n * (n * g_b**2) / n with g_b the mean gradient = (g1 + g2)**2 / 2
-    batched = estimate_fisher(tiny_parakeet, manifest, out_path=str(tmp_path / "f2.safetensors"),
-                              n_utterances=2, batch_size=2, progress=False)
+    batched = estimate_fisher(
+        tiny_parakeet, manifest, out_path=str(tmp_path / "f2.safetensors"), n_utterances=2, batch_size=2, progress=False
+    )
     for name in batched:
         want = (grads[0][name] + grads[1][name]) ** 2 / 2
         torch.testing.assert_close(batched[name], want, rtol=1e-3, atol=1e-8)
@@ -134,8 +149,14 @@ def test_fisher_merge(tiny_parakeet, sample_manifest, tmp_path):
 
 def test_whisper_keys(tiny_whisper, sample_manifest, tmp_path):
     """Whisper exports are WhisperForConditionalGeneration: keys carry the ``model.`` prefix."""
-    fisher = estimate_fisher(tiny_whisper, sample_manifest, out_path=str(tmp_path / "w.safetensors"),
-                             n_utterances=2, batch_size=2, progress=False)
+    fisher = estimate_fisher(
+        tiny_whisper,
+        sample_manifest,
+        out_path=str(tmp_path / "w.safetensors"),
+        n_utterances=2,
+        batch_size=2,
+        progress=False,
+    )
     keys = stored_keys(tiny_whisper)
     assert set(fisher) == keys
     assert all(k.startswith("model.") for k in fisher)

@@ -42,8 +42,8 @@ def test_whisper_rates_paper_and_separate_modes(tiny_whisper):
 def test_deeper_chain_and_frozen_parameters_excluded():
     names = [f"encoder.layers.{i}.w" for i in range(4)] + ["encoder.embed.w", "lm_head.w"]
     scales = lr_scales(names, alpha=0.9)
-    assert [scales[f"encoder.layers.{i}.w"][1] for i in range(4)] == pytest.approx([0.9 ** 3, 0.9 ** 2, 0.9, 1.0])
-    assert scales["lm_head.w"][1] == pytest.approx(0.9 ** 3)
+    assert [scales[f"encoder.layers.{i}.w"][1] for i in range(4)] == pytest.approx([0.9**3, 0.9**2, 0.9, 1.0])
+    assert scales["lm_head.w"][1] == pytest.approx(0.9**3)
     params = [(n, torch.nn.Parameter(torch.zeros(1), requires_grad=(n != "lm_head.w"))) for n in names]
     groups = llrd_param_groups(params, lr=1.0, alpha=0.9)
     assert sum(len(g["params"]) for g in groups) == 5
@@ -63,8 +63,13 @@ def test_no_weight_decay_on_biases_and_norms():
 
     from aode.llrd import llrd_param_groups
 
-    model = nn.ModuleDict({"encoder": nn.ModuleDict({"layers": nn.ModuleList(
-        [nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)) for _ in range(2)])})})
+    model = nn.ModuleDict(
+        {
+            "encoder": nn.ModuleDict(
+                {"layers": nn.ModuleList([nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)) for _ in range(2)])}
+            )
+        }
+    )
     groups = llrd_param_groups(model.named_parameters(), lr=1.0, alpha=0.5, weight_decay=0.01)
     by_name = {g["name"]: g for g in groups}
     assert set(by_name) == {"encoder.layer0", "encoder.layer0.no_decay", "encoder.layer1", "encoder.layer1.no_decay"}

@@ -58,8 +58,14 @@ def test_no_matching_target_is_an_error(tiny_parakeet):
         add_lora(model, target_modules=["nope"])
 
 
-@pytest.mark.parametrize("make", [lambda: nn.Linear(256, 192), lambda: nn.Conv1d(64, 48, 3, padding=1),
-                                  lambda: nn.Conv1d(32, 32, 5, groups=32, padding=2)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Linear(256, 192),
+        lambda: nn.Conv1d(64, 48, 3, padding=1),
+        lambda: nn.Conv1d(32, 32, 5, groups=32, padding=2),
+    ],
+)
 def test_adapted_forward_equals_merged_module(make):
     torch.manual_seed(0)
     base = make()

@@ -6,9 +6,16 @@ from speechbrain.dataio.dataio import load_data_csv
 
 from aode.manifest import read_manifest, write_manifest
 
-ROW = {"ID": "call1_7", "duration": 1.0, "wav": "/data/a.wav", "start": 0.0, "stop": 1.0,
-       "spk_id": "call1", "wrd": "five million dollars",
-       "wrd_raw": "Revenue was $5 million, $.5 a share, US$ 3 and $$ signs."}
+ROW = {
+    "ID": "call1_7",
+    "duration": 1.0,
+    "wav": "/data/a.wav",
+    "start": 0.0,
+    "stop": 1.0,
+    "spk_id": "call1",
+    "wrd": "five million dollars",
+    "wrd_raw": "Revenue was $5 million, $.5 a share, US$ 3 and $$ signs.",
+}
 
 
 def test_dollar_text_loads_with_speechbrain_and_round_trips(tmp_path):

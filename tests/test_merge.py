@@ -47,12 +47,12 @@ def save_folder(path, state, config=CONFIG, extra_files=None):
 @pytest.fixture
 def toys(tmp_path):
     states = [toy_state(s) for s in (1, 2, 3, 4)]
-    folders = [save_folder(tmp_path / f"m{i}", st, extra_files={"vocab.json": "{}"})
-               for i, st in enumerate(states)]
+    folders = [save_folder(tmp_path / f"m{i}", st, extra_files={"vocab.json": "{}"}) for i, st in enumerate(states)]
     return states, folders
 
 
 # --- reader / writer --------------------------------------------------------------------
+
 
 def _dtype_zoo():
     g = torch.Generator().manual_seed(0)
@@ -103,7 +103,7 @@ def test_writer_output_loads_with_safetensors(tmp_path):
     for name, _, _ in entries:
         flat = zoo[name].reshape(-1)
         for s in range(0, max(flat.numel(), 1), 2):  # in chunks of two elements
-            writer.write(name, flat[s:s + 2])
+            writer.write(name, flat[s : s + 2])
     writer.close()
     loaded = load_file(str(path))
     assert set(loaded) == set(zoo)
@@ -125,6 +125,7 @@ def test_writer_checks_order_and_completeness(tmp_path):
 
 # --- driver: arithmetic -----------------------------------------------------------------
 
+
 def test_uniform_merge_is_exact_float32_mean(toys, tmp_path):
     states, folders = toys
     out = merge_models(folders[:3], tmp_path / "merged", progress=False)
@@ -135,8 +136,7 @@ def test_uniform_merge_is_exact_float32_mean(toys, tmp_path):
             assert torch.equal(merged[name], expected), name
         else:
             assert torch.equal(merged[name], states[0][name])
-    assert sorted(os.listdir(out)) == ["aode.json", "config.json", "model.safetensors",
-                                       "vocab.json"]
+    assert sorted(os.listdir(out)) == ["aode.json", "config.json", "model.safetensors", "vocab.json"]
     prov = json.load(open(os.path.join(out, "aode.json")))
     assert prov["kind"] == "merge" and prov["method"] == "average"
     assert prov["members"] == [os.path.abspath(f) for f in folders[:3]]
@@ -147,8 +147,7 @@ def test_chunked_reading_gives_identical_result(toys, tmp_path):
     states, folders = toys
     a = merge_models(folders, tmp_path / "a", progress=False)
     b = merge_models(folders, tmp_path / "b", progress=False, max_chunk_bytes=40)
-    ma, mb = load_file(os.path.join(a, "model.safetensors")), load_file(
-        os.path.join(b, "model.safetensors"))
+    ma, mb = load_file(os.path.join(a, "model.safetensors")), load_file(os.path.join(b, "model.safetensors"))
     for name in ma:
         assert torch.equal(ma[name], mb[name])
 
@@ -169,8 +168,7 @@ def test_weights_honoured(toys, tmp_path):
 
 def test_weight_rules_first_match_wins(toys, tmp_path):
     states, folders = toys
-    rules = [("encoder.*.bias", [0, 0, 0, 1]), ("encoder.*", [1, 0, 0, 0]),
-             ("decoder.*", [0, 0, 1, 0])]
+    rules = [("encoder.*.bias", [0, 0, 0, 1]), ("encoder.*", [1, 0, 0, 0]), ("decoder.*", [0, 0, 1, 0])]
     out = merge_models(folders, tmp_path / "merged", weight_rules=rules, progress=False)
     merged = load_file(os.path.join(out, "model.safetensors"))
     assert torch.equal(merged["encoder.layer.0.weight"], states[0]["encoder.layer.0.weight"])
@@ -187,48 +185,46 @@ def test_include_base_and_delta_methods(toys, tmp_path):
     out = merge_models(experts, tmp_path / "orig", base=base, include_base=True, progress=False)
     merged = load_file(os.path.join(out, "model.safetensors"))
     name = "encoder.layer.0.weight"
-    assert torch.equal(merged[name], (states[1][name] + states[2][name] + states[3][name]
-                                      + states[0][name]) / 4)
-    out = merge_models(experts, tmp_path / "ta", method="task_arithmetic", base=base,
-                       options={"lam": 1 / 3}, progress=False)
+    assert torch.equal(merged[name], (states[1][name] + states[2][name] + states[3][name] + states[0][name]) / 4)
+    out = merge_models(
+        experts, tmp_path / "ta", method="task_arithmetic", base=base, options={"lam": 1 / 3}, progress=False
+    )
     merged = load_file(os.path.join(out, "model.safetensors"))
     mean = (states[1][name] + states[2][name] + states[3][name]) / 3
     assert torch.allclose(merged[name], mean, atol=1e-6)
     with pytest.raises(ValueError, match="needs the original model"):
         merge_models(experts, tmp_path / "y", method="ties", progress=False)
     with pytest.raises(ValueError, match="no option"):
-        merge_models(experts, tmp_path / "y", method="ties", base=base,
-                     options={"densty": 0.3}, progress=False)
+        merge_models(experts, tmp_path / "y", method="ties", base=base, options={"densty": 0.3}, progress=False)
 
 
 def test_dare_in_driver_seeded_per_tensor_name(toys, tmp_path):
     states, folders = toys
     base, experts = folders[0], folders[1:]
     opts = {"density": 0.5}
-    a = merge_models(experts, tmp_path / "a", method="dare_linear", base=base, options=opts,
-                     seed=5, progress=False)
-    b = merge_models(experts, tmp_path / "b", method="dare_linear", base=base, options=opts,
-                     seed=6, progress=False)
-    ma, mb = load_file(os.path.join(a, "model.safetensors")), load_file(
-        os.path.join(b, "model.safetensors"))
+    a = merge_models(experts, tmp_path / "a", method="dare_linear", base=base, options=opts, seed=5, progress=False)
+    b = merge_models(experts, tmp_path / "b", method="dare_linear", base=base, options=opts, seed=6, progress=False)
+    ma, mb = load_file(os.path.join(a, "model.safetensors")), load_file(os.path.join(b, "model.safetensors"))
     name = "decoder.proj.weight"
     expected = get_method("dare_linear")(
-        [s[name] for s in states[1:]], torch.ones(3), states[0][name],
-        torch.Generator().manual_seed(tensor_seed(5, name)), density=0.5)
+        [s[name] for s in states[1:]],
+        torch.ones(3),
+        states[0][name],
+        torch.Generator().manual_seed(tensor_seed(5, name)),
+        density=0.5,
+    )
     assert torch.equal(ma[name], expected)  # depends on seed and name only, not on order
     assert not torch.equal(ma[name], mb[name])
 
 
 def test_slerp_and_model_stock_in_driver(toys, tmp_path):
     states, folders = toys
-    out = merge_models(folders[1:3], tmp_path / "s", method="slerp", options={"t": 0.0},
-                       progress=False)
+    out = merge_models(folders[1:3], tmp_path / "s", method="slerp", options={"t": 0.0}, progress=False)
     merged = load_file(os.path.join(out, "model.safetensors"))
     assert torch.allclose(merged["decoder.proj.weight"], states[1]["decoder.proj.weight"])
     with pytest.raises(ValueError, match="exactly 2 members"):
         merge_models(folders[1:], tmp_path / "s3", method="slerp", progress=False)
-    out = merge_models(folders[1:], tmp_path / "ms", method="model_stock", base=folders[0],
-                       progress=False)
+    out = merge_models(folders[1:], tmp_path / "ms", method="model_stock", base=folders[0], progress=False)
     assert os.path.isfile(os.path.join(out, "model.safetensors"))
 
 
@@ -239,27 +235,30 @@ def test_fisher_in_driver(toys, tmp_path):
         save_fisher(f, fisher)
     out = merge_models(folders[:3], tmp_path / "f", method="fisher", progress=False)
     avg = merge_models(folders[:3], tmp_path / "avg", progress=False)
-    mf, ma = load_file(os.path.join(out, "model.safetensors")), load_file(
-        os.path.join(avg, "model.safetensors"))
+    mf, ma = load_file(os.path.join(out, "model.safetensors")), load_file(os.path.join(avg, "model.safetensors"))
     for name in mf:
         assert torch.allclose(mf[name], ma[name], atol=1e-6)
     # a member without a Fisher file -> plain average, exactly
     out = merge_models(folders[2:], tmp_path / "f2", method="fisher", progress=False)
     avg = merge_models(folders[2:], tmp_path / "avg2", progress=False)
-    mf, ma = load_file(os.path.join(out, "model.safetensors")), load_file(
-        os.path.join(avg, "model.safetensors"))
+    mf, ma = load_file(os.path.join(out, "model.safetensors")), load_file(os.path.join(avg, "model.safetensors"))
     assert all(torch.equal(mf[n], ma[n]) for n in mf)
     # explicit files: member 0 very confident -> result close to member 0
     big = {n: t * 1e6 for n, t in fisher.items()}
     save_fisher(tmp_path / "big.safetensors", big)
-    out = merge_models(folders[:2], tmp_path / "f3", method="fisher", progress=False,
-                       options={"fisher_files": [str(tmp_path / "big.safetensors"),
-                                                 os.path.join(folders[1], "fisher.safetensors")]})
+    out = merge_models(
+        folders[:2],
+        tmp_path / "f3",
+        method="fisher",
+        progress=False,
+        options={"fisher_files": [str(tmp_path / "big.safetensors"), os.path.join(folders[1], "fisher.safetensors")]},
+    )
     mf = load_file(os.path.join(out, "model.safetensors"))
     assert torch.allclose(mf["decoder.proj.weight"], states[0]["decoder.proj.weight"], atol=1e-4)
 
 
 # --- driver: checks ---------------------------------------------------------------------
+
 
 def _expect_fail(members, out, match, **kw):
     with pytest.raises((MergeError, ValueError)) as err:
@@ -294,14 +293,11 @@ def test_missing_key_names_tensor_and_members(toys, tmp_path):
 
 def test_config_mismatch_names_field_and_members(toys, tmp_path):
     states, folders = toys
-    badf = save_folder(tmp_path / "bad", toy_state(9),
-                       config={"model_type": "whisper", "vocab_size": 10})
+    badf = save_folder(tmp_path / "bad", toy_state(9), config={"model_type": "whisper", "vocab_size": 10})
     msg = _expect_fail([folders[0], badf], tmp_path / "o", "'model_type'")
     assert folders[0] in msg and badf in msg
-    badv = save_folder(tmp_path / "badv", toy_state(9), config={"model_type": "toy",
-                                                                "vocab_size": 11})
-    msg = _expect_fail(folders[:2], tmp_path / "o", "'vocab_size'", base=badv,
-                       method="task_arithmetic")
+    badv = save_folder(tmp_path / "badv", toy_state(9), config={"model_type": "toy", "vocab_size": 11})
+    msg = _expect_fail(folders[:2], tmp_path / "o", "'vocab_size'", base=badv, method="task_arithmetic")
     assert badv in msg
 
 
@@ -314,12 +310,10 @@ def test_non_finite_names_member_and_tensor(toys, tmp_path):
     assert badf in msg and "non-finite" in msg
     bad["decoder.proj.weight"][3, 2] = float("inf")
     badf2 = save_folder(tmp_path / "bad2", bad)
-    msg = _expect_fail([folders[0], badf2], tmp_path / "o2", "non-finite",
-                       max_chunk_bytes=64)
+    msg = _expect_fail([folders[0], badf2], tmp_path / "o2", "non-finite", max_chunk_bytes=64)
     assert badf2 in msg
     # a method that does not propagate NaN (checked input by input)
-    msg = _expect_fail([folders[0], badf], tmp_path / "o3", "'decoder.proj.weight'",
-                       method="least_extreme")
+    msg = _expect_fail([folders[0], badf], tmp_path / "o3", "'decoder.proj.weight'", method="least_extreme")
     assert badf in msg and "non-finite" in msg
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 
@@ -348,8 +342,7 @@ def test_interrupted_merge_leaves_nothing(toys, tmp_path, monkeypatch):
         return tensors[0]
 
     spec = registry.get_spec("average")
-    monkeypatch.setitem(registry._METHODS, "average", registry.MethodSpec(
-        name="average", fn=boom, elementwise=True))
+    monkeypatch.setitem(registry._METHODS, "average", registry.MethodSpec(name="average", fn=boom, elementwise=True))
     with pytest.raises(RuntimeError, match="interrupted"):
         merge_models(folders, tmp_path / "out", progress=False)
     assert len(calls) == 3
@@ -382,8 +375,7 @@ def test_sharded_and_legacy_bin_members(toys, tmp_path):
         fname = f"model-0000{i + 1}-of-00002.safetensors"
         save_file({n: states[1][n] for n in part}, str(sharded / fname), metadata={"format": "pt"})
         weight_map.update({n: fname for n in part})
-    (sharded / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     (sharded / "config.json").write_text(json.dumps(CONFIG))
     legacy = tmp_path / "legacy"
     os.makedirs(legacy)
@@ -391,21 +383,29 @@ def test_sharded_and_legacy_bin_members(toys, tmp_path):
     (legacy / "config.json").write_text(json.dumps(CONFIG))
     out = merge_models([folders[0], str(sharded), str(legacy)], tmp_path / "o", progress=False)
     ref = merge_models(folders[:3], tmp_path / "ref", progress=False)
-    mo, mr = load_file(os.path.join(out, "model.safetensors")), load_file(
-        os.path.join(ref, "model.safetensors"))
+    mo, mr = load_file(os.path.join(out, "model.safetensors")), load_file(os.path.join(ref, "model.safetensors"))
     assert all(torch.equal(mo[n], mr[n]) for n in mr)
 
 
 # --- tiny real transformers models --------------------------------------------------------
 
+
 def tiny_wav2vec2(seed):
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
     torch.manual_seed(seed)
-    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2),
-                            conv_kernel=(10, 3), vocab_size=32, num_conv_pos_embeddings=16,
-                            num_conv_pos_embedding_groups=2)
+    config = Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16),
+        conv_stride=(5, 2),
+        conv_kernel=(10, 3),
+        vocab_size=32,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
     return Wav2Vec2ForCTC(config).eval()
 
 
@@ -449,8 +449,7 @@ def test_sharded_transformers_member(w2v_folders, tmp_path):
     assert (sharded / "model.safetensors.index.json").exists()
     a = merge_models([str(sharded)] + folders[1:], tmp_path / "a", progress=False)
     b = merge_models(folders, tmp_path / "b", progress=False)
-    ma, mb = load_file(os.path.join(a, "model.safetensors")), load_file(
-        os.path.join(b, "model.safetensors"))
+    ma, mb = load_file(os.path.join(a, "model.safetensors")), load_file(os.path.join(b, "model.safetensors"))
     assert set(ma) == set(mb) and all(torch.equal(ma[n], mb[n]) for n in mb)
 
 
@@ -458,7 +457,12 @@ def test_lora_adapter_folder_merged_on_the_fly(w2v_folders, tmp_path):
     root, models, folders = w2v_folders
     base_folder = folders[0]
     lora_model = tiny_wav2vec2(11)
-    add_lora(lora_model, rank=4, alpha=8, target_modules=("q_proj", "v_proj", "wav2vec2.feature_extractor.conv_layers.1.conv"))
+    add_lora(
+        lora_model,
+        rank=4,
+        alpha=8,
+        target_modules=("q_proj", "v_proj", "wav2vec2.feature_extractor.conv_layers.1.conv"),
+    )
     with torch.no_grad():
         g = torch.Generator().manual_seed(0)
         for n, p in lora_model.named_parameters():
@@ -468,16 +472,16 @@ def test_lora_adapter_folder_merged_on_the_fly(w2v_folders, tmp_path):
     os.makedirs(adapter)
     save_file(lora_state_dict(lora_model), str(adapter / "adapter_model.safetensors"))
     rel = os.path.relpath(base_folder, adapter)
-    (adapter / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "base_model_name_or_path": rel}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "base_model_name_or_path": rel})
+    )
     # fold by hand
     merge_lora(lora_model)
     folded = tmp_path / "folded"
     lora_model.save_pretrained(str(folded))
     a = merge_models([str(adapter), folders[1]], tmp_path / "a", progress=False)
     b = merge_models([str(folded), folders[1]], tmp_path / "b", progress=False)
-    ma, mb = load_file(os.path.join(a, "model.safetensors")), load_file(
-        os.path.join(b, "model.safetensors"))
+    ma, mb = load_file(os.path.join(a, "model.safetensors")), load_file(os.path.join(b, "model.safetensors"))
     assert set(ma) == set(mb)
     for n in mb:
         assert torch.allclose(ma[n], mb[n], atol=1e-6), n
@@ -486,8 +490,9 @@ def test_lora_adapter_folder_merged_on_the_fly(w2v_folders, tmp_path):
     assert not torch.equal(src.read(q), _state(models[0])[q])  # the adapter changed it
     src.close()
     # a missing base is a clear error
-    (adapter / "adapter_config.json").write_text(json.dumps(
-        {"r": 4, "lora_alpha": 8, "base_model_name_or_path": "nowhere/model"}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"r": 4, "lora_alpha": 8, "base_model_name_or_path": "nowhere/model"})
+    )
     with pytest.raises(ValueError, match="not a local folder"):
         merge_models([str(adapter), folders[1]], tmp_path / "c", progress=False)
 
@@ -505,10 +510,11 @@ def test_merged_folder_transcribes_with_pipeline(w2v_folders, tmp_path):
     os.makedirs(proc_dir)
     (proc_dir / "vocab.json").write_text(json.dumps(vocab))
     tok = Wav2Vec2CTCTokenizer(str(proc_dir / "vocab.json"))
-    fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                                  do_normalize=True, return_attention_mask=False)
+    fe = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
+    )
     members = []
-    for i, f in enumerate(folders):
+    for i in range(len(folders)):
         member = tmp_path / f"member{i}"
         models[i].save_pretrained(str(member))
         tok.save_pretrained(str(member))
@@ -534,13 +540,19 @@ def test_lora_rslora_and_modules_to_save(toys, tmp_path):
     g = torch.Generator().manual_seed(3)
     a, b = torch.randn(2, 6, generator=g), torch.randn(10, 2, generator=g)
     bias = torch.randn(6, generator=g)
-    save_file({"base_model.model.decoder.proj.lora_A.weight": a,
-               "base_model.model.decoder.proj.lora_B.weight": b,
-               "base_model.model.encoder.layer.0.bias": bias},
-              str(adapter / "adapter_model.safetensors"))
-    (adapter / "adapter_config.json").write_text(json.dumps(
-        {"r": 2, "lora_alpha": 4, "use_rslora": True,
-         "base_model_name_or_path": os.path.abspath(folders[0])}))
+    save_file(
+        {
+            "base_model.model.decoder.proj.lora_A.weight": a,
+            "base_model.model.decoder.proj.lora_B.weight": b,
+            "base_model.model.encoder.layer.0.bias": bias,
+        },
+        str(adapter / "adapter_model.safetensors"),
+    )
+    (adapter / "adapter_config.json").write_text(
+        json.dumps(
+            {"r": 2, "lora_alpha": 4, "use_rslora": True, "base_model_name_or_path": os.path.abspath(folders[0])}
+        )
+    )
     src = open_model(str(adapter))
     w = "decoder.proj.weight"
     expected = states[0][w] + lora_delta(a, b, 4 / math.sqrt(2), (10, 6))
@@ -549,9 +561,10 @@ def test_lora_rslora_and_modules_to_save(toys, tmp_path):
     assert torch.equal(src.read("encoder.layer.0.bias"), bias)
     assert torch.equal(src.read("decoder.scale"), states[0]["decoder.scale"])
     src.close()
-    save_file({"base_model.model.nowhere.lora_A.weight": a,
-               "base_model.model.nowhere.lora_B.weight": b},
-              str(adapter / "adapter_model.safetensors"))
+    save_file(
+        {"base_model.model.nowhere.lora_A.weight": a, "base_model.model.nowhere.lora_B.weight": b},
+        str(adapter / "adapter_model.safetensors"),
+    )
     with pytest.raises(ValueError, match="'nowhere'"):
         open_model(str(adapter))
 
@@ -563,8 +576,7 @@ def test_batchnorm_step_counter_may_differ(toys, tmp_path):
     a, b = toy_state(1), toy_state(2)
     a["encoder.norm.num_batches_tracked"] = torch.tensor(100)
     b["encoder.norm.num_batches_tracked"] = torch.tensor(250)
-    out = merge_models([save_folder(tmp_path / "a", a), save_folder(tmp_path / "b", b)], tmp_path / "m",
-                       progress=False)
+    out = merge_models([save_folder(tmp_path / "a", a), save_folder(tmp_path / "b", b)], tmp_path / "m", progress=False)
     assert load_file(os.path.join(out, "model.safetensors"))["encoder.norm.num_batches_tracked"].item() == 100
 
 
@@ -576,7 +588,8 @@ def test_batchnorm_statistics_are_averaged_by_every_method(toys, tmp_path):
     a["enc.bn.running_var"] = torch.tensor([0.2, 3.0])
     b["enc.bn.running_var"] = torch.tensor([0.4, 5.0])
     folders = [save_folder(tmp_path / n, s) for n, s in (("base", base), ("a", a), ("b", b))]
-    out = merge_models(folders[1:], tmp_path / "ta", method="task_arithmetic", base=folders[0],
-                       options={"lam": 2.0}, progress=False)
+    out = merge_models(
+        folders[1:], tmp_path / "ta", method="task_arithmetic", base=folders[0], options={"lam": 2.0}, progress=False
+    )
     merged = load_file(os.path.join(out, "model.safetensors"))
     assert torch.allclose(merged["enc.bn.running_var"], torch.tensor([0.3, 4.0]))

@@ -25,10 +25,21 @@ def rand(*shape, seed=0):
 
 # --- registry ---------------------------------------------------------------------------
 
+
 def test_registry_lists_methods_and_rejects_unknown():
     names = available_methods()
-    for name in ["average", "most_extreme", "least_extreme", "task_arithmetic", "ties",
-                 "dare_linear", "dare_ties", "slerp", "model_stock", "fisher"]:
+    for name in [
+        "average",
+        "most_extreme",
+        "least_extreme",
+        "task_arithmetic",
+        "ties",
+        "dare_linear",
+        "dare_ties",
+        "slerp",
+        "model_stock",
+        "fisher",
+    ]:
         assert name in names
         assert callable(get_method(name))
     with pytest.raises(ValueError, match="known methods: .*average"):
@@ -43,13 +54,13 @@ def test_register_custom_method_and_duplicate():
     assert get_method("_test_first") is first
     assert "_test_first" in available_methods()
     with pytest.raises(ValueError, match="already registered"):
+
         @register("_test_first")
         def other(tensors, weights, base, generator):
             return tensors[1]
 
 
-@pytest.mark.parametrize("name", ["task_arithmetic", "ties", "dare_linear", "dare_ties",
-                                  "model_stock"])
+@pytest.mark.parametrize("name", ["task_arithmetic", "ties", "dare_linear", "dare_ties", "model_stock"])
 def test_delta_methods_need_base(name):
     assert get_spec(name).needs_base
     with pytest.raises(ValueError, match="base"):
@@ -57,6 +68,7 @@ def test_delta_methods_need_base(name):
 
 
 # --- average ----------------------------------------------------------------------------
+
 
 def test_average_equal_weights_is_exact_float32_mean():
     a, b, c = rand(5, 7, seed=1), rand(5, 7, seed=2), rand(5, 7, seed=3)
@@ -78,9 +90,10 @@ def test_average_weights_normalised():
 
 # --- extremes ---------------------------------------------------------------------------
 
+
 def test_most_and_least_extreme_pick_elements():
     a = T([1.0, -5.0, 0.5, 2.0])
-    b = T([-3.0, 4.0, 0.1, -2.0])   # last element: |2| tie -> first member
+    b = T([-3.0, 4.0, 0.1, -2.0])  # last element: |2| tie -> first member
     c = T([2.0, 0.0, -0.7, 1.0])
     most = get_method("most_extreme")([a, b, c], w(1, 1, 1), None, gen())
     least = get_method("least_extreme")([a, b, c], w(1, 1, 1), None, gen())
@@ -91,6 +104,7 @@ def test_most_and_least_extreme_pick_elements():
 
 
 # --- task arithmetic --------------------------------------------------------------------
+
 
 def test_task_arithmetic_hand_computed():
     base = T([1.0, 1.0, 1.0])
@@ -108,6 +122,7 @@ def test_task_arithmetic_lam_one_over_n_is_mean():
 
 
 # --- TIES -------------------------------------------------------------------------------
+
 
 def test_ties_hand_computed():
     base = torch.zeros(4)
@@ -149,17 +164,16 @@ def test_ties_keeps_at_least_one_entry():
     assert torch.equal(trim_magnitude(T([1.0, -1.0, 1.0, 0.5]), 0.5), T([1.0, -1.0, 0.0, 0.0]))
 
 
-@pytest.mark.parametrize("name", ["ties", "dare_linear", "dare_ties", "model_stock",
-                                  "task_arithmetic"])
+@pytest.mark.parametrize("name", ["ties", "dare_linear", "dare_ties", "model_stock", "task_arithmetic"])
 def test_zero_deltas_return_base(name):
     base = rand(3, 4, seed=5)
-    out = get_method(name)([base.clone(), base.clone(), base.clone()], w(1, 1, 1), base,
-                           gen())
+    out = get_method(name)([base.clone(), base.clone(), base.clone()], w(1, 1, 1), base, gen())
     assert torch.isfinite(out).all()
     assert torch.equal(out, base)
 
 
 # --- DARE -------------------------------------------------------------------------------
+
 
 def test_dare_p0_equals_task_arithmetic():
     base = rand(6, 5, seed=1)
@@ -221,6 +235,7 @@ def test_dare_ties_hand_computed():
 
 # --- SLERP ------------------------------------------------------------------------------
 
+
 def test_slerp_endpoints_and_midpoint():
     a, b = T([1.0, 0.0]), T([0.0, 2.0])
     fn = get_method("slerp")
@@ -254,6 +269,7 @@ def test_slerp_matrix_flattened():
 
 # --- Model Stock ------------------------------------------------------------------------
 
+
 def test_model_stock_t_formula():
     base = torch.zeros(2)
     a, b = T([1.0, 0.0]), T([1.0, 1.0])  # cos = 1/sqrt(2)
@@ -279,6 +295,7 @@ def test_model_stock_identical_deltas_is_mean():
 
 
 # --- Fisher -----------------------------------------------------------------------------
+
 
 def test_fisher_equal_fishers_is_average():
     ms = [rand(4, 3, seed=s) for s in range(3)]

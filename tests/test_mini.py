@@ -13,8 +13,13 @@ sys.path.insert(0, os.path.join(ROOT, "recipes", "average"))
 
 # Fresh utterances: seed 1 draws new texts, voices and prosody from the same domain
 # distributions as the seed-0 corpus the generalist was pretrained on.
-HELD_OUT = {"general": {"test_clean": 40, "test_other": 40}, "vctk": {"test": 40}, "coraal": {"test": 40},
-            "jl": {"test": 40}, "ne": {"test": 40}}
+HELD_OUT = {
+    "general": {"test_clean": 40, "test_other": 40},
+    "vctk": {"test": 40},
+    "coraal": {"test": 40},
+    "jl": {"test": 40},
+    "ne": {"test": 40},
+}
 
 
 def test_generalist_is_a_small_parakeet_and_loads():
@@ -33,8 +38,7 @@ def held_out_wer(tmp_path_factory):
     folder = tmp_path_factory.mktemp("held_out")
     generate_corpus(str(folder / "corpus"), seed=1, config=HELD_OUT, progress=False)
     sets = {f"{d}/{s}": str(folder / "corpus" / d / f"{s}.csv") for d, splits in HELD_OUT.items() for s in splits}
-    results = evaluate_model(GENERALIST, sets, str(folder / "eval"), batch_size=20, normalizer="basic",
-                             progress=False)
+    results = evaluate_model(GENERALIST, sets, str(folder / "eval"), batch_size=20, normalizer="basic", progress=False)
     return {name: r["wer"] for name, r in results.items()}
 
 
@@ -62,11 +66,30 @@ def test_reduced_main_job(tmp_path):
     import reproduce
 
     out = tmp_path / "mini"
-    reproduce.main([os.path.join(ROOT, "hparams", "mini.yaml"), "--output_folder", str(out),
-                    "--original", GENERALIST, "--synthetic_corpus", "{scale: 0.03}",
-                    "--train_overrides", "{steps_per_epoch: 3}", "--progressbar", "False"])
+    reproduce.main(
+        [
+            os.path.join(ROOT, "hparams", "mini.yaml"),
+            "--output_folder",
+            str(out),
+            "--original",
+            GENERALIST,
+            "--synthetic_corpus",
+            "{scale: 0.03}",
+            "--train_overrides",
+            "{steps_per_epoch: 3}",
+            "--progressbar",
+            "False",
+        ]
+    )
     rows = list(csv.DictReader(open(out / "table7" / "results.csv")))
-    assert [r["model"] for r in rows] == ["Pretrained generalist", "Fine-tuned - vctk", "Fine-tuned - coraal",
-                                          "Fine-tuned - jl", "Fine-tuned - ne", "AoDE", "AoDE with orig."]
+    assert [r["model"] for r in rows] == [
+        "Pretrained generalist",
+        "Fine-tuned - vctk",
+        "Fine-tuned - coraal",
+        "Fine-tuned - jl",
+        "Fine-tuned - ne",
+        "AoDE",
+        "AoDE with orig.",
+    ]
     assert "Forgetting general_clean %" in rows[0] and "Gain kept" in rows[0]
     assert (out / "table7" / "results.png").stat().st_size > 10000

@@ -43,12 +43,7 @@ def built(tmp_path_factory):
     if not _has_espeak():
         pytest.skip("espeakng-loader not installed")
     info = corpus.generate_corpus(first, seed=0, scale=SCALE, workers=2, progress=False)
-    assert (
-        corpus.main(
-            ["--out", second, "--seed", "0", "--scale", str(SCALE), "--workers", "1", "--quiet"]
-        )
-        == 0
-    )
+    assert corpus.main(["--out", second, "--seed", "0", "--scale", str(SCALE), "--workers", "1", "--quiet"]) == 0
     return first, second, info
 
 
@@ -119,9 +114,7 @@ def test_vocabulary_overlap_in_target_band():
 def test_effects_behave():
     rng = np.random.default_rng(0)
     t = np.arange(16000) / 16000
-    tone = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 6000 * t)).astype(
-        np.float32
-    )
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 6000 * t)).astype(np.float32)
     assert effects.high_band_ratio(tone) > 0.05
     assert effects.high_band_ratio(effects.telephone(tone)) < 1e-3
     assert len(effects.telephone(tone)) == len(tone)
@@ -181,9 +174,7 @@ def test_synthesizer_voices():
     x = tts.synthesize("Hello there.", voice="en-us+f3", rate=170)
     assert x.dtype == np.float32 and 0.4 < len(x) / 16000 < 2.5 and np.abs(x).max() > 0.05
     for spec in corpus.DOMAIN_SPECS.values():
-        for voices in [spec["voices"]] + [
-            s["voices"] for s in spec.get("splits", {}).values() if "voices" in s
-        ]:
+        for voices in [spec["voices"]] + [s["voices"] for s in spec.get("splits", {}).values() if "voices" in s]:
             for voice in voices:
                 tts.check_voice(voice)
     with pytest.raises(ValueError):
@@ -206,9 +197,7 @@ def test_manifests_follow_the_contract(built):
         for row in rows:
             assert row["ID"] not in ids and "," not in row["ID"]
             ids.add(row["ID"])
-            assert os.path.isabs(row["wav"]) and os.path.dirname(row["wav"]) == os.path.join(
-                first, domain, "wav"
-            )
+            assert os.path.isabs(row["wav"]) and os.path.dirname(row["wav"]) == os.path.join(first, domain, "wav")
             assert row["wrd"] == normalize_words(row["wrd_raw"])
             assert row["spk_id"] == row["voice"]
             assert float(row["start"]) == 0 and float(row["stop"]) == float(row["duration"])
@@ -287,9 +276,7 @@ def test_domains_differ_measurably(built):
     assert min(effects.estimate_snr_db(x) for x in clean) > 60
     # ne is read slower than coraal is spoken
     rows = {d: read_manifest(os.path.join(first, d, "train.csv")) for d in ("ne", "coraal")}
-    rate = {
-        d: np.mean([len(r["wrd"].split()) / float(r["duration"]) for r in rows[d]]) for d in rows
-    }
+    rate = {d: np.mean([len(r["wrd"].split()) / float(r["duration"]) for r in rows[d]]) for d in rows}
     assert rate["coraal"] > 1.2 * rate["ne"], rate
 
 

@@ -15,7 +15,8 @@ from aode.models import FAMILIES, ASRModel, load_asr_model, register_family, wri
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILY_BRANCH = re.compile(
     r"\.family\s*[!=]=|\bfamily\s*[!=]=\s*['\"]|isinstance\([^)]*\b(WhisperASR|CTCASR)\b"
-    r"|\b(WhisperASR|CTCASR)\b\s*\(")
+    r"|\b(WhisperASR|CTCASR)\b\s*\("
+)
 
 
 def test_nothing_outside_models_branches_on_family():
@@ -117,19 +118,44 @@ def test_a_third_family_needs_one_class(s2t_family, sample_manifest, tmp_path):
     from aode.train import train_expert
 
     config = Speech2TextConfig(
-        vocab_size=3 + len(CHARS), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, conv_channels=32,
-        input_feat_per_channel=80, max_source_positions=1500, max_target_positions=256,
-        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=BOS)
+        vocab_size=3 + len(CHARS),
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        conv_channels=32,
+        input_feat_per_channel=80,
+        max_source_positions=1500,
+        max_target_positions=256,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        decoder_start_token_id=BOS,
+    )
     torch.manual_seed(0)
     source = str(tmp_path / "s2t")
     Speech2TextForConditionalGeneration(config).save_pretrained(source)
     assert isinstance(load_asr_model(source), Speech2TextASR)
 
-    folder = train_expert(dict(
-        output_folder=str(tmp_path / "run"), train_csv=sample_manifest, valid_csv=sample_manifest,
-        test_csv=sample_manifest, model_source=source, lr=1e-3, llrd_alpha=0.9, number_of_epochs=1,
-        steps_per_epoch=2, batch_size=2, progressbar=False, normalizer="basic"))
+    folder = train_expert(
+        dict(
+            output_folder=str(tmp_path / "run"),
+            train_csv=sample_manifest,
+            valid_csv=sample_manifest,
+            test_csv=sample_manifest,
+            model_source=source,
+            lr=1e-3,
+            llrd_alpha=0.9,
+            number_of_epochs=1,
+            steps_per_epoch=2,
+            batch_size=2,
+            progressbar=False,
+            normalizer="basic",
+        )
+    )
     info = json.load(open(os.path.join(folder, "aode.json")))
     assert info["kind"] == "expert" and info["dev_wer"] is not None
     assert os.path.isfile(tmp_path / "run" / "test_test.csv")

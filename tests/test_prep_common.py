@@ -24,19 +24,18 @@ def item(speaker, start, stop, text):
 
 
 def spans(segments):
-    return [(s["speaker"], s["start"], s["stop"], [i["text"] for i in s["items"]])
-            for s in segments]
+    return [(s["speaker"], s["start"], s["stop"], [i["text"] for i in s["items"]]) for s in segments]
 
 
 def test_merge_same_speaker_hand_computed():
     items = [
         item("A", 0.0, 2.0, "a1"),
-        item("A", 2.5, 5.0, "a2"),   # span 0-5 = 5.0 <= 5: joins
-        item("A", 5.5, 6.0, "a3"),   # span 0-6 = 6.0 > 5: a new segment
-        item("B", 6.0, 7.0, "b1"),   # another speaker: a new segment
-        None,                        # a skipped item ends B's segment
-        item("B", 7.0, 8.0, "b2"),   # so this one starts a new one
-        item("B", 6.5, 7.5, "b3"),   # out of order: the span is min start .. max stop
+        item("A", 2.5, 5.0, "a2"),  # span 0-5 = 5.0 <= 5: joins
+        item("A", 5.5, 6.0, "a3"),  # span 0-6 = 6.0 > 5: a new segment
+        item("B", 6.0, 7.0, "b1"),  # another speaker: a new segment
+        None,  # a skipped item ends B's segment
+        item("B", 7.0, 8.0, "b2"),  # so this one starts a new one
+        item("B", 6.5, 7.5, "b3"),  # out of order: the span is min start .. max stop
     ]
     before = [dict(i) if i else None for i in items]
     assert spans(merge_same_speaker(items, 5)) == [
@@ -63,10 +62,17 @@ def test_folders_below_and_find_root(tmp_path):
     root = str(tmp_path)
     names = [os.path.relpath(f, root) for f in folders_below(root)]
     # breadth first, name order; hidden and __MACOSX folders left out with what is below them
-    assert names == [".", "a", "b", "c", os.path.join("a", "x"), os.path.join("b", "deep"),
-                     os.path.join("c", "corpus"), os.path.join("b", "deep", "deeper")]
-    assert [os.path.relpath(f, root) for f in folders_below(root, depth=1)] == [
-        ".", "a", "b", "c"]
+    assert names == [
+        ".",
+        "a",
+        "b",
+        "c",
+        os.path.join("a", "x"),
+        os.path.join("b", "deep"),
+        os.path.join("c", "corpus"),
+        os.path.join("b", "deep", "deeper"),
+    ]
+    assert [os.path.relpath(f, root) for f in folders_below(root, depth=1)] == [".", "a", "b", "c"]
     assert [os.path.relpath(f, root) for f in folders_below(root, depth=0)] == ["."]
 
     def has_corpus(folder):
@@ -81,8 +87,7 @@ def test_folders_below_and_find_root(tmp_path):
 
 def test_prep_options_records_the_version_under_one_key(tmp_path):
     options = prep_options("mini", 3, str(tmp_path / "data"), seed=7)
-    assert options == {"corpus": "mini", VERSION_KEY: 3,
-                       "data_folder": str(tmp_path / "data"), "seed": 7}
+    assert options == {"corpus": "mini", VERSION_KEY: 3, "data_folder": str(tmp_path / "data"), "seed": 7}
     assert VERSION_KEY == "format"
 
 
@@ -97,8 +102,7 @@ def _fake_prepare(data_folder, save_folder, fail=None, seed=1):
         return None
     os.makedirs(save_folder, exist_ok=True)
     with open(os.path.join(save_folder, "train.csv"), "w") as f:
-        f.write("ID,duration,wav,start,stop,spk_id,wrd,wrd_raw\n"
-                "u1,3600.000,/a.wav,0.000,3600.000,s,hi,Hi\n")
+        f.write("ID,duration,wav,start,stop,spk_id,wrd,wrd_raw\nu1,3600.000,/a.wav,0.000,3600.000,s,hi,Hi\n")
     with open(os.path.join(save_folder, "skipped.csv"), "w") as f:
         f.write("ID,file,reason\nu2,/b.wav,too short\n")
     with open(options_path, "w") as f:
@@ -123,8 +127,9 @@ def test_run_cli(tmp_path, capsys):
         assert json.load(f) == {"seed": 5}  # the flags reach prepare by their names
     # already prepared: said so, and the summary is read back from the folder
     assert run_cli(_fake_prepare, _parser(), argv, lambda args: ["train.csv"]) == 0
-    assert capsys.readouterr().out == (f"already prepared with the same options: {save}\n"
-                                       "train.csv: 1 utterances, 1.00 h\nskipped 1: too short\n")
+    assert capsys.readouterr().out == (
+        f"already prepared with the same options: {save}\ntrain.csv: 1 utterances, 1.00 h\nskipped 1: too short\n"
+    )
     for fail in ("layout", "option"):
         with pytest.raises(SystemExit) as exit_:
             run_cli(_fake_prepare, _parser(), argv + ["--fail", fail], ["train.csv"])

@@ -39,9 +39,12 @@ SPLIT = dict(n_valid_speakers=1, n_test_speakers=1)
 
 # ID -> (start, stop, speaker, wrd_raw) of every segment with the default options
 EXPECTED = {
-    f"{MAIN_BASE}_0002_0004": (2.5, 8.75, MAIN_SPK,
-                               "The child almost hurt the small dog Drop the tue when you ask "
-                               "the figures"),
+    f"{MAIN_BASE}_0002_0004": (
+        2.5,
+        8.75,
+        MAIN_SPK,
+        "The child almost hurt the small dog Drop the tue when you ask the figures",
+    ),
     f"{MAIN_BASE}_0006_0006": (11.0, 13.72, MAIN_SPK, "At that high level the air is pure"),
     f"{MAIN_BASE}_0008_0008": (14.5, 17.03, MAIN_SPK, "A thin stripe runs down the buses middle"),
     f"{MAIN_BASE}_0010_0010": (17.6, 20.2, MAIN_SPK, "Sunday is the best part of the week"),
@@ -78,48 +81,57 @@ EXPECTED_SKIPS = {
 # Every skip reason the fixture produces, word for word: generic, so that the summary groups
 # them (no file names, times or row numbers in them).
 GENERIC_REASONS = {
-    "interviewer turn (keep_interviewer off)", "pause-only row", "empty text after cleaning",
-    "impossible time", "runs past the end of its audio", "unreadable audio",
-    "transcript without audio", "audio without transcript", "transcript without header line",
+    "interviewer turn (keep_interviewer off)",
+    "pause-only row",
+    "empty text after cleaning",
+    "impossible time",
+    "runs past the end of its audio",
+    "unreadable audio",
+    "transcript without audio",
+    "audio without transcript",
+    "transcript without header line",
     "empty Content cell",
 }
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("(pause 0.17)", ""),
-    ("{pause 1.20}", ""),
-    ("<laugh>", ""),
-    ("<ts>", ""),
-    ("/unintelligible/", ""),
-    ("/inaudible/", ""),
-    ("[laughing]", ""),
-    ("We went /RD-NAME-2/ down there.", "We went down there."),
-    ("My teacher /RD-NAME-3. told us", "My teacher told us"),
-    ("I told [/RD-NAME-2/-] yeah", "I told yeah"),
-    ("It was funny <laugh] right", "It was funny right"),
-    ("I [went] to the /RD-PLACE-1/, you know (pause 0.42) yeah", "I went to the, you know yeah"),
-    ("She was like [laughing] okay", "She was like okay"),
-    ("/unintelligible/ the busses, I aks him", "the buses, I ask him"),
-    ("Aksed and aksing, /?/ Aks", "Asked and asking, Ask"),
-    ("don't aksident", "don't aksident"),
-    ("<laugh> Yeah. /inaudible/", "Yeah."),
-    # line-level notes in ( ) and { } are not words (they used to stay: "laughing yeah")
-    ("(laughing) yeah I did", "yeah I did"),
-    ("(coughing) okay, (whispered) yeah", "okay, yeah"),
-    ("yeah {laughs} ok", "yeah ok"),
-    # [ ] marks overlapping speech: its words stay, glued to an adjacent letter
-    ("y[eah]", "yeah"),
-    ("it was [um]- you know", "it was um- you know"),
-    ("[At that high level] the air", "At that high level the air"),
-    ("okay.[Yeah] right", "okay. Yeah right"),
-    # a redaction takes its clitic along; an unclosed pause leaves no words
-    ("Tell /RD-NAME-2/'s house", "Tell house"),
-    ("Tell /RD-NAME-2/\u2019s house", "Tell house"),
-    ("so (pause 0.5", "so"),
-    ("(pause 0.5", ""),
-    ("(pause 0.5 and then", "and then"),
-    ("(laughing)", ""),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("(pause 0.17)", ""),
+        ("{pause 1.20}", ""),
+        ("<laugh>", ""),
+        ("<ts>", ""),
+        ("/unintelligible/", ""),
+        ("/inaudible/", ""),
+        ("[laughing]", ""),
+        ("We went /RD-NAME-2/ down there.", "We went down there."),
+        ("My teacher /RD-NAME-3. told us", "My teacher told us"),
+        ("I told [/RD-NAME-2/-] yeah", "I told yeah"),
+        ("It was funny <laugh] right", "It was funny right"),
+        ("I [went] to the /RD-PLACE-1/, you know (pause 0.42) yeah", "I went to the, you know yeah"),
+        ("She was like [laughing] okay", "She was like okay"),
+        ("/unintelligible/ the busses, I aks him", "the buses, I ask him"),
+        ("Aksed and aksing, /?/ Aks", "Asked and asking, Ask"),
+        ("don't aksident", "don't aksident"),
+        ("<laugh> Yeah. /inaudible/", "Yeah."),
+        # line-level notes in ( ) and { } are not words (they used to stay: "laughing yeah")
+        ("(laughing) yeah I did", "yeah I did"),
+        ("(coughing) okay, (whispered) yeah", "okay, yeah"),
+        ("yeah {laughs} ok", "yeah ok"),
+        # [ ] marks overlapping speech: its words stay, glued to an adjacent letter
+        ("y[eah]", "yeah"),
+        ("it was [um]- you know", "it was um- you know"),
+        ("[At that high level] the air", "At that high level the air"),
+        ("okay.[Yeah] right", "okay. Yeah right"),
+        # a redaction takes its clitic along; an unclosed pause leaves no words
+        ("Tell /RD-NAME-2/'s house", "Tell house"),
+        ("Tell /RD-NAME-2/\u2019s house", "Tell house"),
+        ("so (pause 0.5", "so"),
+        ("(pause 0.5", ""),
+        ("(pause 0.5 and then", "and then"),
+        ("(laughing)", ""),
+    ],
+)
 def test_clean_content(content, expected):
     assert clean_content(content) == expected
 
@@ -148,14 +160,17 @@ def test_clean_content_matches_nemo_test_cases(content, expected):
     assert normalize_words(clean_content(content)) == expected
 
 
-@pytest.mark.parametrize("content, koenecke, ours", [
-    # stanford-policylab/asr-disparities src/transcript_cleaning_functions.py remove_markers'
-    # own example: a note in ( ) goes, as in clean_coraal
-    ("We(BR) went", "We went", "We went"),
-    # clean_coraal turns [ ] into { } and removes it with its words; snippet_generation.py
-    # drops any line with a bracket. We keep the overlapped words, as NeMo does.
-    ("[yeah] okay", "okay", "yeah okay"),
-])
+@pytest.mark.parametrize(
+    "content, koenecke, ours",
+    [
+        # stanford-policylab/asr-disparities src/transcript_cleaning_functions.py remove_markers'
+        # own example: a note in ( ) goes, as in clean_coraal
+        ("We(BR) went", "We went", "We went"),
+        # clean_coraal turns [ ] into { } and removes it with its words; snippet_generation.py
+        # drops any line with a bracket. We keep the overlapped words, as NeMo does.
+        ("[yeah] okay", "okay", "yeah okay"),
+    ],
+)
 def test_clean_content_against_koenecke(content, koenecke, ours):
     assert clean_content(content) == ours
 
@@ -175,8 +190,7 @@ def test_interviewee_code():
 
 
 def read_all(out):
-    return {name: read_manifest(os.path.join(out, name + ".csv"))
-            for name in ("train", "valid", "test")}
+    return {name: read_manifest(os.path.join(out, name + ".csv")) for name in ("train", "valid", "test")}
 
 
 def read_skips(out):
@@ -261,8 +275,7 @@ def test_layout_errors(tmp_path):
     (folder / "DCB_se1_ag1_f_01_1.wav").write_bytes(b"")
     with pytest.raises(LayoutError) as err:
         prepare_coraal(str(folder), str(tmp_path / "out"))
-    assert str(folder) in str(err.value) and "Line\\tSpkr\\tStTime\\tContent\\tEnTime" in str(
-        err.value)
+    assert str(folder) in str(err.value) and "Line\\tSpkr\\tStTime\\tContent\\tEnTime" in str(err.value)
     make_coraal(str(tmp_path / "data"))
     with pytest.raises(ValueError, match="too few"):
         prepare_coraal(str(tmp_path / "data"), str(tmp_path / "out"))  # 6 interviewees < 5+5+1
@@ -273,8 +286,7 @@ def test_skip_when_prepared_and_redo_on_new_options(tmp_path):
     make_coraal(str(tmp_path / "data"))
     out = str(tmp_path / "out")
     prepare_coraal(str(tmp_path / "data"), out, **SPLIT)
-    files = [os.path.join(out, n) for n in ("train.csv", "valid.csv", "test.csv",
-                                            "skipped.csv", "prep_options.json")]
+    files = [os.path.join(out, n) for n in ("train.csv", "valid.csv", "test.csv", "skipped.csv", "prep_options.json")]
     for f in files:
         os.utime(f, (1_000_000_000, 1_000_000_000))
     assert prepare_coraal(str(tmp_path / "data"), out, **SPLIT) is None
@@ -297,8 +309,7 @@ def test_loads_with_speechbrain(tmp_path):
         assert all(os.path.isfile(i["wav"]) for i in items)
         ours = read_manifest(os.path.join(out, name + ".csv"))
         theirs = load_with_speechbrain(os.path.join(out, name + ".csv"))
-        assert [(r["wrd"], r["wrd_raw"]) for r in theirs] == [
-            (r["wrd"], r["wrd_raw"]) for r in ours]
+        assert [(r["wrd"], r["wrd_raw"]) for r in theirs] == [(r["wrd"], r["wrd_raw"]) for r in ours]
     # the project's loader reads each segment at 16 kHz from the 44.1 kHz interview
     from aode.data import read_audio_segment
 
@@ -311,15 +322,34 @@ def test_loads_with_speechbrain(tmp_path):
 def test_command_line(tmp_path):
     make_coraal(str(tmp_path / "data"))
     script = os.path.join(REPO, "data_prep", "coraal.py")
-    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True,
-                               text=True, check=True).stdout
-    for option in ("--data_folder", "--save_folder", "--keep_interviewer",
-                   "--max_segment_seconds", "--n_valid_speakers", "--n_test_speakers", "--seed"):
+    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
+    for option in (
+        "--data_folder",
+        "--save_folder",
+        "--keep_interviewer",
+        "--max_segment_seconds",
+        "--n_valid_speakers",
+        "--n_test_speakers",
+        "--seed",
+    ):
         assert option in help_text
     out = str(tmp_path / "out")
-    run = subprocess.run([sys.executable, script, "--data_folder", str(tmp_path / "data"),
-                          "--save_folder", out, "--n_valid_speakers", "1",
-                          "--n_test_speakers", "1"], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--data_folder",
+            str(tmp_path / "data"),
+            "--save_folder",
+            out,
+            "--n_valid_speakers",
+            "1",
+            "--n_test_speakers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert "train.csv:" in run.stdout and "skipped 1: pause-only row" in run.stdout
 
@@ -334,13 +364,18 @@ def test_rows_taken_in_start_time_order(tmp_path):
         prepare_coraal(str(tmp_path / "data"), out, keep_interviewer=keep, **SPLIT)
         # interviewee segments, as Koenecke et al. check (a kept interviewer row may contain
         # a whole overlapping interviewee row: row 4 holds row 5, as the transcript says)
-        rows = [r for split in read_all(out).values() for r in split
-                if r["ID"].startswith(ORDER_BASE) and r["spk_id"] == MAIN_SPK]
+        rows = [
+            r
+            for split in read_all(out).values()
+            for r in split
+            if r["ID"].startswith(ORDER_BASE) and r["spk_id"] == MAIN_SPK
+        ]
         assert len(rows) == 5
         for row in rows:
             start, stop = float(row["start"]), float(row["stop"])
-            inside = {spkr for spkr, st, en, content, _ in ORDER_ROWS
-                      if content and st >= start - 1e-6 and en <= stop + 1e-6}
+            inside = {
+                spkr for spkr, st, en, content, _ in ORDER_ROWS if content and st >= start - 1e-6 and en <= stop + 1e-6
+            }
             assert inside == {MAIN_SPK}, (row["ID"], inside)
     ids = {r["ID"] for split in read_all(str(tmp_path / "out_True")).values() for r in split}
     assert {f"{ORDER_BASE}_0003_0003", f"{ORDER_BASE}_0004_0004"} <= ids
@@ -350,17 +385,17 @@ def test_rows_taken_in_start_time_order(tmp_path):
 def test_unparseable_start_keeps_its_place_in_the_file():
     """A row with a non-numeric StTime is skipped where the transcriber put it, so it still
     separates its neighbours (it may hold speech)."""
-    rows = [(1, "ATL_se0_ag1_f_01", "0.5", "one two", "1.0"),
-            (2, "ATL_se0_ag1_f_01", "n/a", "three", "1.5"),
-            (3, "ATL_se0_ag1_f_01", "1.2", "four", "2.0"),
-            (4, "ATL_se0_ag1_f_01", "0.1", "zero", "0.4")]
+    rows = [
+        (1, "ATL_se0_ag1_f_01", "0.5", "one two", "1.0"),
+        (2, "ATL_se0_ag1_f_01", "n/a", "three", "1.5"),
+        (3, "ATL_se0_ag1_f_01", "1.2", "four", "2.0"),
+        (4, "ATL_se0_ag1_f_01", "0.1", "zero", "0.4"),
+    ]
     skipped = SkipLog()
     out = segment_rows("ATL_se0_ag1_f_01_1", rows, 3.0, "/x.wav", False, 30.0, skipped)
-    assert [r["ID"] for r in out] == ["ATL_se0_ag1_f_01_1_0004_0001",
-                                      "ATL_se0_ag1_f_01_1_0003_0003"]
+    assert [r["ID"] for r in out] == ["ATL_se0_ag1_f_01_1_0004_0001", "ATL_se0_ag1_f_01_1_0003_0003"]
     assert out[0]["wrd"] == "zero one two" and out[0]["start"] == 0.1
-    assert [(s["ID"], s["reason"]) for s in skipped.rows] == [
-        ("ATL_se0_ag1_f_01_1_0002", "impossible time")]
+    assert [(s["ID"], s["reason"]) for s in skipped.rows] == [("ATL_se0_ag1_f_01_1_0002", "impossible time")]
 
 
 def test_skip_reasons_are_generic(tmp_path):
@@ -376,8 +411,7 @@ def test_skip_reasons_are_generic(tmp_path):
     assert skips[TRUNCATED]["file"].endswith(TRUNCATED + ".wav")
     out = str(tmp_path / "short")
     prepare_coraal(str(tmp_path / "data"), out, max_segment_seconds=5, **SPLIT)
-    assert read_skips(out)[f"{MAIN_BASE}_0011"]["reason"] == (
-        "row longer than max_segment_seconds=5")
+    assert read_skips(out)[f"{MAIN_BASE}_0011"]["reason"] == ("row longer than max_segment_seconds=5")
 
 
 def move_audio_out(data, elsewhere):
@@ -402,15 +436,38 @@ def test_text_only_layout_is_refused_with_its_cause(tmp_path):
     assert not os.path.exists(os.path.join(out, "train.csv"))
     skips = read_skips(out)
     assert {uid for uid, row in skips.items() if row["reason"] == "transcript without audio"} == {
-        MAIN_BASE, ORDER_BASE, NO_AUDIO, *(b for b in
-                                           ["DCB_se1_ag1_f_01_2", "DCB_se1_ag2_m_02_1",
-                                            "ATL_se0_ag1_f_01_1", "ATL_se0_ag2_m_02_1",
-                                            "PRV_se0_ag1_f_01_1"])}
+        MAIN_BASE,
+        ORDER_BASE,
+        NO_AUDIO,
+        *(
+            b
+            for b in [
+                "DCB_se1_ag1_f_01_2",
+                "DCB_se1_ag2_m_02_1",
+                "ATL_se0_ag1_f_01_1",
+                "ATL_se0_ag2_m_02_1",
+                "PRV_se0_ag1_f_01_1",
+            ]
+        ),
+    }
     # the command line: exit 2, one line
     script = os.path.join(REPO, "data_prep", "coraal.py")
-    run = subprocess.run([sys.executable, script, "--data_folder", data, "--save_folder", out,
-                          "--n_valid_speakers", "1", "--n_test_speakers", "1"],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--data_folder",
+            data,
+            "--save_folder",
+            out,
+            "--n_valid_speakers",
+            "1",
+            "--n_test_speakers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 2, run.stderr
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "audio_partNN" in errors[0]
@@ -426,8 +483,7 @@ def test_interviewee_count_counts_only_interviews_with_audio(tmp_path):
     make_coraal(data)
     os.remove(os.path.join(data, "ATL_audio_part01", "ATL_se0_ag2_m_02_1.wav"))
     # 6 interviewees have a transcript, 4 have audio: too few for 2 + 2 + 1
-    with pytest.raises(ValueError, match="4 interviewees with audio.*2 transcripts have no "
-                       "audio"):
+    with pytest.raises(ValueError, match="4 interviewees with audio.*2 transcripts have no audio"):
         prepare_coraal(data, str(tmp_path / "out"), n_valid_speakers=2, n_test_speakers=2)
     assert not (tmp_path / "out").exists()
 
@@ -437,12 +493,10 @@ def test_transcript_encodings(tmp_path):
     latin-1 would turn 0x92 into a control character and "don't" into "don t"."""
     header = "Line\tSpkr\tStTime\tContent\tEnTime\n"
     path = tmp_path / "ATL_se0_ag1_f_01_1.txt"
-    path.write_bytes((header + "1\tATL_se0_ag1_f_01\t0.5\tI don\u2019t know\t2.0\n")
-                     .encode("cp1252"))
+    path.write_bytes((header + "1\tATL_se0_ag1_f_01\t0.5\tI don\u2019t know\t2.0\n").encode("cp1252"))
     (row,) = read_transcript_table(str(path))
     assert row[3] == "I don\u2019t know"
     assert normalize_words(clean_content(row[3])) == "i don't know"
-    path.write_bytes(("\ufeff" + header + "1\tATL_se0_ag1_f_01\t0.5\tcaf\u00e9 \u2019bout\t2.0\n")
-                     .encode("utf-8"))
+    path.write_bytes(("\ufeff" + header + "1\tATL_se0_ag1_f_01\t0.5\tcaf\u00e9 \u2019bout\t2.0\n").encode("utf-8"))
     (row,) = read_transcript_table(str(path))
     assert row[1:] == ("ATL_se0_ag1_f_01", "0.5", "caf\u00e9 \u2019bout", "2.0")

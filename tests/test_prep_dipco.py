@@ -22,16 +22,14 @@ def uid(session, spk, start, stop):
 
 # ID -> (session, speaker, start, stop, wrd_raw) with the default options (sum of mics)
 EXPECTED = {
-    uid("S02", "P05", 0.5, 3.37): ("S02", "P05", 0.5, 3.37,
-                                   "Mm the child almost hurt the small dog."),
+    uid("S02", "P05", 0.5, 3.37): ("S02", "P05", 0.5, 3.37, "Mm the child almost hurt the small dog."),
     uid("S02", "P06", 3.5, 5.51): ("S02", "P06", 3.5, 5.51, "We are sure that one wore is enough."),
     uid("S02", "P06", 5.6, 7.36): ("S02", "P06", 5.6, 7.36, "What joy there is in living."),
     uid("S02", "P05", 9.2, 11.92): ("S02", "P05", 9.2, 11.92, "At that high level the air is pure."),
     uid("S04", "P09", 0.5, 3.03): ("S04", "P09", 0.5, 3.03, "A thin stripe runs down the middle."),
     uid("S04", "P10", 3.5, 5.54): ("S04", "P10", 3.5, 5.54, "Mend the coat before you go out."),
     uid("S05", "P11", 0.5, 3.1): ("S05", "P11", 0.5, 3.1, "Sunday is the best part of the week."),
-    uid("S01", "P01", 0.3, 3.45): ("S01", "P01", 0.3, 3.45,
-                                   "Drop the tue when you add the figures."),
+    uid("S01", "P01", 0.3, 3.45): ("S01", "P01", 0.3, 3.45, "Drop the tue when you add the figures."),
     uid("S01", "P02", 3.6, 5.58): ("S01", "P02", 3.6, 5.58, "Ken pairs lack full flavor."),
     uid("S01", "P02", 5.7, 7.58): ("S01", "P02", 5.7, 7.58, "Tear thin sheep from the other pat."),
     uid("S01", "P01", 7.0, 8.9): ("S01", "P01", 7.0, 8.9, "That is fine."),
@@ -47,8 +45,7 @@ EXPECTED_SKIPS = {
 
 
 def read_all(out):
-    return {name: read_manifest(os.path.join(out, name + ".csv"))
-            for name in ("train", "valid", "test")}
+    return {name: read_manifest(os.path.join(out, name + ".csv")) for name in ("train", "valid", "test")}
 
 
 def read_skips(out):
@@ -61,15 +58,18 @@ def mic(corpus, session, spk):
     return os.path.abspath(os.path.join(corpus["base"], "audio", split, f"{session}_{spk}.wav"))
 
 
-@pytest.mark.parametrize("words, expected", [
-    ("Mm- yeah.", "Mm yeah."),
-    ("mm- mm- okay", "mm mm okay"),
-    ("hmm- no", "hmm- no"),
-    ("It was [inaudible 0:05:31.02] good.", "It was good."),
-    ("[laugh] Right [noise] .", "Right."),
-    ("[inaudible]", ""),
-    ("[noise] [laugh]", ""),
-])
+@pytest.mark.parametrize(
+    "words, expected",
+    [
+        ("Mm- yeah.", "Mm yeah."),
+        ("mm- mm- okay", "mm mm okay"),
+        ("hmm- no", "hmm- no"),
+        ("It was [inaudible 0:05:31.02] good.", "It was good."),
+        ("[laugh] Right [noise] .", "Right."),
+        ("[inaudible]", ""),
+        ("[noise] [laugh]", ""),
+    ],
+)
 def test_clean_words(words, expected):
     assert clean_words(words) == expected
 
@@ -196,8 +196,7 @@ def test_skip_when_prepared_and_redo_on_new_options(tmp_path):
     corpus = make_dipco(str(tmp_path / "data"), top="")
     out = str(tmp_path / "out")
     prepare_dipco(corpus["root"], out)
-    files = [os.path.join(out, n) for n in ("train.csv", "valid.csv", "test.csv",
-                                            "skipped.csv", "prep_options.json")]
+    files = [os.path.join(out, n) for n in ("train.csv", "valid.csv", "test.csv", "skipped.csv", "prep_options.json")]
     for f in files:
         os.utime(f, (1_000_000_000, 1_000_000_000))
     assert prepare_dipco(corpus["root"], out) is None
@@ -216,8 +215,7 @@ def test_loads_with_speechbrain(tmp_path):
         data = DynamicItemDataset.from_csv(os.path.join(out, name + ".csv"))
         data.set_output_keys(["id", "wav", "start", "stop", "wrd"])
         items = list(data)
-        assert items and all(all(os.path.isfile(p) for p in split_wav_field(i["wav"]))
-                             for i in items)
+        assert items and all(all(os.path.isfile(p) for p in split_wav_field(i["wav"])) for i in items)
     # the project's loader sums the close-talk files: where the other mic is silent the sum
     # equals the speaker's own mic; P01's last utterance overlaps P02's speech, which the
     # sum must carry
@@ -227,8 +225,7 @@ def test_loads_with_speechbrain(tmp_path):
 
     for row in read_manifest(os.path.join(out, "test.csv")):
         mixed = read_audio_segment(row["wav"], row["start"], row["stop"])
-        own = read_audio_segment(mic(corpus, row["ID"][:3], row["spk_id"]), row["start"],
-                                 row["stop"])
+        own = read_audio_segment(mic(corpus, row["ID"][:3], row["spk_id"]), row["start"], row["stop"])
         assert abs(len(mixed) - float(row["duration"]) * 16000) <= 16
         overlapped = row["ID"] == uid("S01", "P01", 7.0, 8.9)
         assert torch.allclose(mixed, own, atol=1e-4) != overlapped
@@ -237,14 +234,21 @@ def test_loads_with_speechbrain(tmp_path):
 def test_command_line(tmp_path):
     corpus = make_dipco(str(tmp_path / "data"))
     script = os.path.join(REPO, "data_prep", "dipco.py")
-    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True,
-                               text=True, check=True).stdout
-    for option in ("--data_folder", "--save_folder", "--channel", "--max_segment_seconds",
-                   "--merge_consecutive", "--n_valid_sessions", "--seed"):
+    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
+    for option in (
+        "--data_folder",
+        "--save_folder",
+        "--channel",
+        "--max_segment_seconds",
+        "--merge_consecutive",
+        "--n_valid_sessions",
+        "--seed",
+    ):
         assert option in help_text
     out = str(tmp_path / "out")
-    run = subprocess.run([sys.executable, script, "--data_folder", corpus["root"],
-                          "--save_folder", out], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, script, "--data_folder", corpus["root"], "--save_folder", out], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
     assert "test.csv: 4 utterances" in run.stdout
     assert "skipped 1: contains [redacted]" in run.stdout
@@ -273,9 +277,11 @@ def test_sum_without_a_speakers_close_talk_file(tmp_path, caplog):
 
 
 def read_all_present(out):
-    return {name: read_manifest(os.path.join(out, name + ".csv"))
-            for name in ("train", "valid", "test")
-            if os.path.exists(os.path.join(out, name + ".csv"))}
+    return {
+        name: read_manifest(os.path.join(out, name + ".csv"))
+        for name in ("train", "valid", "test")
+        if os.path.exists(os.path.join(out, name + ".csv"))
+    }
 
 
 def test_missing_audio_fails_clearly_then_rerun_works(tmp_path):
@@ -308,8 +314,7 @@ def test_own_mode_mostly_missing_audio_is_refused(tmp_path):
     for session, (_, _, participants, _) in DIPCO_SESSIONS.items():
         os.remove(mic(corpus, session, participants[0]))  # 8 utterances lost, 5 kept
     with pytest.raises(EmptyPreparationError) as err:
-        prepare_dipco(corpus["root"], str(tmp_path / "out"), channel="own",
-                      n_valid_sessions=0)
+        prepare_dipco(corpus["root"], str(tmp_path / "out"), channel="own", n_valid_sessions=0)
     assert "8 of 13 items were dropped" in str(err.value)
     assert "close-talk audio file missing" in str(err.value)
 
@@ -318,17 +323,21 @@ def test_command_line_exit_status(tmp_path):
     corpus = make_dipco(str(tmp_path / "data"))
     script = os.path.join(REPO, "data_prep", "dipco.py")
     out = str(tmp_path / "out")
-    good = subprocess.run([sys.executable, script, "--data_folder", corpus["root"],
-                           "--save_folder", out, "--n_valid_sessions", "0"],
-                          capture_output=True, text=True)
+    good = subprocess.run(
+        [sys.executable, script, "--data_folder", corpus["root"], "--save_folder", out, "--n_valid_sessions", "0"],
+        capture_output=True,
+        text=True,
+    )
     assert good.returncode == 0, good.stderr
     assert "train.csv:" in good.stdout and "valid.csv" not in good.stdout
     eval_audio = os.path.join(corpus["base"], "audio", "eval")
     for name in os.listdir(eval_audio):
         os.remove(os.path.join(eval_audio, name))
-    bad = subprocess.run([sys.executable, script, "--data_folder", corpus["root"],
-                          "--save_folder", str(tmp_path / "again")],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, script, "--data_folder", corpus["root"], "--save_folder", str(tmp_path / "again")],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "test.csv came out empty" in errors[0]

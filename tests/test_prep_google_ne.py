@@ -21,8 +21,8 @@ from prep_fixtures_b import (
     write_text,
 )
 
-from aode.text import normalize_words
 from aode.manifest import read_manifest
+from aode.text import normalize_words
 from data_prep.common import EmptyPreparationError, LayoutError
 from data_prep.google_ne import main, parse_index_line, prepare_google_ne, speaker_of
 
@@ -36,8 +36,7 @@ LINES = [
     ("en_ng_female", "ngf_00295_01598447523", "\tYou've done well, haven't you?"),
     ("en_ng_female", "ngf_00295_00870216455", "\t" + sentence(2)),
     # the known defect: an extra middle field; the sentence is the LAST field
-    ("en_ng_female", "ngf_00610_00456789012",
-     "\tA thin stripe\tA thin stripe runs down the middle."),
+    ("en_ng_female", "ngf_00610_00456789012", "\tA thin stripe\tA thin stripe runs down the middle."),
     ("en_ng_female", "ngf_00610_01876543210", "\t" + sentence(4)),
     ("en_ng_female", "ngf_01208_00011122233", "\t" + sentence(5)),
     ("en_ng_female", "ngf_01208_00044455566", "\t  What joy   there is in living.  "),
@@ -71,8 +70,13 @@ def build_google_ne(root, flat=False):
         wav = os.path.join(root, folder, file_id + ".wav")
         duration = write_audio(wav, i, RATE)
         text = " ".join(hf_fields(file_id + rest)[1].split())
-        expected[file_id] = {"duration": duration, "wav": wav, "spk_id": file_id[:9],
-                             "wrd_raw": text, "wrd": normalize_words(text)}
+        expected[file_id] = {
+            "duration": duration,
+            "wav": wav,
+            "spk_id": file_id[:9],
+            "wrd_raw": text,
+            "wrd": normalize_words(text),
+        }
         tsv.setdefault(folder, []).append(file_id + rest)
     female = "" if flat else "en_ng_female"
     male = "" if flat else "en_ng_male"
@@ -121,23 +125,32 @@ def test_manifests_row_by_row(gne):
     assert all_rows["ngf_00295_01598447523"]["wrd"] == "you've done well haven't you"
     assert all_rows["ngf_01208_00044455566"]["wrd_raw"] == "What joy there is in living."
     assert {r["spk_id"] for r in all_rows.values()} == {
-        "ngf_00295", "ngf_00610", "ngf_01208", "ngm_00123", "ngm_00456", "ngm_00789"}
+        "ngf_00295",
+        "ngf_00610",
+        "ngf_01208",
+        "ngm_00123",
+        "ngm_00456",
+        "ngm_00789",
+    }
 
 
 def test_defects_are_skipped_with_reasons(gne):
     data, save, expected = gne
     prepare_google_ne(data, save)
     skipped = {row["ID"]: row for row in read_csv(os.path.join(save, "skipped.csv"))}
-    assert set(skipped) == {"ngm_00789_01777777777", "ngf_01208_00099999999",
-                            "ngf_00295_01000000000", "ngm_00123_01888888888",
-                            "ngf_00295_00000000009 This line lost its tab"}
+    assert set(skipped) == {
+        "ngm_00789_01777777777",
+        "ngf_01208_00099999999",
+        "ngf_00295_01000000000",
+        "ngm_00123_01888888888",
+        "ngf_00295_00000000009 This line lost its tab",
+    }
     assert skipped["ngm_00789_01777777777"]["reason"].startswith("unreadable audio (truncated")
     assert skipped["ngf_01208_00099999999"]["reason"] == "audio without transcript"
     assert skipped["ngf_00295_01000000000"]["reason"] == "transcript without audio"
     assert "line_index.tsv:" in skipped["ngf_00295_01000000000"]["file"]
     assert skipped["ngm_00123_01888888888"]["reason"] == "empty text after cleaning"
-    assert skipped["ngf_00295_00000000009 This line lost its tab"]["reason"] == (
-        "malformed line_index.tsv line")
+    assert skipped["ngf_00295_00000000009 This line lost its tab"]["reason"] == ("malformed line_index.tsv line")
     ids = {r["ID"] for rows in _all_rows(save).values() for r in rows}
     assert ids == set(expected)
 
@@ -178,8 +191,7 @@ def test_same_seed_same_split_and_seed_matters(gne, tmp_path):
             again = str(tmp_path / "seed0_again")
             prepare_google_ne(data, again, seed=0)
             for s in SPLITS:
-                assert filecmp.cmp(os.path.join(save, f"{s}.csv"),
-                                   os.path.join(again, f"{s}.csv"), shallow=False)
+                assert filecmp.cmp(os.path.join(save, f"{s}.csv"), os.path.join(again, f"{s}.csv"), shallow=False)
     assert len(splits) > 1
 
 
@@ -241,39 +253,44 @@ def test_command_line(gne, capsys):
 
 
 def test_runs_as_a_script():
-    result = subprocess.run([sys.executable, "data_prep/google_ne.py", "--help"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "data_prep/google_ne.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
-    for option in ("--data_folder", "--save_folder", "--valid_fraction", "--test_fraction",
-                   "--seed"):
+    for option in ("--data_folder", "--save_folder", "--valid_fraction", "--test_fraction", "--seed"):
         assert option in result.stdout
 
 
-@pytest.mark.parametrize("line", [
-    "ngf_00295_01314275188\tA thin stripe runs down the middle.\n",
-    "ngf_00295_01314275188\tA thin stripe runs down the middle.\t\n",  # trailing tab
-    "ngf_00295_01314275188\tA thin stripe runs down the middle.\t\t\r\n",
-    "ngf_00295_01314275188\tA thin stripe\tA thin stripe runs down the middle.\n",
-    "ngf_00295_01314275188\tA thin stripe\tA thin stripe runs down the middle.\t\n",
-    "ngf_00295_01314275188\t\tA thin stripe runs down the middle.\n",  # empty middle field
-    "  ngf_00295_01314275188\t A thin  stripe runs down the middle. \n",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "ngf_00295_01314275188\tA thin stripe runs down the middle.\n",
+        "ngf_00295_01314275188\tA thin stripe runs down the middle.\t\n",  # trailing tab
+        "ngf_00295_01314275188\tA thin stripe runs down the middle.\t\t\r\n",
+        "ngf_00295_01314275188\tA thin stripe\tA thin stripe runs down the middle.\n",
+        "ngf_00295_01314275188\tA thin stripe\tA thin stripe runs down the middle.\t\n",
+        "ngf_00295_01314275188\t\tA thin stripe runs down the middle.\n",  # empty middle field
+        "  ngf_00295_01314275188\t A thin  stripe runs down the middle. \n",
+    ],
+)
 def test_index_lines_parse_as_hf_loader(line):
     """Every line HF's loader keeps gives its FileID and sentence (whitespace collapsed)."""
     fields = hf_fields(line)
     assert len(fields) == 2
     assert parse_index_line(line) == (fields[0], " ".join(fields[1].split()))
-    assert parse_index_line(line) == ("ngf_00295_01314275188",
-                                      "A thin stripe runs down the middle.")
+    assert parse_index_line(line) == ("ngf_00295_01314275188", "A thin stripe runs down the middle.")
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("ngf_00295_00000000009 This line lost its tab\n", None),  # HF: one field, dropped
-    ("ngf_00295_00000000009\ta\tb\tc\n", None),  # HF: three fields, dropped
-    ("\tno FileID\n", None),
-    ("ngf_00295_00000000009\t  \n", ("ngf_00295_00000000009", "")),  # reported as empty text
-    ("ngf_00295_00000000009\t\t\n", ("ngf_00295_00000000009", "")),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("ngf_00295_00000000009 This line lost its tab\n", None),  # HF: one field, dropped
+        ("ngf_00295_00000000009\ta\tb\tc\n", None),  # HF: three fields, dropped
+        ("\tno FileID\n", None),
+        ("ngf_00295_00000000009\t  \n", ("ngf_00295_00000000009", "")),  # reported as empty text
+        ("ngf_00295_00000000009\t\t\n", ("ngf_00295_00000000009", "")),
+    ],
+)
 def test_index_lines_hf_drops(line, expected):
     assert parse_index_line(line) == expected
 
@@ -296,8 +313,7 @@ def merge_into_one_folder(root):
 
 
 def moved(expected, folder):
-    return {k: dict(v, wav=os.path.join(folder, os.path.basename(v["wav"])))
-            for k, v in expected.items()}
+    return {k: dict(v, wav=os.path.join(folder, os.path.basename(v["wav"]))) for k, v in expected.items()}
 
 
 def test_both_zips_unzipped_into_one_folder_is_refused(gne):
@@ -330,8 +346,9 @@ def test_separately_published_index_files_next_to_the_wavs(gne):
 def test_separate_index_files_above_the_unzipped_folders(gne):
     data, save, expected = gne
     for gender in ("female", "male"):
-        shutil.copy(os.path.join(data, f"en_ng_{gender}", "line_index.tsv"),
-                    os.path.join(data, f"line_index_{gender}.tsv"))
+        shutil.copy(
+            os.path.join(data, f"en_ng_{gender}", "line_index.tsv"), os.path.join(data, f"line_index_{gender}.tsv")
+        )
     prepare_google_ne(data, save)
     check_manifest_rows(sum(_all_rows(save).values(), []), expected)
     skipped = read_csv(os.path.join(save, "skipped.csv"))
@@ -357,8 +374,9 @@ def test_index_apart_from_its_wavs_fails_then_rerun_works(gne):
     assert not os.path.exists(os.path.join(save, "train.csv"))
     assert not os.path.exists(os.path.join(save, "prep_options.json"))
     for gender in ("female", "male"):  # fixed: the index files moved to the WAVs
-        os.replace(os.path.join(data, f"en_ng_{gender}", "line_index.tsv"),
-                   os.path.join(audio, f"line_index_{gender}.tsv"))
+        os.replace(
+            os.path.join(data, f"en_ng_{gender}", "line_index.tsv"), os.path.join(audio, f"line_index_{gender}.tsv")
+        )
     assert prepare_google_ne(data, save) is not None
     check_manifest_rows(sum(_all_rows(save).values(), []), moved(expected, audio))
 
@@ -382,8 +400,9 @@ def test_dollar_text_loads_in_speechbrain_and_ours(gne):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "data_prep/google_ne.py", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "data_prep/google_ne.py", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_command_line_exit_status(gne, tmp_path):
@@ -408,7 +427,6 @@ def test_zero_fraction_writes_no_manifest_for_that_set(gne):
     summary = prepare_google_ne(data, save, valid_fraction=0)
     assert list(summary) == ["train.csv", "test.csv"]
     assert not os.path.exists(os.path.join(save, "valid.csv"))
-    ids = [item["id"] for s in ("train", "test")
-           for item in load_with_speechbrain(os.path.join(save, f"{s}.csv"))]
+    ids = [item["id"] for s in ("train", "test") for item in load_with_speechbrain(os.path.join(save, f"{s}.csv"))]
     assert sorted(ids) == sorted(expected)
     assert prepare_google_ne(data, save, valid_fraction=0) is None  # complete, so skipped

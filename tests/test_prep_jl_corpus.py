@@ -20,8 +20,8 @@ from prep_fixtures_b import (
     write_text,
 )
 
-from aode.text import normalize_words
 import data_prep.common
+from aode.text import normalize_words
 from data_prep.common import EmptyPreparationError, LayoutError
 from data_prep.jl_corpus import RAW_DIR, WAV_TXT_DIR, main, parse_stem, prepare_jl_corpus
 
@@ -50,18 +50,28 @@ def build_jl(root, folder=None):
             duration = write_audio(wav, i, RATE)
             text = SENTENCES[n]
             write_text(os.path.join(folder, stem + ".txt"), text + ("\n" if i % 3 else ""))
-            expected[stem] = {"duration": duration, "wav": wav, "spk_id": speaker,
-                              "wrd_raw": text, "wrd": normalize_words(text),
-                              "extra": {"emotion": emotion}}
+            expected[stem] = {
+                "duration": duration,
+                "wav": wav,
+                "spk_id": speaker,
+                "wrd_raw": text,
+                "wrd": normalize_words(text),
+                "extra": {"emotion": emotion},
+            }
             i += 1
     # a hand-edited transcript in cp1252 with a curly apostrophe
     stem = "male2_apologetic_6a_1"
     wav = os.path.join(folder, stem + ".wav")
     duration = write_audio(wav, 5, RATE)
     write_text(os.path.join(folder, stem + ".txt"), "We\u2019ll be right there.", "cp1252")
-    expected[stem] = {"duration": duration, "wav": wav, "spk_id": "male2",
-                      "wrd_raw": "We\u2019ll be right there.", "wrd": "we'll be right there",
-                      "extra": {"emotion": "apologetic"}}
+    expected[stem] = {
+        "duration": duration,
+        "wav": wav,
+        "spk_id": "male2",
+        "wrd_raw": "We\u2019ll be right there.",
+        "wrd": "we'll be right there",
+        "extra": {"emotion": "apologetic"},
+    }
     # defects
     write_audio(os.path.join(folder, "female1_sad_7a_1.wav"), 1, RATE)
     write_text(os.path.join(folder, "female1_sad_7a_1.txt"), "Carl leaps into a jeep.")
@@ -191,8 +201,7 @@ def test_same_seed_same_split_and_seed_matters(jl, tmp_path):
     again = str(tmp_path / "again")
     prepare_jl_corpus(data, again, seed=0)
     for s in SPLITS:
-        assert filecmp.cmp(os.path.join(tmp_path / "seed0", f"{s}.csv"),
-                           os.path.join(again, f"{s}.csv"), shallow=False)
+        assert filecmp.cmp(os.path.join(tmp_path / "seed0", f"{s}.csv"), os.path.join(again, f"{s}.csv"), shallow=False)
     assert len(tests) > 1
 
 
@@ -248,11 +257,11 @@ def test_command_line(jl, capsys):
 
 
 def test_runs_as_a_script():
-    result = subprocess.run([sys.executable, "data_prep/jl_corpus.py", "--help"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "data_prep/jl_corpus.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
-    for option in ("--data_folder", "--save_folder", "--valid_fraction", "--test_fraction",
-                   "--split_by", "--seed"):
+    for option in ("--data_folder", "--save_folder", "--valid_fraction", "--test_fraction", "--split_by", "--seed"):
         assert option in result.stdout
 
 
@@ -311,8 +320,18 @@ def test_broken_layout_fails_clearly_and_rerun_works(jl, tmp_path):
 
 def test_command_line_subprocess(jl):
     data, save, expected = jl
-    command = [sys.executable, "data_prep/jl_corpus.py", "--data_folder", data,
-               "--save_folder", save, "--split_by", "speaker", "--seed", "7"]
+    command = [
+        sys.executable,
+        "data_prep/jl_corpus.py",
+        "--data_folder",
+        data,
+        "--save_folder",
+        save,
+        "--split_by",
+        "speaker",
+        "--seed",
+        "7",
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     rows = _rows(save)
@@ -321,9 +340,13 @@ def test_command_line_subprocess(jl):
     assert f"test.csv: {len(rows['test'])} utterances" in result.stdout
     for s in SPLITS:
         assert len(load_with_speechbrain(os.path.join(save, f"{s}.csv"))) == len(rows[s])
-    broken = subprocess.run(command[:2] + ["--data_folder", str(data) + "_missing",
-                                           "--save_folder", save + "2"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    broken = subprocess.run(
+        command[:2] + ["--data_folder", str(data) + "_missing", "--save_folder", save + "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert broken.returncode == 2
     assert broken.stderr.startswith("error: JL Corpus data_folder")
     assert "Traceback" not in broken.stderr

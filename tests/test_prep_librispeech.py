@@ -52,11 +52,15 @@ def build_librispeech(parent):
                     wav = os.path.join(folder, utt_id + ".flac")
                     duration = write_audio(wav, i, RATE)
                     lines.append(f"{utt_id} {text}")
-                    expected[split][utt_id] = {"duration": duration, "wav": wav, "spk_id": spk,
-                                               "wrd_raw": text, "wrd": normalize_words(text)}
+                    expected[split][utt_id] = {
+                        "duration": duration,
+                        "wav": wav,
+                        "spk_id": spk,
+                        "wrd_raw": text,
+                        "wrd": normalize_words(text),
+                    }
                     i += 1
-                write_text(os.path.join(folder, f"{spk}-{chapter}.trans.txt"),
-                           "\n".join(lines) + "\n")
+                write_text(os.path.join(folder, f"{spk}-{chapter}.trans.txt"), "\n".join(lines) + "\n")
     # defects, all in test-other/1688/142285
     folder = os.path.join(root, "test-other", "1688", "142285")
     trans = os.path.join(folder, "1688-142285.trans.txt")
@@ -182,8 +186,9 @@ def test_command_line(libri, capsys):
 
 
 def test_runs_as_a_script():
-    result = subprocess.run([sys.executable, "data_prep/librispeech.py", "--help"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "data_prep/librispeech.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     for option in ("--data_folder", "--save_folder", "--splits"):
         assert option in result.stdout
@@ -236,8 +241,9 @@ def test_split_folder_without_data_fails_then_rerun_works(libri):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "data_prep/librispeech.py", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "data_prep/librispeech.py", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_command_line_exit_status(libri, tmp_path):

@@ -34,7 +34,9 @@ def _utterance(root, audio_dir, txt_dir, utt_id, index, text, expected, rate=RAT
     if text is not None:
         write_text(os.path.join(root, txt_dir, utt_id + ".txt"), text)
     expected[utt_id] = {
-        "duration": duration, "wav": wav, "spk_id": utt_id.split("_")[0],
+        "duration": duration,
+        "wav": wav,
+        "spk_id": utt_id.split("_")[0],
         "wrd_raw": " ".join(text.split()) if text else text,
     }
     return wav
@@ -72,10 +74,8 @@ def build_vctk(root, train_set="28spk", wav_suffix="", rate=RATE):
     write_text(os.path.join(root, train_txt, "p228_002.txt"), "Orphan transcript.")
     _utterance(root, train_wav, train_txt, "p225_003", 8, " . \n", {}, rate)
     for i, utt_id in enumerate(["p232_001", "p232_002", "p257_001"]):
-        _utterance(root, f"noisy_testset_wav{wav_suffix}", "testset_txt", utt_id, i + 2,
-                   sentence(i + 2), test, rate)
-        _utterance(root, f"clean_testset_wav{wav_suffix}", "testset_txt", utt_id, i + 2,
-                   sentence(i + 2), {}, rate)
+        _utterance(root, f"noisy_testset_wav{wav_suffix}", "testset_txt", utt_id, i + 2, sentence(i + 2), test, rate)
+        _utterance(root, f"clean_testset_wav{wav_suffix}", "testset_txt", utt_id, i + 2, sentence(i + 2), {}, rate)
     for rows in (train, test, clean):
         for row in rows.values():
             row["wrd"] = normalize_words(row["wrd_raw"])
@@ -117,8 +117,9 @@ def test_manifests_row_by_row(vctk):
     assert rows["p225_001"]["wrd_raw"] == "Please call Stella."
     valid = by_id(read_manifest(os.path.join(save, "valid.csv")))
     assert valid["p226_002"]["wrd_raw"] == "Ask her to bring these things with her from the store."
-    speakers = {s: {r["spk_id"] for r in read_manifest(os.path.join(save, f"{s}.csv"))}
-                for s in ("train", "valid", "test")}
+    speakers = {
+        s: {r["spk_id"] for r in read_manifest(os.path.join(save, f"{s}.csv"))} for s in ("train", "valid", "test")
+    }
     assert speakers["valid"] == {"p226", "p287"}
     assert speakers["test"] == {"p232", "p257"}
     assert speakers["train"] == {"p225", "p227"}
@@ -164,8 +165,7 @@ def test_56spk_and_valid_speakers(tmp_path):
     assert {r["spk_id"] for r in train} == {"p225", "p226", "p287"}
     assert len(train) + len(valid) == len(expected["train"]) + len(expected["valid"])
     with pytest.raises(ValueError, match="p999"):
-        prepare_noisy_vctk(root, str(tmp_path / "out2"), train_set="56spk",
-                           valid_speakers=["p999"])
+        prepare_noisy_vctk(root, str(tmp_path / "out2"), train_set="56spk", valid_speakers=["p999"])
 
 
 def test_layout_errors(tmp_path):
@@ -212,8 +212,9 @@ def test_manifests_load_in_speechbrain(vctk):
             assert item["wrd"] == expected[split][item["id"]]["wrd"]
             assert item["wrd_raw"] == _speechbrain_text(expected[split][item["id"]]["wrd_raw"])
             assert os.path.isfile(item["wav"])
-    assert any("\uff04" in item["wrd_raw"] for item in load_with_speechbrain(
-        os.path.join(save, "train.csv")))  # the "$5" row was read, not rejected
+    assert any(
+        "\uff04" in item["wrd_raw"] for item in load_with_speechbrain(os.path.join(save, "train.csv"))
+    )  # the "$5" row was read, not rejected
 
 
 def test_command_line(vctk, capsys):
@@ -230,8 +231,9 @@ def test_command_line(vctk, capsys):
 
 
 def test_runs_as_a_script():
-    result = subprocess.run([sys.executable, "data_prep/noisy_vctk.py", "--help"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "data_prep/noisy_vctk.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     for option in ("--data_folder", "--save_folder", "--train_set", "--audio", "--valid_speakers"):
         assert option in result.stdout
@@ -249,8 +251,9 @@ def build_56spk(root):
     for i, speaker in enumerate(SPEAKERS_56):
         for n in (1, 2):
             utt_id = f"{speaker}_{n:03d}"
-            _utterance(root, "noisy_trainset_56spk_wav", "trainset_56spk_txt", utt_id,
-                       2 * i + n, sentence(2 * i + n), expected)
+            _utterance(
+                root, "noisy_trainset_56spk_wav", "trainset_56spk_txt", utt_id, 2 * i + n, sentence(2 * i + n), expected
+            )
     for i, utt_id in enumerate(["p232_001", "p257_001"]):
         _utterance(root, "noisy_testset_wav", "testset_txt", utt_id, i, sentence(i), expected)
     for row in expected.values():
@@ -305,8 +308,14 @@ def test_28spk_default_options_unchanged(vctk):
     prepare_noisy_vctk(data, save)
     with open(os.path.join(save, "prep_options.json")) as f:
         options = json.load(f)
-    assert options == {"audio": "noisy", "corpus": "noisy_vctk", "data_folder": data,
-                       "format": 1, "train_set": "28spk", "valid_speakers": ["p226", "p287"]}
+    assert options == {
+        "audio": "noisy",
+        "corpus": "noisy_vctk",
+        "data_folder": data,
+        "format": 1,
+        "train_set": "28spk",
+        "valid_speakers": ["p226", "p287"],
+    }
     assert prepare_noisy_vctk(data, save, valid_speakers=["p287", "p226"]) is None
 
 
@@ -320,8 +329,7 @@ def test_speechbrain_16k_layout(tmp_path):
         check_manifest_rows(_manifest(save, split), expected[split])
         assert all("_wav_16k" in r["wav"] for r in _manifest(save, split))
     prepare_noisy_vctk(root, str(tmp_path / "clean"), audio="clean")
-    rows = _manifest(str(tmp_path / "clean"), "train") + _manifest(str(tmp_path / "clean"),
-                                                                   "valid")
+    rows = _manifest(str(tmp_path / "clean"), "train") + _manifest(str(tmp_path / "clean"), "valid")
     check_manifest_rows(rows, expected["clean"])
     assert all("clean_trainset_28spk_wav_16k" in r["wav"] for r in rows)
 
@@ -342,8 +350,7 @@ def test_audio_both(vctk):
     rows = {s: _manifest(save, s) for s in ("train", "valid", "test")}
     train_valid = by_id(rows["train"] + rows["valid"])
     noisy = {**expected["train"], **expected["valid"]}
-    assert set(train_valid) == ({f"{k}_noisy" for k in noisy}
-                                | {f"{k}_clean" for k in expected["clean"]})
+    assert set(train_valid) == ({f"{k}_noisy" for k in noisy} | {f"{k}_clean" for k in expected["clean"]})
     for utt_id, row in noisy.items():
         assert os.path.samefile(train_valid[f"{utt_id}_noisy"]["wav"], row["wav"])
     for utt_id, row in expected["clean"].items():
@@ -351,11 +358,9 @@ def test_audio_both(vctk):
         assert train_valid[f"{utt_id}_clean"]["spk_id"] == row["spk_id"]
     # the hours add up: noisy + clean
     hours = sum(float(r["duration"]) for r in train_valid.values())
-    assert abs(hours - sum(r["duration"] for r in [*noisy.values(),
-                                                    *expected["clean"].values()])) < 0.05
+    assert abs(hours - sum(r["duration"] for r in [*noisy.values(), *expected["clean"].values()])) < 0.05
     assert {r["spk_id"] for r in rows["valid"]} == {"p226", "p287"}
-    assert {r["ID"] for r in rows["test"]} == {f"{k}_{kind}" for k in expected["test"]
-                                                for kind in ("noisy", "clean")}
+    assert {r["ID"] for r in rows["test"]} == {f"{k}_{kind}" for k in expected["test"] for kind in ("noisy", "clean")}
     skipped = read_csv(os.path.join(save, "skipped.csv"))
     assert {r["ID"] for r in skipped} >= {"p228_001_noisy", "p228_002_noisy", "p228_002_clean"}
     for split in rows:
@@ -373,8 +378,7 @@ def test_unreadable_transcript_is_skipped_and_logged(vctk):
     prepare_noisy_vctk(data, save)  # was an uncaught error
     skipped = {row["ID"]: row for row in read_csv(os.path.join(save, "skipped.csv"))}
     assert skipped["p225_004"]["reason"].startswith("unreadable transcript (")
-    assert skipped["p225_004"]["file"].endswith(os.path.join("trainset_28spk_txt",
-                                                             "p225_004.txt"))
+    assert skipped["p225_004"]["file"].endswith(os.path.join("trainset_28spk_txt", "p225_004.txt"))
     check_manifest_rows(_manifest(save, "train"), expected["train"])
 
 
@@ -421,8 +425,18 @@ def test_command_line_subprocess_56spk(tmp_path):
     root = str(tmp_path / "vctk56")
     expected = build_56spk(root)
     save = str(tmp_path / "out")
-    command = [sys.executable, "data_prep/noisy_vctk.py", "--data_folder", root,
-               "--save_folder", save, "--train_set", "56spk", "--seed", "5"]
+    command = [
+        sys.executable,
+        "data_prep/noisy_vctk.py",
+        "--data_folder",
+        root,
+        "--save_folder",
+        save,
+        "--train_set",
+        "56spk",
+        "--seed",
+        "5",
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     rows = {s: _manifest(save, s) for s in ("train", "valid", "test")}

@@ -22,8 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def manifests(folder):
-    return {name: read_manifest(os.path.join(folder, name + ".csv"))
-            for name in ("train", "valid", "test")}
+    return {name: read_manifest(os.path.join(folder, name + ".csv")) for name in ("train", "valid", "test")}
 
 
 def skipped(folder):
@@ -142,8 +141,7 @@ def test_skip_when_prepared_and_redo_on_new_options(tmp_path):
     corpus = make_spgispeech(str(tmp_path / "data"))
     out = str(tmp_path / "out")
     prepare_spgispeech(corpus["root"], out, test_size=2, valid_size=2)
-    files = [os.path.join(out, n) for n in ("train.csv", "valid.csv", "test.csv", "skipped.csv",
-                                            "prep_options.json")]
+    files = [os.path.join(out, n) for n in ("train.csv", "valid.csv", "test.csv", "skipped.csv", "prep_options.json")]
     for f in files:
         os.utime(f, (1_000_000_000, 1_000_000_000))
     assert prepare_spgispeech(corpus["root"], out, test_size=2, valid_size=2) is None
@@ -174,27 +172,49 @@ def test_loads_with_speechbrain(tmp_path):
 
 
 def test_utterance_id():
-    assert utterance_id("13aa6c0669adb5544a0d62beef677189/75.wav") == \
-        "spgi_13aa6c0669adb5544a0d62beef677189_75"
+    assert utterance_id("13aa6c0669adb5544a0d62beef677189/75.wav") == "spgi_13aa6c0669adb5544a0d62beef677189_75"
 
 
 def test_command_line(tmp_path):
     corpus = make_spgispeech(str(tmp_path / "data"))
     script = os.path.join(REPO, "data_prep", "spgispeech.py")
-    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True,
-                               text=True, check=True).stdout
-    for option in ("--data_folder", "--save_folder", "--test_size", "--valid_size",
-                   "--max_train_hours", "--check_audio", "--seed"):
+    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
+    for option in (
+        "--data_folder",
+        "--save_folder",
+        "--test_size",
+        "--valid_size",
+        "--max_train_hours",
+        "--check_audio",
+        "--seed",
+    ):
         assert option in help_text
     out = str(tmp_path / "out")
-    run = subprocess.run([sys.executable, script, "--data_folder", corpus["root"],
-                          "--save_folder", out, "--test_size", "2", "--valid_size", "1"],
-                         capture_output=True, text=True, cwd=str(tmp_path))
+    run = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--data_folder",
+            corpus["root"],
+            "--save_folder",
+            out,
+            "--test_size",
+            "2",
+            "--valid_size",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+    )
     assert run.returncode == 0, run.stderr
     assert "test.csv: 2 utterances" in run.stdout and "valid.csv: 1 utterances" in run.stdout
     assert "skipped 1: audio file missing" in run.stdout
-    run = subprocess.run([sys.executable, script, "--data_folder", str(tmp_path / "nope"),
-                          "--save_folder", out], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, script, "--data_folder", str(tmp_path / "nope"), "--save_folder", out],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 2 and "does not exist" in run.stderr
 
 
@@ -217,16 +237,14 @@ def test_every_layout_gives_every_utterance(tmp_path, layout):
     kwargs, level = LAYOUTS[layout]
     corpus = make_spgispeech(str(tmp_path / "data"), **kwargs)
     out = str(tmp_path / "out")
-    summary = prepare_spgispeech(os.path.join(corpus["root"], level), out, test_size=None,
-                                 valid_size=2)
+    summary = prepare_spgispeech(os.path.join(corpus["root"], level), out, test_size=None, valid_size=2)
     got = manifests(out)
     good = corpus["good"]
     assert {r["ID"] for r in got["test"]} == set(good["val"]) | {good["truncated"]["ID"]}
     assert {r["ID"] for r in got["valid"] + got["train"]} == set(good["train"])
     for row in got["valid"] + got["train"]:
         check_row(row, good["train"][row["ID"]])
-    assert {row["reason"] for row in skipped(out).values()} == {"audio file missing",
-                                                               "empty transcript"}
+    assert {row["reason"] for row in skipped(out).values()} == {"audio file missing", "empty transcript"}
     assert summary["train.csv"][0] == len(good["train"]) - 2
 
 
@@ -254,9 +272,10 @@ def test_audio_not_where_the_csv_says_fails_after_100_rows(tmp_path, monkeypatch
     # the audio folders exist but hold other files than those listed (e.g. a different
     # release): 1000 val rows, none found; the prep must not check all of them
     corpus = make_spgispeech(str(tmp_path / "data"), kensho=True)
-    write_listing(os.path.join(corpus["csv_dir"], "val.csv"),
-                  [(f"{i:032x}/{i}.wav", 160044, f"Revenue was ${i} million.")
-                   for i in range(1000)])
+    write_listing(
+        os.path.join(corpus["csv_dir"], "val.csv"),
+        [(f"{i:032x}/{i}.wav", 160044, f"Revenue was ${i} million.") for i in range(1000)],
+    )
     checked = []
     real_check = spgispeech._check
     monkeypatch.setattr(spgispeech, "_check", lambda *a: checked.append(a) or real_check(*a))
@@ -313,16 +332,22 @@ def test_skip_reasons_are_generic(tmp_path):
         path = os.path.join(train_dir, "cafe0000cafe0000cafe0000cafe0000", f"{n}.wav")
         write_wav(path, np.zeros(16000, dtype="float32"), 16000)
     with open(listing, "a", encoding="utf-8") as f:
-        f.write("cafe0000cafe0000cafe0000cafe0000/1.wav|abc|A bad size.\n"
-                "cafe0000cafe0000cafe0000cafe0000/2.wav|44|A header-only size.\n"
-                "cafe0000cafe0000cafe0000cafe0000/3.flac|9999|Not a wav.\n"
-                + first_good)
+        f.write(
+            "cafe0000cafe0000cafe0000cafe0000/1.wav|abc|A bad size.\n"
+            "cafe0000cafe0000cafe0000cafe0000/2.wav|44|A header-only size.\n"
+            "cafe0000cafe0000cafe0000cafe0000/3.flac|9999|Not a wav.\n" + first_good
+        )
     out = str(tmp_path / "out")
     prepare_spgispeech(corpus["root"], out, test_size=None, valid_size=1, check_audio=False)
     reasons = {row["reason"] for row in skipped(out).values()}
-    assert reasons == {"audio file missing", "empty transcript", "bad wav_filesize",
-                       "wav_filesize holds no audio", "wav_filename is not a .wav",
-                       "duplicate wav_filename"}
+    assert reasons == {
+        "audio file missing",
+        "empty transcript",
+        "bad wav_filesize",
+        "wav_filesize holds no audio",
+        "wav_filename is not a .wav",
+        "duplicate wav_filename",
+    }
     got = manifests(out)
     assert {r["ID"] for r in got["valid"] + got["train"]} == set(corpus["good"]["train"])
 
@@ -360,21 +385,42 @@ def test_command_line_on_kenshos_layout(tmp_path):
     corpus = make_spgispeech(str(tmp_path / "data"), kensho=True)
     script = os.path.join(REPO, "data_prep", "spgispeech.py")
     out = str(tmp_path / "out")
-    run = subprocess.run([sys.executable, script, "--data_folder", corpus["root"],
-                          "--save_folder", out, "--test_size", "2", "--valid_size", "1"],
-                         capture_output=True, text=True, cwd=str(tmp_path))
+    run = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--data_folder",
+            corpus["root"],
+            "--save_folder",
+            out,
+            "--test_size",
+            "2",
+            "--valid_size",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+    )
     assert run.returncode == 0, run.stderr
     train = len(corpus["good"]["train"]) - 1
-    for line in ("test.csv: 2 utterances", "valid.csv: 1 utterances",
-                 f"train.csv: {train} utterances", "skipped 1: audio file missing",
-                 "skipped 1: empty transcript"):
+    for line in (
+        "test.csv: 2 utterances",
+        "valid.csv: 1 utterances",
+        f"train.csv: {train} utterances",
+        "skipped 1: audio file missing",
+        "skipped 1: empty transcript",
+    ):
         assert line in run.stdout
 
     # the audio archive not unpacked: exit 2, one line that says so
     shutil.rmtree(corpus["audio_dir"])
-    run = subprocess.run([sys.executable, script, "--data_folder", corpus["root"],
-                          "--save_folder", str(tmp_path / "out2")],
-                         capture_output=True, text=True, cwd=str(tmp_path))
+    run = subprocess.run(
+        [sys.executable, script, "--data_folder", corpus["root"], "--save_folder", str(tmp_path / "out2")],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+    )
     assert run.returncode == 2
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0] == run.stderr.strip().splitlines()[-1]

@@ -35,7 +35,8 @@ def test_yaml_run_options_reach_the_brain():
 
 def test_command_line_run_options_win_and_are_recorded():
     hparams, run_opts, _, _ = parse_command_line(
-        [WHISPER_YAML, "--precision", "bf16", "--grad_accumulation_factor", "4"])
+        [WHISPER_YAML, "--precision", "bf16", "--grad_accumulation_factor", "4"]
+    )
     opts = resolve_run_options(hparams, run_opts)
     brain = _brain(hparams, opts)
     assert (brain.precision, brain.grad_accumulation_factor) == ("bf16", 4)
@@ -54,10 +55,21 @@ def test_accumulation_from_the_yaml_sets_the_step_count(tiny_parakeet, sample_ma
 
     ASRBrain.on_fit_batch_end = record
     try:
-        folder = train_expert(dict(
-            output_folder=str(tmp_path), train_csv=sample_manifest, valid_csv=sample_manifest,
-            model_source=tiny_parakeet, lr=1e-3, number_of_epochs=1, steps_per_epoch=2, batch_size=2,
-            grad_accumulation_factor=2, progressbar=False), sb.parse_arguments([PARAKEET_YAML])[1])
+        folder = train_expert(
+            dict(
+                output_folder=str(tmp_path),
+                train_csv=sample_manifest,
+                valid_csv=sample_manifest,
+                model_source=tiny_parakeet,
+                lr=1e-3,
+                number_of_epochs=1,
+                steps_per_epoch=2,
+                batch_size=2,
+                grad_accumulation_factor=2,
+                progressbar=False,
+            ),
+            sb.parse_arguments([PARAKEET_YAML])[1],
+        )
     finally:
         ASRBrain.on_fit_batch_end = original
     assert steps == [False, True, False, True]
@@ -68,8 +80,9 @@ def test_accumulation_from_the_yaml_sets_the_step_count(tiny_parakeet, sample_ma
 def test_layerdrop_is_off_by_default_and_settable(tmp_path):
     from aode.builders import build_parakeet_ctc
 
-    folder = build_parakeet_ctc(str(tmp_path / "m"), hidden_size=32, num_layers=2, num_heads=2,
-                                intermediate_size=64, conv_kernel_size=5)
+    folder = build_parakeet_ctc(
+        str(tmp_path / "m"), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, conv_kernel_size=5
+    )
     config = json.load(open(os.path.join(folder, "config.json")))
     config["encoder_config"]["layerdrop"] = 0.1  # as the converted parakeet-ctc-1.1b config
     json.dump(config, open(os.path.join(folder, "config.json"), "w"))
@@ -91,12 +104,41 @@ def test_layerdrop_asks_ddp_for_unused_parameters():
 def test_torchrun_with_layerdrop_finishes(tiny_parakeet, sample_manifest, tmp_path):
     """Skipped layers leave parameters without gradients; DDP used to hang on them."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
-           os.path.join(ROOT, "recipes", "JLCorpus", "train.py"), PARAKEET_YAML,
-           "--distributed_backend", "gloo", "--device", "cpu", "--model_source", tiny_parakeet,
-           "--output_folder", str(out), "--train_csv", sample_manifest, "--valid_csv", sample_manifest,
-           "--test_csv", "null", "--number_of_epochs", "1", "--steps_per_epoch", "4", "--batch_size", "2",
-           "--num_workers", "0", "--layerdrop", "0.5", "--seed", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29531",
+        os.path.join(ROOT, "recipes", "JLCorpus", "train.py"),
+        PARAKEET_YAML,
+        "--distributed_backend",
+        "gloo",
+        "--device",
+        "cpu",
+        "--model_source",
+        tiny_parakeet,
+        "--output_folder",
+        str(out),
+        "--train_csv",
+        sample_manifest,
+        "--valid_csv",
+        sample_manifest,
+        "--test_csv",
+        "null",
+        "--number_of_epochs",
+        "1",
+        "--steps_per_epoch",
+        "4",
+        "--batch_size",
+        "2",
+        "--num_workers",
+        "0",
+        "--layerdrop",
+        "0.5",
+        "--seed",
+        "3",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -108,9 +150,18 @@ def test_init_from_another_size_is_refused(tiny_whisper, sample_manifest, tmp_pa
 
     wider = build_whisper(str(tmp_path / "wider"), d_model=64, layers=2, heads=2, ffn=64)
     with pytest.raises(ValueError, match="different architectures.*d_model: 64 vs 32"):
-        train_expert(dict(output_folder=str(tmp_path / "run"), train_csv=sample_manifest,
-                          valid_csv=sample_manifest, model_source=tiny_whisper, init_from=wider,
-                          number_of_epochs=1, batch_size=2, progressbar=False))
+        train_expert(
+            dict(
+                output_folder=str(tmp_path / "run"),
+                train_csv=sample_manifest,
+                valid_csv=sample_manifest,
+                model_source=tiny_whisper,
+                init_from=wider,
+                number_of_epochs=1,
+                batch_size=2,
+                progressbar=False,
+            )
+        )
     deeper = build_whisper(str(tmp_path / "deeper"), d_model=32, layers=3, heads=2, ffn=64)
     from aode.models import check_same_architecture
 
@@ -124,13 +175,26 @@ def test_whisper_sinusoidal_positions_stay_fixed(tiny_whisper, sample_manifest, 
 
     asr = load_asr_model(tiny_whisper)
     assert not asr.hf_model.encoder.embed_positions.weight.requires_grad
-    folder = train_expert(dict(
-        output_folder=str(tmp_path), train_csv=sample_manifest, valid_csv=sample_manifest,
-        model_source=tiny_whisper, family="whisper", lr=1e-2, number_of_epochs=1, steps_per_epoch=2,
-        batch_size=2, progressbar=False, max_decode_ratio=0.02))
+    folder = train_expert(
+        dict(
+            output_folder=str(tmp_path),
+            train_csv=sample_manifest,
+            valid_csv=sample_manifest,
+            model_source=tiny_whisper,
+            family="whisper",
+            lr=1e-2,
+            number_of_epochs=1,
+            steps_per_epoch=2,
+            batch_size=2,
+            progressbar=False,
+            max_decode_ratio=0.02,
+        )
+    )
     key = "model.encoder.embed_positions.weight"
-    before, after = load_file(os.path.join(tiny_whisper, "model.safetensors")), load_file(
-        os.path.join(folder, "model.safetensors"))
+    before, after = (
+        load_file(os.path.join(tiny_whisper, "model.safetensors")),
+        load_file(os.path.join(folder, "model.safetensors")),
+    )
     assert torch.equal(before[key], after[key])
     assert not torch.equal(before["model.encoder.layers.1.fc1.weight"], after["model.encoder.layers.1.fc1.weight"])
 
@@ -148,10 +212,19 @@ def test_export_reads_back_the_model_only(tiny_parakeet, sample_manifest, tmp_pa
         return original_export(brain, asr, folder, provenance)
 
     monkeypatch.setattr(train, "export_expert", drop_optimizer_files)
-    folder = train_expert(dict(
-        output_folder=str(tmp_path), train_csv=sample_manifest, valid_csv=sample_manifest,
-        model_source=tiny_parakeet, lr=1e-3, number_of_epochs=1, steps_per_epoch=2, batch_size=2,
-        progressbar=False))
+    folder = train_expert(
+        dict(
+            output_folder=str(tmp_path),
+            train_csv=sample_manifest,
+            valid_csv=sample_manifest,
+            model_source=tiny_parakeet,
+            lr=1e-3,
+            number_of_epochs=1,
+            steps_per_epoch=2,
+            batch_size=2,
+            progressbar=False,
+        )
+    )
     assert os.path.isfile(os.path.join(folder, "model.safetensors"))
 
 
@@ -178,26 +251,56 @@ def test_original_as_a_hub_id(tiny_parakeet, tmp_path, monkeypatch):
         resolve_model_folder("results/x/y")
 
 
-def test_merge_recipe_with_hub_original_and_replaced_experts(tiny_parakeet, sample_manifest, tmp_path,
-                                                             monkeypatch, capsys):
+def test_merge_recipe_with_hub_original_and_replaced_experts(
+    tiny_parakeet, sample_manifest, tmp_path, monkeypatch, capsys
+):
     """`--experts "{...}"` on the command line replaces the YAML's experts (hyperpyyaml merged
     them, so the merge failed on the shipped file's folders), and `original` may be a hub id."""
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _fake_hub_cache(tmp_path / "hub", "someorg/tiny-parakeet", tiny_parakeet)
-    experts = {name: train_expert(dict(
-        output_folder=str(tmp_path / name), train_csv=sample_manifest, valid_csv=sample_manifest,
-        model_source=tiny_parakeet, lr=3e-3, number_of_epochs=1, steps_per_epoch=1, batch_size=2,
-        progressbar=False, seed=seed)) for seed, name in enumerate(("A", "B"))}
+    experts = {
+        name: train_expert(
+            dict(
+                output_folder=str(tmp_path / name),
+                train_csv=sample_manifest,
+                valid_csv=sample_manifest,
+                model_source=tiny_parakeet,
+                lr=3e-3,
+                number_of_epochs=1,
+                steps_per_epoch=1,
+                batch_size=2,
+                progressbar=False,
+                seed=seed,
+            )
+        )
+        for seed, name in enumerate(("A", "B"))
+    }
     sys.path.insert(0, os.path.join(ROOT, "recipes", "average"))
     import merge as merge_recipe
 
     out = tmp_path / "out"
-    merge_recipe.main([os.path.join(ROOT, "hparams", "aode.yaml"), "--original", "someorg/tiny-parakeet",
-                       "--experts", f"{{A: {experts['A']}, B: {experts['B']}}}",
-                       "--test_sets", f"{{clean: {sample_manifest}, other: {sample_manifest}}}",
-                       "--expert_of_test_set", "{}", "--forgetting_sets", "[clean, other]",
-                       "--normalizer", "basic", "--progressbar", "False", "--output_folder", str(out)])
+    merge_recipe.main(
+        [
+            os.path.join(ROOT, "hparams", "aode.yaml"),
+            "--original",
+            "someorg/tiny-parakeet",
+            "--experts",
+            f"{{A: {experts['A']}, B: {experts['B']}}}",
+            "--test_sets",
+            f"{{clean: {sample_manifest}, other: {sample_manifest}}}",
+            "--expert_of_test_set",
+            "{}",
+            "--forgetting_sets",
+            "[clean, other]",
+            "--normalizer",
+            "basic",
+            "--progressbar",
+            "False",
+            "--output_folder",
+            str(out),
+        ]
+    )
     provenance = json.load(open(out / "merged" / "aode.json"))
     assert len(provenance["members"]) == 2
     text = capsys.readouterr().out
@@ -208,9 +311,20 @@ def test_recipe_layout_error_is_one_line_and_exit_2(tmp_path):
     empty = tmp_path / "not_coraal"
     empty.mkdir()
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", "CORAAL", "train.py"), PARAKEET_YAML,
-         "--data_folder", str(empty), "--output_folder", str(tmp_path / "out")],
-        cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            os.path.join(ROOT, "recipes", "CORAAL", "train.py"),
+            PARAKEET_YAML,
+            "--data_folder",
+            str(empty),
+            "--output_folder",
+            str(tmp_path / "out"),
+        ],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]

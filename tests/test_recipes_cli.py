@@ -71,17 +71,29 @@ def _build_corpus(corpus, root):
         return root
     if corpus == "DiPCo":
         return _builder("make_dipco", "prep_fixtures_a")(root)["root"]
-    builders = {"NoisyVCTK": ("build_vctk", "test_prep_noisy_vctk"),
-                "GoogleNE": ("build_google_ne", "test_prep_google_ne"),
-                "JLCorpus": ("build_jl", "test_prep_jl_corpus")}
+    builders = {
+        "NoisyVCTK": ("build_vctk", "test_prep_noisy_vctk"),
+        "GoogleNE": ("build_google_ne", "test_prep_google_ne"),
+        "JLCorpus": ("build_jl", "test_prep_jl_corpus"),
+    }
     name, module = builders[corpus]
     _builder(name, "prep_fixtures_b", module)(root)
     return root
 
 
 def _command(corpus, hparams, data_folder, model, output):
-    cmd = [sys.executable, os.path.join("recipes", corpus, "train.py"), os.path.join("hparams", hparams),
-           "--data_folder", data_folder, "--model_source", model, "--output_folder", output, *SMALL]
+    cmd = [
+        sys.executable,
+        os.path.join("recipes", corpus, "train.py"),
+        os.path.join("hparams", hparams),
+        "--data_folder",
+        data_folder,
+        "--model_source",
+        model,
+        "--output_folder",
+        output,
+        *SMALL,
+    ]
     if corpus in PREP_OPTIONS:
         cmd += ["--prep_options", PREP_OPTIONS[corpus]]
     return cmd
@@ -99,8 +111,11 @@ def _run(cmd):
 
 def _selected_cases(session):
     """The cases this session will run (so that ``-k JLCorpus`` starts one run, not eight)."""
-    return {item.callspec.params["case"] for item in session.items
-            if item.module.__name__ == __name__ and hasattr(item, "callspec")}
+    return {
+        item.callspec.params["case"]
+        for item in session.items
+        if item.module.__name__ == __name__ and hasattr(item, "callspec")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +145,8 @@ def _finished(launched, case):
     assert result.returncode == 0, (
         f"exit {result.returncode}: {' '.join(result.args)}\n--- stderr (tail) ---\n{result.stderr[-3000:]}"
         # SpeechBrain logs the traceback to stdout once the experiment folder is set up
-        f"\n--- stdout (tail) ---\n{result.stdout[-3000:]}")
+        f"\n--- stdout (tail) ---\n{result.stdout[-3000:]}"
+    )
     assert "expert written to" in result.stdout
     return output, hparams
 

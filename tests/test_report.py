@@ -2,9 +2,9 @@ import csv
 import os
 
 import pytest
+from conftest import DATA
 
 from aode.report import main, read_wer_csv, summarize, write_report
-from conftest import DATA
 
 TABLE7 = os.path.join(DATA, "paper_table7.csv")
 PRINTED_TYPO = "Fine-tuned - CORAAL"  # its printed Average (6.79) does not match its columns (7.16)
@@ -42,8 +42,12 @@ def test_reproduces_table7():
 
 def test_gain_kept_matches_the_issue_numbers():
     _, sets, table = read_wer_csv(TABLE7)
-    experts = {"VCTK": "Fine-tuned - VCTK", "CORAAL": "Fine-tuned - CORAAL", "JL Corpus": "Fine-tuned - JL Corpus",
-               "Google NE": "Fine-tuned - Google NE"}
+    experts = {
+        "VCTK": "Fine-tuned - VCTK",
+        "CORAAL": "Fine-tuned - CORAAL",
+        "JL Corpus": "Fine-tuned - JL Corpus",
+        "Google NE": "Fine-tuned - Google NE",
+    }
     rows = {r["model"]: r for r in summarize(table, "Pretrained Parakeet", None, sets, experts)}
     assert rows["Proposed AoDE"]["Gain kept"] == pytest.approx(0.35, abs=0.01)
     assert rows["AoDE with orig."]["Gain kept"] == pytest.approx(0.47, abs=0.01)

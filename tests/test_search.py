@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 import torch
+from conftest import sample_rows
 from safetensors.torch import load_file, save_file
 
 from aode.manifest import write_manifest
 from aode.search import candidate_weights, pareto_front, search_weights, select_candidate
-from conftest import sample_rows
 
 
 def perturbed_copy(src, dst, seed, scale=0.05):
@@ -28,6 +28,7 @@ def perturbed_copy(src, dst, seed, scale=0.05):
 
 
 # --- pure functions ------------------------------------------------------------------------
+
 
 def test_pareto_front_hand_cases():
     assert pareto_front([]) == []
@@ -47,8 +48,12 @@ def test_pareto_front_hand_cases():
 
 
 def test_select_candidate():
-    c = [{"average": 10.0, "forgetting": 5.0}, {"average": 9.0, "forgetting": 8.0},
-         {"average": 11.0, "forgetting": 1.0}, {"average": 9.0, "forgetting": 7.0}]
+    c = [
+        {"average": 10.0, "forgetting": 5.0},
+        {"average": 9.0, "forgetting": 8.0},
+        {"average": 11.0, "forgetting": 1.0},
+        {"average": 9.0, "forgetting": 7.0},
+    ]
     assert select_candidate(c, "average") == (3, None)  # tie on average: lower forgetting
     assert select_candidate(c, "constrained", 7.0) == (3, True)
     assert select_candidate(c, "constrained", 5.0) == (0, True)
@@ -78,19 +83,28 @@ def test_candidate_weights():
 
 # --- on a tiny model ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def setup(tiny_parakeet, tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     rows = sample_rows()
     sets = {}
-    for name, keep in (("dom_a", lambda r: r["spk_id"] == "spk1"), ("dom_b", lambda r: r["spk_id"] == "spk2"),
-                       ("libri_dev", lambda r: r["ID"].endswith(("snt1", "snt2")))):
+    for name, keep in (
+        ("dom_a", lambda r: r["spk_id"] == "spk1"),
+        ("dom_b", lambda r: r["spk_id"] == "spk2"),
+        ("libri_dev", lambda r: r["ID"].endswith(("snt1", "snt2"))),
+    ):
         path = str(root / f"{name}.csv")
         write_manifest(path, [r for r in rows if keep(r)])
         sets[name] = path
     experts = [perturbed_copy(tiny_parakeet, root / f"expert{i}", seed=i + 1) for i in range(2)]
-    return {"root": root, "base": tiny_parakeet, "experts": experts,
-            "dev": {k: sets[k] for k in ("dom_a", "dom_b")}, "forgetting": {"libri_dev": sets["libri_dev"]}}
+    return {
+        "root": root,
+        "base": tiny_parakeet,
+        "experts": experts,
+        "dev": {k: sets[k] for k in ("dom_a", "dom_b")},
+        "forgetting": {"libri_dev": sets["libri_dev"]},
+    }
 
 
 EVAL = {"batch_size": 8}
@@ -99,8 +113,17 @@ EVAL = {"batch_size": 8}
 @pytest.fixture(scope="module")
 def searched(setup):
     out = str(setup["root"] / "out")
-    chosen = search_weights(setup["experts"], setup["base"], setup["dev"], setup["forgetting"], out,
-                            n_random=2, seed=0, eval_kwargs=EVAL, progress=False)
+    chosen = search_weights(
+        setup["experts"],
+        setup["base"],
+        setup["dev"],
+        setup["forgetting"],
+        out,
+        n_random=2,
+        seed=0,
+        eval_kwargs=EVAL,
+        progress=False,
+    )
     return out, chosen
 
 
@@ -133,12 +156,23 @@ def test_search_outputs(searched):
 
 def test_rerun_constrained_does_not_remerge(setup, searched):
     out, _ = searched
-    before = {c["id"]: os.path.getmtime(os.path.join(c["folder"], "model.safetensors"))
-              for c in _load(out)["candidates"]}
+    before = {
+        c["id"]: os.path.getmtime(os.path.join(c["folder"], "model.safetensors")) for c in _load(out)["candidates"]
+    }
     bound = sorted(c["forgetting"] for c in _load(out)["candidates"])[8]
-    chosen = search_weights(setup["experts"], setup["base"], setup["dev"], setup["forgetting"], out,
-                            objective="constrained", max_forgetting=bound, n_random=2, seed=0,
-                            eval_kwargs=EVAL, progress=False)
+    chosen = search_weights(
+        setup["experts"],
+        setup["base"],
+        setup["dev"],
+        setup["forgetting"],
+        out,
+        objective="constrained",
+        max_forgetting=bound,
+        n_random=2,
+        seed=0,
+        eval_kwargs=EVAL,
+        progress=False,
+    )
     result = _load(out)
     after = {c["id"]: os.path.getmtime(os.path.join(c["folder"], "model.safetensors")) for c in result["candidates"]}
     assert after == before
@@ -148,6 +182,7 @@ def test_rerun_constrained_does_not_remerge(setup, searched):
 
 
 # --- objectives with controlled scores (real merges, scored from their provenance) ----------
+
 
 @pytest.fixture
 def fake_eval(monkeypatch, setup):
@@ -167,8 +202,11 @@ def fake_eval(monkeypatch, setup):
                 prov = json.load(f)
             w = prov["weights"] + ([] if prov["include_base"] else [0.0])
             share = [x / sum(w) for x in w]
-            table[name] = {"dom_a": 40.0 - 30.0 * share[0], "dom_b": 40.0 - 25.0 * share[1],
-                           "libri_dev": 10.0 + 10.0 * (1.0 - share[2])}
+            table[name] = {
+                "dom_a": 40.0 - 30.0 * share[0],
+                "dom_b": 40.0 - 25.0 * share[1],
+                "libri_dev": 10.0 + 10.0 * (1.0 - share[2]),
+            }
         return table
 
     monkeypatch.setattr(aode.evaluate, "evaluate_models", evaluate_models)
@@ -184,8 +222,7 @@ def test_constrained_objective(setup, fake_eval, tmp_path):
     limited = search_weights(*args, candidates=cands, objective="constrained", max_forgetting=70, progress=False)
     assert limited["label"] == "third" and limited["constraint_met"] is True
     assert limited["forgetting"] == pytest.approx(200 / 3)
-    fallback = search_weights(*args, candidates=cands, objective="constrained", max_forgetting=10,
-                              progress=False)
+    fallback = search_weights(*args, candidates=cands, objective="constrained", max_forgetting=10, progress=False)
     assert fallback["weights"] == [1.0, 1.0, 6.0] and fallback["constraint_met"] is False
     result = _load(str(tmp_path))
     assert result["constraint_met"] is False and "no candidate" in result["note"]

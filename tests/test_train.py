@@ -15,9 +15,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _hparams(model, manifest, out, **extra):
-    hp = dict(output_folder=str(out), train_csv=manifest, valid_csv=manifest, test_csv=manifest,
-              model_source=model, family="ctc", lr=3e-3, llrd_alpha=0.9, number_of_epochs=2, batch_size=4,
-              steps_per_epoch=3, progressbar=False)
+    hp = dict(
+        output_folder=str(out),
+        train_csv=manifest,
+        valid_csv=manifest,
+        test_csv=manifest,
+        model_source=model,
+        family="ctc",
+        lr=3e-3,
+        llrd_alpha=0.9,
+        number_of_epochs=2,
+        batch_size=4,
+        steps_per_epoch=3,
+        progressbar=False,
+    )
     hp.update(extra)
     return hp
 
@@ -56,8 +67,16 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_parakeet, sample_manifest, 
 def test_lora_expert_is_exported_merged(tiny_parakeet, sample_manifest, tmp_path):
     from safetensors.torch import load_file
 
-    folder = train_expert(_hparams(tiny_parakeet, sample_manifest, tmp_path, number_of_epochs=1, lora_rank=2,
-                                   lora_targets=["q_proj", "depthwise_conv"]))
+    folder = train_expert(
+        _hparams(
+            tiny_parakeet,
+            sample_manifest,
+            tmp_path,
+            number_of_epochs=1,
+            lora_rank=2,
+            lora_targets=["q_proj", "depthwise_conv"],
+        )
+    )
     keys = load_file(os.path.join(folder, "model.safetensors")).keys()
     assert not any("lora" in k for k in keys)
     base = load_file(os.path.join(tiny_parakeet, "model.safetensors"))
@@ -68,12 +87,15 @@ def test_lora_expert_is_exported_merged(tiny_parakeet, sample_manifest, tmp_path
 def test_frozen_decoder_trains_the_encoder_only(tiny_parakeet, sample_manifest, tmp_path):
     from safetensors.torch import load_file
 
-    folder = train_expert(_hparams(tiny_parakeet, sample_manifest, tmp_path, number_of_epochs=1,
-                                   freeze_decoder=True))
-    new, old = load_file(os.path.join(folder, "model.safetensors")), load_file(
-        os.path.join(tiny_parakeet, "model.safetensors"))
+    folder = train_expert(_hparams(tiny_parakeet, sample_manifest, tmp_path, number_of_epochs=1, freeze_decoder=True))
+    new, old = (
+        load_file(os.path.join(folder, "model.safetensors")),
+        load_file(os.path.join(tiny_parakeet, "model.safetensors")),
+    )
     assert (new["ctc_head.weight"] == old["ctc_head.weight"]).all()
-    assert not (new["encoder.layers.1.self_attn.q_proj.weight"] == old["encoder.layers.1.self_attn.q_proj.weight"]).all()
+    assert not (
+        new["encoder.layers.1.self_attn.q_proj.weight"] == old["encoder.layers.1.self_attn.q_proj.weight"]
+    ).all()
 
 
 def test_bad_input_fails_before_training(tiny_parakeet, tiny_whisper, sample_manifest, tmp_path):
@@ -90,7 +112,9 @@ def test_bad_input_fails_before_training(tiny_parakeet, tiny_whisper, sample_man
     with pytest.raises(ValueError, match="model family 'whisper'"):
         train_expert(_hparams(tiny_parakeet, sample_manifest, tmp_path / "e", family="whisper"))
     with pytest.raises(FileNotFoundError, match="init_from_missing"):
-        train_expert(_hparams(tiny_parakeet, sample_manifest, tmp_path / "f", init_from=str(tmp_path / "init_from_missing")))
+        train_expert(
+            _hparams(tiny_parakeet, sample_manifest, tmp_path / "f", init_from=str(tmp_path / "init_from_missing"))
+        )
 
 
 def test_unreadable_audio_is_skipped_and_counted(tiny_parakeet, sample_manifest, tmp_path):
@@ -101,20 +125,48 @@ def test_unreadable_audio_is_skipped_and_counted(tiny_parakeet, sample_manifest,
     first[0], first[2] = "broken_utt", str(broken)
     bad_manifest = tmp_path / "with_bad.csv"
     bad_manifest.write_text("\n".join(lines + [",".join(first)]) + "\n")
-    train_expert(_hparams(tiny_parakeet, sample_manifest, tmp_path / "run", train_csv=str(bad_manifest),
-                          number_of_epochs=1))
+    train_expert(
+        _hparams(tiny_parakeet, sample_manifest, tmp_path / "run", train_csv=str(bad_manifest), number_of_epochs=1)
+    )
     skipped = (tmp_path / "run" / "skipped_audio.csv").read_text()
     assert "broken_utt" in skipped
 
 
 def test_torchrun_two_process_gloo(tiny_parakeet, sample_manifest, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           os.path.join(ROOT, "recipes", "JLCorpus", "train.py"), os.path.join(ROOT, "hparams", "parakeet_llrd.yaml"),
-           "--distributed_backend", "gloo", "--device", "cpu", "--model_source", tiny_parakeet,
-           "--output_folder", str(out), "--train_csv", sample_manifest, "--valid_csv", sample_manifest,
-           "--test_csv", sample_manifest, "--number_of_epochs", "1",
-           "--steps_per_epoch", "2", "--batch_size", "2", "--num_workers", "0", "--lr", "0.001"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        os.path.join(ROOT, "recipes", "JLCorpus", "train.py"),
+        os.path.join(ROOT, "hparams", "parakeet_llrd.yaml"),
+        "--distributed_backend",
+        "gloo",
+        "--device",
+        "cpu",
+        "--model_source",
+        tiny_parakeet,
+        "--output_folder",
+        str(out),
+        "--train_csv",
+        sample_manifest,
+        "--valid_csv",
+        sample_manifest,
+        "--test_csv",
+        sample_manifest,
+        "--number_of_epochs",
+        "1",
+        "--steps_per_epoch",
+        "2",
+        "--batch_size",
+        "2",
+        "--num_workers",
+        "0",
+        "--lr",
+        "0.001",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

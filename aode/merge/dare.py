@@ -52,8 +52,7 @@ def dare_linear(tensors, weights, base, generator=None, density=0.5, lam=1.0, re
 
 
 @register("dare_ties", needs_base=True)
-def dare_ties(tensors, weights, base, generator=None, density=0.5, lam=1.0, rescale=True,
-              normalize=True):
+def dare_ties(tensors, weights, base, generator=None, density=0.5, lam=1.0, rescale=True, normalize=True):
     """DARE + TIES: drop and rescale each task vector, then sign election + disjoint mean."""
     require_base(base, "dare_ties")
     deltas = [drop_and_rescale(t - base, density, generator, rescale) for t in tensors]

@@ -56,8 +56,17 @@ class MethodSpec:
 _METHODS = {}
 
 
-def register(name, *, needs_base=False, uses_base=None, elementwise=False,
-             propagates_nonfinite=False, min_members=1, max_members=None, setup=None):
+def register(
+    name,
+    *,
+    needs_base=False,
+    uses_base=None,
+    elementwise=False,
+    propagates_nonfinite=False,
+    min_members=1,
+    max_members=None,
+    setup=None,
+):
     """Decorator: register a merge method under ``name`` (see the module docstring)."""
 
     def decorator(fn):
@@ -92,9 +101,7 @@ def get_spec(name):
     try:
         return _METHODS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown merge method {name!r}; known methods: {', '.join(available_methods())}"
-        ) from None
+        raise ValueError(f"unknown merge method {name!r}; known methods: {', '.join(available_methods())}") from None
 
 
 def get_method(name):

@@ -192,14 +192,10 @@ def _draw_chain(recipe, rng):
     chain = []
     if "reverb" in recipe:
         r = recipe["reverb"]
-        chain.append(
-            {"op": "reverb", "rir": rng.choice(r["rirs"]), "wet": round(rng.uniform(*r["wet"]), 3)}
-        )
+        chain.append({"op": "reverb", "rir": rng.choice(r["rirs"]), "wet": round(rng.uniform(*r["wet"]), 3)})
     if "noise" in recipe:
         r = recipe["noise"]
-        chain.append(
-            {"op": "noise", "kind": rng.choice(r["kinds"]), "snr": round(rng.uniform(*r["snr"]), 2)}
-        )
+        chain.append({"op": "noise", "kind": rng.choice(r["kinds"]), "snr": round(rng.uniform(*r["snr"]), 2)})
     if "babble" in recipe:
         r = recipe["babble"]
         talkers = rng.randint(*r["talkers"])
@@ -274,10 +270,7 @@ def vocabulary_overlaps(plan_or_texts):
     """Per target domain, :func:`textgen.vocabulary_overlap` of all its texts against the
     general training texts."""
     texts = {
-        d: {
-            s: [r["wrd_raw"] if isinstance(r, dict) else r for r in rows]
-            for s, rows in splits.items()
-        }
+        d: {s: [r["wrd_raw"] if isinstance(r, dict) else r for r in rows] for s, rows in splits.items()}
         for d, splits in plan_or_texts.items()
     }
     general = texts.get("general", {}).get("train", [])
@@ -285,9 +278,7 @@ def vocabulary_overlaps(plan_or_texts):
     for domain, splits in texts.items():
         if domain == "general" or not general:
             continue
-        out[domain] = textgen.vocabulary_overlap(
-            [t for rows in splits.values() for t in rows], general
-        )
+        out[domain] = textgen.vocabulary_overlap([t for rows in splits.values() for t in rows], general)
     return out
 
 
@@ -386,9 +377,7 @@ def _mp_context():
     methods = multiprocessing.get_all_start_methods()
     # fork is cheap and needs no __main__ guard; the parent never touches espeak-ng's engine
     # before forking (the Synthesizer is created lazily per process id).
-    return multiprocessing.get_context(
-        "fork" if "fork" in methods and sys.platform == "linux" else "spawn"
-    )
+    return multiprocessing.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
 
 
 # ------------------------------------------------------------------------- public API
@@ -433,11 +422,7 @@ def generate_corpus(out_folder, seed=0, config=None, scale=1.0, workers=2, progr
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-    bar = (
-        tqdm(total=len(rows), desc="aode.mini corpus", unit="utt", disable=not progress)
-        if tqdm
-        else None
-    )
+    bar = tqdm(total=len(rows), desc="aode.mini corpus", unit="utt", disable=not progress) if tqdm else None
     if workers and workers > 1:
         with _mp_context().Pool(workers, initializer=_init_worker, initargs=(pool_specs,)) as pool:
             for uid, n, _ in pool.imap_unordered(render, rows, chunksize=8):
@@ -530,9 +515,7 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    info = generate_corpus(
-        args.out, seed=args.seed, scale=args.scale, workers=args.workers, progress=not args.quiet
-    )
+    info = generate_corpus(args.out, seed=args.seed, scale=args.scale, workers=args.workers, progress=not args.quiet)
     if info.get("skipped") and not args.quiet:
         print(summary(info))
     return 0

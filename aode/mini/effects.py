@@ -63,8 +63,9 @@ def set_level(x: np.ndarray, dbfs: float = -26.0, peak: float = 0.99) -> np.ndar
     return y.astype(np.float32)
 
 
-def trim_silence(x: np.ndarray, threshold_db: float = -45.0, lead: float = 0.1, trail: float = 0.2,
-                 sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def trim_silence(
+    x: np.ndarray, threshold_db: float = -45.0, lead: float = 0.1, trail: float = 0.2, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
     """Cut leading/trailing samples quieter than ``threshold_db`` below the peak, then pad
     ``lead`` / ``trail`` seconds of digital silence."""
     if not len(x):
@@ -198,8 +199,12 @@ def reverb(x: np.ndarray, rir_name: str = "rir1", wet: float = 0.3, direct_ms: f
 
 
 # ----------------------------------------------------------------------------- chains
-def apply_chain(x: np.ndarray, chain: Iterable[Mapping[str, Any]], rng: np.random.Generator,
-                babble_sources: Sequence[np.ndarray] | None = None) -> np.ndarray:
+def apply_chain(
+    x: np.ndarray,
+    chain: Iterable[Mapping[str, Any]],
+    rng: np.random.Generator,
+    babble_sources: Sequence[np.ndarray] | None = None,
+) -> np.ndarray:
     """Apply effect specs in order. Specs (dicts, key ``op``):
 
     * ``{"op": "noise", "kind": "pink", "snr": 30.0}``

@@ -88,9 +88,7 @@ def list_variants() -> list[str]:
 
 _LIB = None
 _LIB_LOCK = threading.Lock()
-_CALLBACK_TYPE = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
-)
+_CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
 def _load_lib():
@@ -105,8 +103,10 @@ def _load_lib():
                 "espeak_SetSynthCallback": ([_CALLBACK_TYPE], None),
                 "espeak_SetVoiceByName": ([c.c_char_p], c.c_int),
                 "espeak_SetParameter": ([c.c_int, c.c_int, c.c_int], c.c_int),
-                "espeak_Synth": ([c.c_char_p, c.c_size_t, c.c_uint, c.c_int, c.c_uint, c.c_uint,
-                                  c.c_void_p, c.c_void_p], c.c_int),
+                "espeak_Synth": (
+                    [c.c_char_p, c.c_size_t, c.c_uint, c.c_int, c.c_uint, c.c_uint, c.c_void_p, c.c_void_p],
+                    c.c_int,
+                ),
             }
             for name, (argtypes, restype) in signatures.items():
                 getattr(lib, name).argtypes = argtypes
@@ -158,8 +158,15 @@ class Synthesizer:
         if variant and variant.lower() not in self._variants:
             raise ValueError(f"unknown espeak-ng variant {variant!r}")
 
-    def synthesize_native(self, text: str, voice: str = "en-us", rate: float = 175, pitch: float = 50,
-                          range_: float = 50, volume: float = 100) -> np.ndarray:
+    def synthesize_native(
+        self,
+        text: str,
+        voice: str = "en-us",
+        rate: float = 175,
+        pitch: float = 50,
+        range_: float = 50,
+        volume: float = 100,
+    ) -> np.ndarray:
         """int16 samples at the engine's native rate (22050 Hz for espeak-ng)."""
         self.check_voice(voice)
         lang, _, variant = voice.partition("+")
@@ -175,17 +182,22 @@ class Synthesizer:
             self.lib.espeak_SetParameter(param, int(round(value)), 0)
         self._chunks = []
         data = text.encode("utf-8")
-        err = self.lib.espeak_Synth(
-            data, len(data) + 1, 0, POS_CHARACTER, 0, espeakCHARS_UTF8, None, None
-        )
+        err = self.lib.espeak_Synth(data, len(data) + 1, 0, POS_CHARACTER, 0, espeakCHARS_UTF8, None, None)
         if err != 0:
             raise RuntimeError(f"espeak_Synth failed with code {err}")
         self.lib.espeak_Synchronize()
         chunks, self._chunks = self._chunks, []
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
-    def synthesize(self, text: str, voice: str = "en-us", rate: float = 175, pitch: float = 50,
-                   range_: float = 50, volume: float = 100) -> np.ndarray:
+    def synthesize(
+        self,
+        text: str,
+        voice: str = "en-us",
+        rate: float = 175,
+        pitch: float = 50,
+        range_: float = 50,
+        volume: float = 100,
+    ) -> np.ndarray:
         """float32 waveform in [-1, 1] at ``self.sample_rate`` (16 kHz by default)."""
         native = self.synthesize_native(text, voice, rate, pitch, range_, volume)
         x = native.astype(np.float32) / 32768.0

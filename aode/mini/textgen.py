@@ -14,8 +14,8 @@ Each target reuses much of the general vocabulary (function words and everyday w
 of its word types and 72-92 % of its running words occur in the general training text
 (:func:`vocabulary_overlap`; tests/test_mini_corpus.py holds the band), while its names,
 dialect and jargon stay new: hard for a generalist, but not foreign. (Generator 1.1 had a
-30-50 % type overlap, which left the targets foreign to a character-CTC model.) Texts are lowercase words plus apostrophes after
-:func:`aode.text.normalize_words` (``wrd``); ``wrd_raw`` keeps sentence case and punctuation.
+30-50 % type overlap, which left the targets foreign to a character-CTC model.) Texts are
+lowercase words plus apostrophes after :func:`aode.text.normalize_words` (``wrd``); ``wrd_raw`` keeps sentence case and punctuation.
 
 Generation is deterministic: :func:`generate_texts` draws from ``random.Random`` seeded by a
 string, which does not depend on ``PYTHONHASHSEED``.
@@ -166,10 +166,7 @@ GENERAL_LEXICON = {
         "simple lovely beautiful wooden shiny dusty heavy patient noisy "
         "frozen plastic tinned wonderful dreadful brilliant crowded freezing terrible funny local national public private cheap expensive modern popular serious difficult easy important dangerous safe quick slow nervous excited delighted furious disappointed relieved thrilled friendly honest polite rude clumsy grumpy silly"
     ),
-    "feeling": _w(
-        "happy sad tired hungry angry proud lonely afraid glad cheerful worried surprised "
-        "pleased sleepy"
-    ),
+    "feeling": _w("happy sad tired hungry angry proud lonely afraid glad cheerful worried surprised pleased sleepy"),
     "vt": [
         ("see", "saw"),
         ("find", "found"),
@@ -271,24 +268,14 @@ GENERAL_LEXICON = {
     "prep_static": _w("in on under near behind beside inside above below"),
     "num": _w("two three four five six seven eight nine ten eleven twelve twenty"),
     "relative": _w(
-        "mother father brother sister uncle aunt cousin grandmother grandfather wife husband "
-        "son daughter friend"
+        "mother father brother sister uncle aunt cousin grandmother grandfather wife husband son daughter friend"
     ),
     "vehicle": _w(
-        "car bus train cart wagon boat ship bicycle ferry coach "
-        "tram taxi flight plane lorry truck van ambulance"
+        "car bus train cart wagon boat ship bicycle ferry coach tram taxi flight plane lorry truck van ambulance"
     ),
-    "weather": _w(
-        "rain snow wind fog storm frost sunshine "
-        "showers drizzle sleet gales cloud thunder hail mist"
-    ),
-    "month": _w(
-        "january february march april may june july august september october november december"
-    ),
-    "store": _w(
-        "store shop market bakery "
-        "supermarket chemist newsagent butcher grocer drugstore"
-    ),
+    "weather": _w("rain snow wind fog storm frost sunshine showers drizzle sleet gales cloud thunder hail mist"),
+    "month": _w("january february march april may june july august september october november december"),
+    "store": _w("store shop market bakery supermarket chemist newsagent butcher grocer drugstore"),
     "ordinal": _w("first second third fourth fifth sixth seventh eighth ninth tenth last"),
     # Everyday words of public life, work and talk that a broad "LibriSpeech" also holds; the
     # target domains share them, so their own names, dialect and jargon are what stays new.
@@ -308,31 +295,16 @@ GENERAL_LEXICON = {
         "plans budget policy project programme reform scheme bill rules prices road bridge "
         "library stadium footpath bypass"
     ),
-    "event": _w(
-        "match concert rally wedding festival meeting party parade fair show game race "
-        "dance service"
-    ),
-    "emotion": _w(
-        "delighted furious disappointed relieved thrilled worried surprised angry pleased "
-        "upset"
-    ),
-    "job": _w(
-        "mechanic nurse teacher cook janitor driver barber preacher clerk builder cleaner "
-        "farmer waiter tailor"
-    ),
+    "event": _w("match concert rally wedding festival meeting party parade fair show game race dance service"),
+    "emotion": _w("delighted furious disappointed relieved thrilled worried surprised angry pleased upset"),
+    "job": _w("mechanic nurse teacher cook janitor driver barber preacher clerk builder cleaner farmer waiter tailor"),
     "workplace": _w(
-        "factory hospital warehouse hotel cafeteria shipyard plant office bakery garage mill "
-        "post office shop school"
+        "factory hospital warehouse hotel cafeteria shipyard plant office bakery garage mill post office shop school"
     ),
-    "pastime": _w(
-        "football basketball baseball tag marbles cards chess tennis rugby cricket hopscotch "
-        "music"
-    ),
+    "pastime": _w("football basketball baseball tag marbles cards chess tennis rugby cricket hopscotch music"),
     "direction": _w("north south east west"),
 }
-GENERAL_PROPER = (
-    set(GENERAL_LEXICON["name"]) | set(GENERAL_LEXICON["weekday"]) | set(GENERAL_LEXICON["month"])
-)
+GENERAL_PROPER = set(GENERAL_LEXICON["name"]) | set(GENERAL_LEXICON["weekday"]) | set(GENERAL_LEXICON["month"])
 
 GENERAL_TEMPLATES = [
     "{name} {vt_past} the {adj} {thing} {prep_static} the {place}.",
@@ -467,8 +439,7 @@ VCTK_LEXICON = {
     "delay": _w("delayed cancelled packed late diverted"),
     "store": _w("supermarket chemist newsagent butcher grocer bakery"),
     "item": _w(
-        "spoons peas slabs cheese snacks parcels biscuits crisps scones toys frogs sausages "
-        "tins stamps batteries"
+        "spoons peas slabs cheese snacks parcels biscuits crisps scones toys frogs sausages tins stamps batteries"
     ),
     "qadj": _w("fresh thick blue plastic small big tinned frozen"),
     "group": _w("residents tenants pupils campaigners councillors commuters shoppers fans"),
@@ -508,8 +479,7 @@ VCTK_TEMPLATES = [
 
 CORAAL_LEXICON = {
     "relative": _w(
-        "grandmama granddaddy auntie momma daddy cousin uncle nephew niece stepfather godmother "
-        "brother sister"
+        "grandmama granddaddy auntie momma daddy cousin uncle nephew niece stepfather godmother brother sister"
     ),
     "street": _c("georgia, kennedy, rhode island, maple, clinton, jefferson, lincoln, chestnut"),
     "spot": _c(
@@ -520,9 +490,7 @@ CORAAL_LEXICON = {
         "plant, factory, post office, navy yard, hospital, cafeteria, warehouse, shipyard, "
         "bus company, department store, hotel"
     ),
-    "game": _c(
-        "kickball, hopscotch, double dutch, stickball, tag, jacks, marbles, basketball, baseball"
-    ),
+    "game": _c("kickball, hopscotch, double dutch, stickball, tag, jacks, marbles, basketball, baseball"),
     "church": _w("baptist methodist pentecostal holiness"),
     "churchword": _c("choir, revival, usher board, bible study, youth group"),
     "grade": _w("first second third fourth fifth sixth seventh eighth ninth tenth"),
@@ -621,15 +589,11 @@ NE_LEXICON = {
     "policy": _w("budget bill policy reform programme initiative"),
     "gverb": _w("announced approved inaugurated commissioned launched suspended unveiled"),
     "sayverb": _w("urged condemned declared warned assured appealed"),
-    "project": _c(
-        "road, hospital, bridge, rail line, water scheme, housing estate, power plant, airport"
-    ),
+    "project": _c("road, hospital, bridge, rail line, water scheme, housing estate, power plant, airport"),
     "commodity": _w("cassava yam maize cocoa groundnut rice petrol diesel cement sorghum"),
     "econ": _w("inflation unemployment revenue exports imports"),
     "trend": _w("rose fell increased dropped"),
-    "month": _w(
-        "january february march april may june july august september october november december"
-    ),
+    "month": _w("january february march april may june july august september october november december"),
     "group": _w("traders farmers youths workers residents stakeholders delegates"),
     "party": _c("ruling party, opposition, coalition"),
     "weekday": _w("monday tuesday wednesday thursday friday saturday sunday"),
@@ -694,9 +658,7 @@ def _score(rng):
 
 
 def _count(rng):
-    return number_words(
-        rng.choice([rng.randint(20, 99), rng.randint(1, 9) * 100, rng.randint(1, 12) * 1000])
-    )
+    return number_words(rng.choice([rng.randint(20, 99), rng.randint(1, 9) * 100, rng.randint(1, 12) * 1000]))
 
 
 _SLOT = re.compile(r"\{([a-z_]+?)(_past|_pl)?(\d*)\}")
@@ -705,9 +667,7 @@ _SLOT = re.compile(r"\{([a-z_]+?)(_past|_pl)?(\d*)\}")
 def _general_slot(name, suffix, rng):
     lex = GENERAL_LEXICON
     if name == "bignum":
-        return number_words(
-            rng.choice([rng.randint(13, 99), rng.randint(1, 9) * 100, rng.randint(100, 999)])
-        )
+        return number_words(rng.choice([rng.randint(13, 99), rng.randint(1, 9) * 100, rng.randint(100, 999)]))
     if name == "year":
         return year_words(rng.randint(1800, 1950))
     if name == "vt":
@@ -749,7 +709,7 @@ def _fill(template, slot_fn, rng):
 def _sentence_case(text, proper):
     words = text.split(" ")
     out = []
-    for i, word in enumerate(words):
+    for word in words:
         core = word.strip(".,?!")
         if core == "i" or core.startswith("i'") or core.lower() in proper:
             word = word[:1].upper() + word[1:]
@@ -791,8 +751,14 @@ def make_sentence(domain: str, rng: random.Random) -> str:
 MAX_WORDS = {"general": 13, "vctk": 12, "coraal": 14, "jl": 12, "ne": 12}
 
 
-def generate_texts(domain: str, count: int, seed: int | str = 0, exclude: Iterable[str] = (),
-                   max_words: int | None = None, min_words: int = 3) -> list[str]:
+def generate_texts(
+    domain: str,
+    count: int,
+    seed: int | str = 0,
+    exclude: Iterable[str] = (),
+    max_words: int | None = None,
+    min_words: int = 3,
+) -> list[str]:
     """``count`` raw sentences of ``domain``, unique (except ``jl``), deterministic in ``seed``.
 
     ``exclude`` holds normalised texts (``wrd``) that must not be produced. ``jl`` draws from
@@ -814,9 +780,7 @@ def generate_texts(domain: str, count: int, seed: int | str = 0, exclude: Iterab
     while len(out) < count:
         tries += 1
         if tries > 200 * count + 1000:
-            raise RuntimeError(
-                f"the {domain} grammar produced only {len(out)} unique sentences of {count}"
-            )
+            raise RuntimeError(f"the {domain} grammar produced only {len(out)} unique sentences of {count}")
         raw = make_sentence(domain, rng)
         wrd = normalize_words(raw)
         if wrd in seen or not (min_words <= len(wrd.split()) <= max_words):

@@ -33,12 +33,21 @@ def main(argv):
     merged = os.path.join(out, "merged")
     weights = hp["weights"]
     if isinstance(weights, dict):
-        weights = [weights[name] for name in experts] + ([weights.get("original", 1.0)]
-                                                         if hp["include_original"] else [])
+        weights = [weights[name] for name in experts] + (
+            [weights.get("original", 1.0)] if hp["include_original"] else []
+        )
     if not os.path.isfile(os.path.join(merged, "config.json")):
-        merge_models(list(experts.values()), merged, method=hp["method"], weights=weights,
-                     base=original, include_base=hp["include_original"],
-                     options=hp["method_options"], weight_rules=hp["weight_rules"], seed=hp["seed"])
+        merge_models(
+            list(experts.values()),
+            merged,
+            method=hp["method"],
+            weights=weights,
+            base=original,
+            include_base=hp["include_original"],
+            options=hp["method_options"],
+            weight_rules=hp["weight_rules"],
+            seed=hp["seed"],
+        )
         print(f"merged model written to {merged}")
     else:
         print(f"merged model found in {merged}")
@@ -51,12 +60,20 @@ def main(argv):
     if not test_sets:
         print("no test sets named: nothing evaluated")
         return
-    table = evaluate_models(models, test_sets, os.path.join(out, "eval"), batch_size=hp["eval_batch_size"],
-                            normalizer=hp["normalizer"], beam_size=hp["beam_size"],
-                            device=hp["device"], progress=hp["progressbar"])
+    table = evaluate_models(
+        models,
+        test_sets,
+        os.path.join(out, "eval"),
+        batch_size=hp["eval_batch_size"],
+        normalizer=hp["normalizer"],
+        beam_size=hp["beam_size"],
+        device=hp["device"],
+        progress=hp["progressbar"],
+    )
     expert_of = {s: name for s, name in (hp["expert_of_test_set"] or {}).items()}
-    _, text = write_report(table, out, next(iter(models)), hp["forgetting_sets"], expert_of=expert_of or None,
-                           title=hp["title"])
+    _, text = write_report(
+        table, out, next(iter(models)), hp["forgetting_sets"], expert_of=expert_of or None, title=hp["title"]
+    )
     print(text)
 
 

@@ -28,14 +28,25 @@ def main(argv):
     generate_corpus(corpus, seed=hparams["corpus_seed"], scale=hparams["corpus_scale"])
     init = os.path.join(hparams["output_folder"], "init")
     if not os.path.isdir(init):
-        build_parakeet_ctc(init, hidden_size=hparams["hidden_size"], num_layers=hparams["num_layers"],
-                           num_heads=hparams["num_heads"], intermediate_size=hparams["intermediate_size"],
-                           subsampling_factor=hparams["subsampling_factor"],
-                           conv_kernel_size=hparams["conv_kernel_size"], seed=hparams["seed"])
+        build_parakeet_ctc(
+            init,
+            hidden_size=hparams["hidden_size"],
+            num_layers=hparams["num_layers"],
+            num_heads=hparams["num_heads"],
+            intermediate_size=hparams["intermediate_size"],
+            subsampling_factor=hparams["subsampling_factor"],
+            conv_kernel_size=hparams["conv_kernel_size"],
+            seed=hparams["seed"],
+        )
     general = os.path.join(corpus, "general")
-    hparams.update(model_source=init, domain="general", train_csv=os.path.join(general, "train.csv"),
-                   valid_csv=os.path.join(general, "valid.csv"), test_csv=os.path.join(general, "test_clean.csv"),
-                   extra_test_csvs={"test_other": os.path.join(general, "test_other.csv")})
+    hparams.update(
+        model_source=init,
+        domain="general",
+        train_csv=os.path.join(general, "train.csv"),
+        valid_csv=os.path.join(general, "valid.csv"),
+        test_csv=os.path.join(general, "test_clean.csv"),
+        extra_test_csvs={"test_other": os.path.join(general, "test_other.csv")},
+    )
     training = {key: hparams[key] for key in TrainingConfig.model_fields}
     folder = train_expert(training, run_opts, corpus="general")
     if hparams["ship_to"]:
