@@ -1,47 +1,113 @@
 """Every scenario of the paper from one driver (recipes/average/reproduce.py).
 
-Stages (each resumable: a finished expert, merge or evaluation is a complete folder or
-file, written under a temporary name and renamed, and is not redone):
+A scenario has a stable id (the YAML's ``scenarios``), a label for people and the scenarios
+whose models it starts from (:data:`SCENARIOS`). Any subset runs: asking for a scenario pulls
+in what it needs (``iterative`` alone trains the experts and makes both AoDEs first), and the
+experts always run, as every table's Gain kept is measured against them. The hparams are
+checked against :class:`aode.config.ExperimentConfig` before any work starts.
 
-1. corpus    - the miniature's synthetic corpus, generated when missing (optional);
-               or each domain's data prep (``prepare``/``data_folder``)
-2. experts   - one expert per domain from the original (scenario 1)
-3. sequential- fine-tune in the given orders, each step from the previous (scenario 2)
-4. aode      - average of the experts; with the original as one more member (scenario 2)
-5. combined  - one fine-tune on all domains' data; "resampled" balances the domains (3)
-6. iterative - fine-tune the average again on each domain and average again (3)
-7. weighted  - each expert weighted x4: 4/8 for it, 1/8 for each other expert and the original
-               (Table VIII)
-8. lora      - LoRA experts (merged into the weights) and their average
-9. methods   - other merge methods (aode.merge registry), Fisher-weighted averaging (Fishers
-               estimated on each expert's training data), weight search on the dev sets,
-               greedy soup
-10. evaluate - every model on every test set (cached), oracle hot swap rows, tables
+Every model is a :class:`Row`: a stable id (lookups and evaluation folders), the label the
+tables print and its model folder. Row ids: ``original``, ``expert_<domain>``,
+``seq_<d1>-<d2>-...``, ``aode``, ``aode_orig``, ``combined``, ``resampled``, ``iter<k>``,
+``iter<k>_orig``, ``x4_<domain>``, ``lora_<domain>``, ``lora_aode``, ``method_<merges folder>``,
+``fisher``, ``weight_search``, ``greedy_soup``, ``oracle_ft``, ``oracle_lora``.
 
-Folder: ``experts/<name>/expert``, ``merges/<name>``, ``eval/<model>/<set>.json``,
-``table7/`` (Table VII-style), ``table8/`` (weighted), ``methods/`` (merge methods),
-each with wer.csv, results.{csv,md,json,png}.
+Stages (each resumable: a finished expert, merge or evaluation is a complete folder or file,
+written under a temporary name and renamed, and is not redone): the corpus (the miniature's
+synthetic corpus, or each domain's ``prepare``), the experts, then the scenarios' models in
+the order of SCENARIOS (Fishers estimated on each expert's training data; weight search and greedy
+soup on the dev sets), then one evaluation of every model folder on every test set (rows that
+share a folder, such as resampled = combined data or a one-member soup = that expert, share
+its results), the oracle rows and the tables.
+
+Folder: ``experts/<name>/expert``, ``merges/<name>``, ``eval/<row id>/<set>.json``,
+``eval_dev/<row id>/`` (greedy soup), ``search/`` (weight search), ``table7/`` (Table
+VII-style), ``table8/`` (each member x4), ``methods/`` (merge methods), each with wer.csv,
+results.{csv,md,json,png}; ``greedy_soup.json``, ``timings.json``. Results folders from
+before row ids cached evaluations under ``eval/<label>/``; a rerun copies them to
+``eval/<row id>/``, and the cache key decides, as always, whether they are reused.
 """
 
 import collections
 import csv
+import dataclasses
 import importlib
-import json
 import logging
 import os
 import random
+import shutil
 import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional, Union
 
-from hyperpyyaml import load_hyperpyyaml
-
-from aode.evaluate import evaluate_models
+from aode.atomic import atomic_folder, atomic_write_json
+from aode.config import ConfigError, ExperimentConfig, load_yaml, validate
 from aode.manifest import write_manifest
 from aode.report import write_report
 
 logger = logging.getLogger(__name__)
 
-SCENARIOS = ("experts", "sequential", "aode", "aode_with_original", "combined", "resampled", "iterative",
-             "weighted", "lora", "oracle", "methods", "fisher", "weight_search", "greedy_soup")
+Sets = dict[str, str]  # {set name: manifest}
+Folders = dict[str, str]  # {domain: model folder}
+Table = dict[str, dict[str, float]]  # {row id (or domain): {set name: WER %}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """``id`` as the YAML names it, ``label`` for people, ``needs``: the scenarios whose
+    models it starts from, ``table``: the report its rows go to."""
+
+    id: str
+    label: str
+    needs: tuple[str, ...] = ()
+    table: str = "table7"
+
+
+SCENARIOS = (
+    Scenario("experts", "one expert per domain (scenario 1)"),
+    Scenario("sequential", "sequential fine-tuning (scenario 2)", ("experts",)),
+    Scenario("aode", "AoDE: the average of the experts (scenario 2)", ("experts",)),
+    Scenario("aode_with_original", "AoDE with the original as one more member", ("experts",)),
+    Scenario("combined", "one fine-tune on all domains' data (scenario 3)"),
+    Scenario("resampled", "the same, domains balanced by resampling"),
+    Scenario("iterative", "iterative AoDE (paper III-C)", ("aode", "aode_with_original")),
+    Scenario("weighted", "each expert x4 with the original", ("experts",), "table8"),
+    Scenario("lora", "LoRA experts and their average"),
+    Scenario("oracle", "oracle hot swap (scenario 4)", ("experts",)),
+    Scenario("methods", "the merge methods of merge_methods", ("experts",), "methods"),
+    Scenario("fisher", "Fisher-weighted averaging", ("experts",), "methods"),
+    Scenario("weight_search", "merge weights searched on the dev sets", ("experts",), "methods"),
+    Scenario("greedy_soup", "greedy soup on the dev sets", ("experts",), "methods"),
+)
+SCENARIO_BY_ID = {s.id: s for s in SCENARIOS}
+SCENARIO_IDS = tuple(SCENARIO_BY_ID)
+ALWAYS = ("experts",)  # every table's Gain kept is measured against the experts
+TABLES = {"table7": "Table VII", "table8": "Table VIII (each member x4)", "methods": "merge methods"}
+
+
+def resolve_scenarios(requested: Iterable[str]) -> tuple[str, ...]:
+    """``requested`` with what they need (transitively) and :data:`ALWAYS`, in table order."""
+    wanted, todo = set(), [*ALWAYS, *requested]
+    while todo:
+        scenario = todo.pop()
+        if scenario not in SCENARIO_BY_ID:
+            raise ConfigError(f"unknown scenario {scenario!r}; known: {SCENARIO_IDS}")
+        if scenario not in wanted:
+            wanted.add(scenario)
+            todo.extend(SCENARIO_BY_ID[scenario].needs)
+    return tuple(s for s in SCENARIO_IDS if s in wanted)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """A row of the tables: ``id`` (stable: lookups, evaluation folder), ``label`` (what the
+    table prints), the ``scenario`` that made it (None: the original) and its model
+    ``folder`` (None: derived from other rows' results, the oracle)."""
+
+    id: str
+    label: str
+    scenario: Optional[str]
+    folder: Optional[str] = None
 
 
 def _import(dotted):
@@ -54,21 +120,40 @@ def _read_rows(path):
         return list(csv.DictReader(f))
 
 
+def _folder_name(name):
+    return name.replace(" ", "_").replace("/", "-")
+
+
+def _average(wers):
+    return sum(wers.values()) / len(wers)
+
+
+def _adopt(folder, legacy):
+    """Copy the first existing folder of ``legacy`` (earlier names of ``folder``) to ``folder``."""
+    if os.path.isdir(folder):
+        return
+    for old in legacy:
+        if os.path.isdir(old) and os.path.abspath(old) != os.path.abspath(folder):
+            with atomic_folder(folder) as tmp:
+                for name in os.listdir(old):
+                    if os.path.isfile(os.path.join(old, name)):
+                        shutil.copy2(os.path.join(old, name), os.path.join(tmp, name))
+            logger.info("evaluations of %s reused from %s", folder, old)
+            return
+
+
 class Experiment:
     """The scenario driver; ``hparams`` as loaded from hparams/<experiment>.yaml."""
 
-    def __init__(self, hparams):
-        self.hp = hparams
-        self.out = hparams["output_folder"]
-        self.original = hparams["original"]
-        self.domains = collections.OrderedDict(hparams["domains"])
-        self.forgetting_sets = collections.OrderedDict(hparams["forgetting_sets"])
-        unknown = [s for s in hparams.get("scenarios", []) if s not in SCENARIOS]
-        if unknown:
-            raise ValueError(f"unknown scenarios {unknown}; known: {SCENARIOS}")
-        self.scenarios = set(hparams.get("scenarios", ["experts", "aode", "aode_with_original"]))
-        self.rows = collections.OrderedDict([(hparams.get("original_name", "Pretrained"), self.original)])
-        self.method_rows = []  # rows of the merge-methods table
+    def __init__(self, hparams: Mapping[str, Any]) -> None:
+        self.cfg = validate(ExperimentConfig, hparams, "experiment hparams")
+        self.out = self.cfg["output_folder"]
+        self.original = self.cfg["original"]
+        self.domains = collections.OrderedDict(self.cfg["domains"])
+        self.forgetting_sets = collections.OrderedDict(self.cfg["forgetting_sets"])
+        self.scenarios = resolve_scenarios(self.cfg["scenarios"])
+        self.rows = collections.OrderedDict()  # row id -> Row, in table order
+        self.add_row("original", self.cfg["original_name"], None, self.original)
         self.timings = collections.OrderedDict()
         os.makedirs(self.out, exist_ok=True)
 
@@ -79,22 +164,44 @@ class Experiment:
         self.timings[stage] = self.timings.get(stage, 0.0) + time.time() - start
         return result
 
-    def test_sets(self):
-        sets = collections.OrderedDict((d, spec["test_csv"]) for d, spec in self.domains.items())
+    def add_row(self, row_id: str, label: str, scenario: Optional[str], folder: Optional[str] = None) -> Optional[str]:
+        """Register a table row; returns ``folder``. Ids and labels are unique."""
+        if row_id in self.rows or label in {r.label for r in self.rows.values()}:
+            raise ConfigError(f"two rows with the id {row_id!r} or the label {label!r}; rename a merge method")
+        self.rows[row_id] = Row(row_id, label, scenario, folder)
+        return folder
+
+    def test_sets(self) -> Sets:
+        sets = collections.OrderedDict((d, spec.test_csv) for d, spec in self.domains.items())
         sets.update(self.forgetting_sets)
         return sets
 
-    def train_hparams(self, name, train_csv, valid_csv, init_from, lora=False):
-        key = "lora" if lora else "train"
-        file = self.hp[f"{key}_hparams_file"]
-        overrides = dict(self.hp.get(f"{key}_overrides") or {})
-        overrides.update(output_folder=os.path.join(self.out, "experts", name), train_csv=train_csv,
-                         valid_csv=valid_csv, test_csv=None, model_source=self.original, init_from=init_from,
-                         domain=name, data_folder=None)
-        with open(file, encoding="utf-8") as f:
-            return load_hyperpyyaml(f, overrides)
+    def dev_sets(self) -> Sets:
+        """The domains' dev sets and the original domain's (greedy soup)."""
+        sets = collections.OrderedDict((d, spec.valid_csv) for d, spec in self.domains.items())
+        sets.update(self.cfg["forgetting_dev_sets"])
+        return sets
 
-    def expert(self, name, train_csv, valid_csv, init_from=None, lora=False):
+    def train_hparams(
+        self, name: str, train_csv: str, valid_csv: str, init_from: Optional[str], lora: bool = False
+    ) -> dict[str, Any]:
+        key = "lora" if lora else "train"
+        overrides = dict(self.cfg[f"{key}_overrides"])
+        overrides.update(
+            output_folder=os.path.join(self.out, "experts", name),
+            train_csv=train_csv,
+            valid_csv=valid_csv,
+            test_csv=None,
+            model_source=self.original,
+            init_from=init_from,
+            domain=name,
+            data_folder=None,
+        )
+        return load_yaml(self.cfg[f"{key}_hparams_file"], overrides)
+
+    def expert(
+        self, name: str, train_csv: str, valid_csv: str, init_from: Optional[str] = None, lora: bool = False
+    ) -> str:
         """Train (or find) the expert ``name``; returns its model folder."""
         from aode.train import EXPERT_DIR, train_expert
 
@@ -103,29 +210,51 @@ class Experiment:
             logger.info("expert %s: done, skipping", name)
             return folder
         print(f"[aode] training expert {name} (init: {init_from or 'original'})", flush=True)
-        hparams = self.train_hparams(name, train_csv, valid_csv, init_from if init_from != self.original else None,
-                                     lora)
+        hparams = self.train_hparams(
+            name, train_csv, valid_csv, init_from if init_from != self.original else None, lora
+        )
         return self._timed("train", train_expert, hparams, corpus=name)
 
-    def merge(self, name, members, weights=None, include_original=False, method="average", options=None,
-              weight_rules=None):
+    def merge(
+        self,
+        name: str,
+        members: list[str],
+        weights: Optional[Union[list[float], dict[str, float]]] = None,
+        include_original: bool = False,
+        method: str = "average",
+        options: Optional[dict[str, Any]] = None,
+        weight_rules: Optional[list[Any]] = None,
+    ) -> str:
+        """Merge (or find) ``merges/<name>``; returns its model folder."""
         from aode.merge import merge_models
 
-        folder = os.path.join(self.out, "merges", name.replace(" ", "_").replace("/", "-"))
+        folder = os.path.join(self.out, "merges", _folder_name(name))
         if os.path.isfile(os.path.join(folder, "config.json")):
             return folder
-        print(f"[aode] merging {name} ({method}, {len(members)} members"
-              f"{' + original' if include_original else ''})", flush=True)
-        return self._timed("merge", merge_models, members, folder, method=method, weights=weights,
-                           base=self.original, include_base=include_original, options=options,
-                           weight_rules=weight_rules, seed=self.hp.get("seed", 0))
+        print(
+            f"[aode] merging {name} ({method}, {len(members)} members{' + original' if include_original else ''})",
+            flush=True,
+        )
+        return self._timed(
+            "merge",
+            merge_models,
+            members,
+            folder,
+            method=method,
+            weights=weights,
+            base=self.original,
+            include_base=include_original,
+            options=options,
+            weight_rules=weight_rules,
+            seed=self.cfg["seed"],
+        )
 
-    def combined_manifest(self, split, balanced=False):
+    def combined_manifest(self, split: str, balanced: bool = False) -> str:
         """All domains' ``split`` rows in one manifest; ``balanced`` repeats the smaller
         domains' rows (seeded) until every domain has as many rows as the largest."""
-        per_domain = {d: _read_rows(spec[f"{split}_csv"]) for d, spec in self.domains.items()}
+        per_domain = {d: _read_rows(getattr(spec, f"{split}_csv")) for d, spec in self.domains.items()}
         rows = []
-        rng = random.Random(self.hp.get("seed", 0))
+        rng = random.Random(self.cfg["seed"])
         most = max(len(r) for r in per_domain.values())
         for domain, domain_rows in per_domain.items():
             chosen = list(domain_rows)
@@ -139,214 +268,306 @@ class Experiment:
         write_manifest(path, rows)
         return path
 
+    def _eval_kwargs(self):
+        return dict(
+            batch_size=self.cfg["eval_batch_size"],
+            normalizer=self.cfg["normalizer"],
+            device=self.cfg["device"],
+            progress=self.cfg["progressbar"],
+        )
+
+    def evaluate_folders(
+        self, models: Mapping[str, str], sets: Sets, root: str, legacy: Optional[Mapping[str, list[str]]] = None
+    ) -> Table:
+        """``{id: {set: WER}}`` for ``{id: model folder}`` on ``{set: manifest}``.
+
+        Each folder is decoded once per set, cached in ``<out>/<root>/<id>/`` under the first
+        id that names it (ids that share a folder share its results). ``legacy`` maps a folder
+        to the names earlier versions cached it under in ``root`` (adopted when present).
+        """
+        from aode.evaluate import evaluate_model
+
+        first = collections.OrderedDict()
+        for model_id, folder in models.items():
+            first.setdefault(os.path.normpath(folder), model_id)
+        wers = {}
+        for key, model_id in first.items():
+            cache = os.path.join(self.out, root, model_id)
+            _adopt(cache, [os.path.join(self.out, root, n) for n in (legacy or {}).get(models[model_id], ())])
+            results = self._timed("evaluate", evaluate_model, models[model_id], sets, cache, **self._eval_kwargs())
+            wers[key] = {s: results[s]["wer"] for s in sets}
+        return {model_id: wers[os.path.normpath(folder)] for model_id, folder in models.items()}
+
     # ------------------------------------------------------------------ stages
-    def prepare_data(self):
-        corpus = self.hp.get("synthetic_corpus")
+    def prepare_data(self) -> None:
+        corpus = self.cfg["synthetic_corpus"]
         if corpus:
             from aode.mini.corpus import generate_corpus
 
-            print(f"[aode] synthetic corpus in {corpus['folder']}", flush=True)
-            self._timed("corpus", generate_corpus, corpus["folder"], seed=corpus.get("seed", 0),
-                        config=corpus.get("config"), scale=corpus.get("scale", 1.0))
-        for domain, spec in self.domains.items():
-            if spec.get("prepare") and spec.get("data_folder"):
-                prepare = _import(spec["prepare"])
-                prepare(data_folder=spec["data_folder"], save_folder=spec["prep_folder"], **(spec.get("prep_options")
-                                                                                                 or {}))
+            print(f"[aode] synthetic corpus in {corpus.folder}", flush=True)
+            self._timed(
+                "corpus", generate_corpus, corpus.folder, seed=corpus.seed, config=corpus.config, scale=corpus.scale
+            )
+        for spec in self.domains.values():
+            if spec.prepare and spec.data_folder:
+                prepare = _import(spec.prepare)
+                prepare(data_folder=spec.data_folder, save_folder=spec.prep_folder, **spec.prep_options)
 
-    def run(self):
+    def run(self) -> dict[str, str]:
         start = time.time()
+        added = [s for s in self.scenarios if s not in self.cfg["scenarios"]]
+        if added:
+            print(f"[aode] scenarios {self.cfg['scenarios']} also run {added} (their models are needed)", flush=True)
         self.prepare_data()
-        domains = list(self.domains)
         experts = collections.OrderedDict()
-        for d in domains:
-            spec = self.domains[d]
-            experts[d] = self.expert(d, spec["train_csv"], spec["valid_csv"])
-            self.rows[f"Fine-tuned - {d}"] = experts[d]
-        orders = (self.hp.get("sequential_orders") or []) if "sequential" in self.scenarios else []
-        for order in orders:
-            previous = experts[order[0]]  # the first step is that domain's expert itself
-            for i, d in enumerate(order[1:], start=1):
-                spec = self.domains[d]
-                previous = self.expert(f"seq_{'-'.join(order[:i + 1])}", spec["train_csv"], spec["valid_csv"],
-                                       init_from=previous)
-            self.rows[f"Sequential FT - {';'.join(order)}"] = previous
+        for d, spec in self.domains.items():
+            experts[d] = self.add_row(
+                f"expert_{d}", f"Fine-tuned - {d}", "experts", self.expert(d, spec.train_csv, spec.valid_csv)
+            )
         members = list(experts.values())
+        if "sequential" in self.scenarios:
+            self.sequential(experts)
         if "aode" in self.scenarios:
-            self.rows["AoDE"] = self.merge("AoDE", members)
+            self.add_row("aode", "AoDE", "aode", self.merge("AoDE", members))
         if "aode_with_original" in self.scenarios:
-            self.rows["AoDE with orig."] = self.merge("AoDE with orig", members, include_original=True)
+            self.add_row(
+                "aode_orig",
+                "AoDE with orig.",
+                "aode_with_original",
+                self.merge("AoDE with orig", members, include_original=True),
+            )
         if "combined" in self.scenarios or "resampled" in self.scenarios:
             self.combined_data()
         if "iterative" in self.scenarios:
-            self.iterate(experts)
+            self.iterate()
         if "weighted" in self.scenarios:
-            # Table VIII: one member at 4/8 of the total, the others (the original among them,
-            # which is what makes the shares add up with four experts) at 1/8 each
-            for i, d in enumerate(domains):
-                weights = [4.0 if j == i else 1.0 for j in range(len(domains))] + [1.0]
-                self.rows[f"AoDE w/ orig. - {d} x4"] = self.merge(f"AoDE with orig {d} x4", members, weights=weights,
-                                                                  include_original=True)
-        lora_experts = collections.OrderedDict()
-        if "lora" in self.scenarios:
-            for d in domains:
-                spec = self.domains[d]
-                lora_experts[d] = self.expert(f"lora_{d}", spec["train_csv"], spec["valid_csv"], lora=True)
-                self.rows[f"LoRA - {d}"] = lora_experts[d]
-            self.rows["LoRA AoDE"] = self.merge("LoRA AoDE", list(lora_experts.values()))
+            self.weighted(experts)
+        lora_experts = self.lora() if "lora" in self.scenarios else {}
         if "methods" in self.scenarios:
-            for name, spec in (self.hp.get("merge_methods") or {}).items():
-                self.rows[name] = self.merge(name, members, method=spec["method"], options=spec.get("options"),
-                                             include_original=spec.get("include_original", False),
-                                             weights=spec.get("weights"), weight_rules=spec.get("weight_rules"))
-                self.method_rows.append(name)
+            for name, spec in self.cfg["merge_methods"].items():
+                self.add_row(
+                    f"method_{_folder_name(name)}",
+                    name,
+                    "methods",
+                    self.merge(
+                        name,
+                        members,
+                        method=spec.method,
+                        options=spec.options or None,
+                        include_original=spec.include_original,
+                        weights=spec.weights,
+                        weight_rules=spec.weight_rules,
+                    ),
+                )
         if "fisher" in self.scenarios:
             self.fisher_merge(experts)
         if "weight_search" in self.scenarios:
             self.weight_search(experts)
-        table = self.evaluate()
         if "greedy_soup" in self.scenarios:
-            table = self.greedy_soup(experts, table)
+            self.greedy_soup(experts, self.dev_table(experts))
+        table = self.evaluate()
         self.timings["total"] = time.time() - start
         return self.report(table, experts, lora_experts)
 
-    def combined_data(self):
+    def sequential(self, experts: Folders) -> None:
+        """Fine-tune in each of ``sequential_orders``, each step from the previous (scenario 2)."""
+        for order in self.cfg["sequential_orders"]:
+            previous = experts[order[0]]  # the first step is that domain's expert itself
+            for i, d in enumerate(order[1:], start=1):
+                spec = self.domains[d]
+                previous = self.expert(
+                    f"seq_{'-'.join(order[: i + 1])}", spec.train_csv, spec.valid_csv, init_from=previous
+                )
+            self.add_row(f"seq_{'-'.join(order)}", f"Sequential FT - {';'.join(order)}", "sequential", previous)
+
+    def combined_data(self) -> None:
         """One fine-tune on all domains' data, and on the same data balanced by resampling; the
         resampled model is the combined one when balancing changes nothing."""
         valid = self.combined_manifest("valid")
         combined = self.combined_manifest("train")
         if "combined" in self.scenarios:
-            self.rows["Combined data"] = self.expert("combined", combined, valid)
+            self.add_row("combined", "Combined data", "combined", self.expert("combined", combined, valid))
         if "resampled" not in self.scenarios:
             return
         resampled = self.combined_manifest("train", balanced=True)
-        if "Combined data" in self.rows and _read_rows(resampled) == _read_rows(combined):
-            print("[aode] resampled data = combined data (every domain has as many training rows); "
-                  "reusing the combined model", flush=True)
-            self.rows["Resampled data"] = self.rows["Combined data"]
+        if "combined" in self.rows and _read_rows(resampled) == _read_rows(combined):
+            print(
+                "[aode] resampled data = combined data (every domain has as many training rows); "
+                "reusing the combined model",
+                flush=True,
+            )
+            folder = self.rows["combined"].folder
         else:
-            self.rows["Resampled data"] = self.expert("resampled", resampled, valid)
+            folder = self.expert("resampled", resampled, valid)
+        self.add_row("resampled", "Resampled data", "resampled", folder)
 
-    def iterate(self, experts):
+    def iterate(self) -> None:
         """Iterative AoDE (paper III-C): fine-tune the average on each domain, average again."""
-        for with_original in (False, True):
-            suffix = " w/ orig." if with_original else ""
-            current = self.rows["AoDE with orig." if with_original else "AoDE"]
-            for k in range(2, self.hp.get("iterations", 3) + 1):
+        for with_original, start in ((False, "aode"), (True, "aode_orig")):
+            current = self.rows[start].folder
+            for k in range(2, self.cfg["iterations"] + 1):
                 tag = f"iter{k}{'_orig' if with_original else ''}"
-                members = [self.expert(f"{tag}_{d}", spec["train_csv"], spec["valid_csv"], init_from=current)
-                           for d, spec in self.domains.items()]
-                current = self.merge(f"AoDE iteration {k}{' with orig' if with_original else ''}", members,
-                                     include_original=with_original)
-                self.rows[f"AoDE - iteration {k}{suffix}"] = current
+                members = [
+                    self.expert(f"{tag}_{d}", spec.train_csv, spec.valid_csv, init_from=current)
+                    for d, spec in self.domains.items()
+                ]
+                current = self.merge(
+                    f"AoDE iteration {k}{' with orig' if with_original else ''}",
+                    members,
+                    include_original=with_original,
+                )
+                self.add_row(tag, f"AoDE - iteration {k}{' w/ orig.' if with_original else ''}", "iterative", current)
 
-    def _eval_kwargs(self):
-        return dict(batch_size=self.hp.get("eval_batch_size", 16), normalizer=self.hp.get("normalizer", "whisper"),
-                    device=self.hp.get("device", "cpu"), progress=self.hp.get("progressbar", True))
+    def weighted(self, experts: Folders) -> None:
+        """Table VIII: one member at 4/8 of the total, the others (the original among them,
+        which is what makes the shares add up with four experts) at 1/8 each."""
+        for i, d in enumerate(experts):
+            weights = [4.0 if j == i else 1.0 for j in range(len(experts))] + [1.0]
+            self.add_row(
+                f"x4_{d}",
+                f"AoDE w/ orig. - {d} x4",
+                "weighted",
+                self.merge(f"AoDE with orig {d} x4", list(experts.values()), weights=weights, include_original=True),
+            )
 
-    def fisher_merge(self, experts):
+    def lora(self) -> Folders:
+        """LoRA experts (merged into the weights) and their average."""
+        lora_experts = collections.OrderedDict()
+        for d, spec in self.domains.items():
+            lora_experts[d] = self.add_row(
+                f"lora_{d}", f"LoRA - {d}", "lora", self.expert(f"lora_{d}", spec.train_csv, spec.valid_csv, lora=True)
+            )
+        self.add_row("lora_aode", "LoRA AoDE", "lora", self.merge("LoRA AoDE", list(lora_experts.values())))
+        return lora_experts
+
+    def fisher_merge(self, experts: Folders) -> None:
         """Fisher-weighted averaging (Matena & Raffel 2022), each expert's diagonal Fisher
         estimated on ``fisher_utterances`` of its own training data."""
         from aode.fisher import estimate_fisher
 
         for d, folder in experts.items():
             print(f"[aode] Fisher of expert {d}", flush=True)
-            self._timed("fisher", estimate_fisher, folder, self.domains[d]["train_csv"],
-                        n_utterances=self.hp.get("fisher_utterances", 200), seed=self.hp.get("seed", 0),
-                        device=self.hp.get("device", "cpu"), progress=self.hp.get("progressbar", True))
-        self.rows["Fisher-weighted"] = self.merge("Fisher-weighted", list(experts.values()), method="fisher")
-        self.method_rows.append("Fisher-weighted")
+            self._timed(
+                "fisher",
+                estimate_fisher,
+                folder,
+                self.domains[d].train_csv,
+                n_utterances=self.cfg["fisher_utterances"],
+                seed=self.cfg["seed"],
+                device=self.cfg["device"],
+                progress=self.cfg["progressbar"],
+            )
+        self.add_row(
+            "fisher",
+            "Fisher-weighted",
+            "fisher",
+            self.merge("Fisher-weighted", list(experts.values()), method="fisher"),
+        )
 
-    def weight_search(self, experts):
+    def weight_search(self, experts: Folders) -> None:
         """Member weights chosen on the dev sets (aode.search), the original optional."""
         from aode.search import search_weights
 
-        spec = self.hp.get("weight_search") or {}
-        dev_sets = collections.OrderedDict((d, s["valid_csv"]) for d, s in self.domains.items())
-        forgetting = self.hp.get("forgetting_dev_sets")
-        if not forgetting:
-            raise ValueError("weight_search needs forgetting_dev_sets (dev sets of the original domain)")
+        spec = self.cfg["weight_search"]
+        dev_sets = collections.OrderedDict((d, s.valid_csv) for d, s in self.domains.items())
         print("[aode] weight search on the dev sets", flush=True)
-        result = self._timed("search", search_weights, list(experts.values()), self.original, dev_sets, forgetting,
-                             os.path.join(self.out, "search"), method=spec.get("method", "average"),
-                             objective=spec.get("objective", "average"), max_forgetting=spec.get("max_forgetting"),
-                             n_random=spec.get("n_random", 8), seed=self.hp.get("seed", 0),
-                             eval_kwargs=self._eval_kwargs(), progress=self.hp.get("progressbar", True))
-        label = spec.get("objective", "average")
-        if spec.get("max_forgetting") is not None:
-            label += f", forgetting <= {spec['max_forgetting']} %"
-        name = f"Weight search ({label})"
-        self.rows[name] = result["folder"]
-        self.method_rows.append(name)
+        result = self._timed(
+            "search",
+            search_weights,
+            list(experts.values()),
+            self.original,
+            dev_sets,
+            self.cfg["forgetting_dev_sets"],
+            os.path.join(self.out, "search"),
+            method=spec.method,
+            objective=spec.objective,
+            max_forgetting=spec.max_forgetting,
+            n_random=spec.n_random,
+            seed=self.cfg["seed"],
+            eval_kwargs=self._eval_kwargs(),
+            progress=self.cfg["progressbar"],
+        )
+        label = spec.objective
+        if spec.max_forgetting is not None:
+            label += f", forgetting <= {spec.max_forgetting} %"
+        self.add_row("weight_search", f"Weight search ({label})", "weight_search", result["folder"])
 
-    def evaluate(self, rows=None):
-        rows = rows or self.rows
-        print(f"[aode] evaluating {len(rows)} models on {len(self.test_sets())} test sets (cached)", flush=True)
-        return self._timed("evaluate", evaluate_models, rows, self.test_sets(), os.path.join(self.out, "eval"),
-                           **self._eval_kwargs())
+    def dev_table(self, experts: Folders) -> Table:
+        """``{domain: {dev set: WER}}``: each expert on the dev sets (cached in eval_dev/)."""
+        ids = {d: f"expert_{d}" for d in experts}
+        table = self.evaluate_folders(
+            {ids[d]: folder for d, folder in experts.items()},
+            self.dev_sets(),
+            "eval_dev",
+            legacy={folder: [d] for d, folder in experts.items()},
+        )
+        return {d: table[ids[d]] for d in experts}
 
-    def greedy_soup(self, experts, table):
-        """Greedy soup (Wortsman et al. 2022) on the dev sets: add experts in order of their
-        dev Average WER, keep one only if the soup's dev Average improves."""
-        dev_sets = collections.OrderedDict((d, spec["valid_csv"]) for d, spec in self.domains.items())
-        dev_sets.update(self.hp.get("forgetting_dev_sets") or {})
-        dev_eval = os.path.join(self.out, "eval_dev")
-        kw = self._eval_kwargs()
-        dev = evaluate_models(dict(experts), dev_sets, dev_eval, **kw)
-        order = sorted(experts, key=lambda d: sum(dev[d].values()) / len(dev_sets))
-        soup, best = [order[0]], sum(dev[order[0]].values()) / len(dev_sets)
+    def greedy_soup(self, experts: Folders, dev: Table) -> None:
+        """Greedy soup (Wortsman et al. 2022) on the dev sets: add experts in order of their dev
+        Average WER in ``dev`` (:meth:`dev_table`), keep one only if the soup's dev Average improves."""
+        order = sorted(experts, key=lambda d: _average(dev[d]))
+        soup, best = [order[0]], _average(dev[order[0]])
         log = [{"members": list(soup), "dev_average": best, "kept": True}]
         for d in order[1:]:
             trial = soup + [d]
-            folder = self.merge(f"soup {'+'.join(trial)}", [experts[x] for x in trial])
-            score = evaluate_models({f"soup_{'+'.join(trial)}": folder}, dev_sets, dev_eval, **kw)
-            average = sum(next(iter(score.values())).values()) / len(dev_sets)
+            name = "+".join(trial)
+            folder = self.merge(f"soup {name}", [experts[x] for x in trial])
+            average = _average(
+                self.evaluate_folders({f"soup_{name}": folder}, self.dev_sets(), "eval_dev")[f"soup_{name}"]
+            )
             kept = average < best
             log.append({"members": trial, "dev_average": average, "kept": kept})
             if kept:
                 soup, best = trial, average
-        with open(os.path.join(self.out, "greedy_soup.json"), "w", encoding="utf-8") as f:
-            json.dump(log, f, indent=1)
-        folder = experts[soup[0]] if len(soup) == 1 else self.merge(f"soup {'+'.join(soup)}", [experts[x] for x in soup])
-        self.rows[f"Greedy soup ({'+'.join(soup)})"] = folder
-        self.method_rows.append(f"Greedy soup ({'+'.join(soup)})")
-        return self.evaluate()
+        atomic_write_json(os.path.join(self.out, "greedy_soup.json"), log, indent=1)
+        name = "+".join(soup)
+        folder = experts[soup[0]] if len(soup) == 1 else self.merge(f"soup {name}", [experts[x] for x in soup])
+        self.add_row("greedy_soup", f"Greedy soup ({name})", "greedy_soup", folder)
 
-    def oracle_rows(self, table, experts_by_domain, label):
-        """Hot swap (scenario 4): each target set decoded by its domain's model, the
-        forgetting sets by the original."""
-        original = table[next(iter(self.rows))]
-        row = {}
-        for s in self.test_sets():
-            row[s] = table[experts_by_domain[s]][s] if s in experts_by_domain else original[s]
-        return {label: row}
+    def evaluate(self) -> Table:
+        """``{row id: {test set: WER}}`` for every row with a model folder, each folder once."""
+        models = collections.OrderedDict((r.id, r.folder) for r in self.rows.values() if r.folder)
+        legacy = collections.defaultdict(list)  # eval/<label>/, as results folders before row ids have it
+        for r in self.rows.values():
+            legacy[r.folder].append(r.label)
+        print(
+            f"[aode] evaluating {len(set(map(os.path.normpath, models.values())))} models on "
+            f"{len(self.test_sets())} test sets (cached)",
+            flush=True,
+        )
+        return self.evaluate_folders(models, self.test_sets(), "eval", legacy=legacy)
 
-    def report(self, table, experts, lora_experts):
-        original_name = next(iter(self.rows))
-        fine_tuned = {d: f"Fine-tuned - {d}" for d in experts}
+    def add_oracle(self, table: Table, row_id: str, label: str, model_of_set: Mapping[str, str]) -> None:
+        """Hot swap (scenario 4): each target set decoded by its domain's model (``model_of_set``:
+        set -> row id), the forgetting sets by the original."""
+        table[row_id] = {s: table[model_of_set.get(s, "original")][s] for s in self.test_sets()}
+        self.add_row(row_id, label, "oracle")
+
+    def report(self, table: Table, experts: Folders, lora_experts: Folders) -> dict[str, str]:
         if "oracle" in self.scenarios:
-            table.update(self.oracle_rows(table, fine_tuned, "Oracle domain (FT)"))
+            self.add_oracle(table, "oracle_ft", "Oracle domain (FT)", {d: f"expert_{d}" for d in experts})
             if lora_experts:
-                table.update(self.oracle_rows(table, {d: f"LoRA - {d}" for d in lora_experts}, "Oracle domain (LoRA)"))
-        forgetting = list(self.forgetting_sets)
-        weighted = [n for n in table if " x4" in n]
-        methods = [n for n in self.method_rows if n in table]
-        main_rows = [n for n in table if n not in weighted and n not in methods]
-        title = self.hp.get("title", "AoDE")
+                self.add_oracle(table, "oracle_lora", "Oracle domain (LoRA)", {d: f"lora_{d}" for d in lora_experts})
+        by_label = {r.label: table[r.id] for r in self.rows.values()}
+        original = self.rows["original"].label
+        fine_tuned = {d: self.rows[f"expert_{d}"].label for d in experts}
+        averages = [self.rows[i].label for i in ("aode", "aode_orig") if i in self.rows]
+        title = self.cfg["title"]
         outputs = {}
-        rows, text = write_report({n: table[n] for n in main_rows}, os.path.join(self.out, "table7"), original_name,
-                                  forgetting, expert_of=fine_tuned, title=f"{title}: Table VII")
-        outputs["table7"] = text
-        if weighted:
-            keep = [original_name] + [n for n in ("AoDE", "AoDE with orig.") if n in table] + weighted
-            outputs["table8"] = write_report({n: table[n] for n in keep}, os.path.join(self.out, "table8"),
-                                             original_name, forgetting, expert_of=fine_tuned, lookup=table,
-                                             title=f"{title}: Table VIII (each member x4)")[1]
-        if methods:
-            keep = [original_name] + [n for n in ("AoDE", "AoDE with orig.") if n in table] + methods
-            outputs["methods"] = write_report({n: table[n] for n in keep}, os.path.join(self.out, "methods"),
-                                              original_name, forgetting, expert_of=fine_tuned, lookup=table,
-                                              title=f"{title}: merge methods")[1]
-        with open(os.path.join(self.out, "timings.json"), "w", encoding="utf-8") as f:
-            json.dump(self.timings, f, indent=1)
+        for name, subtitle in TABLES.items():
+            rows = [r.label for r in self.rows.values() if r.scenario and SCENARIO_BY_ID[r.scenario].table == name]
+            if name != "table7" and not rows:
+                continue
+            labels = [original] + ([] if name == "table7" else averages) + rows
+            outputs[name] = write_report(
+                {n: by_label[n] for n in labels},
+                os.path.join(self.out, name),
+                original,
+                list(self.forgetting_sets),
+                expert_of=fine_tuned,
+                lookup=by_label,
+                title=f"{title}: {subtitle}",
+            )[1]
+        atomic_write_json(os.path.join(self.out, "timings.json"), self.timings, indent=1)
         return outputs

@@ -6,9 +6,9 @@ import os
 import sys
 
 import pytest
+from conftest import sample_rows
 
 from aode.manifest import write_manifest
-from conftest import sample_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes", "average"))
@@ -35,32 +35,47 @@ def _yaml(path, text):
 
 
 def test_merge_recipe(tiny_parakeet, domains, tmp_path, capsys):
-    from aode.train import train_expert
     import merge as merge_recipe
+
+    from aode.train import train_expert
 
     experts = {}
     for spk in ("spk1", "spk2"):
-        experts[spk] = train_expert(dict(
-            output_folder=str(tmp_path / spk), train_csv=domains[spk], valid_csv=domains[spk], model_source=tiny_parakeet,
-            lr=3e-3, number_of_epochs=1, steps_per_epoch=2, batch_size=2, progressbar=False))
-    hp = _yaml(tmp_path / "aode.yaml", f"""
-output_folder: {tmp_path / 'out'}
+        experts[spk] = train_expert(
+            dict(
+                output_folder=str(tmp_path / spk),
+                train_csv=domains[spk],
+                valid_csv=domains[spk],
+                model_source=tiny_parakeet,
+                lr=3e-3,
+                number_of_epochs=1,
+                steps_per_epoch=2,
+                batch_size=2,
+                progressbar=False,
+            )
+        )
+    hp = _yaml(
+        tmp_path / "aode.yaml",
+        f"""
+output_folder: {tmp_path / "out"}
 original: {tiny_parakeet}
+original_name: original
 experts:
-    spk1: {experts['spk1']}
-    spk2: {experts['spk2']}
+    spk1: {experts["spk1"]}
+    spk2: {experts["spk2"]}
 include_original: True
 merged_name: AoDE
 test_sets:
-    spk1: {domains['spk1']}
-    spk2: {domains['spk2']}
-    clean: {domains['all']}
-    other: {domains['all']}
+    spk1: {domains["spk1"]}
+    spk2: {domains["spk2"]}
+    clean: {domains["all"]}
+    other: {domains["all"]}
 forgetting_sets: [clean, other]
 expert_of_test_set: {{spk1: spk1, spk2: spk2}}
 normalizer: basic
 progressbar: False
-""")
+""",
+    )
     merge_recipe.main([hp])
     out = tmp_path / "out"
     assert (out / "merged" / "model.safetensors").exists()
@@ -80,19 +95,21 @@ progressbar: False
 def test_reproduce_every_scenario(tiny_parakeet, domains, tmp_path):
     import reproduce
 
-    hp = _yaml(tmp_path / "exp.yaml", f"""
+    hp = _yaml(
+        tmp_path / "exp.yaml",
+        f"""
 title: tiny
-output_folder: {tmp_path / 'exp'}
+output_folder: {tmp_path / "exp"}
 original: {tiny_parakeet}
 domains:
-    a: {{train_csv: {domains['spk1']}, valid_csv: {domains['spk1']}, test_csv: {domains['spk1']}}}
-    b: {{train_csv: {domains['spk2']}, valid_csv: {domains['spk2']}, test_csv: {domains['spk2']}}}
+    a: {{train_csv: {domains["spk1"]}, valid_csv: {domains["spk1"]}, test_csv: {domains["spk1"]}}}
+    b: {{train_csv: {domains["spk2"]}, valid_csv: {domains["spk2"]}, test_csv: {domains["spk2"]}}}
 forgetting_sets:
-    clean: {domains['all']}
-    other: {domains['all']}
+    clean: {domains["all"]}
+    other: {domains["all"]}
 scenarios: [experts, sequential, aode, aode_with_original, combined, resampled, iterative, weighted, lora, oracle,
             methods, fisher, weight_search, greedy_soup]
-forgetting_dev_sets: {{clean_dev: {domains['all']}}}
+forgetting_dev_sets: {{clean_dev: {domains["all"]}}}
 fisher_utterances: 4
 weight_search: {{objective: constrained, max_forgetting: 50, n_random: 1}}
 sequential_orders: [[a, b]]
@@ -107,20 +124,38 @@ lora_overrides: {{number_of_epochs: 1, steps_per_epoch: 1, batch_size: 2, num_wo
                  lora_rank: 2, lora_alpha: 4}}
 normalizer: basic
 progressbar: False
-""")
+""",
+    )
     reproduce.main([hp])
     out = tmp_path / "exp"
     t7 = [r["model"] for r in csv.DictReader(open(out / "table7" / "results.csv"))]
-    assert t7 == ["Pretrained", "Fine-tuned - a", "Fine-tuned - b", "Sequential FT - a;b", "AoDE", "AoDE with orig.",
-                  "Combined data", "Resampled data", "AoDE - iteration 2", "AoDE - iteration 2 w/ orig.", "LoRA - a",
-                  "LoRA - b", "LoRA AoDE", "Oracle domain (FT)", "Oracle domain (LoRA)"]
+    assert t7 == [
+        "Pretrained",
+        "Fine-tuned - a",
+        "Fine-tuned - b",
+        "Sequential FT - a;b",
+        "AoDE",
+        "AoDE with orig.",
+        "Combined data",
+        "Resampled data",
+        "AoDE - iteration 2",
+        "AoDE - iteration 2 w/ orig.",
+        "LoRA - a",
+        "LoRA - b",
+        "LoRA AoDE",
+        "Oracle domain (FT)",
+        "Oracle domain (LoRA)",
+    ]
     t8 = [r["model"] for r in csv.DictReader(open(out / "table8" / "results.csv"))]
     assert t8 == ["Pretrained", "AoDE", "AoDE with orig.", "AoDE w/ orig. - a x4", "AoDE w/ orig. - b x4"]
     weighted = json.load(open(out / "merges" / "AoDE_with_orig_a_x4" / "aode.json"))
     assert weighted["weights"] == [4.0, 1.0, 1.0]
     methods = list(csv.DictReader(open(out / "methods" / "results.csv")))
-    assert [m["model"] for m in methods][3:6] == ["TIES", "Fisher-weighted",
-                                                  "Weight search (constrained, forgetting <= 50 %)"]
+    assert [m["model"] for m in methods][3:6] == [
+        "TIES",
+        "Fisher-weighted",
+        "Weight search (constrained, forgetting <= 50 %)",
+    ]
     assert methods[6]["model"].startswith("Greedy soup") and "Gain kept" in methods[0]
     assert (out / "search" / "search.png").exists()
     table7 = {r["model"]: r for r in csv.DictReader(open(out / "table7" / "results.csv"))}
@@ -140,20 +175,23 @@ progressbar: False
 def test_resampled_data_is_trained_when_domains_differ_in_size(tiny_parakeet, domains, tmp_path):
     import reproduce
 
-    hp = _yaml(tmp_path / "exp.yaml", f"""
-output_folder: {tmp_path / 'exp'}
+    hp = _yaml(
+        tmp_path / "exp.yaml",
+        f"""
+output_folder: {tmp_path / "exp"}
 original: {tiny_parakeet}
 domains:
-    a: {{train_csv: {domains['spk1']}, valid_csv: {domains['spk1']}, test_csv: {domains['spk1']}}}
-    b: {{train_csv: {domains['all']}, valid_csv: {domains['all']}, test_csv: {domains['all']}}}
-forgetting_sets: {{clean: {domains['all']}}}
+    a: {{train_csv: {domains["spk1"]}, valid_csv: {domains["spk1"]}, test_csv: {domains["spk1"]}}}
+    b: {{train_csv: {domains["all"]}, valid_csv: {domains["all"]}, test_csv: {domains["all"]}}}
+forgetting_sets: {{clean: {domains["all"]}}}
 scenarios: [experts, combined, resampled]
 train_hparams_file: {ROOT}/hparams/parakeet_llrd.yaml
 train_overrides: {{lr: 0.003, number_of_epochs: 1, steps_per_epoch: 1, batch_size: 2, num_workers: 0,
                   progressbar: False, normalizer: basic}}
 normalizer: basic
 progressbar: False
-""")
+""",
+    )
     reproduce.main([hp])
     out = tmp_path / "exp"
     assert (out / "experts" / "resampled" / "expert" / "config.json").exists()
