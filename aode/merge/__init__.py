@@ -11,7 +11,7 @@ Methods: ``average`` (AoDE), ``most_extreme`` / ``least_extreme`` (Table IV),
 """
 
 from .registry import available_methods, get_method, get_spec, register  # noqa: I001
-from . import linear, extreme, task_arithmetic, ties, dare, slerp, model_stock, fisher  # noqa: F401
+from . import linear, extreme, task_arithmetic, ties, dare, slerp, model_stock, fisher, regmean  # noqa: F401
 from .driver import MergeError, MergePlan, merge_models, tensor_seed
 from aode.fisher_file import save_fisher
 
