@@ -195,6 +195,24 @@ class MergeConfig(Schema):
             raise ValueError(f"unknown merge method {value!r}{hint}; available: {sorted(available_methods())}")
         return value
 
+    @field_validator("forgetting_sets")
+    @classmethod
+    def _forgetting_sets_named(cls, value, info):
+        from aode.report import default_forgetting_sets
+
+        test_sets = list(info.data.get("test_sets") or {})
+        if not test_sets:
+            return value
+        chosen = default_forgetting_sets(test_sets) if value is None else value
+        missing = [s for s in chosen if s not in test_sets]
+        if missing or not chosen:
+            raise ValueError(
+                f"forgetting_sets {chosen} must name one or more of test_sets {test_sets} (the generalist's "
+                "own domain, e.g. LibriSpeech test-clean and test-other; by default the sets whose names "
+                "contain 'clean' or 'other')"
+            )
+        return value
+
 
 class MiniPretrainConfig(TrainingConfig):
     """hparams/mini_pretrain.yaml: the miniature's generalist, built and pretrained."""

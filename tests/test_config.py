@@ -75,3 +75,15 @@ def test_misspelt_key_on_the_command_line_stops_before_work(command, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "did you mean" in result.stderr and "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "out")  # nothing was started
+
+
+def test_forgetting_sets_must_be_test_sets():
+    """Found by the full-size bench: `--forgetting_sets "[]"` failed only after the merge and the
+    evaluation, with a message about table columns."""
+    hparams = load_yaml(os.path.join(HPARAMS, "aode.yaml"))
+    validate(MergeConfig, hparams)  # the shipped file names LS test-clean / test-other
+    for bad in ([], ["LS dev-clean"]):
+        with pytest.raises(ConfigError, match="forgetting_sets .* must name one or more of test_sets"):
+            validate(MergeConfig, {**hparams, "forgetting_sets": bad})
+    with pytest.raises(ConfigError, match="forgetting_sets"):
+        validate(MergeConfig, {**hparams, "forgetting_sets": None, "test_sets": {"DiPCo": "d.csv"}})
