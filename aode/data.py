@@ -146,3 +146,26 @@ def add_pipelines(dataset: DynamicItemDataset, model: ASRModel) -> None:
     dataset.add_dynamic_item(audio_pipeline)
     dataset.add_dynamic_item(text_pipeline)
     dataset.set_output_keys(keys)
+
+
+def subset_loader(
+    manifest: str, model: ASRModel, n_utterances: int, batch_size: int, seed: int, max_duration: float | None = None
+) -> tuple[torch.utils.data.DataLoader, int]:
+    """A loader over a seeded random choice of ``n_utterances`` of ``manifest``'s rows, longest
+    first (batches of similar length pad little), and the number chosen: the one sampling
+    that per-member statistics (Fisher, Gram matrices) use."""
+    import random
+
+    dataset = make_dataset(manifest, model, {"max_duration": max_duration})
+    ids = list(dataset.data_ids)
+    if len(ids) < n_utterances:
+        logger.info("the manifest has %d usable utterances (< %d): using all", len(ids), n_utterances)
+    chosen = sorted(random.Random(seed).sample(range(len(ids)), min(n_utterances, len(ids))))
+    chosen.sort(key=lambda i: (-float(dataset.data[ids[i]]["duration"]), ids[i]))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, chosen),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=sb.dataio.batch.PaddedBatch,
+    )
+    return loader, len(chosen)

@@ -29,7 +29,6 @@ on. Only trainable parameters get a Fisher; buffers (BatchNorm statistics) have 
 
 import logging
 import os
-import random
 
 import torch
 from tqdm.auto import tqdm
@@ -79,17 +78,6 @@ def _name_map(asr, model_folder):
     return mapping
 
 
-def _subset(dataset, n_utterances, seed):
-    """Seeded random choice of ``n_utterances`` items, ordered by duration (less padding)."""
-    ids = list(dataset.data_ids)
-    rng = random.Random(seed)
-    chosen = sorted(rng.sample(range(len(ids)), min(n_utterances, len(ids))))
-    if len(ids) < n_utterances:
-        logger.info("the manifest has %d usable utterances (< %d): using all", len(ids), n_utterances)
-    chosen.sort(key=lambda i: (-float(dataset.data[ids[i]]["duration"]), ids[i]))
-    return chosen
-
-
 def _batch_loss(asr, batch, device):
     return asr.batch_loss(batch.to(device))
 
@@ -123,9 +111,8 @@ def estimate_fisher(
     Returns ``{tensor name: float32 tensor}``, named as in the folder's ``model.safetensors``
     (``asr.hf_model.named_parameters()`` names, ``model.``-prefixed for Whisper exports).
     """
-    import speechbrain as sb
 
-    from aode.data import make_dataset
+    from aode.data import subset_loader
     from aode.models import load_asr_model
 
     model_folder = os.fspath(model_folder)
@@ -146,14 +133,7 @@ def estimate_fisher(
     for name in names:
         params[name].requires_grad_(True)
 
-    dataset = make_dataset(manifest, asr, {"max_duration": max_duration})
-    indices = _subset(dataset, n_utterances, seed)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, indices),
-        batch_size=batch_size,
-        shuffle=False,
-        collate_fn=sb.dataio.batch.PaddedBatch,
-    )
+    loader, _ = subset_loader(manifest, asr, n_utterances, batch_size, seed, max_duration)
     sums = {name: torch.zeros_like(params[name], dtype=torch.float32) for name in names}
     counted = skipped = 0
     torch.manual_seed(seed)

@@ -181,10 +181,8 @@ def estimate_gram(
 
     Returns the path of the Gram file.
     """
-    import speechbrain as sb
 
-    from aode.data import make_dataset
-    from aode.fisher import _subset
+    from aode.data import subset_loader
     from aode.models import load_asr_model, resolve_model_folder
 
     folder = resolve_model_folder(model_folder)
@@ -197,14 +195,7 @@ def estimate_gram(
     asr = load_asr_model(folder).to(device).eval()
     linears = _linear_weights(asr, folder)
     modules = dict(asr.hf_model.named_modules())
-    dataset = make_dataset(manifest, asr, {"max_duration": max_duration})
-    indices = _subset(dataset, n_utterances, seed)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, indices),
-        batch_size=batch_size,
-        shuffle=False,
-        collate_fn=sb.dataio.batch.PaddedBatch,
-    )
+    loader, _ = subset_loader(manifest, asr, n_utterances, batch_size, seed, max_duration)
     hooks = _GramHooks({m: modules[m] for m in linears}, device)
     utterances = 0
     try:

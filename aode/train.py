@@ -72,15 +72,8 @@ def build_model(hparams: Mapping[str, Any]) -> tuple[ASRModel, str]:
             f"init_from {hparams['init_from']!r}",
             f"model_source {hparams['model_source']!r}",
         )
-    asr = load_asr_model(
-        source,
-        family=hparams["family"],
-        save_path=hparams["pretrained_cache"],
-        beam_size=hparams["beam_size"],
-        label_smoothing=hparams["label_smoothing"],
-        max_decode_ratio=hparams["max_decode_ratio"],
-        layerdrop=hparams["layerdrop"],
-    )
+    options = {key: hparams[key] for key in ("family", "beam_size", "label_smoothing", "max_decode_ratio", "layerdrop")}
+    asr = load_asr_model(source, save_path=hparams["pretrained_cache"], **options)
     if hparams["freeze_decoder"]:
         freeze_non_encoder(asr.hf_model)
     if hparams["lora_rank"]:

@@ -28,16 +28,8 @@ def main(argv):
     generate_corpus(corpus, seed=hparams["corpus_seed"], scale=hparams["corpus_scale"])
     init = os.path.join(hparams["output_folder"], "init")
     if not os.path.isdir(init):
-        build_parakeet_ctc(
-            init,
-            hidden_size=hparams["hidden_size"],
-            num_layers=hparams["num_layers"],
-            num_heads=hparams["num_heads"],
-            intermediate_size=hparams["intermediate_size"],
-            subsampling_factor=hparams["subsampling_factor"],
-            conv_kernel_size=hparams["conv_kernel_size"],
-            seed=hparams["seed"],
-        )
+        architecture = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "subsampling_factor")
+        build_parakeet_ctc(init, **{key: hparams[key] for key in architecture + ("conv_kernel_size", "seed")})
     general = os.path.join(corpus, "general")
     hparams.update(
         model_source=init,
