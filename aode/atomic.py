@@ -17,7 +17,8 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO
+from typing import Any
 
 __all__ = ["temp_path", "atomic_path", "atomic_open", "atomic_write_json", "atomic_folder"]
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
 if TYPE_CHECKING:
-    from transformers import ParakeetTokenizer, WhisperTokenizer
+    from transformers import ParakeetTokenizer
+    from transformers import WhisperTokenizer
 
 CHARACTERS = list(string.ascii_lowercase) + ["'"]
 BLANK = "<blank>"
@@ -27,7 +28,10 @@ WORD_BOUNDARY = "\u2581"
 def char_tokenizer(characters: Sequence[str] = CHARACTERS) -> ParakeetTokenizer:
     """A ``ParakeetTokenizer`` over single characters, SentencePiece style (``▁`` starts a
     word), blank last as in Parakeet's vocabularies; the blank is the pad token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer
+    from tokenizers import decoders
+    from tokenizers import models
+    from tokenizers import pre_tokenizers
     from transformers import ParakeetTokenizer
 
     pieces = [UNK, WORD_BOUNDARY] + list(characters) + [BLANK]
@@ -53,13 +57,11 @@ def build_parakeet_ctc(
     """A freshly initialised ``ParakeetForCTC`` with a character tokenizer, saved to ``folder``
     with its processor; returns the folder."""
     import torch
-    from transformers import (
-        ParakeetCTCConfig,
-        ParakeetEncoderConfig,
-        ParakeetFeatureExtractor,
-        ParakeetForCTC,
-        ParakeetProcessor,
-    )
+    from transformers import ParakeetCTCConfig
+    from transformers import ParakeetEncoderConfig
+    from transformers import ParakeetFeatureExtractor
+    from transformers import ParakeetForCTC
+    from transformers import ParakeetProcessor
 
     tokenizer = char_tokenizer(characters)
     encoder = ParakeetEncoderConfig(
@@ -129,7 +131,9 @@ def build_whisper(
     """A freshly initialised small ``WhisperForConditionalGeneration`` with the real
     English-only vocabulary and Whisper's feature extractor (80 mel bins, 30 s input)."""
     import torch
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import WhisperConfig
+    from transformers import WhisperFeatureExtractor
+    from transformers import WhisperForConditionalGeneration
 
     tokenizer = whisper_tokenizer(folder)
     config = WhisperConfig(

@@ -11,7 +11,8 @@ hyperpyyaml always does. ``!ref`` to a replaced key sees the replacement.
 import io
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
@@ -75,9 +76,14 @@ def parse_command_line(
 # would otherwise be dropped silently and its default used).
 
 import difflib  # noqa: E402
-from typing import Literal, Optional, Union  # noqa: E402
+from typing import Literal  # noqa: E402
+from typing import Optional  # noqa: E402
+from typing import Union  # noqa: E402
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
+from pydantic import ConfigDict  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+from pydantic import field_validator  # noqa: E402
 
 from aode.text import NORMALIZERS  # noqa: E402
 
@@ -261,7 +267,8 @@ def validate(schema: type[Schema], hparams: Mapping[str, Any], where: str = "hpa
 
 # ------------------------------------------------------------ experiment (recipes/average/reproduce.py)
 
-from pydantic import Field, model_validator  # noqa: E402
+from pydantic import Field  # noqa: E402
+from pydantic import model_validator  # noqa: E402
 
 
 def _did_you_mean(name, choices):

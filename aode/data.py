@@ -13,14 +13,16 @@ import functools
 import logging
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
 import soundfile as sf
 import speechbrain as sb
 import torch
 import torchaudio
 
-from aode.manifest import read_manifest, split_wav_field
+from aode.manifest import read_manifest
+from aode.manifest import split_wav_field
 
 if TYPE_CHECKING:
     from speechbrain.dataio.dataset import DynamicItemDataset

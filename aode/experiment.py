@@ -37,11 +37,18 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any, Optional, Union
+from collections.abc import Iterable
+from collections.abc import Mapping
+from typing import Any
+from typing import Optional
+from typing import Union
 
-from aode.atomic import atomic_folder, atomic_write_json
-from aode.config import ConfigError, ExperimentConfig, load_yaml, validate
+from aode.atomic import atomic_folder
+from aode.atomic import atomic_write_json
+from aode.config import ConfigError
+from aode.config import ExperimentConfig
+from aode.config import load_yaml
+from aode.config import validate
 from aode.manifest import write_manifest
 from aode.report import write_report
 
@@ -203,7 +210,8 @@ class Experiment:
         self, name: str, train_csv: str, valid_csv: str, init_from: Optional[str] = None, lora: bool = False
     ) -> str:
         """Train (or find) the expert ``name``; returns its model folder."""
-        from aode.train import EXPERT_DIR, train_expert
+        from aode.train import EXPERT_DIR
+        from aode.train import train_expert
 
         folder = os.path.join(self.out, "experts", name, EXPERT_DIR)
         if os.path.isfile(os.path.join(folder, "config.json")):

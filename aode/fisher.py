@@ -33,7 +33,9 @@ import os
 import torch
 from tqdm.auto import tqdm
 
-from aode.fisher_file import fisher_path, load_fisher, save_fisher
+from aode.fisher_file import fisher_path
+from aode.fisher_file import load_fisher
+from aode.fisher_file import save_fisher
 
 logger = logging.getLogger(__name__)
 

@@ -183,7 +183,8 @@ def estimate_gram(
     """
 
     from aode.data import subset_loader
-    from aode.models import load_asr_model, resolve_model_folder
+    from aode.models import load_asr_model
+    from aode.models import resolve_model_folder
 
     folder = resolve_model_folder(model_folder)
     out_path = os.fspath(out_path) if out_path is not None else gram_path(folder)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import collections
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
 if TYPE_CHECKING:
     from torch import nn

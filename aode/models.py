@@ -16,18 +16,25 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 # Model-folder files (provenance, processor files) are aode.model_folder's; re-exported here.
-from aode.model_folder import PROVENANCE_FILE, copy_processor_files, read_provenance, write_provenance  # noqa: F401
+from aode.model_folder import PROVENANCE_FILE  # noqa: F401
+from aode.model_folder import copy_processor_files  # noqa: F401
+from aode.model_folder import read_provenance  # noqa: F401
+from aode.model_folder import write_provenance  # noqa: F401
 
 if TYPE_CHECKING:
     from speechbrain.dataio.batch import PaddedBatch
-    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig
+    from transformers import PreTrainedModel
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -345,7 +352,8 @@ class WhisperASR(ASRModel):
 
     def _get_searcher(self):
         if self._searcher is None:
-            from speechbrain.decoders.seq2seq import S2SWhisperBeamSearcher, S2SWhisperGreedySearcher
+            from speechbrain.decoders.seq2seq import S2SWhisperBeamSearcher
+            from speechbrain.decoders.seq2seq import S2SWhisperGreedySearcher
 
             if self.beam_size > 1:
                 self._searcher = S2SWhisperBeamSearcher(
@@ -426,7 +434,9 @@ class CTCASR(ASRModel):
 
     def __init__(self, source, save_path=None, layerdrop=0.0, **seq2seq_options):
         super().__init__()
-        from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer
+        from transformers import AutoFeatureExtractor
+        from transformers import AutoModelForCTC
+        from transformers import AutoTokenizer
 
         unknown = set(seq2seq_options) - self.SEQ2SEQ_ONLY
         if unknown:

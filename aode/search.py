@@ -290,7 +290,8 @@ def search_weights(
     Returns the chosen candidate: ``{"id", "label", "weights", "include_base", "folder",
     "wer", "average", "forgetting", "pareto", "chosen", "constraint_met"}``.
     """
-    from aode.evaluate import evaluate_models, manifest_fingerprint
+    from aode.evaluate import evaluate_models
+    from aode.evaluate import manifest_fingerprint
 
     members = [os.path.abspath(os.fspath(m)) for m in members]
     base = os.path.abspath(os.fspath(base))

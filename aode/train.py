@@ -12,18 +12,26 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from typing import Any
 
 import speechbrain as sb
 import torch
 
 from aode.atomic import atomic_folder
 from aode.brain import ASRBrain
-from aode.config import TrainingConfig, parse_command_line, validate
+from aode.config import TrainingConfig
+from aode.config import parse_command_line
+from aode.config import validate
 from aode.data import make_dataset
-from aode.lora import add_lora, has_lora, merge_lora
-from aode.models import check_same_architecture, load_asr_model, load_hf_config
+from aode.lora import add_lora
+from aode.lora import has_lora
+from aode.lora import merge_lora
+from aode.models import check_same_architecture
+from aode.models import load_asr_model
+from aode.models import load_hf_config
 from aode.schedule import STLR
 
 if TYPE_CHECKING:

@@ -124,15 +124,14 @@ def build_whisper_model(folder, size):
 def build_parakeet_model(folder, size):
     """A freshly initialised ParakeetForCTC of ``size`` with a 1025-id character tokenizer."""
     import torch
-    from transformers import (
-        ParakeetCTCConfig,
-        ParakeetEncoderConfig,
-        ParakeetFeatureExtractor,
-        ParakeetForCTC,
-        ParakeetProcessor,
-    )
+    from transformers import ParakeetCTCConfig
+    from transformers import ParakeetEncoderConfig
+    from transformers import ParakeetFeatureExtractor
+    from transformers import ParakeetForCTC
+    from transformers import ParakeetProcessor
 
-    from aode.builders import CHARACTERS, char_tokenizer
+    from aode.builders import CHARACTERS
+    from aode.builders import char_tokenizer
 
     # [<unk>, ▁] + characters + unused fillers + [<blank>] = 1025 ids, blank last (id 1024)
     fillers = [f"<unused_{i}>" for i in range(PARAKEET_VOCAB - 3 - len(CHARACTERS))]

@@ -71,28 +71,27 @@ import os
 import random
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 from tqdm import tqdm
 
 from aode.text import normalize_words
-from data_prep.common import (
-    EMPTY_TEXT,
-    NO_AUDIO,
-    NO_TRANSCRIPT,
-    SkipLog,
-    already_prepared,
-    audio_info,
-    cli_parser,
-    decode_text,
-    finish,
-    merge_same_speaker,
-    prep_options,
-    require,
-    require_data_folder,
-    run_cli,
-)
+from data_prep.common import EMPTY_TEXT
+from data_prep.common import NO_AUDIO
+from data_prep.common import NO_TRANSCRIPT
+from data_prep.common import SkipLog
+from data_prep.common import already_prepared
+from data_prep.common import audio_info
+from data_prep.common import cli_parser
+from data_prep.common import decode_text
+from data_prep.common import finish
+from data_prep.common import merge_same_speaker
+from data_prep.common import prep_options
+from data_prep.common import require
+from data_prep.common import require_data_folder
+from data_prep.common import run_cli
 
 logger = logging.getLogger(__name__)
 

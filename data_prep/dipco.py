@@ -66,23 +66,21 @@ from tqdm import tqdm
 
 from aode.manifest import WAV_SEPARATOR
 from aode.text import normalize_words
-from data_prep.common import (
-    LOST_REASONS,
-    LayoutError,
-    SkipLog,
-    already_prepared,
-    audio_info,
-    cli_parser,
-    find_root,
-    finish,
-    folders_below,
-    merge_same_speaker,
-    prep_options,
-    remove_stale_manifests,
-    require,
-    require_data_folder,
-    run_cli,
-)
+from data_prep.common import LOST_REASONS
+from data_prep.common import LayoutError
+from data_prep.common import SkipLog
+from data_prep.common import already_prepared
+from data_prep.common import audio_info
+from data_prep.common import cli_parser
+from data_prep.common import find_root
+from data_prep.common import finish
+from data_prep.common import folders_below
+from data_prep.common import merge_same_speaker
+from data_prep.common import prep_options
+from data_prep.common import remove_stale_manifests
+from data_prep.common import require
+from data_prep.common import require_data_folder
+from data_prep.common import run_cli
 
 logger = logging.getLogger(__name__)
 

@@ -46,24 +46,24 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container
+from collections.abc import Mapping
+from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from data_prep.common import (
-    LayoutError,
-    SkipLog,
-    already_prepared,
-    cli_parser,
-    finish,
-    prep_options,
-    remove_stale_manifests,
-    require,
-    require_data_folder,
-    run_cli,
-    seeded_split,
-    whole_file_row,
-)
+from data_prep.common import LayoutError
+from data_prep.common import SkipLog
+from data_prep.common import already_prepared
+from data_prep.common import cli_parser
+from data_prep.common import finish
+from data_prep.common import prep_options
+from data_prep.common import remove_stale_manifests
+from data_prep.common import require
+from data_prep.common import require_data_folder
+from data_prep.common import run_cli
+from data_prep.common import seeded_split
+from data_prep.common import whole_file_row
 
 logger = logging.getLogger(__name__)
 

@@ -42,20 +42,18 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from data_prep.common import (
-    SkipLog,
-    already_prepared,
-    cli_parser,
-    finish,
-    folders_below,
-    prep_options,
-    read_transcript,
-    require,
-    require_data_folder,
-    run_cli,
-    seeded_split,
-    whole_file_row,
-)
+from data_prep.common import SkipLog
+from data_prep.common import already_prepared
+from data_prep.common import cli_parser
+from data_prep.common import finish
+from data_prep.common import folders_below
+from data_prep.common import prep_options
+from data_prep.common import read_transcript
+from data_prep.common import require
+from data_prep.common import require_data_folder
+from data_prep.common import run_cli
+from data_prep.common import seeded_split
+from data_prep.common import whole_file_row
 
 logger = logging.getLogger(__name__)
 

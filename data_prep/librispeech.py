@@ -29,22 +29,21 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from data_prep.common import (
-    LayoutError,
-    SkipLog,
-    already_prepared,
-    cli_parser,
-    find_root,
-    finish,
-    prep_options,
-    require_data_folder,
-    run_cli,
-    whole_file_row,
-)
+from data_prep.common import LayoutError
+from data_prep.common import SkipLog
+from data_prep.common import already_prepared
+from data_prep.common import cli_parser
+from data_prep.common import find_root
+from data_prep.common import finish
+from data_prep.common import prep_options
+from data_prep.common import require_data_folder
+from data_prep.common import run_cli
+from data_prep.common import whole_file_row
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,14 @@ import os
 
 import pytest
 
-from aode.atomic import atomic_folder, atomic_open, atomic_path, atomic_write_json, temp_path
-from aode.model_folder import PROCESSOR_FILES, copy_processor_files, is_processor_file
+from aode.atomic import atomic_folder
+from aode.atomic import atomic_open
+from aode.atomic import atomic_path
+from aode.atomic import atomic_write_json
+from aode.atomic import temp_path
+from aode.model_folder import PROCESSOR_FILES
+from aode.model_folder import copy_processor_files
+from aode.model_folder import is_processor_file
 
 
 def test_temp_path_is_hidden_beside_and_keeps_the_extension(tmp_path):

@@ -77,7 +77,8 @@ def test_validation_scores_and_writes_utterances(tiny_parakeet, sample_manifest,
 
 
 def test_exported_ctc_expert_gives_the_brains_logits(tiny_parakeet, sample_manifest, tmp_path):
-    from transformers import AutoProcessor, ParakeetForCTC
+    from transformers import AutoProcessor
+    from transformers import ParakeetForCTC
 
     asr = load_asr_model(tiny_parakeet)
     brain = _brain(asr)

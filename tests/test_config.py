@@ -6,7 +6,12 @@ import sys
 
 import pytest
 
-from aode.config import ConfigError, MergeConfig, MiniPretrainConfig, TrainingConfig, load_yaml, validate
+from aode.config import ConfigError
+from aode.config import MergeConfig
+from aode.config import MiniPretrainConfig
+from aode.config import TrainingConfig
+from aode.config import load_yaml
+from aode.config import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HPARAMS = os.path.join(ROOT, "hparams")

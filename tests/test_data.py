@@ -57,7 +57,9 @@ def test_one_end_tolerance_for_the_check_and_the_reader(tmp_path):
     import numpy as np
     import soundfile as sf
 
-    from aode.data import END_TOLERANCE_SECONDS, check_manifest, read_audio_segment
+    from aode.data import END_TOLERANCE_SECONDS
+    from aode.data import check_manifest
+    from aode.data import read_audio_segment
     from aode.manifest import write_manifest
 
     wav = str(tmp_path / "a.wav")

@@ -16,8 +16,18 @@ import sys
 import pytest
 from conftest import sample_rows
 
-from aode.config import EVAL_BATCH_SIZE, ORIGINAL_NAME, ConfigError, ExperimentConfig, load_yaml, validate
-from aode.experiment import SCENARIO_BY_ID, SCENARIO_IDS, SCENARIOS, TABLES, Experiment, resolve_scenarios
+from aode.config import EVAL_BATCH_SIZE
+from aode.config import ORIGINAL_NAME
+from aode.config import ConfigError
+from aode.config import ExperimentConfig
+from aode.config import load_yaml
+from aode.config import validate
+from aode.experiment import SCENARIO_BY_ID
+from aode.experiment import SCENARIO_IDS
+from aode.experiment import SCENARIOS
+from aode.experiment import TABLES
+from aode.experiment import Experiment
+from aode.experiment import resolve_scenarios
 from aode.manifest import write_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,9 +7,11 @@ import pytest
 import torch
 from conftest import sample_rows
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save_file
 
-from aode.fisher import estimate_fisher, load_fisher
+from aode.fisher import estimate_fisher
+from aode.fisher import load_fisher
 from aode.manifest import write_manifest
 
 

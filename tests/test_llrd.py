@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from aode.llrd import llrd_param_groups, lr_scales
+from aode.llrd import llrd_param_groups
+from aode.llrd import lr_scales
 from aode.models import load_asr_model
 
 

@@ -2,7 +2,12 @@ import pytest
 import torch
 from torch import nn
 
-from aode.lora import LoRAWrapper, add_lora, has_lora, lora_delta, lora_state_dict, merge_lora
+from aode.lora import LoRAWrapper
+from aode.lora import add_lora
+from aode.lora import has_lora
+from aode.lora import lora_delta
+from aode.lora import lora_state_dict
+from aode.lora import merge_lora
 from aode.models import load_asr_model
 
 

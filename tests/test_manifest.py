@@ -4,7 +4,8 @@ import unicodedata
 
 from speechbrain.dataio.dataio import load_data_csv
 
-from aode.manifest import read_manifest, write_manifest
+from aode.manifest import read_manifest
+from aode.manifest import write_manifest
 
 ROW = {
     "ID": "call1_7",

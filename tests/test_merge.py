@@ -8,12 +8,22 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save_file
 
-from aode.lora import add_lora, lora_state_dict, merge_lora
-from aode.merge import MergeError, get_method, merge_models, registry, save_fisher, tensor_seed
-from aode.merge.read import SafetensorsFile, open_model
-from aode.merge.write import SafetensorsWriter, safetensors_layout
+from aode.lora import add_lora
+from aode.lora import lora_state_dict
+from aode.lora import merge_lora
+from aode.merge import MergeError
+from aode.merge import get_method
+from aode.merge import merge_models
+from aode.merge import registry
+from aode.merge import save_fisher
+from aode.merge import tensor_seed
+from aode.merge.read import SafetensorsFile
+from aode.merge.read import open_model
+from aode.merge.write import SafetensorsWriter
+from aode.merge.write import safetensors_layout
 
 SAMPLES = os.path.join(os.path.dirname(__file__), "data", "samples")
 CONFIG = {"model_type": "toy", "vocab_size": 10}
@@ -391,7 +401,8 @@ def test_sharded_and_legacy_bin_members(toys, tmp_path):
 
 
 def tiny_wav2vec2(seed):
-    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+    from transformers import Wav2Vec2Config
+    from transformers import Wav2Vec2ForCTC
 
     torch.manual_seed(seed)
     config = Wav2Vec2Config(
@@ -499,7 +510,9 @@ def test_lora_adapter_folder_merged_on_the_fly(w2v_folders, tmp_path):
 
 def test_merged_folder_transcribes_with_pipeline(w2v_folders, tmp_path):
     import soundfile as sf
-    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, pipeline
+    from transformers import Wav2Vec2CTCTokenizer
+    from transformers import Wav2Vec2FeatureExtractor
+    from transformers import pipeline
 
     root, models, folders = w2v_folders
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4}

@@ -5,7 +5,10 @@ import math
 import pytest
 import torch
 
-from aode.merge import available_methods, get_method, get_spec, register
+from aode.merge import available_methods
+from aode.merge import get_method
+from aode.merge import get_spec
+from aode.merge import register
 from aode.merge.ties import trim_magnitude
 
 T = torch.tensor

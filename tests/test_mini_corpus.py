@@ -8,8 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from aode.manifest import MANIFEST_COLUMNS, read_manifest
-from aode.mini import corpus, effects, textgen
+from aode.manifest import MANIFEST_COLUMNS
+from aode.manifest import read_manifest
+from aode.mini import corpus
+from aode.mini import effects
+from aode.mini import textgen
 from aode.text import normalize_words
 
 SCALE = 0.01  # general 30/1/1/1, each target 4/1/1 utterances

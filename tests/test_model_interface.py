@@ -10,7 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aode.models import FAMILIES, ASRModel, load_asr_model, register_family, write_provenance
+from aode.models import FAMILIES
+from aode.models import ASRModel
+from aode.models import load_asr_model
+from aode.models import register_family
+from aode.models import write_provenance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILY_BRANCH = re.compile(
@@ -113,7 +117,8 @@ def s2t_family():
 
 
 def test_a_third_family_needs_one_class(s2t_family, sample_manifest, tmp_path):
-    from transformers import Speech2TextConfig, Speech2TextForConditionalGeneration
+    from transformers import Speech2TextConfig
+    from transformers import Speech2TextForConditionalGeneration
 
     from aode.train import train_expert
 

@@ -6,17 +6,15 @@ import os
 
 import pytest
 
-from data_prep.common import (
-    OPTIONS_FILE,
-    VERSION_KEY,
-    LayoutError,
-    cli_parser,
-    find_root,
-    folders_below,
-    merge_same_speaker,
-    prep_options,
-    run_cli,
-)
+from data_prep.common import OPTIONS_FILE
+from data_prep.common import VERSION_KEY
+from data_prep.common import LayoutError
+from data_prep.common import cli_parser
+from data_prep.common import find_root
+from data_prep.common import folders_below
+from data_prep.common import merge_same_speaker
+from data_prep.common import prep_options
+from data_prep.common import run_cli
 
 
 def item(speaker, start, stop, text):

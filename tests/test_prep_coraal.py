@@ -8,31 +8,30 @@ import sys
 
 import pytest
 import soundfile as sf
-from prep_fixtures_a import (
-    HEADERLESS,
-    MAIN_BASE,
-    MAIN_SPK,
-    NO_AUDIO,
-    NO_TRANSCRIPT_BASE,
-    ORDER_BASE,
-    ORDER_ROWS,
-    TRUNCATED,
-    make_coraal,
-)
+from prep_fixtures_a import HEADERLESS
+from prep_fixtures_a import MAIN_BASE
+from prep_fixtures_a import MAIN_SPK
+from prep_fixtures_a import NO_AUDIO
+from prep_fixtures_a import NO_TRANSCRIPT_BASE
+from prep_fixtures_a import ORDER_BASE
+from prep_fixtures_a import ORDER_ROWS
+from prep_fixtures_a import TRUNCATED
+from prep_fixtures_a import make_coraal
 from prep_fixtures_b import load_with_speechbrain
 
-from aode.manifest import MANIFEST_COLUMNS, read_manifest
+from aode.manifest import MANIFEST_COLUMNS
+from aode.manifest import read_manifest
 from aode.text import normalize_words
-from data_prep.common import EmptyPreparationError, LayoutError, SkipLog
-from data_prep.coraal import (
-    clean_content,
-    interviewee_code,
-    is_pause_only,
-    prepare_coraal,
-    read_transcript_table,
-    segment_rows,
-    split_speakers,
-)
+from data_prep.common import EmptyPreparationError
+from data_prep.common import LayoutError
+from data_prep.common import SkipLog
+from data_prep.coraal import clean_content
+from data_prep.coraal import interviewee_code
+from data_prep.coraal import is_pause_only
+from data_prep.coraal import prepare_coraal
+from data_prep.coraal import read_transcript_table
+from data_prep.coraal import segment_rows
+from data_prep.coraal import split_speakers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLIT = dict(n_valid_speakers=1, n_test_speakers=1)

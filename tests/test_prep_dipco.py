@@ -6,12 +6,20 @@ import subprocess
 import sys
 
 import pytest
-from prep_fixtures_a import DIPCO_SESSIONS, make_dipco
+from prep_fixtures_a import DIPCO_SESSIONS
+from prep_fixtures_a import make_dipco
 
-from aode.manifest import MANIFEST_COLUMNS, WAV_SEPARATOR, read_manifest, split_wav_field
+from aode.manifest import MANIFEST_COLUMNS
+from aode.manifest import WAV_SEPARATOR
+from aode.manifest import read_manifest
+from aode.manifest import split_wav_field
 from aode.text import normalize_words
-from data_prep.common import EmptyPreparationError, LayoutError
-from data_prep.dipco import clean_words, has_redacted, parse_time, prepare_dipco
+from data_prep.common import EmptyPreparationError
+from data_prep.common import LayoutError
+from data_prep.dipco import clean_words
+from data_prep.dipco import has_redacted
+from data_prep.dipco import parse_time
+from data_prep.dipco import prepare_dipco
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

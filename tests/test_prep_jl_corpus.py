@@ -9,21 +9,24 @@ import subprocess
 import sys
 
 import pytest
-from prep_fixtures_b import (
-    by_id,
-    check_manifest_rows,
-    load_with_speechbrain,
-    read_csv,
-    stamps,
-    truncate,
-    write_audio,
-    write_text,
-)
+from prep_fixtures_b import by_id
+from prep_fixtures_b import check_manifest_rows
+from prep_fixtures_b import load_with_speechbrain
+from prep_fixtures_b import read_csv
+from prep_fixtures_b import stamps
+from prep_fixtures_b import truncate
+from prep_fixtures_b import write_audio
+from prep_fixtures_b import write_text
 
 import data_prep.common
 from aode.text import normalize_words
-from data_prep.common import EmptyPreparationError, LayoutError
-from data_prep.jl_corpus import RAW_DIR, WAV_TXT_DIR, main, parse_stem, prepare_jl_corpus
+from data_prep.common import EmptyPreparationError
+from data_prep.common import LayoutError
+from data_prep.jl_corpus import RAW_DIR
+from data_prep.jl_corpus import WAV_TXT_DIR
+from data_prep.jl_corpus import main
+from data_prep.jl_corpus import parse_stem
+from data_prep.jl_corpus import prepare_jl_corpus
 
 RATE = 44100
 REPO = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))

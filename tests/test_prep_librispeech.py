@@ -7,21 +7,22 @@ import subprocess
 import sys
 
 import pytest
-from prep_fixtures_b import (
-    by_id,
-    check_manifest_rows,
-    load_with_speechbrain,
-    read_csv,
-    samples,
-    stamps,
-    truncate,
-    write_audio,
-    write_text,
-)
+from prep_fixtures_b import by_id
+from prep_fixtures_b import check_manifest_rows
+from prep_fixtures_b import load_with_speechbrain
+from prep_fixtures_b import read_csv
+from prep_fixtures_b import samples
+from prep_fixtures_b import stamps
+from prep_fixtures_b import truncate
+from prep_fixtures_b import write_audio
+from prep_fixtures_b import write_text
 
 from aode.text import normalize_words
-from data_prep.common import EmptyPreparationError, LayoutError
-from data_prep.librispeech import main, manifest_name, prepare_librispeech
+from data_prep.common import EmptyPreparationError
+from data_prep.common import LayoutError
+from data_prep.librispeech import main
+from data_prep.librispeech import manifest_name
+from data_prep.librispeech import prepare_librispeech
 
 RATE = 16000
 REPO = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))

@@ -7,22 +7,23 @@ import subprocess
 import sys
 
 import pytest
-from prep_fixtures_b import (
-    by_id,
-    check_manifest_rows,
-    load_with_speechbrain,
-    read_csv,
-    sentence,
-    stamps,
-    truncate,
-    write_audio,
-    write_text,
-)
+from prep_fixtures_b import by_id
+from prep_fixtures_b import check_manifest_rows
+from prep_fixtures_b import load_with_speechbrain
+from prep_fixtures_b import read_csv
+from prep_fixtures_b import sentence
+from prep_fixtures_b import stamps
+from prep_fixtures_b import truncate
+from prep_fixtures_b import write_audio
+from prep_fixtures_b import write_text
 
 from aode.manifest import read_manifest
 from aode.text import normalize_words
-from data_prep.common import EmptyPreparationError, LayoutError
-from data_prep.noisy_vctk import default_valid_speakers, main, prepare_noisy_vctk
+from data_prep.common import EmptyPreparationError
+from data_prep.common import LayoutError
+from data_prep.noisy_vctk import default_valid_speakers
+from data_prep.noisy_vctk import main
+from data_prep.noisy_vctk import prepare_noisy_vctk
 
 RATE = 48000
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

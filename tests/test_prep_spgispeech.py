@@ -9,14 +9,18 @@ import unicodedata
 
 import numpy as np
 import pytest
-from prep_fixtures_a import make_spgispeech, write_wav
+from prep_fixtures_a import make_spgispeech
+from prep_fixtures_a import write_wav
 from prep_fixtures_b import load_with_speechbrain
 
 import data_prep.spgispeech as spgispeech
-from aode.manifest import MANIFEST_COLUMNS, read_manifest
+from aode.manifest import MANIFEST_COLUMNS
+from aode.manifest import read_manifest
 from aode.text import normalize_words
-from data_prep.common import EmptyPreparationError, LayoutError
-from data_prep.spgispeech import prepare_spgispeech, utterance_id
+from data_prep.common import EmptyPreparationError
+from data_prep.common import LayoutError
+from data_prep.spgispeech import prepare_spgispeech
+from data_prep.spgispeech import utterance_id
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,8 +12,11 @@ import torch
 
 from aode.brain import ASRBrain
 from aode.config import parse_command_line
-from aode.models import load_asr_model, load_hf_config, resolve_model_folder
-from aode.train import resolve_run_options, train_expert
+from aode.models import load_asr_model
+from aode.models import load_hf_config
+from aode.models import resolve_model_folder
+from aode.train import resolve_run_options
+from aode.train import train_expert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHISPER_YAML = os.path.join(ROOT, "hparams", "whisper_llrd.yaml")

@@ -13,9 +13,13 @@ from conftest import sample_rows
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from aode.gram import estimate_gram, load_gram
+from aode.gram import estimate_gram
+from aode.gram import load_gram
 from aode.manifest import write_manifest
-from aode.merge import MergeError, get_method, get_spec, merge_models
+from aode.merge import MergeError
+from aode.merge import get_method
+from aode.merge import get_spec
+from aode.merge import merge_models
 from aode.merge.regmean import regmean_linear
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,7 +4,10 @@ import os
 import pytest
 from conftest import DATA
 
-from aode.report import main, read_wer_csv, summarize, write_report
+from aode.report import main
+from aode.report import read_wer_csv
+from aode.report import summarize
+from aode.report import write_report
 
 TABLE7 = os.path.join(DATA, "paper_table7.csv")
 PRINTED_TYPO = "Fine-tuned - CORAAL"  # its printed Average (6.79) does not match its columns (7.16)

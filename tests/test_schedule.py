@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from aode.llrd import llrd_param_groups
-from aode.schedule import STLR, stlr_factor
+from aode.schedule import STLR
+from aode.schedule import stlr_factor
 
 
 def test_stlr_shape():

@@ -8,10 +8,14 @@ import shutil
 import pytest
 import torch
 from conftest import sample_rows
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save_file
 
 from aode.manifest import write_manifest
-from aode.search import candidate_weights, pareto_front, search_weights, select_candidate
+from aode.search import candidate_weights
+from aode.search import pareto_front
+from aode.search import search_weights
+from aode.search import select_candidate
 
 
 def perturbed_copy(src, dst, seed, scale=0.05):

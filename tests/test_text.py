@@ -2,7 +2,9 @@
 
 import pytest
 
-from aode.text import get_normalizer, load_spelling_mapping, normalize_words
+from aode.text import get_normalizer
+from aode.text import load_spelling_mapping
+from aode.text import normalize_words
 
 # Varied on purpose: numbers, currencies, ordinals, contractions, British spellings, fillers,
 # titles, brackets, symbols and diacritics, the cases where normalisers disagree.

@@ -26,7 +26,8 @@ Options: ``density`` (0.5), ``lam`` (1.0), ``rescale`` (True); ``dare_ties`` als
 import torch
 
 from .registry import register
-from .task_arithmetic import require_base, weighted_delta_sum
+from .task_arithmetic import require_base
+from .task_arithmetic import weighted_delta_sum
 from .ties import elect_and_merge
 
 

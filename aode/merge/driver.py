@@ -16,31 +16,35 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from aode.atomic import atomic_folder
-from aode.model_folder import CONFIG_FILE, copy_processor_files, read_provenance, write_provenance
+from aode.model_folder import CONFIG_FILE
+from aode.model_folder import copy_processor_files
+from aode.model_folder import read_provenance
+from aode.model_folder import write_provenance
 
-from .checks import (
-    MergeError,
-    agreeing_non_float,
-    all_finite,
-    as_weights,
-    check_aligned,
-    check_configs,
-    check_member_count,
-    check_options,
-    check_tensors,
-    nonfinite_error,
-    read_checked,
-)
+from .checks import MergeError
+from .checks import agreeing_non_float
+from .checks import all_finite
+from .checks import as_weights
+from .checks import check_aligned
+from .checks import check_configs
+from .checks import check_member_count
+from .checks import check_options
+from .checks import check_tensors
+from .checks import nonfinite_error
+from .checks import read_checked
 from .read import open_model
-from .registry import MethodSpec, get_spec
-from .write import SafetensorsWriter, safetensors_layout
+from .registry import MethodSpec
+from .registry import get_spec
+from .write import SafetensorsWriter
+from .write import safetensors_layout
 
 logger = logging.getLogger(__name__)
 

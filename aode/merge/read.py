@@ -27,7 +27,9 @@ from collections import namedtuple
 import torch
 
 from aode.lora import lora_delta
-from aode.model_folder import find_weight_files, is_lora_folder, read_config_json
+from aode.model_folder import find_weight_files
+from aode.model_folder import is_lora_folder
+from aode.model_folder import read_config_json
 
 logger = logging.getLogger(__name__)
 

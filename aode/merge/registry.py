@@ -35,7 +35,8 @@ know about them:
 """
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
+from typing import Optional
 
 __all__ = ["MethodSpec", "register", "get_method", "get_spec", "available_methods"]
 

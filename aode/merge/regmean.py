@@ -54,11 +54,13 @@ import os
 
 import torch
 
-from aode.gram import gram_command, gram_path
+from aode.gram import gram_command
+from aode.gram import gram_path
 
 from .checks import MergeError
 from .linear import weighted_average
-from .read import SafetensorsFile, open_model
+from .read import SafetensorsFile
+from .read import open_model
 from .registry import register
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,9 @@ import struct
 
 import torch
 
-from .read import DTYPE_NAMES, dtype_itemsize, shape_numel
+from .read import DTYPE_NAMES
+from .read import dtype_itemsize
+from .read import shape_numel
 
 __all__ = ["SafetensorsWriter", "safetensors_layout"]
 

@@ -60,7 +60,8 @@ import time
 
 from aode.atomic import atomic_write_json
 from aode.manifest import write_manifest
-from aode.mini import effects, textgen
+from aode.mini import effects
+from aode.mini import textgen
 from aode.text import normalize_words
 
 GENERATOR_VERSION = "1.3"

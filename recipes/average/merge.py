@@ -13,7 +13,9 @@ import logging
 import os
 import sys
 
-from aode.config import MergeConfig, parse_command_line, validate
+from aode.config import MergeConfig
+from aode.config import parse_command_line
+from aode.config import validate
 from aode.evaluate import evaluate_models
 from aode.merge import merge_models
 from aode.models import resolve_model_folder

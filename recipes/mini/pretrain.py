@@ -14,8 +14,11 @@ import shutil
 import sys
 
 from aode.builders import build_parakeet_ctc
-from aode.config import MiniPretrainConfig, TrainingConfig, validate
-from aode.train import load_hparams, train_expert
+from aode.config import MiniPretrainConfig
+from aode.config import TrainingConfig
+from aode.config import validate
+from aode.train import load_hparams
+from aode.train import train_expert
 
 
 def main(argv):
