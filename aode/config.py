@@ -80,10 +80,24 @@ from typing import Literal  # noqa: E402
 from typing import Optional  # noqa: E402
 from typing import Union  # noqa: E402
 
+from pydantic import AfterValidator  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 from pydantic import ConfigDict  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from pydantic import field_validator  # noqa: E402
+from typing_extensions import Annotated  # noqa: E402
+
+
+def _non_empty(what: str) -> AfterValidator:
+    """A field validator: the mapping or list must name at least one ``what``."""
+
+    def check(value):
+        if not value:
+            raise ValueError(f"name at least one {what}")
+        return value
+
+    return AfterValidator(check)
+
 
 from aode.text import NORMALIZERS  # noqa: E402
 
@@ -165,7 +179,7 @@ class MergeConfig(Schema):
     output_folder: str
     original: str
     original_name: str = ORIGINAL_NAME
-    experts: dict[str, str]
+    experts: Annotated[dict[str, str], _non_empty("expert folder to merge")]
     weights: Union[None, list[float], dict[str, float]] = None
     include_original: bool = False
     method: str = "average"
@@ -182,13 +196,6 @@ class MergeConfig(Schema):
     normalizer: Normalizer = "whisper"
     device: str = "cpu"
     progressbar: bool = True
-
-    @field_validator("experts")
-    @classmethod
-    def _some_experts(cls, value):
-        if not value:
-            raise ValueError("name at least one expert folder to merge")
-        return value
 
     @field_validator("method")
     @classmethod
@@ -349,7 +356,7 @@ class ExperimentConfig(Schema):
     synthetic_corpus: Optional[SyntheticCorpusConfig] = None
     original: str
     original_name: str = ORIGINAL_NAME
-    domains: dict[str, DomainConfig]
+    domains: Annotated[dict[str, DomainConfig], _non_empty("domain")]
     forgetting_sets: dict[str, str]
     forgetting_dev_sets: dict[str, str] = {}  # the original domain's dev sets: weight search, greedy soup
     scenarios: list[str] = ["experts", "aode", "aode_with_original"]  # ids of aode.experiment.SCENARIOS
@@ -391,13 +398,6 @@ class ExperimentConfig(Schema):
     @classmethod
     def _training_keys(cls, value):
         _known_names(list(value), TrainingConfig.model_fields, "training key", known="the keys of TrainingConfig")
-        return value
-
-    @field_validator("domains")
-    @classmethod
-    def _some_domains(cls, value):
-        if not value:
-            raise ValueError("name at least one domain")
         return value
 
     @field_validator("iterations", "eval_batch_size", "fisher_utterances")

@@ -462,8 +462,9 @@ def print_summary(summary: Mapping[str, tuple[int, float]], skipped_counts: Mapp
 def cli_parser(description: str, data_folder_help: str) -> argparse.ArgumentParser:
     """The argument parser of a preparation's command line, with the two flags every one
     takes (``--data_folder``, ``--save_folder``); the corpus adds its own options, each with
-    the ``dest`` of the ``prepare_<corpus>`` argument it sets."""
-    parser = argparse.ArgumentParser(description=description)
+    the ``dest`` of the ``prepare_<corpus>`` argument it sets. ``description`` may be the
+    module's docstring: its first paragraph is shown."""
+    parser = argparse.ArgumentParser(description=" ".join(description.strip().split("\n\n")[0].split()))
     parser.add_argument("--data_folder", required=True, help=data_folder_help)
     parser.add_argument("--save_folder", required=True, help="where the manifests are written")
     return parser

@@ -627,11 +627,7 @@ def prepare_coraal(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli_parser(
-        "Prepare CORAAL manifests (train/valid/test CSVs) for AoDE: interviews cut into "
-        "<=30 s segments, speaker-level split (paper: 5 valid, 5 test speakers).",
-        "folder with the unpacked CORAAL <basefile>.txt and .wav files (searched recursively)",
-    )
+    parser = cli_parser(__doc__, "folder with the unpacked CORAAL <basefile>.txt and .wav files (searched recursively)")
     parser.add_argument(
         "--keep_interviewer",
         action="store_true",

@@ -423,11 +423,7 @@ def wanted_manifests(n_valid_sessions: int) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli_parser(
-        "Prepare DiPCo manifests (train/valid/test CSVs) for AoDE. Train = dev sessions minus "
-        "the held-out valid session(s); test = eval (the paper's test).",
-        "unpacked DiPCo (the folder with audio/ and transcriptions/, or its parent)",
-    )
+    parser = cli_parser(__doc__, "unpacked DiPCo (the folder with audio/ and transcriptions/, or its parent)")
     parser.add_argument(
         "--channel",
         choices=CHANNELS,

@@ -297,11 +297,7 @@ def wanted_manifests(valid_fraction: float, test_fraction: float) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli_parser(
-        "Prepare Google NE (OpenSLR 70, Nigerian English) manifests: a seeded speaker-level "
-        "split into train.csv, valid.csv and test.csv.",
-        "folder with en_ng_female/ and en_ng_male/ (each zip unzipped into its own folder)",
-    )
+    parser = cli_parser(__doc__, "folder with en_ng_female/ and en_ng_male/ (each zip unzipped into its own folder)")
     parser.add_argument(
         "--valid_fraction",
         type=float,

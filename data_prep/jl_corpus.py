@@ -216,11 +216,7 @@ def _split(rows, split_by, valid_fraction, test_fraction, seed):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli_parser(
-        "Prepare JL Corpus manifests: a seeded split into train.csv, valid.csv and test.csv, "
-        "with an extra 'emotion' column.",
-        f"the unpacked Kaggle download (holding '{RAW_DIR}/{WAV_TXT_DIR}')",
-    )
+    parser = cli_parser(__doc__, f"the unpacked Kaggle download (holding '{RAW_DIR}/{WAV_TXT_DIR}')")
     parser.add_argument(
         "--valid_fraction",
         type=float,

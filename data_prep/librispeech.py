@@ -186,11 +186,7 @@ def wanted_splits(data_folder: str, splits: Iterable[str] | None = None) -> list
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli_parser(
-        "Prepare LibriSpeech manifests (default test-clean and test-other -> test_clean.csv, "
-        "test_other.csv), the paper's forgetting sets.",
-        "the LibriSpeech folder or the folder holding it",
-    )
+    parser = cli_parser(__doc__, "the LibriSpeech folder or the folder holding it")
     parser.add_argument(
         "--splits",
         nargs="+",

@@ -308,11 +308,7 @@ def prepare_noisy_vctk(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli_parser(
-        "Prepare Noisy VCTK (Voicebank+DEMAND) manifests: train.csv, valid.csv (speakers held "
-        "out of training) and test.csv (the official test set).",
-        "folder with the unzipped {noisy,clean}_*set*_wav (or *_wav_16k) and *_txt folders",
-    )
+    parser = cli_parser(__doc__, "folder with the unzipped {noisy,clean}_*set*_wav (or *_wav_16k) and *_txt folders")
     parser.add_argument(
         "--train_set",
         choices=TRAIN_SETS,

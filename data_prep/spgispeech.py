@@ -479,13 +479,14 @@ def _count_or_all(value):
     return None if value.lower() in ("none", "all") else int(value)
 
 
+DATA_FOLDER_HELP = (
+    "unpacked SPGISpeech: the folder with train.csv and val.csv, or the folder with train/ and val/ "
+    "(Kensho's layout, CSVs beside spgispeech/, or all in one folder)"
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli_parser(
-        "Prepare SPGISpeech manifests (train/valid/test CSVs) for AoDE. Paper: test = random "
-        "2000 val utterances; Whisper trained on ~1000 h of train.",
-        "unpacked SPGISpeech: the folder with train.csv and val.csv, or the folder with "
-        "train/ and val/ (Kensho's layout, CSVs beside spgispeech/, or all in one folder)",
-    )
+    parser = cli_parser(__doc__, DATA_FOLDER_HELP)
     parser.add_argument(
         "--test_size",
         type=_count_or_all,

@@ -60,3 +60,23 @@ def tiny_whisper(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("models") / "whisper"
     return build_whisper(str(folder), d_model=32, layers=2, heads=2, ffn=64)
+
+
+def perturbed_copy(src, dst, seed, scale):
+    """A copy of model folder ``src`` with Gaussian noise (relative ``scale``) on its float tensors:
+    stand-ins for experts fine-tuned from the same generalist."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, dst)
+    path = os.path.join(dst, "model.safetensors")
+    state = load_file(path)
+    g = torch.Generator().manual_seed(seed)
+    for name, t in state.items():
+        if t.is_floating_point() and "running" not in name:
+            state[name] = t + scale * (t.abs().mean() + 1e-3) * torch.randn(t.shape, generator=g)
+    save_file(state, path, metadata={"format": "pt"})
+    return str(dst)

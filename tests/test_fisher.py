@@ -1,14 +1,13 @@
 """Diagonal Fisher estimation (aode.fisher) and Fisher-weighted merging of its output."""
 
 import os
-import shutil
 
 import pytest
 import torch
+from conftest import perturbed_copy
 from conftest import sample_rows
 from safetensors import safe_open
 from safetensors.torch import load_file
-from safetensors.torch import save_file
 
 from aode.fisher import estimate_fisher
 from aode.fisher import load_fisher
@@ -26,19 +25,6 @@ def parameter_keys(folder):
 
     names = {n for n, _ in load_asr_model(folder).hf_model.named_parameters()}
     return {k for k in stored_keys(folder) if k in names}
-
-
-def perturbed_copy(src, dst, seed, scale=0.01):
-    """A copy of model folder ``src`` with Gaussian noise (relative ``scale``) on its float tensors."""
-    shutil.copytree(src, dst)
-    path = os.path.join(dst, "model.safetensors")
-    state = load_file(path)
-    g = torch.Generator().manual_seed(seed)
-    for name, t in state.items():
-        if t.is_floating_point() and "running" not in name:
-            state[name] = t + scale * (t.abs().mean() + 1e-3) * torch.randn(t.shape, generator=g)
-    save_file(state, path, metadata={"format": "pt"})
-    return str(dst)
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +119,8 @@ def test_fisher_merge(tiny_parakeet, sample_manifest, tmp_path):
     from aode.merge import merge_models
     from aode.models import load_asr_model
 
-    a = perturbed_copy(tiny_parakeet, tmp_path / "a", seed=1)
-    b = perturbed_copy(tiny_parakeet, tmp_path / "b", seed=2)
+    a = perturbed_copy(tiny_parakeet, tmp_path / "a", seed=1, scale=0.01)
+    b = perturbed_copy(tiny_parakeet, tmp_path / "b", seed=2, scale=0.01)
     for folder, seed in ((a, 0), (b, 1)):
         estimate_fisher(folder, sample_manifest, n_utterances=4, batch_size=4, seed=seed, progress=False)
         assert os.path.isfile(os.path.join(folder, "fisher.safetensors"))  # the merge's default

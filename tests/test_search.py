@@ -3,33 +3,16 @@
 import json
 import math
 import os
-import shutil
 
 import pytest
-import torch
+from conftest import perturbed_copy
 from conftest import sample_rows
-from safetensors.torch import load_file
-from safetensors.torch import save_file
 
 from aode.manifest import write_manifest
 from aode.search import candidate_weights
 from aode.search import pareto_front
 from aode.search import search_weights
 from aode.search import select_candidate
-
-
-def perturbed_copy(src, dst, seed, scale=0.05):
-    """A copy of model folder ``src`` with Gaussian noise (relative ``scale``) on its float tensors."""
-    shutil.copytree(src, dst)
-    path = os.path.join(dst, "model.safetensors")
-    state = load_file(path)
-    g = torch.Generator().manual_seed(seed)
-    for name, t in state.items():
-        if t.is_floating_point() and "running" not in name:
-            state[name] = t + scale * (t.abs().mean() + 1e-3) * torch.randn(t.shape, generator=g)
-    save_file(state, path, metadata={"format": "pt"})
-    return str(dst)
-
 
 # --- pure functions ------------------------------------------------------------------------
 
@@ -101,7 +84,7 @@ def setup(tiny_parakeet, tmp_path_factory):
         path = str(root / f"{name}.csv")
         write_manifest(path, [r for r in rows if keep(r)])
         sets[name] = path
-    experts = [perturbed_copy(tiny_parakeet, root / f"expert{i}", seed=i + 1) for i in range(2)]
+    experts = [perturbed_copy(tiny_parakeet, root / f"expert{i}", seed=i + 1, scale=0.05) for i in range(2)]
     return {
         "root": root,
         "base": tiny_parakeet,

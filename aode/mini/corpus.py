@@ -308,7 +308,7 @@ def _babble_sources():
         tts = _synth()
         sources = []
         for b in _WORKER["babble_specs"]:
-            x = tts.synthesize(b["text"], b["voice"], b["rate"], b["pitch"], b["range"])
+            x = tts.synthesize(b["text"], b["voice"], rate=b["rate"], pitch=b["pitch"], range_=b["range"])
             sources.append(effects.trim_silence(x, lead=0.0, trail=0.0))
         _WORKER["babble"] = sources
     return _WORKER["babble"]
@@ -322,7 +322,7 @@ def render(row):
     import numpy as np
 
     tts = _synth()
-    x = tts.synthesize(row["wrd_raw"], row["voice"], row["rate"], row["pitch"], row["range"])
+    x = tts.synthesize(row["wrd_raw"], row["voice"], rate=row["rate"], pitch=row["pitch"], range_=row["range"])
     x = effects.trim_silence(x, lead=row["lead"], trail=row["trail"])
     needs_babble = any(spec["op"] == "babble" for spec in row["chain"])
     y = effects.apply_chain(

@@ -189,17 +189,10 @@ class Synthesizer:
         chunks, self._chunks = self._chunks, []
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
-    def synthesize(
-        self,
-        text: str,
-        voice: str = "en-us",
-        rate: float = 175,
-        pitch: float = 50,
-        range_: float = 50,
-        volume: float = 100,
-    ) -> np.ndarray:
-        """float32 waveform in [-1, 1] at ``self.sample_rate`` (16 kHz by default)."""
-        native = self.synthesize_native(text, voice, rate, pitch, range_, volume)
+    def synthesize(self, text: str, voice: str = "en-us", **prosody: float) -> np.ndarray:
+        """float32 waveform in [-1, 1] at ``self.sample_rate`` (16 kHz by default); ``prosody``
+        (rate, pitch, range_, volume) as :meth:`synthesize_native` takes it."""
+        native = self.synthesize_native(text, voice, **prosody)
         x = native.astype(np.float32) / 32768.0
         if self._up != self._down and len(x):
             x = _resample(x, self._up, self._down).astype(np.float32)
