@@ -13,10 +13,12 @@ Methods: ``average`` (AoDE), ``most_extreme`` / ``least_extreme`` (Table IV),
 from .registry import available_methods, get_method, get_spec, register  # noqa: I001
 from . import linear, extreme, task_arithmetic, ties, dare, slerp, model_stock, fisher, regmean  # noqa: F401
 from .driver import MergeError, MergePlan, merge_models, tensor_seed
+from .averager import as_averager
 from aode.fisher_file import save_fisher
 
 __all__ = [
     "merge_models",
+    "as_averager",
     "MergePlan",
     "MergeError",
     "register",
