@@ -22,6 +22,7 @@ from typing import Any
 import speechbrain as sb
 import torch
 
+from aode.config import TrainingConfig
 from aode.llrd import llrd_param_groups
 from aode.text import get_normalizer
 
@@ -65,8 +66,6 @@ class ASRBrain(sb.Brain):
     def _hp(self, name):
         """An hparam, or its declared default (:class:`aode.config.TrainingConfig`) when the
         Brain is built without it (evaluation passes only what it needs)."""
-        from aode.config import TrainingConfig
-
         field = TrainingConfig.model_fields.get(name)
         return getattr(self.hparams, name, None if field is None or field.is_required() else field.default)
 

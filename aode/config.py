@@ -106,6 +106,23 @@ class ConfigError(ValueError):
     """A hparams file (or dict) that does not fit its schema."""
 
 
+def _did_you_mean(name, choices):
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def known_names(names, choices, what, known=None):
+    """``names`` unchanged when each is one of ``choices``; else ValueError naming the closest
+    (and ``known``, default: the choices)."""
+    unknown = [name for name in names if name not in choices]
+    if unknown:
+        raise ValueError(
+            "; ".join(f"unknown {what} {name!r}{_did_you_mean(name, choices)}" for name in unknown)
+            + f"; known: {known or list(choices)}"
+        )
+    return names
+
+
 class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_default=True)
 
@@ -202,11 +219,7 @@ class MergeConfig(Schema):
     def _known_method(cls, value):
         from aode.merge import available_methods
 
-        if value not in available_methods():
-            close = difflib.get_close_matches(value, available_methods(), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown merge method {value!r}{hint}; available: {sorted(available_methods())}")
-        return value
+        return known_names([value], available_methods(), "merge method")[0]
 
     @field_validator("forgetting_sets")
     @classmethod
@@ -255,8 +268,7 @@ def validate(schema: type[Schema], hparams: Mapping[str, Any], where: str = "hpa
     unknown = [key for key in hparams if key not in schema.model_fields]
     problems = []
     for key in unknown:
-        close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
-        problems.append(f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        problems.append(f"unknown key {key!r}{_did_you_mean(key, fields)}")
     known = {k: v for k, v in hparams.items() if k in schema.model_fields}
     try:
         values = schema(**known)
@@ -276,23 +288,6 @@ def validate(schema: type[Schema], hparams: Mapping[str, Any], where: str = "hpa
 
 from pydantic import Field  # noqa: E402
 from pydantic import model_validator  # noqa: E402
-
-
-def _did_you_mean(name, choices):
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _known_names(names, choices, what, known=None):
-    """``names`` unchanged when each is one of ``choices``; else ValueError naming the closest
-    (and ``known``, default: the choices)."""
-    unknown = [name for name in names if name not in choices]
-    if unknown:
-        raise ValueError(
-            "; ".join(f"unknown {what} {name!r}{_did_you_mean(name, choices)}" for name in unknown)
-            + f"; known: {known or list(choices)}"
-        )
-    return names
 
 
 class DomainConfig(Schema):
@@ -392,12 +387,12 @@ class ExperimentConfig(Schema):
     def _known_scenarios(cls, value):
         from aode.experiment import SCENARIO_IDS
 
-        return _known_names(value, SCENARIO_IDS, "scenario")
+        return known_names(value, SCENARIO_IDS, "scenario")
 
     @field_validator("train_overrides", "lora_overrides")
     @classmethod
     def _training_keys(cls, value):
-        _known_names(list(value), TrainingConfig.model_fields, "training key", known="the keys of TrainingConfig")
+        known_names(list(value), TrainingConfig.model_fields, "training key", known="the keys of TrainingConfig")
         return value
 
     @field_validator("iterations", "eval_batch_size", "fisher_utterances")
@@ -412,7 +407,7 @@ class ExperimentConfig(Schema):
         for order in self.sequential_orders:
             if not order:
                 raise ValueError("sequential_orders: an order names at least one domain")
-            _known_names(order, self.domains, "domain in sequential_orders")
+            known_names(order, self.domains, "domain in sequential_orders")
         if "weight_search" in self.scenarios and not self.forgetting_dev_sets:
             raise ValueError("weight_search needs forgetting_dev_sets (dev sets of the original domain)")
         if "lora" in self.scenarios and not self.lora_hparams_file:

@@ -22,7 +22,9 @@ import torch
 
 from aode.atomic import atomic_folder
 from aode.brain import ASRBrain
+from aode.config import ConfigError
 from aode.config import TrainingConfig
+from aode.config import known_names
 from aode.config import parse_command_line
 from aode.config import validate
 from aode.data import make_dataset
@@ -201,22 +203,15 @@ def run(argv: list[str], prepare: Callable[..., Any] | None = None, corpus: str 
     """Train one expert; returns the exported folder. ``prepare(**kwargs)`` writes manifests."""
     hparams, run_opts, hparams_file, overrides = load_hparams(argv, {"domain": corpus} if corpus else None)
     hparams = validate(TrainingConfig, hparams, hparams_file)  # before any work
+    if prepare is not None and hparams["data_folder"]:
+        accepted = sorted(set(inspect.signature(prepare).parameters) - {"data_folder", "save_folder"})
+        try:
+            known_names(list(hparams["prep_options"]), accepted, f"prep_options key of {prepare.__name__}")
+        except ValueError as err:
+            raise ConfigError(f"{hparams_file}: {err}") from None
     sb.utils.distributed.ddp_init_group(run_opts)
     sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
     if prepare is not None and hparams["data_folder"]:
-        wanted = inspect.signature(prepare).parameters
-        unknown = sorted(set(hparams["prep_options"]) - set(wanted) - {"data_folder", "save_folder"})
-        if unknown:
-            import difflib
-
-            hints = [
-                f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, wanted, n=1)) else "")
-                for k in unknown
-            ]
-            raise ValueError(
-                f"prep_options {', '.join(hints)} not accepted by {prepare.__name__}; "
-                f"it takes {sorted(set(wanted) - {'data_folder', 'save_folder'})}"
-            )
         kwargs = dict(hparams["prep_options"])
         sb.utils.distributed.run_on_main(
             prepare, kwargs={"data_folder": hparams["data_folder"], "save_folder": hparams["prep_folder"], **kwargs}

@@ -67,6 +67,14 @@ def test_defaults_are_declared_once():
     [
         ["recipes/CORAAL/train.py", "hparams/whisper_llrd.yaml", "--llrd_alpa", "0.9"],
         ["recipes/average/merge.py", "hparams/aode.yaml", "--methd", "ties"],
+        [
+            "recipes/CORAAL/train.py",
+            "hparams/parakeet_llrd.yaml",
+            "--data_folder",
+            "/nonexistent",
+            "--prep_options",
+            "{n_valid_speaker: 1}",
+        ],
     ],
 )
 def test_misspelt_key_on_the_command_line_stops_before_work(command, tmp_path):
