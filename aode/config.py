@@ -202,6 +202,10 @@ class MergeConfig(Schema):
     method: str = "average"
     method_options: dict[str, Any] = {}
     weight_rules: Optional[list[Any]] = None
+    member_data: dict[str, str] = {}
+    dev_sets: dict[str, str] = {}
+    statistics_utterances: int = 200
+    statistics_batch_size: int = 8
     test_sets: dict[str, str] = {}
     forgetting_sets: Optional[list[str]] = None
     expert_of_test_set: dict[str, str] = {}
@@ -220,6 +224,20 @@ class MergeConfig(Schema):
         from aode.merge import available_methods
 
         return known_names([value], available_methods(), "merge method")[0]
+
+    @field_validator("member_data")
+    @classmethod
+    def _member_data_named(cls, value, info):
+        names = [*(info.data.get("experts") or {}), info.data.get("original_name", ORIGINAL_NAME), "original"]
+        known_names(list(value), names, "member_data entry (an expert's name, or original)")
+        return value
+
+    @field_validator("statistics_utterances", "statistics_batch_size")
+    @classmethod
+    def _positive(cls, value):
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
 
     @field_validator("forgetting_sets")
     @classmethod
@@ -358,7 +376,8 @@ class ExperimentConfig(Schema):
     sequential_orders: list[list[str]] = []
     iterations: int = 3
     merge_methods: dict[str, MergeMethodConfig] = {}
-    fisher_utterances: int = 200
+    fisher_utterances: int = 200  # per member, for every statistics file (Fisher, Gram)
+    general_data: Optional[str] = None  # general-domain data for the original's statistics
     weight_search: WeightSearchConfig = Field(default_factory=WeightSearchConfig)
     train_hparams_file: str
     train_overrides: dict[str, Any] = {}  # keys of TrainingConfig

@@ -232,13 +232,17 @@ class Experiment:
         method: str = "average",
         options: Optional[dict[str, Any]] = None,
         weight_rules: Optional[list[Any]] = None,
+        data_members: Optional[Folders] = None,
     ) -> str:
-        """Merge (or find) ``merges/<name>``; returns its model folder."""
+        """Merge (or find) ``merges/<name>``; returns its model folder. ``data_members``: the
+        members by domain name, for methods that need statistics or dev sets."""
         from aode.merge import merge_models
 
         folder = os.path.join(self.out, "merges", _folder_name(name))
         if os.path.isfile(os.path.join(folder, "config.json")):
             return folder
+        if data_members is not None:
+            options = self._timed("statistics", self.data_options, method, options, data_members, include_original)
         print(
             f"[aode] merging {name} ({method}, {len(members)} members{' + original' if include_original else ''})",
             flush=True,
@@ -256,6 +260,43 @@ class Experiment:
             weight_rules=weight_rules,
             seed=self.cfg["seed"],
         )
+
+    def data_options(
+        self, method: str, options: Optional[dict[str, Any]], members: Folders, include_original: bool
+    ) -> dict[str, Any]:
+        """The method's options with its statistics files (from each expert's training data; the
+        original's from ``general_data``) or dev sets (the domains' and the general ones)."""
+        from aode.merge.inputs import data_options
+
+        member_data = {d: self.domains[d].train_csv for d in members}
+        member_data[self.cfg["original_name"]] = self.general_data
+        return data_options(
+            method,
+            options,
+            members,
+            original=self.original,
+            original_name=self.cfg["original_name"],
+            include_original=include_original,
+            member_data=member_data,
+            dev_sets=self.dev_sets(),
+            statistics_folder=os.path.join(self.out, "statistics"),
+            beside_members=True,
+            n_utterances=self.cfg["fisher_utterances"],
+            seed=self.cfg["seed"],
+            device=self.cfg["device"],
+            progress=self.cfg["progressbar"],
+        )
+
+    @property
+    def general_data(self) -> str:
+        """General-domain data for the original's statistics: ``general_data``, else the first
+        forgetting dev set."""
+        if self.cfg.get("general_data"):
+            return self.cfg["general_data"]
+        dev = self.cfg.get("forgetting_dev_sets") or {}
+        if not dev:
+            raise ValueError("the original's statistics need general-domain data: set general_data")
+        return next(iter(dev.values()))
 
     def combined_manifest(self, split: str, balanced: bool = False) -> str:
         """All domains' ``split`` rows in one manifest; ``balanced`` repeats the smaller
@@ -365,6 +406,7 @@ class Experiment:
                         include_original=spec.include_original,
                         weights=spec.weights,
                         weight_rules=spec.weight_rules,
+                        data_members=experts,
                     ),
                 )
         if "fisher" in self.scenarios:
@@ -451,25 +493,11 @@ class Experiment:
     def fisher_merge(self, experts: Folders) -> None:
         """Fisher-weighted averaging (Matena & Raffel 2022), each expert's diagonal Fisher
         estimated on ``fisher_utterances`` of its own training data."""
-        from aode.fisher import estimate_fisher
-
-        for d, folder in experts.items():
-            print(f"[aode] Fisher of expert {d}", flush=True)
-            self._timed(
-                "fisher",
-                estimate_fisher,
-                folder,
-                self.domains[d].train_csv,
-                n_utterances=self.cfg["fisher_utterances"],
-                seed=self.cfg["seed"],
-                device=self.cfg["device"],
-                progress=self.cfg["progressbar"],
-            )
         self.add_row(
             "fisher",
             "Fisher-weighted",
             "fisher",
-            self.merge("Fisher-weighted", list(experts.values()), method="fisher"),
+            self.merge("Fisher-weighted", list(experts.values()), method="fisher", data_members=experts),
         )
 
     def weight_search(self, experts: Folders) -> None:

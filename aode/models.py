@@ -258,6 +258,20 @@ class ASRModel(nn.Module):
         """Forward and loss of one batch, as a bare training loop or Fisher estimation needs."""
         return self.loss(self(*self.batch_inputs(batch)), *self.batch_targets(batch))
 
+    def prediction_entropy(self, batch: PaddedBatch) -> torch.Tensor:
+        """Mean Shannon entropy (nats) of the model's own output distributions on a batch's
+        audio, without its transcripts: the unsupervised objective of AdaMerging."""
+        raise NotImplementedError
+
+
+def masked_entropy(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of ``softmax(logits)`` (``batch x time x classes``) over the first
+    ``lengths[b]`` positions of each row: every valid position counts once."""
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    mask = torch.arange(logits.shape[1], device=logits.device)[None, :] < lengths.to(logits.device)[:, None]
+    return (entropy * mask).sum() / mask.sum().clamp(min=1)
+
 
 @register_family
 class WhisperASR(ASRModel):
@@ -349,6 +363,18 @@ class WhisperASR(ASRModel):
         return sb.nnet.losses.nll_loss(
             log_probs, tokens_eos, length=tokens_eos_lens, label_smoothing=self.label_smoothing
         )
+
+    def prediction_entropy(self, batch: PaddedBatch) -> torch.Tensor:
+        """Entropy of the decoder's token posteriors along its own greedy hypothesis
+        (prefix tokens to end-of-text), teacher-forced: the transcripts are not read."""
+        wavs, wav_lens = batch.sig
+        with torch.no_grad():
+            hyps = self.transcribe(wavs, wav_lens)
+        inputs = [self.encode_text(h)[0] for h in hyps]
+        lengths = torch.tensor([len(t) for t in inputs])
+        tokens_bos = torch.nn.utils.rnn.pad_sequence(inputs, batch_first=True, padding_value=self.whisper.eos)
+        logits = self(wavs, wav_lens, tokens_bos.to(wavs.device))["logits"]
+        return masked_entropy(logits, lengths)
 
     def _get_searcher(self):
         if self._searcher is None:
@@ -505,6 +531,11 @@ class CTCASR(ASRModel):
             reduction="mean",
             zero_infinity=True,
         )
+
+    def prediction_entropy(self, batch: PaddedBatch) -> torch.Tensor:
+        """Entropy of the CTC frame posteriors (blank included) over each utterance's frames."""
+        outputs = self(*self.batch_inputs(batch))
+        return masked_entropy(outputs["logits"], outputs["out_lens"])
 
     @torch.no_grad()
     def transcribe(

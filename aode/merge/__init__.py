@@ -6,12 +6,14 @@ reader of model folders (:mod:`aode.merge.read`), a streaming safetensors writer
 (:mod:`aode.merge.write`) and the checks between members (:mod:`aode.merge.checks`).
 
 Methods: ``average`` (AoDE), ``most_extreme`` / ``least_extreme`` (Table IV),
-``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``slerp``, ``model_stock``,
-``fisher``.
+``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``breadcrumbs``,
+``breadcrumbs_ties``, ``slerp``, ``model_stock``; subspace merges ``tsv``, ``iso_c``,
+``iso_cts``; data-aware merges ``fisher``, ``regmean`` (per-member statistics files) and
+``adamerging`` (coefficients learnt on dev sets; :mod:`aode.merge.inputs` prepares their data).
 """
 
 from .registry import available_methods, get_method, get_spec, register  # noqa: I001
-from . import linear, extreme, task_arithmetic, ties, dare, slerp, model_stock, fisher, regmean  # noqa: F401
+from . import linear, extreme, task_arithmetic, ties, dare, slerp, model_stock, fisher, regmean, adamerging, tsv, iso, breadcrumbs  # noqa: F401
 from .driver import MergeError, MergePlan, merge_models, tensor_seed
 from .averager import as_averager
 from aode.fisher_file import save_fisher

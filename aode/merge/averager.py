@@ -49,9 +49,9 @@ def as_averager(
     read.
     """
     spec = get_spec(method)
-    if spec.setup is not None:
+    if spec.setup is not None or spec.whole_model:
         raise ValueError(
-            f"merge method {method!r} reads per-member statistics files and needs model folders: "
+            f"merge method {method!r} reads per-member statistics files or data and needs model folders: "
             "use aode.merge.merge_models"
         )
     if spec.needs_base and base is None:

@@ -218,6 +218,7 @@ def merge_models(
     overwrite=False,
     max_chunk_bytes=8 * 2**20,
     num_threads=1,
+    extra_provenance=None,
 ):
     """Merge model folders into the model folder ``output`` (AoDE, paper III-C).
 
@@ -252,16 +253,27 @@ def merge_models(
             of small cache-sized slices, which gain nothing from threads, and on a busy
             machine OpenMP's per-op barriers made 2 threads 10x slower than 1
             (bench/RESULTS.md, "Merge").
+        extra_provenance: entries added to (or replacing) the merged folder's ``aode.json``
+            (a whole-model method records what it learnt there).
 
     Returns the output folder path.
     """
     plan = MergePlan(members, method, weights, base, include_base, weight_rules, options, seed)
+    if plan.spec.whole_model:
+        return plan.spec.fn(
+            plan,
+            output,
+            progress=progress,
+            overwrite=overwrite,
+            max_chunk_bytes=max_chunk_bytes,
+            num_threads=num_threads,
+        )
     output = os.path.abspath(os.fspath(output))
     start_time = time.time()
     with _torch_threads(num_threads), atomic_folder(output, overwrite=overwrite) as tmp, _Inputs(plan) as sources:
         _write_weights(plan, sources, os.path.join(tmp, "model.safetensors"), progress, max_chunk_bytes)
         _write_folder_files(tmp, sources)
-        write_provenance(tmp, plan.provenance())
+        write_provenance(tmp, {**plan.provenance(), **(extra_provenance or {})})
     logger.info("merged %s in %.1f s", output, time.time() - start_time)
     return output
 

@@ -15,6 +15,13 @@ Exact expression (float32, members in the given order)::
 
 so with weights all 1 the result is bit-for-bit ``(((theta_1 + theta_2) + ...) + theta_N) / N``
 as computed by hand in float32 (``torch.equal`` holds; the test does exactly this).
+
+Option ``normalize`` (default True, the formula above). ``normalize=False`` returns the
+unnormalised ``sum_i w_i theta_i`` (the same accumulation, without the division), as
+mergekit's ``linear`` with ``normalize: false``. With ``normalize=True`` a zero weight sum is
+a ValueError here; mergekit divides anyway (inf/NaN). mergekit accumulates with
+``addcmul_`` from zeros, so with weights other than 1 its result can differ from ours in the
+last bit (tests/test_mergekit_parity.py: allclose, 1e-6 relative).
 """
 
 import torch
@@ -27,6 +34,13 @@ def weighted_average(tensors, weights):
     total = weights.sum()
     if total == 0:
         raise ValueError(f"the weights sum to zero ({weights.tolist()}); cannot average")
+    acc = weighted_sum(tensors, weights)
+    acc /= total
+    return acc
+
+
+def weighted_sum(tensors, weights):
+    """``sum_i w_i t_i`` accumulated in float32 in member order; always a new tensor."""
     acc = first = None
     for w, t in zip(weights.tolist(), tensors):
         # w * t with w == 1 is t itself, bit for bit: skip the multiply (and its temporary).
@@ -39,15 +53,17 @@ def weighted_average(tensors, weights):
             acc += term
     if acc is None:
         acc = first.clone() if first is tensors[0] else first
-    acc /= total
     return acc
 
 
 @register("average", elementwise=True, propagates_nonfinite=True)
-def average(tensors, weights, base=None, generator=None):
+def average(tensors, weights, base=None, generator=None, normalize=True):
     """AoDE (paper III-C): the weighted element-wise mean ``sum_i w_i theta_i / sum_i w_i``.
 
-    Options: none. ``base`` is unused (pass ``include_base=True`` to the driver to average
-    the original model in).
+    Option ``normalize`` (True; False: the unnormalised ``sum_i w_i theta_i``, mergekit's
+    ``linear`` with ``normalize: false``). ``base`` is unused (pass ``include_base=True`` to
+    the driver to average the original model in).
     """
-    return weighted_average(tensors, weights)
+    if normalize:
+        return weighted_average(tensors, weights)
+    return weighted_sum(tensors, weights)

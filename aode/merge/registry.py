@@ -27,6 +27,14 @@ know about them:
   that element (true of sums and averages with finite weights), so the driver may check
   the output only and look for the culprit member when it fails (saves a pass per input);
 * ``min_members`` / ``max_members``: how many members the method accepts;
+* ``whole_model``: the method is no per-tensor function but a whole-model procedure
+  ``fn(plan, output, progress=..., overwrite=..., **driver_kwargs)`` that receives the checked
+  :class:`~aode.merge.driver.MergePlan` and writes ``output`` itself (AdaMerging learns
+  coefficients on data, then calls the driver);
+* ``statistics``: the kind of per-member statistics file the method reads (``"fisher"``,
+  ``"gram"``; :mod:`aode.merge.inputs` computes missing ones from each member's data);
+* ``needs_data``: the method fits on dev sets (option ``data``; :mod:`aode.merge.inputs`
+  fills it from the recipe's dev sets);
 * ``setup``: optional hook ``setup(member_dirs, options) -> (options, aligned)`` run once per
   merge; it may consume options and return ``aligned``, a dict ``kwarg -> list`` of one
   tensor source per member (an object with ``info(name)`` and ``read(name, start, stop)``,
@@ -52,6 +60,9 @@ class MethodSpec:
     min_members: int = 1
     max_members: Optional[int] = None
     setup: Optional[Callable] = None
+    whole_model: bool = False
+    statistics: Optional[str] = None
+    needs_data: bool = False
 
 
 _METHODS = {}
@@ -67,6 +78,9 @@ def register(
     min_members=1,
     max_members=None,
     setup=None,
+    whole_model=False,
+    statistics=None,
+    needs_data=False,
 ):
     """Decorator: register a merge method under ``name`` (see the module docstring)."""
 
@@ -83,6 +97,9 @@ def register(
             min_members=min_members,
             max_members=max_members,
             setup=setup,
+            whole_model=whole_model,
+            statistics=statistics,
+            needs_data=needs_data,
         )
         _METHODS[name] = spec
         fn.merge_spec = spec

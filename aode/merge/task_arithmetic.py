@@ -7,6 +7,16 @@ false); with weights all 1 and ``lam = 1/N`` this is the plain average. Exact ex
 (float32, member order)::
 
     acc = zeros; for i: acc = acc + w_i * (theta_i - theta_0); theta = theta_0 + lam * acc
+
+Option ``normalize`` (default False, the formula above). ``normalize=True`` divides the
+weighted delta sum by the sum of ALL the weights, ``theta = theta_0 + lam * (acc / sum_i w_i)``,
+as mergekit's ``task_arithmetic`` with ``normalize: true`` (``mergekit.merge_methods.
+generalized_task_arithmetic``): a weight sum with ``|sum| < 1e-8`` leaves ``acc`` undivided
+(mergekit's guard; no error). mergekit's methods without sign consensus (task_arithmetic,
+dare_linear, breadcrumbs) divide by the sum of all the weights even where a sparsified
+delta is zero; those with consensus (ties, dare_ties, breadcrumbs_ties) by the sum of the
+agreeing weights (:func:`aode.merge.ties.elect_and_merge`). Matches mergekit 0.1.5 bit for
+bit (tests/test_mergekit_parity.py).
 """
 
 import torch
@@ -30,11 +40,24 @@ def weighted_delta_sum(deltas, weights):
     return acc
 
 
+def normalize_delta_sum(acc, weights):
+    """mergekit's ``normalize`` without consensus: ``acc / sum(weights)``, undivided if ~0."""
+    total = weights.sum()
+    if total.abs() < 1e-8:
+        return acc
+    return acc / total
+
+
 @register("task_arithmetic", needs_base=True, elementwise=True, propagates_nonfinite=True)
-def task_arithmetic(tensors, weights, base, generator=None, lam=1.0):
-    """Task arithmetic: ``theta_0 + lam * sum_i w_i (theta_i - theta_0)``. Option ``lam``."""
+def task_arithmetic(tensors, weights, base, generator=None, lam=1.0, normalize=False):
+    """Task arithmetic: ``theta_0 + lam * sum_i w_i (theta_i - theta_0)``.
+
+    Options ``lam`` (1.0), ``normalize`` (False; True divides the sum by ``sum_i w_i``).
+    """
     require_base(base, "task_arithmetic")
     acc = torch.zeros_like(base, dtype=torch.float32)
     for w, t in zip(weights, tensors):
         acc += w * (t - base)
+    if normalize:
+        acc = normalize_delta_sum(acc, weights)
     return base + lam * acc

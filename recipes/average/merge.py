@@ -13,11 +13,13 @@ import logging
 import os
 import sys
 
+from aode.config import ConfigError
 from aode.config import MergeConfig
 from aode.config import parse_command_line
 from aode.config import validate
 from aode.evaluate import evaluate_models
 from aode.merge import merge_models
+from aode.merge.inputs import data_options
 from aode.models import resolve_model_folder
 from aode.report import write_report
 
@@ -39,6 +41,29 @@ def main(argv):
             [weights.get("original", 1.0)] if hp["include_original"] else []
         )
     if not os.path.isfile(os.path.join(merged, "config.json")):
+        member_data = dict(hp["member_data"])
+        if "original" in member_data:
+            member_data.setdefault(hp["original_name"], member_data.pop("original"))
+        # Fisher/Gram statistics and dev sets for the data-aware methods, before the merge.
+        try:
+            options = data_options(
+                hp["method"],
+                hp["method_options"],
+                experts,
+                original=original,
+                original_name=hp["original_name"],
+                include_original=hp["include_original"],
+                member_data=member_data,
+                dev_sets=hp["dev_sets"],
+                statistics_folder=os.path.join(out, "statistics"),
+                n_utterances=hp["statistics_utterances"],
+                batch_size=hp["statistics_batch_size"],
+                seed=hp["seed"],
+                device=hp["device"],
+                progress=hp["progressbar"],
+            )
+        except ValueError as err:  # a member without data, a missing manifest: before any work
+            raise ConfigError(str(err)) from None
         merge_models(
             list(experts.values()),
             merged,
@@ -46,7 +71,7 @@ def main(argv):
             weights=weights,
             base=original,
             include_base=hp["include_original"],
-            options=hp["method_options"],
+            options=options,
             weight_rules=hp["weight_rules"],
             seed=hp["seed"],
         )
@@ -80,8 +105,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from aode.config import ConfigError
-
     try:
         main(sys.argv[1:])
     except ConfigError as err:
