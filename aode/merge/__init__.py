@@ -13,7 +13,8 @@ Methods: ``average`` (AoDE), ``most_extreme`` / ``least_extreme`` (Table IV),
 """
 
 from .registry import available_methods, get_method, get_spec, register  # noqa: I001
-from . import linear, extreme, task_arithmetic, ties, dare, slerp, model_stock, fisher, regmean, adamerging, tsv, iso, breadcrumbs  # noqa: F401
+from . import linear, extreme, task_arithmetic, ties, dare, breadcrumbs, slerp, model_stock  # noqa: F401
+from . import fisher, regmean, adamerging, tsv, iso  # noqa: F401
 from .driver import MergeError, MergePlan, merge_models, tensor_seed
 from .averager import as_averager
 from aode.fisher_file import save_fisher
