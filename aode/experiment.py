@@ -160,6 +160,7 @@ class Experiment:
         self.forgetting_sets = collections.OrderedDict(self.cfg["forgetting_sets"])
         self.scenarios = resolve_scenarios(self.cfg["scenarios"])
         self.rows = collections.OrderedDict()  # row id -> Row, in table order
+        self.eval_folders = {}  # row id -> the eval folder holding its per-utterance errors
         self.add_row("original", self.cfg["original_name"], None, self.original)
         self.timings = collections.OrderedDict()
         os.makedirs(self.out, exist_ok=True)
@@ -345,6 +346,8 @@ class Experiment:
             _adopt(cache, [os.path.join(self.out, root, n) for n in (legacy or {}).get(models[model_id], ())])
             results = self._timed("evaluate", evaluate_model, models[model_id], sets, cache, **self._eval_kwargs())
             wers[key] = {s: results[s]["wer"] for s in sets}
+        for model_id, folder in models.items():
+            self.eval_folders[model_id] = os.path.join(self.out, root, first[os.path.normpath(folder)])
         return {model_id: wers[os.path.normpath(folder)] for model_id, folder in models.items()}
 
     # ------------------------------------------------------------------ stages
@@ -581,6 +584,8 @@ class Experiment:
         self.add_row(row_id, label, "oracle")
 
     def report(self, table: Table, experts: Folders, lora_experts: Folders) -> dict[str, str]:
+        from aode.spread import write_spread
+
         if "oracle" in self.scenarios:
             self.add_oracle(table, "oracle_ft", "Oracle domain (FT)", {d: f"expert_{d}" for d in experts})
             if lora_experts:
@@ -605,5 +610,15 @@ class Experiment:
                 lookup=by_label,
                 title=f"{title}: {subtitle}",
             )[1]
+            ids = {r.label: r.id for r in self.rows.values()}
+            write_spread(
+                {n: self.eval_folders[ids[n]] for n in labels if ids[n] in self.eval_folders},
+                list(self.test_sets()),
+                os.path.join(self.out, name),
+                original,
+                list(self.forgetting_sets),
+                reference=averages[-1] if averages else None,
+                seed=self.cfg["seed"],
+            )
         atomic_write_json(os.path.join(self.out, "timings.json"), self.timings, indent=1)
         return outputs

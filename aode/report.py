@@ -130,14 +130,45 @@ def write_wer_csv(table, path, sets=None):
             writer.writerow([name] + [f"{wers[s]:.4f}" for s in sets])
 
 
+def pareto_front(points):
+    """Indices of the points no other point beats on both coordinates (lower is better on
+    both), ordered by the first coordinate."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated and not any(math.isnan(v) for v in (x, y)):
+            front.append(i)
+    return sorted(front, key=lambda i: points[i])
+
+
+def _scatter(ax, rows, x_key, y_key, lower_y_is_better=True):
+    points = [(row[x_key], row[y_key] if lower_y_is_better else -row[y_key]) for row in rows]
+    front = pareto_front(points)
+    for i, row in enumerate(rows):
+        ax.scatter(row[x_key], row[y_key], color="C3" if i in front else "C0", s=18)
+        ax.annotate(row["model"], (row[x_key], row[y_key]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if len(front) > 1:
+        ax.plot([rows[i][x_key] for i in front], [rows[i][y_key] for i in front], color="C3", lw=0.8, ls="--")
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_xlabel("Forgetting %  (lower is better)")
+
+
 def plot(rows, sets, path, title="AoDE"):
-    """WER per set per model (bars), and Average against Forgetting % (scatter)."""
+    """WER per set per model (bars); Average against Forgetting % and, when known, Gain kept
+    against Forgetting % (scatters, the Pareto front in red)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 2]})
+    gain = "Gain kept" in rows[0]
+    fig, axes = plt.subplots(
+        1,
+        3 if gain else 2,
+        figsize=(21 if gain else 15, 6),
+        gridspec_kw={"width_ratios": [3, 2, 2] if gain else [3, 2]},
+    )
+    ax1, ax2 = axes[0], axes[1]
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
         ax1.bar([j + i * width for j in range(len(sets))], [row[s] for s in sets], width, label=row["model"])
@@ -145,16 +176,14 @@ def plot(rows, sets, path, title="AoDE"):
     ax1.set_xticklabels(sets, rotation=20)
     ax1.set_ylabel("WER %")
     ax1.set_title("WER per test set")
-    ax1.legend(fontsize=7, ncol=2)
-    for row in rows:
-        ax2.scatter(row["Forgetting %"], row["Average"])
-        ax2.annotate(
-            row["model"], (row["Forgetting %"], row["Average"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
-        )
-    ax2.axvline(0, color="grey", lw=0.5)
-    ax2.set_xlabel("Forgetting %  (lower is better)")
+    ax1.legend(fontsize=6, ncol=2)
+    _scatter(ax2, rows, "Forgetting %", "Average")
     ax2.set_ylabel("Average WER %  (lower is better)")
     ax2.set_title("Average against forgetting")
+    if gain:
+        _scatter(axes[2], [r for r in rows if not math.isnan(r["Gain kept"])], "Forgetting %", "Gain kept", False)
+        axes[2].set_ylabel("Gain kept  (higher is better; experts = 1)")
+        axes[2].set_title("Gain kept against forgetting")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
