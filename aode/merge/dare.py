@@ -19,7 +19,11 @@ name, so a merge is reproducible and independent of the order of the tensors.
 Options: ``density`` (0.5), ``lam`` (1.0), ``rescale`` (True); ``dare_ties`` also
 ``normalize``. Deviation from mergekit: its ``dare_ties`` defaults to ``normalize: false``
 (sum of the agreeing deltas); here it defaults to True (the disjoint mean, as TIES), pass
-``normalize=False`` for mergekit's behaviour. mergekit draws the mask with
+``normalize=False`` for mergekit's behaviour. mergekit's ``density`` defaults to 1.0 (no
+drop); ours to 0.5. mergekit's ``rescale`` restores the task vector's L1 norm after the drop;
+ours divides by ``density`` (the DARE paper's rescaling; equal in expectation). mergekit
+takes ``density`` and ``weight`` per model; ours one ``density`` for all members. Parity
+at ``density: 1`` is exact (tests/test_mergekit_parity.py). mergekit draws the mask with
 ``torch.bernoulli`` from the global RNG; here it is ``torch.rand(generator) < density``.
 """
 

@@ -89,10 +89,10 @@ def data_options(
             )
         options["data"] = dict(dev_sets)
         options.setdefault("device", device)
-    if spec.statistics is None:
+    if spec.statistics is None and not spec.needs_member_data:
         return options
-    kind = STATISTICS[spec.statistics]()
-    if kind.option in options:
+    kind = STATISTICS[spec.statistics]() if spec.statistics else None
+    if (kind is not None and kind.option in options) or "member_manifests" in options:
         return options
     inputs = dict(members)
     if include_original:
@@ -103,12 +103,18 @@ def data_options(
     missing = [n for n in inputs if n not in member_data]
     if missing:
         raise ValueError(
-            f"merge method {method!r} needs {spec.statistics} statistics of every member, computed on its own "
-            f"data: member_data names no manifest for {missing} (the original: general-domain data)"
+            f"merge method {method!r} needs {spec.statistics or 'the'} statistics of every member, computed on "
+            f"its own data: member_data names no manifest for {missing} (the original: general-domain data)"
         )
     absent = [member_data[n] for n in inputs if not os.path.isfile(member_data[n])]
     if absent:
         raise ValueError(f"member_data: no such manifest: {', '.join(absent)}")
+    if kind is None:  # the method reads the members' data itself
+        options["member_manifests"] = [member_data[n] for n in inputs]
+        options.setdefault("n_utterances", n_utterances)
+        options.setdefault("batch_size", batch_size)
+        options.setdefault("device", device)
+        return options
     paths = []
     for name, folder in inputs.items():
         if beside_members and name in members:

@@ -10,7 +10,8 @@ Per tensor, flattened, with task vectors ``delta_i = theta_i - theta_0`` of N >=
 
 ``avg`` is the weighted mean ``sum_i w_i theta_i / sum_i w_i``; with the default uniform
 weights it is mergekit's plain mean (mergekit ignores weights). All-zero task vectors give
-cos = 0, t = 0: the base. A cosine of exactly -1/(N-1) makes t infinite: an error.
+cos = 0, t = 0: the base. A cosine of exactly -1/(N-1) makes t infinite: an error (mergekit
+returns the base whenever that denominator is below 1e-6; ours refuses only below 1e-12).
 Options: none.
 """
 

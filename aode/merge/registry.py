@@ -35,6 +35,9 @@ know about them:
   ``"gram"``; :mod:`aode.merge.inputs` computes missing ones from each member's data);
 * ``needs_data``: the method fits on dev sets (option ``data``; :mod:`aode.merge.inputs`
   fills it from the recipe's dev sets);
+* ``needs_member_data``: the method reads each member's own data itself (option
+  ``member_manifests``: one manifest per input, the original's last with ``include_base``;
+  :mod:`aode.merge.inputs` fills it from the recipe's member data);
 * ``setup``: optional hook ``setup(member_dirs, options) -> (options, aligned)`` run once per
   merge; it may consume options and return ``aligned``, a dict ``kwarg -> list`` of one
   tensor source per member (an object with ``info(name)`` and ``read(name, start, stop)``,
@@ -63,6 +66,7 @@ class MethodSpec:
     whole_model: bool = False
     statistics: Optional[str] = None
     needs_data: bool = False
+    needs_member_data: bool = False
 
 
 _METHODS = {}
@@ -81,6 +85,7 @@ def register(
     whole_model=False,
     statistics=None,
     needs_data=False,
+    needs_member_data=False,
 ):
     """Decorator: register a merge method under ``name`` (see the module docstring)."""
 
@@ -100,6 +105,7 @@ def register(
             whole_model=whole_model,
             statistics=statistics,
             needs_data=needs_data,
+            needs_member_data=needs_member_data,
         )
         _METHODS[name] = spec
         fn.merge_spec = spec

@@ -10,7 +10,9 @@ Per tensor, over the flattened tensor, between ``v0`` (first member) and ``v1`` 
 ``t`` is the option ``t`` when given; otherwise it comes from the weights,
 ``t = w_2 / (w_1 + w_2)``, so uniform weights give 0.5 and ``weight_rules`` can give each
 part of the model its own ``t``. ``eps`` defaults to 5e-4 (mergekit's DOT_THRESHOLD 0.9995).
-The cosine is computed in float64 (mergekit: float32 numpy). Exactly two members.
+The cosine is computed in float64 (mergekit: float32 numpy; outputs differ by at most one
+float32 ulp). Exactly two members. mergekit interpolates from its ``base_model`` to the other
+model; here from the first member to the second: list the base first for the same result.
 
 Options: ``t`` (None -> from the weights), ``eps`` (5e-4).
 """

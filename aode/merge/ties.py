@@ -14,7 +14,10 @@ With task vectors ``delta_i = theta_i - theta_0``:
    agrees (``normalize=False`` leaves the sum undivided);
 4. ``theta = theta_0 + lam * merged``.
 
-Options: ``density`` (0.2), ``lam`` (1.0), ``normalize`` (True).
+Options: ``density`` (0.2), ``lam`` (1.0), ``normalize`` (True). mergekit's ``density``
+defaults to 1.0 and it has an L1 ``rescale`` option that this module lacks; it takes
+``density`` and ``weight`` per model, ours one ``density`` for all. With mergekit's values
+passed, outputs are bit-identical (tests/test_mergekit_parity.py).
 """
 
 import torch
