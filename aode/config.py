@@ -179,6 +179,7 @@ class TrainingConfig(Schema):
     normalizer: Normalizer = "whisper"
     check_audio: bool = True
     progressbar: bool = True
+    push_to_hub: Optional[str] = None  # hub repo id: the train recipes (aode.train.main) upload the expert
 
     @field_validator("batch_size", "number_of_epochs", "grad_accumulation_factor", "beam_size", "eval_batch_size")
     @classmethod
@@ -202,6 +203,7 @@ class MergeConfig(Schema):
     method: str = "average"
     method_options: dict[str, Any] = {}
     weight_rules: Optional[list[Any]] = None
+    mergekit_config: Optional[str] = None  # a mergekit YAML: replaces the merge keys above
     member_data: dict[str, str] = {}
     dev_sets: dict[str, str] = {}
     statistics_utterances: int = 200
@@ -217,6 +219,7 @@ class MergeConfig(Schema):
     normalizer: Normalizer = "whisper"
     device: str = "cpu"
     progressbar: bool = True
+    push_to_hub: Optional[str] = None  # a hub repo id: upload the merged folder (aode.model_card.push_to_hub)
 
     @field_validator("method")
     @classmethod

@@ -31,6 +31,9 @@ from aode.data import make_dataset
 from aode.lora import add_lora
 from aode.lora import has_lora
 from aode.lora import merge_lora
+from aode.model_card import check_hub_token
+from aode.model_card import push_to_hub
+from aode.model_card import write_model_card
 from aode.models import check_same_architecture
 from aode.models import load_asr_model
 from aode.models import load_hf_config
@@ -196,6 +199,7 @@ def export_expert(
     if sb.utils.distributed.if_main_process():
         with atomic_folder(folder, overwrite=True) as tmp:
             asr.export(tmp, provenance)
+            write_model_card(tmp)  # README.md, inside the temporary folder: no half folder on a crash
     return folder
 
 
@@ -203,6 +207,7 @@ def run(argv: list[str], prepare: Callable[..., Any] | None = None, corpus: str 
     """Train one expert; returns the exported folder. ``prepare(**kwargs)`` writes manifests."""
     hparams, run_opts, hparams_file, overrides = load_hparams(argv, {"domain": corpus} if corpus else None)
     hparams = validate(TrainingConfig, hparams, hparams_file)  # before any work
+    check_hub_token(hparams["push_to_hub"])  # --push_to_hub without a token: exit 2 before any work
     if prepare is not None and hparams["data_folder"]:
         accepted = sorted(set(inspect.signature(prepare).parameters) - {"data_folder", "save_folder"})
         try:
@@ -216,7 +221,10 @@ def run(argv: list[str], prepare: Callable[..., Any] | None = None, corpus: str 
         sb.utils.distributed.run_on_main(
             prepare, kwargs={"data_folder": hparams["data_folder"], "save_folder": hparams["prep_folder"], **kwargs}
         )
-    return train_expert(hparams, run_opts, corpus=corpus)
+    folder = train_expert(hparams, run_opts, corpus=corpus)
+    if sb.utils.distributed.if_main_process():
+        push_to_hub(folder, hparams["push_to_hub"])  # the finished folder, card and aode.json included
+    return folder
 
 
 def train_expert(

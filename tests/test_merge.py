@@ -146,7 +146,7 @@ def test_uniform_merge_is_exact_float32_mean(toys, tmp_path):
             assert torch.equal(merged[name], expected), name
         else:
             assert torch.equal(merged[name], states[0][name])
-    assert sorted(os.listdir(out)) == ["aode.json", "config.json", "model.safetensors", "vocab.json"]
+    assert sorted(os.listdir(out)) == ["README.md", "aode.json", "config.json", "model.safetensors", "vocab.json"]
     prov = json.load(open(os.path.join(out, "aode.json")))
     assert prov["kind"] == "merge" and prov["method"] == "average"
     assert prov["members"] == [os.path.abspath(f) for f in folders[:3]]

@@ -8,13 +8,14 @@ reader of model folders (:mod:`aode.merge.read`), a streaming safetensors writer
 Methods: ``average`` (AoDE), ``most_extreme`` / ``least_extreme`` (Table IV),
 ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``breadcrumbs``,
 ``breadcrumbs_ties``, ``slerp``, ``model_stock``; subspace merges ``tsv``, ``iso_c``,
-``iso_cts``; data-aware merges ``fisher``, ``regmean`` (per-member statistics files) and
+``iso_cts``; data-aware merges ``fisher``, ``regmean`` (per-member statistics files), ``regmean_pp`` (Grams through the
+merged layers, computed as it merges) and
 ``adamerging`` (coefficients learnt on dev sets; :mod:`aode.merge.inputs` prepares their data).
 """
 
 from .registry import available_methods, get_method, get_spec, register  # noqa: I001
 from . import linear, extreme, task_arithmetic, ties, dare, breadcrumbs, slerp, model_stock  # noqa: F401
-from . import fisher, regmean, adamerging, tsv, iso  # noqa: F401
+from . import fisher, regmean, regmean_pp, adamerging, tsv, iso  # noqa: F401
 from .driver import MergeError, MergePlan, merge_models, tensor_seed
 from .averager import as_averager
 from aode.fisher_file import save_fisher

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from aode.atomic import atomic_folder
+from aode.model_card import write_model_card
 from aode.model_folder import CONFIG_FILE
 from aode.model_folder import copy_processor_files
 from aode.model_folder import read_provenance
@@ -274,6 +275,7 @@ def merge_models(
         _write_weights(plan, sources, os.path.join(tmp, "model.safetensors"), progress, max_chunk_bytes)
         _write_folder_files(tmp, sources)
         write_provenance(tmp, {**plan.provenance(), **(extra_provenance or {})})
+        write_model_card(tmp)  # README.md from aode.json, before the rename
     logger.info("merged %s in %.1f s", output, time.time() - start_time)
     return output
 

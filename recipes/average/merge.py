@@ -3,6 +3,12 @@
 
     python recipes/average/merge.py hparams/aode.yaml
     python recipes/average/merge.py hparams/aode.yaml --method ties --output_folder results/ties
+    python recipes/average/merge.py hparams/aode.yaml --mergekit_config merge.yml
+
+With ``--mergekit_config`` the merge (members, base, method, weights, options) comes from a
+mergekit YAML config (:mod:`aode.merge.mergekit_config`) and replaces the hparams' experts,
+original (when the config has a base_model), method, weights, method_options,
+include_original and weight_rules; everything else still comes from the hparams.
 
 Writes <output_folder>/merged/ (a transformers model folder), eval/<model>/<set>.json (cached
 hypotheses and WER), and wer.csv, results.{csv,md,json,png} in the paper's format.
@@ -20,19 +26,38 @@ from aode.config import validate
 from aode.evaluate import evaluate_models
 from aode.merge import merge_models
 from aode.merge.inputs import data_options
+from aode.merge.mergekit_config import MergekitConfigError
+from aode.merge.mergekit_config import hparams_from_mergekit
+from aode.merge.mergekit_config import prepare_merge
+from aode.model_card import check_hub_token
+from aode.model_card import push_to_hub
+from aode.model_card import write_model_card
 from aode.models import resolve_model_folder
 from aode.report import write_report
 
 
 def main(argv):
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    hp, _, hparams_file, _ = parse_command_line(argv)
+    hp, _, hparams_file, overrides = parse_command_line(argv)
+    mergekit = None
+    if hp.get("mergekit_config"):  # the merge part from a mergekit config, read before any work
+        try:
+            hp, mergekit = hparams_from_mergekit(hp, hp["mergekit_config"], overrides)
+        except MergekitConfigError as err:
+            raise ConfigError(f"{hp['mergekit_config']}: {err}") from None
     hp = validate(MergeConfig, hp, hparams_file)  # before any work
+    check_hub_token(hp["push_to_hub"])  # --push_to_hub without a token: exit 2 before any work
     experts = collections.OrderedDict(hp["experts"])
     # Before any work: every member and the original must be reachable (a hub id through the
     # Hugging Face cache, as from_pretrained finds it).
     original = resolve_model_folder(hp["original"])
     experts = collections.OrderedDict((name, resolve_model_folder(path)) for name, path in experts.items())
+    if mergekit is not None:  # members' headers: checks and per-tensor weights, before any work
+        try:
+            prepared = prepare_merge(mergekit, list(experts.values()), original, hp["include_original"], hp["seed"])
+        except MergekitConfigError as err:
+            raise ConfigError(f"{hp['mergekit_config']}: {err}") from None
+        hp["weights"], hp["weight_rules"] = prepared["weights"], prepared["weight_rules"]
     out = hp["output_folder"]
     merged = os.path.join(out, "merged")
     weights = hp["weights"]
@@ -86,6 +111,7 @@ def main(argv):
     test_sets = collections.OrderedDict(hp["test_sets"])
     if not test_sets:
         print("no test sets named: nothing evaluated")
+        push_to_hub(merged, hp["push_to_hub"])
         return
     table = evaluate_models(
         models,
@@ -97,11 +123,13 @@ def main(argv):
         device=hp["device"],
         progress=hp["progressbar"],
     )
+    write_model_card(merged, table[hp["merged_name"]])  # the card, with the merged model's WER on each test set
     expert_of = {s: name for s, name in (hp["expert_of_test_set"] or {}).items()}
     _, text = write_report(
         table, out, next(iter(models)), hp["forgetting_sets"], expert_of=expert_of or None, title=hp["title"]
     )
     print(text)
+    push_to_hub(merged, hp["push_to_hub"])  # the finished folder, its card with the WERs and aode.json
 
 
 if __name__ == "__main__":
