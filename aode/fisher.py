@@ -164,3 +164,22 @@ def estimate_fisher(
     save_fisher(out_path, fisher)  # atomic; creates the folder
     logger.info("Fisher of %s from %d utterances written to %s", model_folder, counted, out_path)
     return fisher
+
+
+def main(argv=None):
+    from aode.fisher_file import FISHER_FILE
+    from aode.gram import statistics_main
+
+    statistics_main(
+        argv,
+        estimate_fisher,
+        "python -m aode.fisher",
+        "Diagonal empirical Fisher of a member on its own data (for the fisher merge), "
+        "written to <model folder>/fisher.safetensors.",
+        FISHER_FILE,
+        extra=[("--per_utterance", {"action": "store_true", "help": "exact per-utterance Fisher (slower)"})],
+    )
+
+
+if __name__ == "__main__":
+    main()

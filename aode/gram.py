@@ -226,12 +226,11 @@ def estimate_gram(
     return out_path
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m aode.gram",
-        description="Per-frame Gram matrices of every linear layer's inputs (for the regmean merge), "
-        "written to <model folder>/gram.safetensors.",
-    )
+def statistics_main(argv, estimator, prog, description, default_file, extra=()):
+    """The command line of a per-member statistics estimator (``aode.gram``, ``aode.fisher``):
+    ``<model folder> <manifest>`` and the sampling options they share; ``extra``: more
+    ``(flag, argparse kwargs)`` passed through to ``estimator`` by name."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("model_folder", help="the member: an expert folder, or the original (folder or hub id)")
     parser.add_argument("manifest", help="its training manifest (the original: general-domain data)")
     parser.add_argument("--n_utterances", type=int, default=200)
@@ -239,24 +238,30 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max_duration", type=float, default=None, help="skip longer utterances (seconds)")
-    parser.add_argument("--out", default=None, help="the file to write (default <model folder>/gram.safetensors)")
+    parser.add_argument("--out", default=None, help=f"the file to write (default <model folder>/{default_file})")
     parser.add_argument("--overwrite", action="store_true", help="recompute an existing file")
     parser.add_argument("--no_progress", action="store_true")
-    args = parser.parse_args(argv)
+    for flag, kwargs in extra:
+        parser.add_argument(flag, **kwargs)
+    args = vars(parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    path = estimate_gram(
-        args.model_folder,
-        args.manifest,
-        out_path=args.out,
-        n_utterances=args.n_utterances,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-        max_duration=args.max_duration,
-        overwrite=args.overwrite,
+    from aode.models import resolve_model_folder
+
+    out = args.pop("out") or os.path.join(resolve_model_folder(args["model_folder"]), default_file)
+    progress = not args.pop("no_progress")
+    estimator(args.pop("model_folder"), args.pop("manifest"), out_path=out, progress=progress, **args)
+    print(f"written to {out}")
+
+
+def main(argv=None):
+    statistics_main(
+        argv,
+        estimate_gram,
+        "python -m aode.gram",
+        "Per-frame Gram matrices of every linear layer's inputs (for the regmean merge), "
+        "written to <model folder>/gram.safetensors.",
+        GRAM_FILE,
     )
-    print(f"Gram matrices written to {path}")
 
 
 if __name__ == "__main__":

@@ -127,3 +127,16 @@ def test_bad_input_exits_2_before_any_work(setup, tiny_parakeet, method, extra, 
     assert done.returncode == 2, done.stderr[-3000:]
     assert re.search(message, done.stderr), done.stderr[-2000:]
     assert not (root / name).exists()
+
+
+def test_fisher_command_line(setup, tmp_path):
+    from aode.fisher import load_fisher
+
+    root, experts, m = setup
+    out = str(tmp_path / "f.safetensors")
+    command = [sys.executable, "-m", "aode.fisher", experts["a"], m["a"], "--n_utterances", "1", "--out", out]
+    done = subprocess.run(command + ["--no_progress"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"written to {out}" in done.stdout
+    fisher = load_fisher(out)
+    assert fisher and all(torch.isfinite(t).all() and (t >= 0).all() for t in fisher.values())

@@ -27,7 +27,11 @@ averages their objectives: every set weighs the same, whatever its size.
 Options and defaults: ``data`` (required), ``objective`` ("entropy"), ``steps`` (100), ``lr``
 (0.005), ``batch_size`` (8), ``init`` (None: ``1/N``, the plain average of the N members, i.e.
 AoDE; the paper's prior is 0.3 for 8 tasks), ``n_utterances`` (None: every row; else a seeded
-subset per set), ``max_duration`` (None), ``device`` ("cpu"), ``progress`` (True). The paper
+subset per set), ``max_duration`` (None), ``device`` ("cpu"), ``progress`` (True),
+``max_decode_ratio`` (None: the model's default; an attention decoder's greedy hypotheses for
+the entropy objective stop at this fraction of the encoder frames: Whisper's 1500 frames make
+the default 1.0 a 448-token cap, which a model that rarely emits end-of-text reaches on every
+batch; CTC ignores it). The paper
 trains 500 steps at lr 1e-3; 100 steps at 5e-3 allow the same total movement of a coefficient
 (0.5) in a fifth of the forward passes. Deterministic given ``seed`` (the merge seed): the
 batch order and every draw come from it.
@@ -39,6 +43,10 @@ coefficients are written as the merge's ``weight_rules`` (one exact tensor name 
 ``adamerging`` in the merged folder's ``aode.json``. Tensors that are no parameter of the model
 (BatchNorm running statistics) get the plain average of the members, as the driver gives every
 method. Members must be full model folders of the original's architecture.
+
+Memory: the original model, every member's task vector in float32 (N x model: 3.9 GB for four
+whisper-small experts), Adam's two moments of the coefficients (negligible), and one batch's
+activations and gradients through the model (as in training).
 """
 
 import logging
@@ -67,6 +75,7 @@ DEFAULTS = {
     "max_duration": None,
     "device": "cpu",
     "progress": True,
+    "max_decode_ratio": None,
 }
 
 
@@ -166,7 +175,8 @@ def learn_coefficients(members, base, data, seed=0, **options):
     device = opts["device"]
     torch.manual_seed(seed)
     base_folder = resolve_model_folder(base)
-    asr = load_asr_model(base_folder).to(device).eval()
+    decode = {} if opts["max_decode_ratio"] is None else {"max_decode_ratio": float(opts["max_decode_ratio"])}
+    asr = load_asr_model(base_folder, **decode).to(device).eval()
     names = _stored_names(asr, base_folder)
     params = dict(asr.named_parameters())
     sources = [open_model(m) for m in members]
