@@ -119,3 +119,18 @@ def test_bad_input_before_any_output(members, tiny_parakeet, dev_sets, tmp_path)
     with pytest.raises(ValueError, match="needs the original"):
         merge_models(members, out, method="adamerging", options={"data": dev_sets})
     assert not os.path.exists(out)
+
+
+def test_data_weights_zero_drops_a_set(members, tiny_parakeet, dev_sets):
+    """A set at weight 0 is left out of the objective: the same run as without it (the
+    general set comes last, so the other sets' batch seeds are unchanged)."""
+    from aode.merge.adamerging import learn_coefficients
+
+    kwargs = dict(steps=2, lr=0.05, batch_size=2, progress=False, objective="loss")
+    weighted, trace_w = learn_coefficients(
+        members, tiny_parakeet, dev_sets, data_weights={"general": 0.0}, seed=1, **kwargs
+    )
+    alone, trace_a = learn_coefficients(members, tiny_parakeet, {"target": dev_sets["target"]}, seed=1, **kwargs)
+    assert trace_w["objective"] == pytest.approx(trace_a["objective"]) and weighted == alone
+    with pytest.raises(ValueError, match="data_weights names sets"):
+        learn_coefficients(members, tiny_parakeet, dev_sets, data_weights={"genral": 1}, **kwargs)

@@ -22,7 +22,9 @@ Objectives (option ``objective``):
 ``data``: the sets the objective is measured on, ``{name: manifest}`` (or a list): the target
 domains' dev (or untranscribed) sets AND the general domain's (the original's) dev set, so
 that not forgetting is part of the objective. Each step draws one batch from every set and
-averages their objectives: every set weighs the same, whatever its size.
+averages their objectives: every set weighs the same, whatever its size, unless option
+``data_weights`` (``{set name: weight}``, 1 for a set it does not name; normalised) says
+otherwise, e.g. the general set at 4 to make not forgetting count as much as the 4 targets.
 
 Options and defaults: ``data`` (required), ``objective`` ("entropy"), ``steps`` (100), ``lr``
 (0.005), ``batch_size`` (8), ``init`` (None: ``1/N``, the plain average of the N members, i.e.
@@ -76,6 +78,7 @@ DEFAULTS = {
     "device": "cpu",
     "progress": True,
     "max_decode_ratio": None,
+    "data_weights": None,
 }
 
 
@@ -99,6 +102,15 @@ def check_options(options):
     missing = [p for p in out["data"].values() if not os.path.isfile(p)]
     if missing:
         raise ValueError(f"adamerging data: no such manifest: {', '.join(map(str, missing))}")
+    weights = out["data_weights"] or {}
+    unknown_sets = [k for k in weights if k not in out["data"]]
+    if unknown_sets:
+        raise ValueError(
+            f"adamerging data_weights names sets that data lacks: {unknown_sets} (sets: {list(out['data'])})"
+        )
+    if any(float(v) < 0 for v in weights.values()) or sum(float(weights.get(k, 1.0)) for k in out["data"]) <= 0:
+        raise ValueError(f"adamerging data_weights must be non-negative with a positive sum, got {weights}")
+    out["data_weights"] = {k: float(weights.get(k, 1.0)) for k in out["data"]}
     if out["objective"] not in OBJECTIVES:
         raise ValueError(f"adamerging objective must be one of {OBJECTIVES}, got {out['objective']!r}")
     if int(out["steps"]) < 1 or int(out["batch_size"]) < 1:
@@ -209,15 +221,18 @@ def learn_coefficients(members, base, data, seed=0, **options):
         for k, (set_name, path) in enumerate(opts["data"].items())
     }
     objective = asr.prediction_entropy if opts["objective"] == "entropy" else asr.batch_loss
+    set_weights = {k: w / sum(opts["data_weights"].values()) for k, w in opts["data_weights"].items()}
     trace, start = [], time.time()
     bar = tqdm(range(int(opts["steps"])), disable=not opts["progress"], desc=f"AdaMerging ({opts['objective']})")
     for _ in bar:
         optimizer.zero_grad()
         total = 0.0
-        for stream in streams.values():
+        for set_name, stream in streams.items():
+            if set_weights[set_name] == 0:
+                continue
             merged = _merged_parameters(params, deltas, names, lam)
             with _reparametrize_module(asr, merged, tie_weights=True):
-                value = objective(next(stream).to(device)) / len(streams)
+                value = objective(next(stream).to(device)) * set_weights[set_name]
             value.backward()
             total += float(value.detach())
         optimizer.step()
