@@ -35,6 +35,8 @@ setup(
         # The miniature corpus synthesises speech with espeak-ng (GPL-3.0); only
         # aode/mini/synth.py imports it, so the rest of the package stays free of it.
         "mini": ["espeakng-loader"],
-        "dev": ["pytest", "openai-whisper", "tiktoken", "espeakng-loader", "ruff"],
+        # recipes/average/reproduce.py --launcher slurm (aode/launcher.py): trainings as Slurm jobs
+        "cluster": ["submitit>=1.5"],
+        "dev": ["pytest", "openai-whisper", "tiktoken", "espeakng-loader", "ruff", "submitit>=1.5"],
     },
 )

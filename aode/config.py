@@ -307,6 +307,8 @@ def validate(schema: type[Schema], hparams: Mapping[str, Any], where: str = "hpa
 
 # ------------------------------------------------------------ experiment (recipes/average/reproduce.py)
 
+import importlib  # noqa: E402
+
 from pydantic import Field  # noqa: E402
 from pydantic import model_validator  # noqa: E402
 
@@ -361,6 +363,53 @@ class WeightSearchConfig(Schema):
         return MergeConfig._known_method(value)
 
 
+class LauncherConfig(Schema):
+    """How an experiment runs the independent trainings of a stage (the experts; the LoRA experts;
+    each iteration's fine-tunes): ``serial`` in this process (the default), ``local``: ``jobs``
+    processes at a time on this machine (each pinned to its own GPU when there are GPUs), or
+    ``slurm``: a job array through submitit (``pip install aode[cluster]``). aode.launcher."""
+
+    kind: Literal["serial", "local", "slurm"] = "serial"
+    jobs: Optional[int] = None  # at a time; local: default one per GPU (2 without GPUs); slurm: default all
+    partition: Optional[str] = None  # slurm: required
+    gpus_per_job: int = 1  # a job trains in one process: 1 (a GPU each), or 0 (CPU only)
+    cpus_per_job: Optional[int] = None  # slurm: --cpus-per-task, and the job's torch threads
+    timeout_min: int = 24 * 60  # slurm: the job's time limit
+    slurm_additional_parameters: dict[str, Any] = {}  # any other sbatch option: {mem: 64G, account: x}
+    folder: Optional[str] = None  # logs and submitit's files; default <output_folder>/jobs
+
+    @field_validator("jobs", "cpus_per_job", "timeout_min")
+    @classmethod
+    def _positive(cls, value):
+        if value is not None and value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("gpus_per_job")
+    @classmethod
+    def _one_process(cls, value):
+        if value not in (0, 1):
+            raise ValueError(
+                "a launched job trains in one process: 1 GPU (or 0); to train one expert on several GPUs, "
+                "run its recipe under torchrun (README, multi-GPU)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _slurm_ready(self):
+        if self.kind != "slurm":
+            return self
+        if not self.partition:
+            raise ValueError('the slurm launcher needs a partition: --launcher "{kind: slurm, partition: NAME}"')
+        try:
+            importlib.import_module("submitit")
+        except ImportError:
+            raise ValueError(
+                "the slurm launcher needs submitit: pip install submitit (or pip install -e .[cluster])"
+            ) from None
+        return self
+
+
 class ExperimentConfig(Schema):
     """An experiment YAML (hparams/mini.yaml, hparams/mini_full.yaml): every scenario of the
     paper through aode.experiment (recipes/average/reproduce.py)."""
@@ -390,6 +439,15 @@ class ExperimentConfig(Schema):
     normalizer: Normalizer = "whisper"
     device: str = "cpu"
     progressbar: bool = True
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig)  # or its kind alone: --launcher local
+    jobs: Optional[int] = None  # shortcut for launcher.jobs: --launcher local --jobs 2
+
+    @field_validator("launcher", mode="before")
+    @classmethod
+    def _launcher_kind(cls, value):
+        if value is None:
+            return {}
+        return {"kind": value} if isinstance(value, str) else value
 
     @field_validator(
         "forgetting_dev_sets",
@@ -438,4 +496,10 @@ class ExperimentConfig(Schema):
             if self.corpus_folder is None:
                 raise ValueError("synthetic_corpus needs a folder (or corpus_folder)")
             self.synthetic_corpus.folder = self.corpus_folder
+        if self.jobs is not None:
+            if self.launcher.kind == "serial":
+                raise ValueError("jobs needs a parallel launcher: --launcher local --jobs N (or slurm)")
+            if self.launcher.jobs not in (None, self.jobs):
+                raise ValueError(f"jobs {self.jobs} and launcher.jobs {self.launcher.jobs} differ: give one")
+            self.launcher.jobs = self.jobs
         return self

@@ -20,6 +20,10 @@ soup on the dev sets), then one evaluation of every model folder on every test s
 share a folder, such as resampled = combined data or a one-member soup = that expert, share
 its results), the oracle rows and the tables.
 
+Trainings: the independent ones of a stage (the experts; the LoRA experts; each iteration's
+fine-tunes) run one after the other here, or as parallel jobs with ``launcher: local`` or
+``slurm`` (aode.launcher; merges and evaluations stay in this process).
+
 Folder: ``experts/<name>/expert``, ``merges/<name>``, ``eval/<row id>/<set>.json``,
 ``eval_dev/<row id>/`` (greedy soup), ``search/`` (weight search), ``table7/`` (Table
 VII-style), ``table8/`` (each member x4), ``methods/`` (merge methods), each with wer.csv,
@@ -163,6 +167,7 @@ class Experiment:
         self.eval_folders = {}  # row id -> the eval folder holding its per-utterance errors
         self.add_row("original", self.cfg["original_name"], None, self.original)
         self.timings = collections.OrderedDict()
+        self.launcher = self.cfg["launcher"]  # how a stage's independent trainings run (aode.launcher)
         os.makedirs(self.out, exist_ok=True)
 
     # ------------------------------------------------------------------ helpers
@@ -211,18 +216,53 @@ class Experiment:
         self, name: str, train_csv: str, valid_csv: str, init_from: Optional[str] = None, lora: bool = False
     ) -> str:
         """Train (or find) the expert ``name``; returns its model folder."""
-        from aode.train import EXPERT_DIR
-        from aode.train import train_expert
+        spec = dict(train_csv=train_csv, valid_csv=valid_csv, init_from=init_from, lora=lora)
+        return self.experts({name: spec})[name]
 
-        folder = os.path.join(self.out, "experts", name, EXPERT_DIR)
-        if os.path.isfile(os.path.join(folder, "config.json")):
-            logger.info("expert %s: done, skipping", name)
-            return folder
-        print(f"[aode] training expert {name} (init: {init_from or 'original'})", flush=True)
-        hparams = self.train_hparams(
-            name, train_csv, valid_csv, init_from if init_from != self.original else None, lora
+    def experts(self, specs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+        """Train (or find) independent experts ``{name: expert()'s keyword arguments}``; returns
+        ``{name: model folder}``. Those without an exported folder are trained one after the
+        other here (``launcher: serial``) or as one batch of jobs (:meth:`train_many`)."""
+        from aode.train import EXPERT_DIR
+
+        folders, todo = {}, collections.OrderedDict()
+        for name, spec in specs.items():
+            folder = os.path.join(self.out, "experts", name, EXPERT_DIR)
+            if os.path.isfile(os.path.join(folder, "config.json")):
+                logger.info("expert %s: done, skipping", name)
+                folders[name] = folder
+                continue
+            init_from = spec.get("init_from")
+            print(f"[aode] training expert {name} (init: {init_from or 'original'})", flush=True)
+            hparams = self.train_hparams(
+                name,
+                spec["train_csv"],
+                spec["valid_csv"],
+                init_from if init_from != self.original else None,
+                spec.get("lora", False),
+            )
+            if self.launcher.kind == "serial":
+                folders.update(self.train_many({name: hparams}))
+            else:
+                todo[name] = hparams
+        folders.update(self.train_many(todo))
+        return {name: folders[name] for name in specs}
+
+    def train_many(self, jobs: Mapping[str, dict[str, Any]]) -> dict[str, str]:
+        """Train ``{name: train_hparams()}`` (aode.train.train_expert, ``corpus=name``) with the
+        experiment's ``launcher`` (aode.launcher); returns ``{name: exported folder}``. A failed
+        job raises :class:`aode.launcher.LaunchError` (its log named) once the batch has ended."""
+        from aode.launcher import run_jobs
+
+        if not jobs:
+            return {}
+        if self.launcher.kind == "serial":
+            from aode.train import train_expert
+
+            return {name: self._timed("train", train_expert, hparams, corpus=name) for name, hparams in jobs.items()}
+        return self._timed(
+            "train", run_jobs, jobs, self.launcher, self.launcher.folder or os.path.join(self.out, "jobs")
         )
-        return self._timed("train", train_expert, hparams, corpus=name)
 
     def merge(
         self,
@@ -372,10 +412,9 @@ class Experiment:
             print(f"[aode] scenarios {self.cfg['scenarios']} also run {added} (their models are needed)", flush=True)
         self.prepare_data()
         experts = collections.OrderedDict()
-        for d, spec in self.domains.items():
-            experts[d] = self.add_row(
-                f"expert_{d}", f"Fine-tuned - {d}", "experts", self.expert(d, spec.train_csv, spec.valid_csv)
-            )
+        trained = self.experts({d: dict(train_csv=s.train_csv, valid_csv=s.valid_csv) for d, s in self.domains.items()})
+        for d in self.domains:
+            experts[d] = self.add_row(f"expert_{d}", f"Fine-tuned - {d}", "experts", trained[d])
         members = list(experts.values())
         if "sequential" in self.scenarios:
             self.sequential(experts)
@@ -460,10 +499,14 @@ class Experiment:
             current = self.rows[start].folder
             for k in range(2, self.cfg["iterations"] + 1):
                 tag = f"iter{k}{'_orig' if with_original else ''}"
-                members = [
-                    self.expert(f"{tag}_{d}", spec.train_csv, spec.valid_csv, init_from=current)
-                    for d, spec in self.domains.items()
-                ]
+                members = list(
+                    self.experts(
+                        {
+                            f"{tag}_{d}": dict(train_csv=spec.train_csv, valid_csv=spec.valid_csv, init_from=current)
+                            for d, spec in self.domains.items()
+                        }
+                    ).values()
+                )
                 current = self.merge(
                     f"AoDE iteration {k}{' with orig' if with_original else ''}",
                     members,
@@ -486,10 +529,14 @@ class Experiment:
     def lora(self) -> Folders:
         """LoRA experts (merged into the weights) and their average."""
         lora_experts = collections.OrderedDict()
-        for d, spec in self.domains.items():
-            lora_experts[d] = self.add_row(
-                f"lora_{d}", f"LoRA - {d}", "lora", self.expert(f"lora_{d}", spec.train_csv, spec.valid_csv, lora=True)
-            )
+        trained = self.experts(
+            {
+                f"lora_{d}": dict(train_csv=s.train_csv, valid_csv=s.valid_csv, lora=True)
+                for d, s in self.domains.items()
+            }
+        )
+        for d in self.domains:
+            lora_experts[d] = self.add_row(f"lora_{d}", f"LoRA - {d}", "lora", trained[f"lora_{d}"])
         self.add_row("lora_aode", "LoRA AoDE", "lora", self.merge("LoRA AoDE", list(lora_experts.values())))
         return lora_experts
 

@@ -64,12 +64,16 @@ import os
 import platform
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
+
+import full_size  # the sibling bench: its runner and report helpers (python bench/data_aware.py)
+from full_size import error_tail
+from full_size import mem_total_gib
+from full_size import quote
+from full_size import read
+from full_size import versions_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "tests", "data", "samples")
@@ -254,57 +258,9 @@ def build_main(work, size, scale, n_rows):
 
 # ----------------------------------------------------------------------------- running
 def run_command(cmd, log_path, timeout):
-    """Run ``cmd`` (its own process group) with stdout+stderr to ``log_path``.
-
-    Returns (exit status, wall seconds, peak RSS in GiB): wait4's ``ru_maxrss``, the largest
-    resident set of the process (and of its waited-for descendants).
-    """
-    env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-        **TQDM_ENV,
-        **THREADS,
-    )
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write("$ " + " ".join(quote(c) for c in cmd) + "\n")
-        log.flush()
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        killed = []
-
-        def kill():
-            killed.append(True)
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    rc = f"timeout ({timeout} s)" if killed else proc.returncode
-    return rc, wall, usage.ru_maxrss / 2**20
-
-
-def quote(arg):
-    arg = str(arg)
-    return arg if re.fullmatch(r"[\w@%+=:,./-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
-
-
-def read(path):
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
+    """bench/full_size.py's runner (exit status, wall seconds, peak RSS in GiB) with this
+    bench's thread settings."""
+    return full_size.run_command(cmd, log_path, timeout, env=THREADS)
 
 
 def bars(text):
@@ -341,14 +297,6 @@ def bar_steps(b):
         times.append(b["ends"][k] - prev)
         prev = b["ends"][k]
     return times
-
-
-def error_tail(text, lines=15):
-    clean = [line for line in re.split(r"[\r\n]+", TQDM_RE.sub("", text)) if line.strip()]
-    for i in range(len(clean) - 1, -1, -1):
-        if clean[i].startswith("Traceback"):
-            return "\n".join(clean[i:][-lines:])
-    return "\n".join(clean[-lines:])
 
 
 def gib(nbytes):
@@ -880,26 +828,6 @@ class Bench:
                 )
             )
         return (["Findings:", "", *out]) if out else []
-
-
-def mem_total_gib():
-    try:
-        with open("/proc/meminfo") as f:
-            return int(f.readline().split()[1]) / 2**20
-    except OSError:
-        return float("nan")
-
-
-def versions_line():
-    import importlib.metadata as md
-
-    out = [f"Python {platform.python_version()}"]
-    for name in ("torch", "transformers", "speechbrain"):
-        try:
-            out.append(f"{name} {md.version(name)}")
-        except md.PackageNotFoundError:
-            out.append(f"{name} (not installed)")
-    return ", ".join(out)
 
 
 def main(argv=None):

@@ -271,6 +271,7 @@ def run_command(cmd, log_path, timeout, env=None):
 
 
 def quote(arg):
+    arg = str(arg)
     return arg if re.fullmatch(r"[\w@%+=:,./-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
 
 

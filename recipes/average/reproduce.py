@@ -5,17 +5,25 @@
     python recipes/average/reproduce.py hparams/mini_full.yaml       # every row of Tables VII/VIII
     python recipes/average/reproduce.py hparams/<experiment>.yaml --output_folder DIR
     python recipes/average/reproduce.py hparams/mini_full.yaml --scenarios "[iterative]"   # any subset
+    python recipes/average/reproduce.py hparams/mini.yaml --launcher local --jobs 2        # 2 trainings at a time
+    python recipes/average/reproduce.py hparams/mini_full.yaml --launcher "{kind: slurm, partition: gpu}"
 
 Scenario ids, labels and what each needs: aode/experiment.py (SCENARIOS); a scenario pulls in
 the ones it needs. The hparams are checked (aode.config.ExperimentConfig) before any work.
 Stages are resumable: rerunning skips finished experts, merges and evaluations.
+``--launcher local|slurm`` runs a stage's independent trainings as parallel jobs (aode.launcher);
+a mapping (``--launcher "{kind: ..., ...}"``) replaces the YAML's ``launcher`` as a whole.
+A configuration error exits with status 2 before any work; a failed training job with status 1,
+naming its log, before anything is merged.
 """
 
 import logging
 import sys
 
+from aode.config import ConfigError
 from aode.config import parse_command_line
 from aode.experiment import Experiment
+from aode.launcher import LaunchError
 
 
 def main(argv):
@@ -31,4 +39,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
