@@ -75,6 +75,7 @@ statistics_batch_size: 1
     torch.testing.assert_close(merged[name], want, rtol=1e-5, atol=1e-6)
     provenance = json.load(open(root / "regmean" / "merged" / "aode.json"))
     assert provenance["options"]["gram_files"] == [str(f) for f in files]
+    assert provenance["option_defaults"] == {"alpha": 0.9, "ridge": 1e-4}  # what ran, though not passed
     # the original's Gram is on the general data: 2 utterances of it
     from safetensors import safe_open
 

@@ -23,6 +23,7 @@ __all__ = [
     "as_weights",
     "check_member_count",
     "check_options",
+    "option_defaults",
     "check_configs",
     "check_tensors",
     "check_aligned",
@@ -67,6 +68,17 @@ def _option_names(fn):
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
     return [p.name for p in params]
+
+
+def option_defaults(fn, given) -> dict:
+    """The method's options that ``given`` leaves at their defaults, with those defaults (the
+    values a merge ran with, for its provenance; aligned inputs such as ``grams`` excluded)."""
+    params = list(inspect.signature(fn).parameters.values())[_FIXED_ARGS:]
+    return {
+        p.name: p.default
+        for p in params
+        if p.default is not inspect.Parameter.empty and p.default is not None and p.name not in given
+    }
 
 
 def check_options(spec, options: dict, aligned: dict) -> None:

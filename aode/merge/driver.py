@@ -40,6 +40,7 @@ from .checks import check_member_count
 from .checks import check_options
 from .checks import check_tensors
 from .checks import nonfinite_error
+from .checks import option_defaults
 from .checks import read_checked
 from .read import open_model
 from .registry import MethodSpec
@@ -122,6 +123,7 @@ class MergePlan:
             "base": os.path.abspath(self.base) if self.base is not None else None,
             "include_base": self.include_base,
             "options": self.options,
+            "option_defaults": option_defaults(self.spec.fn, self.options),
             "seed": self.seed,
             "member_provenance": [read_provenance(m) for m in self.members],
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),

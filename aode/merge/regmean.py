@@ -44,7 +44,7 @@ matrices (not element-wise): memory is about members x (``out x in`` + ``in x in
 largest Linear.
 
 Options: ``gram_files`` (driver), ``alpha`` (0.9), ``ridge`` (1e-4). aode.json records the
-options as they were passed (pass ``alpha`` and ``ridge`` explicitly to see them there); the
+options as passed under ``options`` and the defaults that applied under ``option_defaults``; the
 absolute ridge of each layer is ``ridge`` times its summed Gram's mean diagonal, so the
 relative ``ridge`` and the Gram files determine it.
 """
