@@ -79,10 +79,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "tests", "data", "samples")
 RECIPE = os.path.join("recipes", "average", "merge.py")
 
-SHAPES = {
-    "full": dict(d_model=768, layers=12, heads=12, ffn=3072),
-    "quick": dict(d_model=64, layers=2, heads=2, ffn=128),
-}
+SHAPES = full_size.WHISPER_SHAPES  # whisper-small, and the quick run's tiny Whisper
 # Per-size defaults of the options (the command line replaces them).
 SIZES = {
     "full": dict(
