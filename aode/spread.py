@@ -95,10 +95,16 @@ def paired_bootstrap(
         return sum(table[s] for s in sets) / len(sets)
 
     for m in models:
-        d_avg, d_forg = average(draws[m]), forgetting(draws[m], draws[baseline], forgetting_sets)
-        out[m] = {"Average": average(full[m]), "Forgetting %": forgetting(full[m], full[baseline], forgetting_sets)}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # a draw where the baseline makes no error on the forgetting sets leaves Forgetting %
+            # undefined: such draws are left out of its interval (and counted)
+            d_forg = _finite_or_nan(forgetting(draws[m], draws[baseline], forgetting_sets))
+            point = float(_finite_or_nan(np.array(forgetting(full[m], full[baseline], forgetting_sets))))
+        d_avg = average(draws[m])
+        out[m] = {"Average": average(full[m]), "Forgetting %": point}
         out[m]["Average lo"], out[m]["Average hi"] = np.percentile(d_avg, [low, high])
-        out[m]["Forgetting % lo"], out[m]["Forgetting % hi"] = np.percentile(d_forg, [low, high])
+        out[m]["Forgetting % lo"], out[m]["Forgetting % hi"] = _nan_percentiles(d_forg, [low, high])
+        out[m]["undefined draws"] = int(np.isnan(d_forg).sum())
         out[m]["_draws"] = (d_avg, d_forg)
     if reference is not None:
         ref_avg, ref_forg = out[reference]["_draws"]
@@ -107,15 +113,30 @@ def paired_bootstrap(
             out[m]["dAverage"] = out[m]["Average"] - out[reference]["Average"]
             out[m]["dForgetting"] = out[m]["Forgetting %"] - out[reference]["Forgetting %"]
             out[m]["dAverage lo"], out[m]["dAverage hi"] = np.percentile(d_avg - ref_avg, [low, high])
-            out[m]["dForgetting lo"], out[m]["dForgetting hi"] = np.percentile(d_forg - ref_forg, [low, high])
+            out[m]["dForgetting lo"], out[m]["dForgetting hi"] = _nan_percentiles(d_forg - ref_forg, [low, high])
     for m in models:
         del out[m]["_draws"]
         out[m] = {k: float(v) for k, v in out[m].items()}
     return out
 
 
+def _finite_or_nan(values):
+    values = np.asarray(values, dtype=float)
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+def _nan_percentiles(values, qs):
+    """Percentiles over the defined draws; NaN when none is defined."""
+    values = values[~np.isnan(values)]
+    return np.percentile(values, qs) if len(values) else (float("nan"), float("nan"))
+
+
+def _num(value, fmt):
+    return "-" if math.isnan(value) else format(value, fmt)
+
+
 def _interval(lo, hi):
-    return f"[{lo:.2f}, {hi:.2f}]"
+    return "-" if math.isnan(lo) or math.isnan(hi) else f"[{lo:.2f}, {hi:.2f}]"
 
 
 def spread_markdown(spread: Mapping[str, Mapping[str, float]], reference: Optional[str] = None) -> str:
@@ -130,13 +151,14 @@ def spread_markdown(spread: Mapping[str, Mapping[str, float]], reference: Option
             model,
             f"{r['Average']:.2f}",
             _interval(r["Average lo"], r["Average hi"]),
-            f"{r['Forgetting %']:.1f}",
+            _num(r["Forgetting %"], ".1f"),
             _interval(r["Forgetting % lo"], r["Forgetting % hi"]),
         ]
         if reference is not None:
             for key in ("dAverage", "dForgetting"):
-                significant = not (r[f"{key} lo"] <= 0 <= r[f"{key} hi"]) and model != reference
-                cells += [f"{r[key]:+.2f}{'*' if significant else ''}", _interval(r[f"{key} lo"], r[f"{key} hi"])]
+                significant = model != reference and (r[f"{key} lo"] > 0 or r[f"{key} hi"] < 0)
+                mark = "*" if significant else ""
+                cells += [_num(r[key], "+.2f") + mark, _interval(r[f"{key} lo"], r[f"{key} hi"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -178,6 +200,4 @@ def write_spread(
         f.write(header + text)
     with atomic_open(os.path.join(folder, "spread.json")) as f:
         json.dump({"baseline": baseline, "reference": reference, "n_resamples": n_resamples, "rows": spread}, f)
-    if any(math.isnan(v) for r in spread.values() for v in r.values()):
-        raise ValueError("the bootstrap produced NaN (a set without reference words?)")
     return text

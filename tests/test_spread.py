@@ -76,3 +76,21 @@ def test_pareto_front_by_hand():
     # (forgetting, average): b beats a on both; c and b trade off; d is beaten by b
     points = [(5.0, 50.0), (2.0, 48.0), (-1.0, 49.0), (3.0, 48.5), (float("nan"), 1.0)]
     assert pareto_front(points) == [2, 1]
+
+
+def test_draws_where_the_baseline_makes_no_error_are_left_out(tmp_path):
+    """A tiny forgetting set on which the baseline is mostly right: some draws make its WER 0 and
+    Forgetting % undefined; they are counted and left out, the rest still give an interval."""
+    base = table({"clean": [0, 0, 1], "target": [3, 4, 5]})
+    model = table({"clean": [1, 0, 1], "target": [1, 2, 3]})
+    out = paired_bootstrap({"base": base, "model": model}, "base", ["clean"], reference="base", n_resamples=400)
+    # P(no draw of u2 in 3 draws) = (2/3)^3 = 0.30: about 120 of 400 draws are undefined
+    assert 60 < out["model"]["undefined draws"] < 180
+    assert out["model"]["Forgetting %"] == pytest.approx(100.0)  # 2 errors against 1
+    assert out["model"]["Forgetting % lo"] <= 100.0 <= out["model"]["Forgetting % hi"]
+    # all draws undefined (a baseline without errors): no interval, no crash
+    perfect = table({"clean": [0, 0], "target": [1, 2]})
+    other = table({"clean": [1, 0], "target": [1, 1]})
+    out = paired_bootstrap({"p": perfect, "o": other}, "p", ["clean"], reference="p", n_resamples=50)
+    assert math.isnan(out["o"]["Forgetting %"]) and out["o"]["undefined draws"] == 50
+    assert "| o |" in spread_markdown(out, "p")
