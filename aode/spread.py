@@ -94,6 +94,7 @@ def paired_bootstrap(
     def average(table):
         return sum(table[s] for s in sets) / len(sets)
 
+    drawn = {}  # model -> (Average, Forgetting %) of every resample
     for m in models:
         with np.errstate(divide="ignore", invalid="ignore"):
             # a draw where the baseline makes no error on the forgetting sets leaves Forgetting %
@@ -105,19 +106,16 @@ def paired_bootstrap(
         out[m]["Average lo"], out[m]["Average hi"] = np.percentile(d_avg, [low, high])
         out[m]["Forgetting % lo"], out[m]["Forgetting % hi"] = _nan_percentiles(d_forg, [low, high])
         out[m]["undefined draws"] = int(np.isnan(d_forg).sum())
-        out[m]["_draws"] = (d_avg, d_forg)
+        drawn[m] = (d_avg, d_forg)
     if reference is not None:
-        ref_avg, ref_forg = out[reference]["_draws"]
+        ref_avg, ref_forg = drawn[reference]
         for m in models:
-            d_avg, d_forg = out[m]["_draws"]
+            d_avg, d_forg = drawn[m]
             out[m]["dAverage"] = out[m]["Average"] - out[reference]["Average"]
             out[m]["dForgetting"] = out[m]["Forgetting %"] - out[reference]["Forgetting %"]
             out[m]["dAverage lo"], out[m]["dAverage hi"] = np.percentile(d_avg - ref_avg, [low, high])
             out[m]["dForgetting lo"], out[m]["dForgetting hi"] = _nan_percentiles(d_forg - ref_forg, [low, high])
-    for m in models:
-        del out[m]["_draws"]
-        out[m] = {k: float(v) for k, v in out[m].items()}
-    return out
+    return {m: {k: float(v) for k, v in row.items()} for m, row in out.items()}
 
 
 def _finite_or_nan(values):

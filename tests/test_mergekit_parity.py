@@ -16,24 +16,15 @@ from safetensors.torch import save_file
 
 from aode.merge import merge_models
 from aode.merge.breadcrumbs import magnitude_outliers
+from aode.merge.mergekit_config import SUPPORTED_METHODS
 from aode.merge.registry import get_method
 from aode.merge.registry import get_spec
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "mergekit")
 TENSORS = ["w", "b", "c"]
 
-# Our method for each mergekit method.
-OURS = {
-    "linear": "average",
-    "task_arithmetic": "task_arithmetic",
-    "ties": "ties",
-    "dare_linear": "dare_linear",
-    "dare_ties": "dare_ties",
-    "breadcrumbs": "breadcrumbs",
-    "breadcrumbs_ties": "breadcrumbs_ties",
-    "slerp": "slerp",
-    "model_stock": "model_stock",
-}
+# Our method for each mergekit method: the config reader's table (the outputs below check it).
+OURS = SUPPORTED_METHODS
 
 # mergekit's defaults where ours differ (an option a case leaves out must get mergekit's value).
 MERGEKIT_DEFAULTS = {

@@ -230,6 +230,8 @@ def learn_coefficients(members, base, data, seed=0, **options):
         for set_name, stream in streams.items():
             if set_weights[set_name] == 0:
                 continue
+            # rebuilt per set: each backward frees its graph, so one set's activations are held
+            # at a time (one graph over all sets would hold them all)
             merged = _merged_parameters(params, deltas, names, lam)
             with _reparametrize_module(asr, merged, tie_weights=True):
                 value = objective(next(stream).to(device)) * set_weights[set_name]
