@@ -1,19 +1,32 @@
-"""Benchmark the streaming merge driver (aode.merge.merge_models, paper III-C) against
-loading every member in memory, on whisper-small-sized members (~242M parameters, fp32).
+"""Benchmark the streaming merge driver (aode.merge.merge_models, paper III-C) against a raw
+read of its inputs, mergekit's raw state-dict merge and loading every member in memory, on
+whisper-small-sized members (~242M parameters, fp32).
 
 For N = 2, 5, 10 members (synthetic weights with Whisper small.en's tensor names and shapes,
-written as safetensors with a minimal config.json), measures in a fresh subprocess each:
+written as safetensors with a minimal config.json), measures, each in a fresh subprocess and
+``--repeat`` times (medians reported; the machine is shared and noisy):
 
-* streaming: ``merge_models(members, out, method="average")``: wall time of the call and
-  peak RSS (VmHWM) of the process;
-* in-memory: ``safetensors.torch.load_file`` of every member, average, ``save_file``;
-* raw read: ``cat member files > /dev/null`` (the cost of reading the inputs once).
+* raw read: ``cat member files > /dev/null`` (reading the inputs once);
+* read + write floor: the raw read, then ``cat member0 > file`` (writing one model-sized
+  output): what any merge that reads its inputs and writes a file must at least spend;
+* AoDE streaming: ``merge_models(members, out, method="average")`` with its defaults
+  (read-ahead thread, 16 MiB of read buffers): wall time of the call, peak RSS (VmHWM);
+* AoDE one thread: the same with ``read_ahead=0, max_chunk_bytes=8 MiB`` (the driver's
+  behaviour before the read-ahead);
+* mergekit-pytorch: mergekit's ``mergekit-pytorch`` (``merge_method: linear``, every weight
+  1, ``dtype: float32``), called in-process after its imports (``--mergekit-python``: an
+  interpreter with mergekit installed; skipped when none is found); its output is compared
+  with ours tensor by tensor (max |difference|);
+* in-memory: ``safetensors.torch.load_file`` of every member, average, ``save_file`` (once).
 
-Targets: streaming peak RSS <= 1.5 x one member; streaming wall <= 2 x raw read. The inputs
-are freshly written, so they are read from a warm page cache (noted in the results).
-Writes the table to the "## Merge" section of bench/RESULTS.md; removes its temp files.
+Targets (issue 13): AoDE streaming no slower than mergekit-pytorch, at most 2 x the raw read,
+peak memory as before (<= 1.5 x one member). Page cache warm by default (inputs read once by
+``cat`` before timing: the hardest case for the ratio); ``--cold N ...`` also times cold
+reads for those N (drops the page cache before each run: needs root). Writes the tables to
+the "## Merge" section of bench/RESULTS.md; removes its temp files.
 
-    python bench/merge.py [--sizes 2 5 10] [--workdir /tmp] [--small] [--no-write]
+    python bench/merge.py [--sizes 2 5 10] [--repeat 5] [--mergekit-python PY] [--cold 5]
+                          [--workdir /tmp] [--small] [--no-write]
 """
 
 import argparse
@@ -92,29 +105,37 @@ def make_members(workdir, n, shapes, vocab):
     return folders
 
 
-STREAM = r"""
-import json, sys, time, torch
-from aode.merge import merge_models
-members, out = json.loads(sys.argv[1]), sys.argv[2]
+_STATUS = r"""
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
+"""
+
+STREAM = (
+    r"""
+import json, sys, time, torch
+from aode.merge import merge_models
+members, out, kw = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+"""
+    + _STATUS
+    + r"""
 before = status("VmRSS")
 t0 = time.perf_counter()
-merge_models(members, out, method="average", progress=False)
+merge_models(members, out, method="average", progress=False, **kw)
 wall = time.perf_counter() - t0
 print(json.dumps({"wall": wall, "peak": status("VmHWM"), "rss_after_import": before}))
 """
+)
 
-INMEM = r"""
+INMEM = (
+    r"""
 import json, os, sys, time, torch
 from safetensors.torch import load_file, save_file
 members, out = json.loads(sys.argv[1]), sys.argv[2]
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
+"""
+    + _STATUS
+    + r"""
 before = status("VmRSS")
 t0 = time.perf_counter()
 states = [load_file(os.path.join(m, "model.safetensors")) for m in members]
@@ -129,23 +150,104 @@ save_file(merged, os.path.join(out, "model.safetensors"), metadata={"format": "p
 wall = time.perf_counter() - t0
 print(json.dumps({"wall": wall, "peak": status("VmHWM"), "rss_after_import": before}))
 """
+)
+
+# mergekit's own command (mergekit/scripts/merge_raw_pytorch.py), called after its imports
+MERGEKIT = (
+    r"""
+import json, sys, time
+from mergekit.scripts.merge_raw_pytorch import main
+members, out = json.loads(sys.argv[1]), sys.argv[2]
+"""
+    + _STATUS
+    + r"""
+before = status("VmRSS")
+t0 = time.perf_counter()
+main([sys.argv[3], out, "--quiet"], standalone_mode=False)
+wall = time.perf_counter() - t0
+print(json.dumps({"wall": wall, "peak": status("VmHWM"), "rss_after_import": before}))
+"""
+)
 
 
-def run_child(code, members, out):
+def run_child(code, members, out, *extra, python=sys.executable):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(members), out], capture_output=True, text=True, env=env, cwd=ROOT
+        [python, "-c", code, json.dumps(members), out, *extra], capture_output=True, text=True, env=env, cwd=ROOT
     )
     if res.returncode != 0:
         raise RuntimeError(f"child failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def raw_read(members):
-    files = [os.path.join(m, "model.safetensors") for m in members]
+def timed_shell(command):
     t0 = time.perf_counter()
-    subprocess.run("cat " + " ".join(files) + " > /dev/null", shell=True, check=True)
+    subprocess.run(command, shell=True, check=True)
     return time.perf_counter() - t0
+
+
+def model_files(members):
+    return " ".join(os.path.join(m, "model.safetensors") for m in members)
+
+
+def raw_read(members):
+    return timed_shell(f"cat {model_files(members)} > /dev/null")
+
+
+def read_write_floor(members, out):
+    seconds = timed_shell(f"cat {model_files(members)} > /dev/null && cat {model_files(members[:1])} > {out}")
+    os.remove(out)
+    return seconds
+
+
+def drop_page_cache():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1\n")
+
+
+def mergekit_config(members, path):
+    lines = ["merge_method: linear", "dtype: float32", "models:"]
+    for m in members:
+        lines += [f"  - model: {os.path.join(m, 'model.safetensors')}", "    parameters: {weight: 1.0}"]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def find_mergekit_python(given):
+    """An interpreter that imports mergekit: ``given``, else this one, else None."""
+    for python in [given] if given else [sys.executable]:
+        ok = subprocess.run([python, "-c", "import mergekit.scripts.merge_raw_pytorch"], capture_output=True)
+        if ok.returncode == 0:
+            version = subprocess.run(
+                [python, "-c", "import importlib.metadata as m; print(m.version('mergekit'))"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            return python, version
+        if given:
+            raise SystemExit(f"--mergekit-python {given}: cannot import mergekit there")
+    return None, None
+
+
+def max_abs_difference(file_a, file_b):
+    """max |a - b| over every tensor of two safetensors files, one tensor at a time."""
+    from safetensors import safe_open
+
+    worst = 0.0
+    with safe_open(file_a, "pt") as a, safe_open(file_b, "pt") as b:
+        if set(a.keys()) != set(b.keys()):
+            raise RuntimeError(f"{file_a} and {file_b} hold different tensor names")
+        for name in a.keys():
+            worst = max(worst, float((a.get_tensor(name) - b.get_tensor(name)).abs().max()))
+    return worst
+
+
+def median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def machine():
@@ -173,110 +275,191 @@ def write_section(text, path=RESULTS):
         f.write(new.rstrip("\n") + "\n")
 
 
+ONE_THREAD = {"read_ahead": 0, "max_chunk_bytes": 8 * 2**20}
+
+
+def measure(group, workdir, repeat, mergekit_python, cold, in_memory):
+    """Every column for one group of members; the repeats interleave the columns, so a slow
+    spell of the shared machine hits all of them rather than one."""
+    if cold:
+        prepare = drop_page_cache
+    else:
+        raw_read(group)  # warm the page cache
+
+        def prepare():
+            os.sync()  # no pending writeback from the previous run to throttle this one's writes
+
+    out, kept = os.path.join(workdir, "out"), os.path.join(workdir, "kept")
+    config = mergekit_config(group, os.path.join(workdir, "mergekit.yml"))
+    row = {"read": [], "floor": [], "stream": [], "one_thread": [], "mergekit": [], "inmem": None, "diff": None}
+    for r in range(repeat):
+        last = r == repeat - 1
+        prepare()
+        row["read"].append(raw_read(group))
+        prepare()
+        row["floor"].append(read_write_floor(group, out))
+        prepare()
+        row["stream"].append(run_child(STREAM, group, out, "{}"))
+        if last and mergekit_python:
+            os.rename(out, kept)
+        shutil.rmtree(out, ignore_errors=True)
+        prepare()
+        row["one_thread"].append(run_child(STREAM, group, out, json.dumps(ONE_THREAD)))
+        shutil.rmtree(out)
+        if mergekit_python:
+            prepare()
+            row["mergekit"].append(run_child(MERGEKIT, group, out, config, python=mergekit_python))
+            if last:
+                row["diff"] = max_abs_difference(
+                    os.path.join(kept, "model.safetensors"), os.path.join(out, "model.safetensors")
+                )
+                shutil.rmtree(kept)
+            shutil.rmtree(out)
+    if in_memory:
+        prepare()
+        row["inmem"] = run_child(INMEM, group, out)
+        shutil.rmtree(out)
+    return row
+
+
+def walls(runs):
+    return [r["wall"] if isinstance(r, dict) else r for r in runs]
+
+
+def fmt_runs(runs):
+    return ", ".join(f"{x:.2f}" for x in walls(runs))
+
+
+def report(rows, args, n_params, member_bytes, mergekit_version, loads):
+    gib = 2**30
+    mk = bool(mergekit_version)
+    lines = [
+        f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. "
+        f"Python {platform.python_version()}, torch {__import__('torch').__version__}"
+        + (f", mergekit {mergekit_version} (its own venv)" if mk else ", mergekit not installed (column skipped)")
+        + f". Load average (1 min) at start {loads[0]:.2f}, at end {loads[1]:.2f}.",
+        "",
+        f"Members: synthetic Whisper small.en-shaped models, {n_params / 1e6:.1f} M parameters, fp32, "
+        f"{member_bytes / gib:.2f} GiB each (one model.safetensors per member); every merge is the plain "
+        "average. Each run is a fresh subprocess; times are the merge call alone (imports excluded), "
+        f"medians of {args.repeat} runs interleaved across the columns (every run listed below). "
+        "AoDE streaming = `merge_models` with its defaults (a read-ahead thread, 16 MiB of read "
+        "buffers); one thread = `read_ahead=0, max_chunk_bytes=8 MiB`, the driver as it was before; "
+        "mergekit-pytorch = mergekit's raw state-dict merge (`merge_method: linear`, weights 1, "
+        "`dtype: float32`), run through its own command function; raw read = `cat` of the inputs to "
+        "/dev/null; read + write floor = that plus `cat` of one member into a new file (the least any "
+        "merge that writes its output costs). Warm: the inputs are in the page cache (read once "
+        "before timing), so reading is a memory copy and the ratios are the hardest case. Peak = "
+        "VmHWM of the process; for mergekit it includes the input pages it maps (safetensors mmap).",
+        "",
+        "| N | cache | raw read s | read + write floor s | AoDE streaming s | AoDE one thread s "
+        "| mergekit-pytorch s | in-memory s | streaming / raw read | streaming / floor | mergekit / streaming |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        read, floor, stream = median(row["read"]), median(row["floor"]), median(walls(row["stream"]))
+        one = median(walls(row["one_thread"]))
+        mkw = median(walls(row["mergekit"])) if row["mergekit"] else None
+        mk_s = f"{mkw:.2f}" if mkw else "-"
+        mk_ratio = f"{mkw / stream:.2f}" if mkw else "-"
+        inmem = f"{row['inmem']['wall']:.1f}" if row["inmem"] else "-"
+        lines.append(
+            f"| {row['n']} | {'cold' if row['cold'] else 'warm'} | {read:.2f} | {floor:.2f} | {stream:.2f} | {one:.2f} "
+            f"| {mk_s} | {inmem} | {stream / read:.2f} | {stream / floor:.2f} | {mk_ratio} |"
+        )
+    lines += [
+        "",
+        "| N | cache | AoDE streaming peak GiB | of which above import | AoDE one thread peak GiB | peak / one member "
+        "| mergekit-pytorch peak GiB | in-memory peak GiB | max abs(AoDE - mergekit) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        s = max(row["stream"], key=lambda r: r["peak"])
+        one = max(r["peak"] for r in row["one_thread"])
+        mkp = max(r["peak"] for r in row["mergekit"]) / gib if row["mergekit"] else None
+        diff = "-" if row["diff"] is None else f"{row['diff']:.1e}"
+        mk_peak = f"{mkp:.2f}" if mkp else "-"
+        inmem = f"{row['inmem']['peak'] / gib:.2f}" if row["inmem"] else "-"
+        lines.append(
+            f"| {row['n']} | {'cold' if row['cold'] else 'warm'} | {s['peak'] / gib:.2f} "
+            f"| {(s['peak'] - s['rss_after_import']) / gib:.3f} | {one / gib:.2f} | {s['peak'] / member_bytes:.2f} "
+            f"| {mk_peak} | {inmem} | {diff} |"
+        )
+    lines += ["", "All runs (s):", ""]
+    for row in rows:
+        lines.append(
+            f"- N = {row['n']}, {'cold' if row['cold'] else 'warm'}: raw read {fmt_runs(row['read'])}; floor "
+            f"{fmt_runs(row['floor'])}; AoDE streaming {fmt_runs(row['stream'])}; one thread "
+            f"{fmt_runs(row['one_thread'])}"
+            + (f"; mergekit-pytorch {fmt_runs(row['mergekit'])}" if row["mergekit"] else "")
+        )
+    warm = [r for r in rows if not r["cold"]]
+    ok_mk = all(median(walls(r["stream"])) <= median(walls(r["mergekit"])) for r in rows if r["mergekit"])
+    ok_read = [r["n"] for r in warm if median(walls(r["stream"])) <= 2 * median(r["read"])]
+    ok_mem = all(max(x["peak"] for x in r["stream"]) <= 1.5 * member_bytes for r in rows)
+    extra_mib = max(
+        (max(x["peak"] for x in r["stream"]) - max(x["peak"] for x in r["one_thread"])) / 2**20 for r in rows
+    )
+    lines += [
+        "",
+        "Targets (medians): AoDE streaming no slower than mergekit-pytorch: "
+        + (("met" if ok_mk else "NOT met") if mk else "not measured (no mergekit)")
+        + f"; at most 2 x the raw read (warm): met for N in {ok_read or 'none'} of {[r['n'] for r in warm]}; "
+        f"peak RSS <= 1.5 x one member: {'met' if ok_mem else 'NOT met'} (the read-ahead adds at most "
+        f"{extra_mib:+.0f} MiB to the one-thread peak).",
+        "",
+        "Reproduce: `python bench/merge.py --mergekit-python <python with mergekit>` (writes ~"
+        f"{max(args.sizes) * member_bytes / gib:.0f} GiB of temp files, removed at the end; "
+        "`--cold 5` adds cold-cache rows, as root).",
+    ]
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[2, 5, 10])
     ap.add_argument("--workdir", default=tempfile.gettempdir())
     ap.add_argument("--small", action="store_true", help="tiny shapes, for a dry run")
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
-    ap.add_argument(
-        "--repeat", type=int, default=2, help="streaming runs per N; the fastest is reported (shared machine)"
-    )
+    ap.add_argument("--repeat", type=int, default=5, help="runs per column (medians reported; shared machine)")
+    ap.add_argument("--cold", type=int, nargs="*", default=[], help="also time these N with a cold page cache")
+    ap.add_argument("--cold-repeat", type=int, default=2)
+    ap.add_argument("--mergekit-python", help="an interpreter with mergekit installed (default: this one, if it has it)")
     ap.add_argument(
         "--skip-inmem-above", type=int, default=10, help="skip the in-memory baseline for more members than this"
     )
     args = ap.parse_args()
+    if args.cold and os.geteuid() != 0:
+        raise SystemExit("--cold drops the page cache (/proc/sys/vm/drop_caches): run as root")
+    mergekit_python, mergekit_version = find_mergekit_python(args.mergekit_python)
 
     kw = dict(d=64, layers=2, ffn=256, vocab=1000) if args.small else {}
     shapes = whisper_small_shapes(**kw)
     vocab = kw.get("vocab", 51864)
     n_params = sum(int(__import__("math").prod(s)) for s in shapes.values())
     workdir = tempfile.mkdtemp(prefix="aode-merge-bench-", dir=args.workdir)
+    loads = [os.getloadavg()[0]]
     rows = []
     try:
         t0 = time.perf_counter()
-        members = make_members(workdir, max(args.sizes), shapes, vocab)
+        members = make_members(workdir, max(args.sizes + args.cold), shapes, vocab)
         member_bytes = os.path.getsize(os.path.join(members[0], "model.safetensors"))
         print(
             f"{len(members)} members of {n_params / 1e6:.1f} M parameters "
             f"({member_bytes / 2**30:.2f} GiB each) written in {time.perf_counter() - t0:.0f} s",
             flush=True,
         )
-        for n in args.sizes:
-            group = members[:n]
-            os.sync()  # no pending writeback from earlier steps to throttle this one's writes
-            raw_read(group)  # warm the page cache
-            read_s = min(raw_read(group), raw_read(group))
-            out = os.path.join(workdir, f"stream{n}")
-            runs = []
-            for _ in range(args.repeat):
-                os.sync()
-                runs.append(run_child(STREAM, group, out))
-                shutil.rmtree(out)
-            s = min(runs, key=lambda r: r["wall"])
-            s["all_walls"] = [r["wall"] for r in runs]
-            os.sync()
-            m = None
-            if n <= args.skip_inmem_above:
-                out = os.path.join(workdir, f"inmem{n}")
-                m = run_child(INMEM, group, out)
-                shutil.rmtree(out)
-            row = {"n": n, "read": read_s, "stream": s, "inmem": m}
+        plan = [(n, False) for n in args.sizes] + [(n, True) for n in args.cold]
+        for n, cold in plan:
+            repeat = args.cold_repeat if cold else args.repeat
+            row = measure(members[:n], workdir, repeat, mergekit_python, cold, not cold and n <= args.skip_inmem_above)
+            row.update(n=n, cold=cold)
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-    gib = 2**30
-    lines = [
-        f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. "
-        f"Python {platform.python_version()}, torch {__import__('torch').__version__}.",
-        "",
-        f"Members: synthetic Whisper small.en-shaped models, {n_params / 1e6:.1f} M parameters, "
-        f"fp32, {member_bytes / gib:.2f} GiB each (one model.safetensors per member); "
-        "method `average`, default `max_chunk_bytes` (8 MiB). Each merge runs in a fresh "
-        "subprocess; wall = the merge call (imports excluded; streaming: fastest of "
-        f"{args.repeat} runs, raw read: fastest of 2), peak = VmHWM of that process (includes ~"
-        f"{rows[0]['stream']['rss_after_import'] / gib:.2f} GiB of Python + torch after import). "
-        "Page cache: warm (inputs written, `sync`ed, and read once by `cat` before timing), so "
-        "the raw read is a memory copy at page-cache speed and the ratio is the hardest "
-        "case; the output is written through the page cache too. The machine has 2 cores "
-        "and was shared with other work during the run (other jobs competing for the cores "
-        "show up as the slower runs), so times are indicative.",
-        "",
-        "| N | raw read (cat) s | streaming s (all runs) | streaming / read | streaming peak RSS GiB "
-        "| of which above import | peak / one member | in-memory s | in-memory peak RSS GiB |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        s, m = r["stream"], r["inmem"]
-        inmem = f"{m['wall']:.1f} | {m['peak'] / gib:.2f}" if m else "- | -"
-        lines.append(
-            f"| {r['n']} | {r['read']:.2f} | {s['wall']:.2f} "
-            f"({', '.join(f'{x:.2f}' for x in s['all_walls'])}) | {s['wall'] / r['read']:.2f} "
-            f"| {s['peak'] / gib:.2f} | {(s['peak'] - s['rss_after_import']) / gib:.2f} "
-            f"| {s['peak'] / member_bytes:.2f} | {inmem} |"
-        )
-    ok_mem = all(r["stream"]["peak"] <= 1.5 * member_bytes for r in rows)
-    ok_time = all(r["stream"]["wall"] <= 2 * r["read"] for r in rows)
-    lines += [
-        "",
-        f"Targets: peak RSS <= 1.5 x one member: {'met' if ok_mem else 'NOT met'}; "
-        f"wall <= 2 x raw read: {'met' if ok_time else 'NOT met'}.",
-        "",
-        "Reading: the streaming merge holds ~20-30 MiB above the interpreter whatever N "
-        "(8 MiB of read buffers, one slice per member, plus the output slice), against N "
-        "full state dicts in memory for the in-memory baseline. Its time is the same "
-        "page-cache copy `cat` does, plus one add pass and a NaN check per input slice, "
-        "plus writing the 0.9 GiB output (a fixed cost that dominates at N = 2); against "
-        "a warm-cache `cat` the ratio falls with N but stays above 2. Torch runs "
-        "single-threaded in the merge (`num_threads=1`): with 2 OpenMP threads on this "
-        "busy 2-core machine a 3-member merge took ~25 s instead of ~1.6 s.",
-        "",
-        "Reproduce: `python bench/merge.py` (writes ~"
-        f"{max(args.sizes) * member_bytes / gib:.0f} GiB of temp files, removed at the end).",
-    ]
-    text = "\n".join(lines)
+    loads.append(os.getloadavg()[0])
+    text = report(rows, args, n_params, member_bytes, mergekit_version, loads)
     print(text)
     if not args.no_write and not args.small:
         write_section(text)

@@ -162,6 +162,88 @@ def test_chunked_reading_gives_identical_result(toys, tmp_path):
         assert torch.equal(ma[name], mb[name])
 
 
+@pytest.mark.parametrize(
+    "method, kw",
+    [
+        ("average", {}),
+        ("ties", {"base": 0, "options": {"density": 0.5}}),
+        ("model_stock", {"base": 0}),
+        ("dare_ties", {"base": 0, "options": {"density": 0.5}}),
+    ],
+)
+def test_read_ahead_gives_identical_bytes(toys, tmp_path, method, kw):
+    # Reading on a background thread changes when the inputs are read, never what is
+    # computed: the files are byte-identical whatever the read-ahead depth and slicing.
+    states, folders = toys
+    if "base" in kw:
+        kw = {**kw, "base": folders[0]}
+        members = folders[1:]
+    else:
+        members = folders
+    outputs = [
+        merge_models(members, tmp_path / f"r{depth}-{chunk}", method=method, progress=False, read_ahead=depth,
+                     max_chunk_bytes=chunk, **kw)
+        for depth in (0, 1, 2)
+        for chunk in (64, 16 * 2**20)
+    ]
+    blobs = [open(os.path.join(o, "model.safetensors"), "rb").read() for o in outputs]
+    assert all(b == blobs[0] for b in blobs[1:])
+
+
+def test_read_ahead_error_raised_in_order_and_thread_stopped(toys, tmp_path):
+    import threading
+
+    states, folders = toys
+    bad = toy_state(9)
+    bad["encoder.layer.0.weight"][1, 1] = float("nan")  # read early (float32, sorted by name)
+    badf = save_folder(tmp_path / "bad", bad)
+    # least_extreme checks inputs as they are read: the error comes from the reading thread
+    msg = _expect_fail([folders[0], badf], tmp_path / "o", "'encoder.layer.0.weight'", method="least_extreme",
+                       max_chunk_bytes=64, read_ahead=2)
+    assert badf in msg
+    # a truncated member fails in the reading thread too, with the file named
+    trunc = save_folder(tmp_path / "trunc", toy_state(5))
+    path = os.path.join(trunc, "model.safetensors")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 8)
+    with pytest.raises((OSError, MergeError)) as err:
+        merge_models([folders[0], trunc], tmp_path / "o2", progress=False, read_ahead=2)
+    assert trunc in str(err.value)
+    assert not os.path.exists(tmp_path / "o2")
+    assert not [t for t in threading.enumerate() if t.name == "aode-merge-read-ahead"]
+
+
+def test_read_ahead_holds_at_most_one_large_piece():
+    from aode.merge.driver import _Piece
+    from aode.merge.driver import _ReadAhead
+
+    small, large = 100, 10_000
+    sizes = [small, small, large, small, large, large, small, small, small]
+    pieces = [_Piece(f"t{i}", torch.float32, (n // 4,), None, None, n, True) for i, n in enumerate(sizes)]
+    held, peak_bytes, peak_pieces = [], [0], [0]
+    lock = __import__("threading").Lock()
+
+    def read(piece, scratch):
+        assert scratch is not None
+        with lock:
+            held.append(piece)
+            peak_bytes[0] = max(peak_bytes[0], sum(p.nbytes for p in held))
+            peak_pieces[0] = max(peak_pieces[0], len(held))
+        return piece.name
+
+    seen = []
+    with _ReadAhead(pieces, read, depth=2, slot_bytes=small) as reads:
+        for piece, value in reads:
+            assert value == piece.name
+            seen.append(piece.name)
+            __import__("time").sleep(0.01)  # let the thread run ahead
+            with lock:
+                held.remove(piece)
+    assert seen == [p.name for p in pieces]
+    assert peak_pieces[0] <= 3  # depth + 1 sets
+    assert peak_bytes[0] <= large  # a large piece is read only when nothing else is held
+
+
 def test_weights_honoured(toys, tmp_path):
     states, folders = toys
     out = merge_models(folders, tmp_path / "merged", weights=[4, 1, 1, 1], progress=False)

@@ -14,7 +14,9 @@ import hashlib
 import logging
 import math
 import os
+import queue
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from dataclasses import field
@@ -219,8 +221,9 @@ def merge_models(
     seed=0,
     progress=True,
     overwrite=False,
-    max_chunk_bytes=8 * 2**20,
+    max_chunk_bytes=16 * 2**20,
     num_threads=1,
+    read_ahead=2,
     extra_provenance=None,
 ):
     """Merge model folders into the model folder ``output`` (AoDE, paper III-C).
@@ -246,16 +249,20 @@ def merge_models(
         seed: seeds each tensor's generator together with the tensor name.
         progress: show a tqdm bar over tensors.
         overwrite: replace an existing ``output``.
-        max_chunk_bytes: read buffers hold at most this many bytes over all inputs:
-            element-wise methods get large tensors in slices of ``max_chunk_bytes / inputs``
-            bytes per input (8 MiB keeps a slice of every member in the CPU cache while it
-            is merged); other methods get whole tensors (then memory is about one tensor per
-            member, e.g. N x 160 MB for Whisper small's token embedding).
+        max_chunk_bytes: read buffers hold at most this many bytes over all inputs and
+            all pieces read ahead: element-wise methods get large tensors in slices of
+            ``max_chunk_bytes / (inputs x (read_ahead + 1))`` bytes per input (8 MiB keeps
+            the slices in the CPU cache while they are merged); other methods get whole
+            tensors (then memory is about one tensor per member, e.g. N x 160 MB for
+            Whisper small's token embedding).
         num_threads: torch intra-op threads during the merge (restored afterwards); None
             keeps the current setting. The default 1 is deliberate: the work is thousands
             of small cache-sized slices, which gain nothing from threads, and on a busy
             machine OpenMP's per-op barriers made 2 threads 10x slower than 1
             (bench/RESULTS.md, "Merge").
+        read_ahead: pieces (slices or tensors) read ahead on a background thread while
+            the current one is merged and written; 0 reads them in the calling thread.
+            The result is the same either way (the same operations on the same values).
         extra_provenance: entries added to (or replacing) the merged folder's ``aode.json``
             (a whole-model method records what it learnt there).
 
@@ -274,7 +281,7 @@ def merge_models(
     output = os.path.abspath(os.fspath(output))
     start_time = time.time()
     with _torch_threads(num_threads), atomic_folder(output, overwrite=overwrite) as tmp, _Inputs(plan) as sources:
-        _write_weights(plan, sources, os.path.join(tmp, "model.safetensors"), progress, max_chunk_bytes)
+        _write_weights(plan, sources, os.path.join(tmp, "model.safetensors"), progress, max_chunk_bytes, read_ahead)
         _write_folder_files(tmp, sources)
         write_provenance(tmp, {**plan.provenance(), **(extra_provenance or {})})
         write_model_card(tmp)  # README.md from aode.json, before the rename
@@ -282,7 +289,7 @@ def merge_models(
     return output
 
 
-def _write_weights(plan, sources, path, progress, max_chunk_bytes):
+def _write_weights(plan, sources, path, progress, max_chunk_bytes, read_ahead):
     inputs = sources.inputs
     entries = safetensors_layout([(n, i.dtype, tuple(i.shape)) for n, i in inputs[0].infos.items()])
     logger.info(
@@ -292,12 +299,18 @@ def _write_weights(plan, sources, path, progress, max_chunk_bytes):
         os.path.dirname(path),
         len(entries),
     )
+    # max_chunk_bytes bounds every read buffer together: read_ahead + 1 sets, one buffer
+    # per source in each.
+    slot_bytes = max(4096, max_chunk_bytes // (sources.n_read * (read_ahead + 1)))
+    pieces = list(_pieces(entries, plan, sources, slot_bytes))
     writer = SafetensorsWriter(path, entries, metadata={"format": "pt"})
+    bar = tqdm(total=len(entries), disable=not progress, unit="tensor", desc=f"merge ({plan.spec.name})")
+    reads = _ReadAhead(pieces, lambda piece, scratch: _read_piece(piece, plan, sources, scratch), read_ahead, slot_bytes)
     try:
-        scratch = _Scratch(max(4096, max_chunk_bytes // sources.n_read))
-        for name, dtype, shape in tqdm(entries, disable=not progress, unit="tensor", desc=f"merge ({plan.spec.name})"):
-            for piece in _merged_pieces(name, dtype, shape, plan, sources, scratch):
-                writer.write(name, piece)
+        with bar, reads:
+            for piece, read in reads:
+                writer.write(piece.name, _merge_piece(piece, read, plan, sources))
+                bar.update(piece.last)
     except BaseException:
         writer.abort()
         raise
@@ -321,58 +334,164 @@ class _Scratch:
         return buf
 
 
-def _merged_pieces(name, dtype, shape, plan, sources, scratch):
-    """The merged tensor ``name`` in ``dtype``: whole, or consecutive slices of its flattened
-    elements (element-wise methods, large tensors), in order."""
-    inputs = sources.inputs
-    if not dtype.is_floating_point:
-        # Integer / bool tensors (buffers: index tables) are copied from the first member.
-        yield agreeing_non_float(name, inputs).to(dtype)
-        return
-    spec, options, aligned = plan.spec, sources.options, sources.aligned
-    w = plan.weights_for(name)
-    if name.endswith(RUNNING_STATISTICS) and spec.name != "average":
+@dataclass(frozen=True)
+class _Piece:
+    """What one write of the output holds: tensor ``name`` whole (``start`` None) or
+    elements [start, stop) of it, flattened; ``nbytes`` read per source; ``last``: whether
+    it ends the tensor."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple
+    start: int | None
+    stop: int | None
+    nbytes: int
+    last: bool
+
+
+def _method_for(name, plan, sources):
+    """The method spec, options and aligned files that merge tensor ``name``."""
+    if name.endswith(RUNNING_STATISTICS) and plan.spec.name != "average":
         # BatchNorm statistics are no task vector: trimming, dropping or scaling their deltas
         # can make a variance negative (the model then decodes nothing); average them
-        spec, options, aligned = get_spec("average"), {}, {}
-    base_used = spec.uses_base and sources.base is not None
+        return get_spec("average"), {}, {}
+    return plan.spec, sources.options, sources.aligned
+
+
+def _pieces(entries, plan, sources, slot_bytes):
+    """The output's pieces in write order: whole tensors, or consecutive slices of at most
+    ``slot_bytes`` per source (float32) for element-wise methods."""
+    step = max(1, slot_bytes // 4)
+    for name, dtype, shape in entries:
+        numel = math.prod(shape)
+        itemsize = dtype.itemsize
+        if dtype.is_floating_point and _method_for(name, plan, sources)[0].elementwise and numel > step:
+            for start in range(0, numel, step):
+                stop = min(start + step, numel)
+                yield _Piece(name, dtype, shape, start, stop, (stop - start) * itemsize, stop == numel)
+        else:
+            yield _Piece(name, dtype, shape, None, None, numel * itemsize, True)
+
+
+def _read_piece(piece, plan, sources, scratch):
+    """The inputs of ``piece`` (in ``scratch``'s buffers where they fit): a non-float
+    tensor to copy, or ``(tensors, base, aligned extras)`` for the method."""
+    name, start, stop, nbytes = piece.name, piece.start, piece.stop, piece.nbytes
+    inputs = sources.inputs
+    if not piece.dtype.is_floating_point:
+        # Integer / bool tensors (buffers: index tables) are copied from the first member.
+        return agreeing_non_float(name, inputs)
+    spec, _, aligned = _method_for(name, plan, sources)
+    # Methods whose output is non-finite wherever an input is get their inputs checked
+    # through the output (_merge_piece); the others input by input.
+    check = not spec.propagates_nonfinite
+    tensors = [read_checked(src, name, start, stop, scratch.get(i, nbytes), check) for i, src in enumerate(inputs)]
+    base_t = None
+    if spec.uses_base and sources.base is not None:
+        base_t = read_checked(sources.base, name, start, stop, scratch.get("base", nbytes), check)
+    extra = {}
+    for kw, srcs in aligned.items():
+        extra[kw] = [
+            s.read(name, start, stop, scratch.get((kw, i), nbytes)).float() if s is not None and name in s else None
+            for i, s in enumerate(srcs)
+        ]
+    return tensors, base_t, extra
+
+
+def _merge_piece(piece, read, plan, sources):
+    """The merged ``piece`` in its dtype, from its inputs ``read`` (:func:`_read_piece`)."""
+    name, shape, start, stop = piece.name, piece.shape, piece.start, piece.stop
+    if not piece.dtype.is_floating_point:
+        return read.to(piece.dtype)
+    tensors, base_t, extra = read
+    spec, options, _ = _method_for(name, plan, sources)
     generator = torch.Generator().manual_seed(tensor_seed(plan.seed, name))
-    numel = math.prod(shape)
-    # Slices of at most scratch.size bytes per input (float32), element-wise methods only.
-    step = max(1, scratch.size // 4)
-    if spec.elementwise and numel > step:
-        ranges = [(s, min(s + step, numel)) for s in range(0, numel, step)]
-    else:
-        ranges = [(None, None)]
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    for start, stop in ranges:
-        nbytes = (numel if start is None else stop - start) * itemsize
-        # Methods whose output is non-finite wherever an input is get their inputs checked
-        # through the output (below); the others input by input.
-        check = not spec.propagates_nonfinite
-        tensors = [read_checked(src, name, start, stop, scratch.get(i, nbytes), check) for i, src in enumerate(inputs)]
-        base_t = None
-        if base_used:
-            base_t = read_checked(sources.base, name, start, stop, scratch.get("base", nbytes), check)
-        extra = {}
-        for kw, srcs in aligned.items():
-            extra[kw] = [
-                s.read(name, start, stop, scratch.get((kw, i), nbytes)).float() if s is not None and name in s else None
-                for i, s in enumerate(srcs)
-            ]
-        out = spec.fn(tensors, w, base_t, generator, **options, **extra)
-        del tensors, base_t, extra
-        if tuple(out.shape) != tuple(shape if start is None else (stop - start,)):
-            raise MergeError(
-                f"method {spec.name!r} returned shape {list(out.shape)} for tensor {name!r} of shape {list(shape)}"
-            )
-        if not all_finite(out):
-            suspects = inputs + ([sources.base] if base_used else [])
-            for src in suspects:  # name the member that brought the NaN / inf
-                if not all_finite(src.read(name, start, stop).float()):
-                    raise nonfinite_error(src, name)
-            raise MergeError(f"method {spec.name!r} produced non-finite values for tensor {name!r}")
-        yield out.to(dtype)
+    out = spec.fn(tensors, plan.weights_for(name), base_t, generator, **options, **extra)
+    del tensors, extra
+    if tuple(out.shape) != tuple(shape if start is None else (stop - start,)):
+        raise MergeError(
+            f"method {spec.name!r} returned shape {list(out.shape)} for tensor {name!r} of shape {list(shape)}"
+        )
+    if not all_finite(out):
+        suspects = sources.inputs + ([sources.base] if base_t is not None else [])
+        for src in suspects:  # name the member that brought the NaN / inf
+            if not all_finite(src.read(name, start, stop).float()):
+                raise nonfinite_error(src, name)
+        raise MergeError(f"method {spec.name!r} produced non-finite values for tensor {name!r}")
+    return out.to(piece.dtype)
+
+
+_DONE = object()
+
+
+class _ReadAhead:
+    """Iterates ``(piece, read(piece, scratch))`` in order, reading up to ``depth`` pieces
+    ahead on a background thread while the current one is merged and written, so the read
+    (a copy out of the page cache, or the disk) overlaps the method and the write instead of
+    adding to them (bench/RESULTS.md, "Merge"). ``depth`` 0 reads in the caller's thread.
+
+    ``depth + 1`` buffer sets (:class:`_Scratch` of ``slot_bytes`` per source) rotate
+    between the threads; a set comes back when the caller asks for the next piece (the
+    previous one is written by then). A piece too large for a set (a whole tensor of a
+    method that is not element-wise) is read only once every set is back, so at most one
+    such piece is in memory at a time, as without read-ahead. An error of the reading
+    thread is raised in the caller's at the piece where it happened. A context manager:
+    leaving it stops the reading thread.
+    """
+
+    def __init__(self, pieces, read, depth, slot_bytes):
+        self._pieces, self._read, self._depth = pieces, read, depth
+        self._slot_bytes = slot_bytes
+        self._sets = queue.Queue()
+        for _ in range(depth + 1):
+            self._sets.put(_Scratch(slot_bytes))
+        self._ready = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _sets_for(self, piece):
+        return 1 if piece.nbytes <= self._slot_bytes else self._depth + 1
+
+    def __iter__(self):
+        if self._depth == 0:
+            scratch = self._sets.get()
+            for piece in self._pieces:
+                yield piece, self._read(piece, scratch)
+            return
+        self._thread = threading.Thread(target=self._run, name="aode-merge-read-ahead", daemon=True)
+        self._thread.start()
+        while (item := self._ready.get()) is not _DONE:
+            piece, read, held, error = item
+            if error is not None:
+                raise error
+            yield piece, read
+            del read
+            for scratch in held:
+                self._sets.put(scratch)
+
+    def _run(self):
+        try:
+            for piece in self._pieces:
+                held = [self._sets.get() for _ in range(self._sets_for(piece))]
+                if self._stop.is_set():
+                    return
+                try:
+                    self._ready.put((piece, self._read(piece, held[0]), held, None))
+                except BaseException as error:  # raised in the caller's thread, in order
+                    self._ready.put((piece, None, held, error))
+                    return
+        finally:
+            self._ready.put(_DONE)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._thread is not None:
+            self._stop.set()
+            for _ in range(self._depth + 1):  # wake the thread if it waits for a set
+                self._sets.put(None)
+            self._thread.join()
 
 
 def _write_folder_files(folder, sources):

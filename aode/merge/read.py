@@ -22,6 +22,7 @@ import math
 import os
 import re
 import struct
+import threading
 from collections import namedtuple
 
 import torch
@@ -74,21 +75,24 @@ def shape_numel(shape):
 
 def dtype_itemsize(dtype):
     """Bytes per element of ``dtype``."""
-    return torch.empty((), dtype=dtype).element_size()
+    return dtype.itemsize
 
 
-def _readinto_exact(f, buf, path, what):
+def _pread_exact(fd, buf, offset, path, what):
+    # Positional reads share no file position, so the driver's read-ahead thread and the
+    # merging thread (naming the member behind a NaN) can read one file at once.
     view = memoryview(buf).cast("B")
     got = 0
     while got < len(view):
-        n = f.readinto(view[got:])
+        n = os.preadv(fd, [view[got:]], offset + got)
         if not n:
             raise OSError(f"{path}: truncated file while reading {what} ({got} of {len(view)} bytes)")
         got += n
 
 
 class SafetensorsFile:
-    """One ``.safetensors`` file, read tensor by tensor with seek + read (no mmap)."""
+    """One ``.safetensors`` file, read tensor by tensor with positional reads (no mmap:
+    a mapping would count every page read in the process's memory)."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
@@ -122,6 +126,7 @@ class SafetensorsFile:
             self._entries[name] = (dtype, shape, begin)
         self._order = sorted(self._entries, key=lambda n: self._entries[n][2])
         self._file = None
+        self._open_lock = threading.Lock()
 
     def keys(self):
         """Tensor names in file order."""
@@ -153,12 +158,15 @@ class SafetensorsFile:
             buf = buffer[:nbytes]
         else:
             buf = torch.empty(nbytes, dtype=torch.uint8)
-        if self._file is None:
-            self._file = open(self.path, "rb", buffering=0)
-        self._file.seek(self._data_start + begin + start * size)
-        _readinto_exact(self._file, buf.numpy(), self.path, repr(name))
+        _pread_exact(self._fd(), buf.numpy(), self._data_start + begin + start * size, self.path, repr(name))
         out = buf.view(dtype)
         return out.reshape(shape) if whole else out
+
+    def _fd(self):
+        with self._open_lock:  # two threads may read the first tensor at once
+            if self._file is None:
+                self._file = open(self.path, "rb", buffering=0)
+            return self._file.fileno()
 
     def close(self):
         if self._file is not None:
