@@ -265,7 +265,8 @@ def machine():
 
 def write_section(text, path=RESULTS):
     old = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    pattern = re.compile(r"^## Merge\n.*?(?=^## |\Z)", re.S | re.M)
+    # up to the next heading: the "###" sections after it belong to the other benchmarks
+    pattern = re.compile(r"^## Merge\n.*?(?=^##+ |\Z)", re.S | re.M)
     block = "## Merge\n\n" + text.strip() + "\n\n"
     if pattern.search(old):
         new = pattern.sub(lambda _: block, old, count=1)
