@@ -105,39 +105,44 @@ def make_members(workdir, n, shapes, vocab):
     return folders
 
 
-_STATUS = r"""
+def child_script(setup, work):
+    """The code of a measured child process: ``setup`` (imports, argument parsing; not timed),
+    then ``work`` timed, then one JSON line: wall time, peak RSS (VmHWM), RSS after setup."""
+    return (
+        "import json, os, sys, time\n"
+        + setup.strip()
+        + r"""
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
-"""
-
-STREAM = (
-    r"""
-import json, sys, time, torch
-from aode.merge import merge_models
-members, out, kw = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
-"""
-    + _STATUS
-    + r"""
 before = status("VmRSS")
 t0 = time.perf_counter()
-merge_models(members, out, method="average", progress=False, **kw)
+"""
+        + work.strip()
+        + r"""
 wall = time.perf_counter() - t0
 print(json.dumps({"wall": wall, "peak": status("VmHWM"), "rss_after_import": before}))
 """
+    )
+
+
+STREAM = child_script(
+    """
+import torch
+from aode.merge import merge_models
+members, out, kw = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+""",
+    'merge_models(members, out, method="average", progress=False, **kw)',
 )
 
-INMEM = (
-    r"""
-import json, os, sys, time, torch
+INMEM = child_script(
+    """
+import torch
 from safetensors.torch import load_file, save_file
 members, out = json.loads(sys.argv[1]), sys.argv[2]
-"""
-    + _STATUS
-    + r"""
-before = status("VmRSS")
-t0 = time.perf_counter()
+""",
+    """
 states = [load_file(os.path.join(m, "model.safetensors")) for m in members]
 merged = {}
 for k in states[0]:
@@ -147,26 +152,16 @@ for k in states[0]:
     merged[k] = acc / len(states)
 os.makedirs(out)
 save_file(merged, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
-wall = time.perf_counter() - t0
-print(json.dumps({"wall": wall, "peak": status("VmHWM"), "rss_after_import": before}))
-"""
+""",
 )
 
 # mergekit's own command (mergekit/scripts/merge_raw_pytorch.py), called after its imports
-MERGEKIT = (
-    r"""
-import json, sys, time
+MERGEKIT = child_script(
+    """
 from mergekit.scripts.merge_raw_pytorch import main
 members, out = json.loads(sys.argv[1]), sys.argv[2]
-"""
-    + _STATUS
-    + r"""
-before = status("VmRSS")
-t0 = time.perf_counter()
-main([sys.argv[3], out, "--quiet"], standalone_mode=False)
-wall = time.perf_counter() - t0
-print(json.dumps({"wall": wall, "peak": status("VmHWM"), "rss_after_import": before}))
-"""
+""",
+    'main([sys.argv[3], out, "--quiet"], standalone_mode=False)',
 )
 
 
