@@ -420,7 +420,9 @@ def main():
     ap.add_argument("--repeat", type=int, default=5, help="runs per column (medians reported; shared machine)")
     ap.add_argument("--cold", type=int, nargs="*", default=[], help="also time these N with a cold page cache")
     ap.add_argument("--cold-repeat", type=int, default=2)
-    ap.add_argument("--mergekit-python", help="an interpreter with mergekit installed (default: this one, if it has it)")
+    ap.add_argument(
+        "--mergekit-python", help="an interpreter with mergekit installed (default: this one, if it has it)"
+    )
     ap.add_argument(
         "--skip-inmem-above", type=int, default=10, help="skip the in-memory baseline for more members than this"
     )

@@ -18,9 +18,7 @@ def load_bench():
 
 def test_write_section_replaces_only_the_merge_tables(tmp_path):
     results = tmp_path / "RESULTS.md"
-    results.write_text(
-        "# Benchmarks\n\n## Merge\n\nold table\n\n### Decoding\n\nkept\n\n## Full-size\n\nkept too\n"
-    )
+    results.write_text("# Benchmarks\n\n## Merge\n\nold table\n\n### Decoding\n\nkept\n\n## Full-size\n\nkept too\n")
     load_bench().write_section("new table", path=str(results))
     assert results.read_text() == (
         "# Benchmarks\n\n## Merge\n\nnew table\n\n### Decoding\n\nkept\n\n## Full-size\n\nkept too\n"

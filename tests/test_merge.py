@@ -181,8 +181,15 @@ def test_read_ahead_gives_identical_bytes(toys, tmp_path, method, kw):
     else:
         members = folders
     outputs = [
-        merge_models(members, tmp_path / f"r{depth}-{chunk}", method=method, progress=False, read_ahead=depth,
-                     max_chunk_bytes=chunk, **kw)
+        merge_models(
+            members,
+            tmp_path / f"r{depth}-{chunk}",
+            method=method,
+            progress=False,
+            read_ahead=depth,
+            max_chunk_bytes=chunk,
+            **kw,
+        )
         for depth in (0, 1, 2)
         for chunk in (64, 16 * 2**20)
     ]
@@ -198,8 +205,14 @@ def test_read_ahead_error_raised_in_order_and_thread_stopped(toys, tmp_path):
     bad["encoder.layer.0.weight"][1, 1] = float("nan")  # read early (float32, sorted by name)
     badf = save_folder(tmp_path / "bad", bad)
     # least_extreme checks inputs as they are read: the error comes from the reading thread
-    msg = _expect_fail([folders[0], badf], tmp_path / "o", "'encoder.layer.0.weight'", method="least_extreme",
-                       max_chunk_bytes=64, read_ahead=2)
+    msg = _expect_fail(
+        [folders[0], badf],
+        tmp_path / "o",
+        "'encoder.layer.0.weight'",
+        method="least_extreme",
+        max_chunk_bytes=64,
+        read_ahead=2,
+    )
     assert badf in msg
     # a truncated member fails in the reading thread too, with the file named
     trunc = save_folder(tmp_path / "trunc", toy_state(5))

@@ -305,7 +305,9 @@ def _write_weights(plan, sources, path, progress, max_chunk_bytes, read_ahead):
     pieces = list(_pieces(entries, plan, sources, slot_bytes))
     writer = SafetensorsWriter(path, entries, metadata={"format": "pt"})
     bar = tqdm(total=len(entries), disable=not progress, unit="tensor", desc=f"merge ({plan.spec.name})")
-    reads = _ReadAhead(pieces, lambda piece, scratch: _read_piece(piece, plan, sources, scratch), read_ahead, slot_bytes)
+    reads = _ReadAhead(
+        pieces, lambda piece, scratch: _read_piece(piece, plan, sources, scratch), read_ahead, slot_bytes
+    )
     try:
         with bar, reads:
             for piece, read in reads:
