@@ -226,6 +226,14 @@ def test_read_ahead_error_raised_in_order_and_thread_stopped(toys, tmp_path):
     assert not [t for t in threading.enumerate() if t.name == "aode-merge-read-ahead"]
 
 
+def test_read_ahead_must_be_a_count(toys, tmp_path):
+    states, folders = toys
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="read_ahead"):
+            merge_models(folders, tmp_path / "o", progress=False, read_ahead=bad)
+    assert not os.path.exists(tmp_path / "o")
+
+
 def test_read_ahead_holds_at_most_one_large_piece():
     from aode.merge.driver import _Piece
     from aode.merge.driver import _ReadAhead

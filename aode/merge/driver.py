@@ -251,8 +251,8 @@ def merge_models(
         overwrite: replace an existing ``output``.
         max_chunk_bytes: read buffers hold at most this many bytes over all inputs and
             all pieces read ahead: element-wise methods get large tensors in slices of
-            ``max_chunk_bytes / (inputs x (read_ahead + 1))`` bytes per input (8 MiB keeps
-            the slices in the CPU cache while they are merged); other methods get whole
+            ``max_chunk_bytes / (inputs x (read_ahead + 1))`` bytes per input (the default
+            keeps them within a CPU's last-level cache while they are merged); other methods get whole
             tensors (then memory is about one tensor per member, e.g. N x 160 MB for
             Whisper small's token embedding).
         num_threads: torch intra-op threads during the merge (restored afterwards); None
@@ -269,6 +269,8 @@ def merge_models(
     Returns the output folder path.
     """
     plan = MergePlan(members, method, weights, base, include_base, weight_rules, options, seed)
+    if not isinstance(read_ahead, int) or read_ahead < 0:
+        raise ValueError(f"read_ahead must be a non-negative integer (pieces read ahead), got {read_ahead!r}")
     if plan.spec.whole_model:
         return plan.spec.fn(
             plan,
