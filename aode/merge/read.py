@@ -351,7 +351,10 @@ class LoraSource(ModelSource):
         self._cache = (None, None)
 
     def _delta(self, name):
-        if self._cache[0] != name:
+        # One tuple read and one written: the driver's reading thread and the merging thread
+        # (naming the member behind a NaN) may both get here.
+        cached_name, cached = self._cache
+        if cached_name != name:
             a, b, scaling, transpose = self.adapted[name]
             shape = self.infos[name].shape
             if transpose:
@@ -360,8 +363,9 @@ class LoraSource(ModelSource):
                 d = d.T.contiguous() if len(shape) == 2 else d
             else:
                 d = lora_delta(a, b, scaling, shape)
+            cached = d
             self._cache = (name, d)
-        return self._cache[1]
+        return cached
 
     def read(self, name, start=None, stop=None, buffer=None):
         if name in self.replaced:
