@@ -44,6 +44,23 @@ def sample_manifest(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def speaker_csvs(tmp_path_factory):
+    """Two 'domains' (the two speakers of the real samples, ``spk1`` and ``spk2``) and a
+    forgetting set of every recording (``all``): manifest paths by name."""
+    from aode.manifest import write_manifest
+
+    folder = tmp_path_factory.mktemp("domains")
+    rows = sample_rows()
+    paths = {}
+    for spk in ("spk1", "spk2"):
+        paths[spk] = str(folder / f"{spk}.csv")
+        write_manifest(paths[spk], [r for r in rows if r["spk_id"] == spk])
+    paths["all"] = str(folder / "all.csv")
+    write_manifest(paths["all"], rows)
+    return paths
+
+
 @pytest.fixture(scope="session")
 def tiny_parakeet(tmp_path_factory):
     from aode.builders import build_parakeet_ctc

@@ -6,27 +6,9 @@ import os
 import sys
 
 import pytest
-from conftest import sample_rows
-
-from aode.manifest import write_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes", "average"))
-
-
-@pytest.fixture(scope="module")
-def domains(tmp_path_factory):
-    """Two 'domains' (the two speakers of the real samples) and a forgetting set."""
-    folder = tmp_path_factory.mktemp("domains")
-    rows = sample_rows()
-    paths = {}
-    for spk in ("spk1", "spk2"):
-        path = str(folder / f"{spk}.csv")
-        write_manifest(path, [r for r in rows if r["spk_id"] == spk])
-        paths[spk] = path
-    paths["all"] = str(folder / "all.csv")
-    write_manifest(paths["all"], rows)
-    return paths
 
 
 def _yaml(path, text):
@@ -34,7 +16,7 @@ def _yaml(path, text):
     return str(path)
 
 
-def test_merge_recipe(tiny_parakeet, domains, tmp_path, capsys):
+def test_merge_recipe(tiny_parakeet, speaker_csvs, tmp_path, capsys):
     import merge as merge_recipe
 
     from aode.train import train_expert
@@ -44,8 +26,8 @@ def test_merge_recipe(tiny_parakeet, domains, tmp_path, capsys):
         experts[spk] = train_expert(
             dict(
                 output_folder=str(tmp_path / spk),
-                train_csv=domains[spk],
-                valid_csv=domains[spk],
+                train_csv=speaker_csvs[spk],
+                valid_csv=speaker_csvs[spk],
                 model_source=tiny_parakeet,
                 lr=3e-3,
                 number_of_epochs=1,
@@ -66,10 +48,10 @@ experts:
 include_original: True
 merged_name: AoDE
 test_sets:
-    spk1: {domains["spk1"]}
-    spk2: {domains["spk2"]}
-    clean: {domains["all"]}
-    other: {domains["all"]}
+    spk1: {speaker_csvs["spk1"]}
+    spk2: {speaker_csvs["spk2"]}
+    clean: {speaker_csvs["all"]}
+    other: {speaker_csvs["all"]}
 forgetting_sets: [clean, other]
 expert_of_test_set: {{spk1: spk1, spk2: spk2}}
 normalizer: basic
@@ -92,7 +74,7 @@ progressbar: False
 
 
 @pytest.mark.slow
-def test_reproduce_every_scenario(tiny_parakeet, domains, tmp_path):
+def test_reproduce_every_scenario(tiny_parakeet, speaker_csvs, tmp_path):
     import reproduce
 
     hp = _yaml(
@@ -102,14 +84,14 @@ title: tiny
 output_folder: {tmp_path / "exp"}
 original: {tiny_parakeet}
 domains:
-    a: {{train_csv: {domains["spk1"]}, valid_csv: {domains["spk1"]}, test_csv: {domains["spk1"]}}}
-    b: {{train_csv: {domains["spk2"]}, valid_csv: {domains["spk2"]}, test_csv: {domains["spk2"]}}}
+    a: {{train_csv: {speaker_csvs["spk1"]}, valid_csv: {speaker_csvs["spk1"]}, test_csv: {speaker_csvs["spk1"]}}}
+    b: {{train_csv: {speaker_csvs["spk2"]}, valid_csv: {speaker_csvs["spk2"]}, test_csv: {speaker_csvs["spk2"]}}}
 forgetting_sets:
-    clean: {domains["all"]}
-    other: {domains["all"]}
+    clean: {speaker_csvs["all"]}
+    other: {speaker_csvs["all"]}
 scenarios: [experts, sequential, aode, aode_with_original, combined, resampled, iterative, weighted, lora, oracle,
             methods, fisher, weight_search, greedy_soup]
-forgetting_dev_sets: {{clean_dev: {domains["all"]}}}
+forgetting_dev_sets: {{clean_dev: {speaker_csvs["all"]}}}
 fisher_utterances: 4
 weight_search: {{objective: constrained, max_forgetting: 50, n_random: 1}}
 sequential_orders: [[a, b]]
@@ -172,7 +154,7 @@ progressbar: False
     assert files == {p: os.path.getmtime(p) for p in files}
 
 
-def test_resampled_data_is_trained_when_domains_differ_in_size(tiny_parakeet, domains, tmp_path):
+def test_resampled_data_is_trained_when_domains_differ_in_size(tiny_parakeet, speaker_csvs, tmp_path):
     import reproduce
 
     hp = _yaml(
@@ -181,9 +163,9 @@ def test_resampled_data_is_trained_when_domains_differ_in_size(tiny_parakeet, do
 output_folder: {tmp_path / "exp"}
 original: {tiny_parakeet}
 domains:
-    a: {{train_csv: {domains["spk1"]}, valid_csv: {domains["spk1"]}, test_csv: {domains["spk1"]}}}
-    b: {{train_csv: {domains["all"]}, valid_csv: {domains["all"]}, test_csv: {domains["all"]}}}
-forgetting_sets: {{clean: {domains["all"]}}}
+    a: {{train_csv: {speaker_csvs["spk1"]}, valid_csv: {speaker_csvs["spk1"]}, test_csv: {speaker_csvs["spk1"]}}}
+    b: {{train_csv: {speaker_csvs["all"]}, valid_csv: {speaker_csvs["all"]}, test_csv: {speaker_csvs["all"]}}}
+forgetting_sets: {{clean: {speaker_csvs["all"]}}}
 scenarios: [experts, combined, resampled]
 train_hparams_file: {ROOT}/hparams/parakeet_llrd.yaml
 train_overrides: {{lr: 0.003, number_of_epochs: 1, steps_per_epoch: 1, batch_size: 2, num_workers: 0,

@@ -14,7 +14,6 @@ import shutil
 import sys
 
 import pytest
-from conftest import sample_rows
 
 from aode.config import EVAL_BATCH_SIZE
 from aode.config import ORIGINAL_NAME
@@ -28,7 +27,6 @@ from aode.experiment import SCENARIOS
 from aode.experiment import TABLES
 from aode.experiment import Experiment
 from aode.experiment import resolve_scenarios
-from aode.manifest import write_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes", "average"))
@@ -45,20 +43,7 @@ ITERATIVE_TABLE7 = [
 ]
 
 
-@pytest.fixture(scope="module")
-def manifests(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("manifests")
-    rows = sample_rows()
-    paths = {}
-    for spk in ("spk1", "spk2"):
-        paths[spk] = str(folder / f"{spk}.csv")
-        write_manifest(paths[spk], [r for r in rows if r["spk_id"] == spk])
-    paths["all"] = str(folder / "all.csv")
-    write_manifest(paths["all"], rows)
-    return paths
-
-
-def _hparams(tmp_path, manifests, scenarios, **extra):
+def _hparams(tmp_path, speaker_csvs, scenarios, **extra):
     def domain(csv_path):
         return {"train_csv": csv_path, "valid_csv": csv_path, "test_csv": csv_path}
 
@@ -66,9 +51,9 @@ def _hparams(tmp_path, manifests, scenarios, **extra):
         "title": "ids",
         "output_folder": str(tmp_path / "exp"),
         "original": str(tmp_path / "original"),
-        "domains": {"a": domain(manifests["spk1"]), "b": domain(manifests["spk2"])},
-        "forgetting_sets": {"clean": manifests["all"], "other": manifests["all"]},
-        "forgetting_dev_sets": {"clean_dev": manifests["all"]},
+        "domains": {"a": domain(speaker_csvs["spk1"]), "b": domain(speaker_csvs["spk2"])},
+        "forgetting_sets": {"clean": speaker_csvs["all"], "other": speaker_csvs["all"]},
+        "forgetting_dev_sets": {"clean_dev": speaker_csvs["all"]},
         "scenarios": scenarios,
         "sequential_orders": [["a", "b"]],
         "iterations": 2,
@@ -157,9 +142,9 @@ def test_scenario_table_ids_labels_and_needs():
     assert resolve_scenarios(ALL) == SCENARIO_IDS
 
 
-def test_misspelt_scenario_fails_before_any_work(tmp_path, manifests, fake):
+def test_misspelt_scenario_fails_before_any_work(tmp_path, speaker_csvs, fake):
     with pytest.raises(ConfigError, match="unknown scenario 'iterativ' \\(did you mean 'iterative'\\?\\)"):
-        Experiment(_hparams(tmp_path, manifests, ["aode", "iterativ"]))
+        Experiment(_hparams(tmp_path, speaker_csvs, ["aode", "iterativ"]))
     assert not (tmp_path / "exp").exists() and not fake["train"]
 
 
@@ -180,17 +165,17 @@ def test_misspelt_scenario_on_the_command_line_fails_before_the_corpus(tmp_path)
 
 
 @pytest.mark.parametrize("key, field", [("train_overrides", "steps_per_epoch"), ("lora_overrides", "lora_rank")])
-def test_misspelt_training_override_fails_before_any_training(tmp_path, manifests, fake, key, field):
-    hp = _hparams(tmp_path, manifests, ["lora"], **{key: {field[:-1]: 2}})
+def test_misspelt_training_override_fails_before_any_training(tmp_path, speaker_csvs, fake, key, field):
+    hp = _hparams(tmp_path, speaker_csvs, ["lora"], **{key: {field[:-1]: 2}})
     with pytest.raises(ConfigError, match=f"{key}: .*unknown training key '{field[:-1]}' \\(did you mean '{field}'"):
         Experiment(hp)
     assert not fake["train"]
 
 
-def test_experiment_yaml_defaults_and_shipped_files(tmp_path, manifests):
+def test_experiment_yaml_defaults_and_shipped_files(tmp_path, speaker_csvs):
     minimal = {
         k: v
-        for k, v in _hparams(tmp_path, manifests, ["aode"]).items()
+        for k, v in _hparams(tmp_path, speaker_csvs, ["aode"]).items()
         if k in ("output_folder", "original", "domains", "forgetting_sets", "train_hparams_file")
     }
     config = validate(ExperimentConfig, minimal)
@@ -212,8 +197,8 @@ def test_experiment_yaml_defaults_and_shipped_files(tmp_path, manifests):
 
 # --------------------------------------------------------------------------- any subset runs
 @pytest.mark.parametrize("scenario", ALL)
-def test_each_scenario_alone_runs_with_what_it_needs(tmp_path, manifests, fake, scenario):
-    experiment = Experiment(_hparams(tmp_path, manifests, [scenario]))
+def test_each_scenario_alone_runs_with_what_it_needs(tmp_path, speaker_csvs, fake, scenario):
+    experiment = Experiment(_hparams(tmp_path, speaker_csvs, [scenario]))
     experiment.run()
     made = {r.scenario for r in experiment.rows.values()} - {None}
     assert made == set(resolve_scenarios([scenario]))
@@ -221,16 +206,16 @@ def test_each_scenario_alone_runs_with_what_it_needs(tmp_path, manifests, fake, 
         assert row.label in _table(tmp_path / "exp", SCENARIO_BY_ID[row.scenario].table if row.scenario else "table7")
 
 
-def test_iterative_alone_pulls_in_the_experts_and_both_averages(tmp_path, manifests, fake):
-    Experiment(_hparams(tmp_path, manifests, ["iterative"])).run()
+def test_iterative_alone_pulls_in_the_experts_and_both_averages(tmp_path, speaker_csvs, fake):
+    Experiment(_hparams(tmp_path, speaker_csvs, ["iterative"])).run()
     assert _table(tmp_path / "exp", "table7") == ITERATIVE_TABLE7
     assert sorted(fake["train"]) == ["a", "b", "iter2_a", "iter2_b", "iter2_orig_a", "iter2_orig_b"]
 
 
 # ------------------------------------------------------------------- each model decoded once
-def test_each_model_is_decoded_once_per_set_and_a_rerun_decodes_nothing(tmp_path, manifests, fake):
+def test_each_model_is_decoded_once_per_set_and_a_rerun_decodes_nothing(tmp_path, speaker_csvs, fake):
     search = {"objective": "constrained", "max_forgetting": 50}
-    experiment = Experiment(_hparams(tmp_path, manifests, ALL, weight_search=search))
+    experiment = Experiment(_hparams(tmp_path, speaker_csvs, ALL, weight_search=search))
     experiment.run()
     out = tmp_path / "exp"
     assert _table(out, "methods")[3:] == [
@@ -255,13 +240,13 @@ def test_each_model_is_decoded_once_per_set_and_a_rerun_decodes_nothing(tmp_path
     assert sorted(os.listdir(out / "eval")) == sorted(first.values())
     for kind in fake:
         fake[kind].clear()
-    Experiment(_hparams(tmp_path, manifests, ALL, weight_search=search)).run()
+    Experiment(_hparams(tmp_path, speaker_csvs, ALL, weight_search=search)).run()
     assert not fake["train"] and not fake["merge"] and not fake["decode"]
 
 
-def test_rows_sharing_a_folder_share_one_evaluation(tmp_path, manifests, fake):
+def test_rows_sharing_a_folder_share_one_evaluation(tmp_path, speaker_csvs, fake):
     # a one-domain order is that domain's expert: one folder, two rows, one decode per set
-    experiment = Experiment(_hparams(tmp_path, manifests, ["sequential"], sequential_orders=[["a"]]))
+    experiment = Experiment(_hparams(tmp_path, speaker_csvs, ["sequential"], sequential_orders=[["a"]]))
     experiment.run()
     assert experiment.rows["seq_a"].folder == experiment.rows["expert_a"].folder
     models = [d[1] for d in fake["decode"]]
@@ -270,8 +255,8 @@ def test_rows_sharing_a_folder_share_one_evaluation(tmp_path, manifests, fake):
     assert t7["Sequential FT - a"]["Average"] == t7["Fine-tuned - a"]["Average"]
 
 
-def test_results_folder_from_before_row_ids_is_reused(tmp_path, manifests, fake):
-    hp = _hparams(tmp_path, manifests, ["aode", "weighted", "greedy_soup"])
+def test_results_folder_from_before_row_ids_is_reused(tmp_path, speaker_csvs, fake):
+    hp = _hparams(tmp_path, speaker_csvs, ["aode", "weighted", "greedy_soup"])
     experiment = Experiment(hp)
     experiment.run()
     out = tmp_path / "exp"
@@ -289,9 +274,9 @@ def test_results_folder_from_before_row_ids_is_reused(tmp_path, manifests, fake)
 
 
 # ------------------------------------------------------------------------- tables by row id
-def test_table8_takes_the_weighted_rows_by_id_not_by_label(tmp_path, manifests, fake):
+def test_table8_takes_the_weighted_rows_by_id_not_by_label(tmp_path, speaker_csvs, fake):
     methods = {"Emphasis x4": {"method": "average", "weights": [4, 1]}, "TIES": {"method": "ties"}}
-    Experiment(_hparams(tmp_path, manifests, ["aode", "weighted", "methods"], merge_methods=methods)).run()
+    Experiment(_hparams(tmp_path, speaker_csvs, ["aode", "weighted", "methods"], merge_methods=methods)).run()
     out = tmp_path / "exp"
     assert _table(out, "table8") == ["Pretrained", "AoDE", "AoDE w/ orig. - a x4", "AoDE w/ orig. - b x4"]
     assert _table(out, "methods") == ["Pretrained", "AoDE", "Emphasis x4", "TIES"]
@@ -299,9 +284,9 @@ def test_table8_takes_the_weighted_rows_by_id_not_by_label(tmp_path, manifests, 
     assert json.load(open(out / "merges" / "AoDE_with_orig_b_x4" / "config.json"))["weights"] == [1.0, 4.0, 1.0]
 
 
-def test_a_merge_method_named_like_a_row_is_refused(tmp_path, manifests, fake):
+def test_a_merge_method_named_like_a_row_is_refused(tmp_path, speaker_csvs, fake):
     experiment = Experiment(
-        _hparams(tmp_path, manifests, ["aode", "methods"], merge_methods={"AoDE": {"method": "average"}})
+        _hparams(tmp_path, speaker_csvs, ["aode", "methods"], merge_methods={"AoDE": {"method": "average"}})
     )
     with pytest.raises(ConfigError, match="'AoDE'"):
         experiment.run()
@@ -309,8 +294,8 @@ def test_a_merge_method_named_like_a_row_is_refused(tmp_path, manifests, fake):
 
 # ------------------------------------------------------------------------------ greedy soup
 @pytest.mark.parametrize("best, worst", [("a", "b"), ("b", "a")])
-def test_greedy_soup_ranks_the_experts_by_its_dev_table(tmp_path, manifests, fake, best, worst):
-    experiment = Experiment(_hparams(tmp_path, manifests, ["greedy_soup"]))
+def test_greedy_soup_ranks_the_experts_by_its_dev_table(tmp_path, speaker_csvs, fake, best, worst):
+    experiment = Experiment(_hparams(tmp_path, speaker_csvs, ["greedy_soup"]))
     experts = {d: _model_folder(str(tmp_path / "experts" / d), {}) for d in ("a", "b")}
     dev = {best: {"a": 10.0, "b": 10.0, "clean_dev": 10.0}, worst: {"a": 90.0, "b": 90.0, "clean_dev": 90.0}}
     experiment.greedy_soup(experts, dev)
@@ -325,7 +310,7 @@ def test_greedy_soup_ranks_the_experts_by_its_dev_table(tmp_path, manifests, fak
 
 # --------------------------------------------------------------------------- the real thing
 @pytest.mark.slow
-def test_iterative_alone_on_tiny_models_decodes_each_model_once(tiny_parakeet, manifests, tmp_path, monkeypatch):
+def test_iterative_alone_on_tiny_models_decodes_each_model_once(tiny_parakeet, speaker_csvs, tmp_path, monkeypatch):
     import reproduce
 
     from aode.brain import ASRBrain
@@ -343,9 +328,9 @@ def test_iterative_alone_on_tiny_models_decodes_each_model_once(tiny_parakeet, m
 output_folder: {tmp_path / "exp"}
 original: {tiny_parakeet}
 domains:
-    a: {{train_csv: {manifests["spk1"]}, valid_csv: {manifests["spk1"]}, test_csv: {manifests["spk1"]}}}
-    b: {{train_csv: {manifests["spk2"]}, valid_csv: {manifests["spk2"]}, test_csv: {manifests["spk2"]}}}
-forgetting_sets: {{clean: {manifests["all"]}}}
+    a: {{train_csv: {speaker_csvs["spk1"]}, valid_csv: {speaker_csvs["spk1"]}, test_csv: {speaker_csvs["spk1"]}}}
+    b: {{train_csv: {speaker_csvs["spk2"]}, valid_csv: {speaker_csvs["spk2"]}, test_csv: {speaker_csvs["spk2"]}}}
+forgetting_sets: {{clean: {speaker_csvs["all"]}}}
 scenarios: [iterative]
 iterations: 2
 train_hparams_file: {ROOT}/hparams/parakeet_llrd.yaml

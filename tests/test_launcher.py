@@ -13,7 +13,6 @@ import sys
 import time
 
 import pytest
-from conftest import sample_rows
 
 import aode.launcher
 from aode.config import ConfigError
@@ -23,7 +22,6 @@ from aode.config import load_yaml
 from aode.config import validate
 from aode.experiment import Experiment
 from aode.launcher import LaunchError
-from aode.manifest import write_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINI = os.path.join(ROOT, "hparams", "mini.yaml")
@@ -61,26 +59,13 @@ def fake_train(hparams, run_opts=None, corpus=None):
     return folder
 
 
-@pytest.fixture(scope="module")
-def manifests(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("manifests")
-    rows = sample_rows()
-    paths = {}
-    for spk in ("spk1", "spk2"):
-        paths[spk] = str(folder / f"{spk}.csv")
-        write_manifest(paths[spk], [r for r in rows if r["spk_id"] == spk])
-    paths["all"] = str(folder / "all.csv")
-    write_manifest(paths["all"], rows)
-    return paths
-
-
-def _hparams(out, manifests, domains=("a", "b"), scenarios=("experts",), **extra):
-    spk = {name: manifests["spk1" if i % 2 == 0 else "spk2"] for i, name in enumerate(domains)}
+def _hparams(out, speaker_csvs, domains=("a", "b"), scenarios=("experts",), **extra):
+    spk = {name: speaker_csvs["spk1" if i % 2 == 0 else "spk2"] for i, name in enumerate(domains)}
     return {
         "output_folder": str(out),
         "original": str(out / "original"),
         "domains": {d: {"train_csv": spk[d], "valid_csv": spk[d], "test_csv": spk[d]} for d in domains},
-        "forgetting_sets": {"clean": manifests["all"]},
+        "forgetting_sets": {"clean": speaker_csvs["all"]},
         "scenarios": list(scenarios),
         "train_hparams_file": os.path.join(ROOT, "hparams", "parakeet_llrd.yaml"),
         "normalizer": "basic",
@@ -133,9 +118,9 @@ def _configs(out):
 
 
 # --------------------------------------------------------------------------------- local jobs
-def test_local_jobs_run_concurrently_and_give_what_serial_gives(tmp_path, manifests, fake, monkeypatch, capsys):
+def test_local_jobs_run_concurrently_and_give_what_serial_gives(tmp_path, speaker_csvs, fake, monkeypatch, capsys):
     monkeypatch.setenv("AODE_TEST_SLEEP", "1.5")
-    serial = Experiment(_hparams(tmp_path / "serial", manifests))
+    serial = Experiment(_hparams(tmp_path / "serial", speaker_csvs))
     serial.run()
     assert sorted(fake["trained"]()) == ["a", "b"]
     a, b = _job(tmp_path / "serial", "a"), _job(tmp_path / "serial", "b")
@@ -143,7 +128,7 @@ def test_local_jobs_run_concurrently_and_give_what_serial_gives(tmp_path, manife
     printed = capsys.readouterr().out
     assert printed.index("training expert a") < printed.index("training expert b")
 
-    local = Experiment(_hparams(tmp_path / "local", manifests, launcher={"kind": "local", "jobs": 2}))
+    local = Experiment(_hparams(tmp_path / "local", speaker_csvs, launcher={"kind": "local", "jobs": 2}))
     local.run()
     assert sorted(fake["trained"]()) == ["a", "b"]
     a, b = _job(tmp_path / "local", "a"), _job(tmp_path / "local", "b")
@@ -157,10 +142,10 @@ def test_local_jobs_run_concurrently_and_give_what_serial_gives(tmp_path, manife
     assert (tmp_path / "local" / "jobs" / "a.log").exists()
 
 
-def test_local_jobs_are_bounded_and_each_gets_its_own_gpu(tmp_path, manifests, fake, monkeypatch):
+def test_local_jobs_are_bounded_and_each_gets_its_own_gpu(tmp_path, speaker_csvs, fake, monkeypatch):
     monkeypatch.setenv("AODE_TEST_SLEEP", "1.5")
     monkeypatch.setattr(aode.launcher, "visible_gpus", lambda: ["3", "5"])
-    Experiment(_hparams(tmp_path, manifests, domains=("a", "b", "c"), launcher="local", jobs=2)).run()
+    Experiment(_hparams(tmp_path, speaker_csvs, domains=("a", "b", "c"), launcher="local", jobs=2)).run()
     jobs = {d: _job(tmp_path, d) for d in "abc"}
     for t in [j["start"] for j in jobs.values()]:
         running = [d for d, j in jobs.items() if j["start"] <= t < j["end"]]
@@ -170,9 +155,9 @@ def test_local_jobs_are_bounded_and_each_gets_its_own_gpu(tmp_path, manifests, f
 
 
 def test_a_failed_job_names_its_log_stops_before_merging_and_a_rerun_trains_only_it(
-    tmp_path, manifests, fake, monkeypatch
+    tmp_path, speaker_csvs, fake, monkeypatch
 ):
-    hp = _hparams(tmp_path, manifests, scenarios=["aode"], launcher={"kind": "local", "jobs": 2})
+    hp = _hparams(tmp_path, speaker_csvs, scenarios=["aode"], launcher={"kind": "local", "jobs": 2})
     monkeypatch.setenv("AODE_TEST_FAIL", "b")
     with pytest.raises(LaunchError) as err:
         Experiment(hp).run()
@@ -236,11 +221,11 @@ SLURM = {
 
 
 def test_slurm_submits_one_array_of_the_missing_experts_with_the_launcher_parameters(
-    tmp_path, manifests, fake, recorder
+    tmp_path, speaker_csvs, fake, recorder
 ):
     fake_train({"output_folder": str(tmp_path / "experts" / "a")}, corpus="a")  # a is done already
     fake["trained"]()
-    experiment = Experiment(_hparams(tmp_path, manifests, domains=("a", "b", "c"), launcher=SLURM))
+    experiment = Experiment(_hparams(tmp_path, speaker_csvs, domains=("a", "b", "c"), launcher=SLURM))
     experiment.run()
     [executor] = recorder
     assert executor.cluster == "slurm" and executor.folder == str(tmp_path / "jobs")
@@ -251,29 +236,29 @@ def test_slurm_submits_one_array_of_the_missing_experts_with_the_launcher_parame
     assert params["slurm_array_parallelism"] == 2  # jobs 4, but two experts are missing
     [array] = executor.arrays
     assert [(call[1], call[3]) for call in array] == [("b", 8), ("c", 8)]  # one job per missing expert
-    assert array[0][0] is fake_train and array[0][2] == experiment.train_hparams("b", *_csvs(manifests, 1), None)
+    assert array[0][0] is fake_train and array[0][2] == experiment.train_hparams("b", *_csvs(speaker_csvs, 1), None)
     assert sorted(fake["trained"]()) == ["b", "c"]
 
 
-def _csvs(manifests, i):
-    spk = manifests["spk1" if i % 2 == 0 else "spk2"]
+def _csvs(speaker_csvs, i):
+    spk = speaker_csvs["spk1" if i % 2 == 0 else "spk2"]
     return spk, spk
 
 
-def test_a_failed_slurm_job_names_its_log(tmp_path, manifests, fake, recorder, monkeypatch):
+def test_a_failed_slurm_job_names_its_log(tmp_path, speaker_csvs, fake, recorder, monkeypatch):
     monkeypatch.setenv("AODE_TEST_FAIL", "a")
     with pytest.raises(LaunchError, match="a: job 77_0: boom in a; log: .*77_0_0_log.err"):
-        Experiment(_hparams(tmp_path, manifests, scenarios=["aode"], launcher=SLURM)).run()
+        Experiment(_hparams(tmp_path, speaker_csvs, scenarios=["aode"], launcher=SLURM)).run()
     assert not fake["merges"]
 
 
 # ------------------------------------------------------------------------------ bad input
-def test_slurm_without_a_partition_or_submitit_fails_before_any_work(tmp_path, manifests, fake, monkeypatch):
+def test_slurm_without_a_partition_or_submitit_fails_before_any_work(tmp_path, speaker_csvs, fake, monkeypatch):
     with pytest.raises(ConfigError, match="launcher: .*the slurm launcher needs a partition"):
-        Experiment(_hparams(tmp_path / "x", manifests, launcher="slurm"))
+        Experiment(_hparams(tmp_path / "x", speaker_csvs, launcher="slurm"))
     monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit -> ImportError
     with pytest.raises(ConfigError, match="the slurm launcher needs submitit: pip install submitit"):
-        Experiment(_hparams(tmp_path / "x", manifests, launcher={"kind": "slurm", "partition": "gpu"}))
+        Experiment(_hparams(tmp_path / "x", speaker_csvs, launcher={"kind": "slurm", "partition": "gpu"}))
     assert not (tmp_path / "x").exists() and not fake["trained"]()
 
 
