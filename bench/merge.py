@@ -211,19 +211,17 @@ def mergekit_config(members, path):
 
 
 def find_mergekit_python(given):
-    """An interpreter that imports mergekit: ``given``, else this one, else None."""
-    for python in [given] if given else [sys.executable]:
-        ok = subprocess.run([python, "-c", "import mergekit.scripts.merge_raw_pytorch"], capture_output=True)
-        if ok.returncode == 0:
-            version = subprocess.run(
-                [python, "-c", "import importlib.metadata as m; print(m.version('mergekit'))"],
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
-            return python, version
+    """An interpreter that imports mergekit and its mergekit version: ``given`` (an error if it
+    cannot), else this one, else ``(None, None)``."""
+    python = given or sys.executable
+    if subprocess.run([python, "-c", "import mergekit.scripts.merge_raw_pytorch"], capture_output=True).returncode:
         if given:
             raise SystemExit(f"--mergekit-python {given}: cannot import mergekit there")
-    return None, None
+        return None, None
+    version = subprocess.run(
+        [python, "-c", "import importlib.metadata as m; print(m.version('mergekit'))"], capture_output=True, text=True
+    ).stdout.strip()
+    return python, version
 
 
 def max_abs_difference(file_a, file_b):
