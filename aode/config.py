@@ -178,6 +178,13 @@ class TrainingConfig(Schema):
     max_decode_ratio: float = 1.0
     normalizer: Normalizer = "whisper"
     check_audio: bool = True
+    # Training and dev rows whose audio cannot be read: above this fraction of a manifest the run stops.
+    max_unreadable_fraction: float = 0.01
+    # Test rows whose audio cannot be read are an error unless skipped on purpose (then counted).
+    skip_unreadable_audio: bool = False
+    # Transcript characters a CTC vocabulary lacks (they would become <unk>): above this fraction, stop.
+    max_unknown_char_fraction: float = 0.001
+    overwrite: bool = False  # a finished or checkpointed run made with other settings is redone, not refused
     progressbar: bool = True
     push_to_hub: Optional[str] = None  # hub repo id: the train recipes (aode.train.main) upload the expert
 
@@ -186,6 +193,13 @@ class TrainingConfig(Schema):
     def _positive(cls, value):
         if value < 1:
             raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("max_unreadable_fraction", "max_unknown_char_fraction")
+    @classmethod
+    def _fraction(cls, value):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError("must be a fraction from 0 to 1")
         return value
 
 
@@ -218,6 +232,9 @@ class MergeConfig(Schema):
     beam_size: int = 1
     normalizer: Normalizer = "whisper"
     device: str = "cpu"
+    skip_unreadable_audio: bool = False  # test rows whose audio cannot be read: an error unless skipped (counted)
+    allow_foreign_original: bool = False  # merge with an original that is not the experts' recorded base model
+    overwrite: bool = False  # a finished merge or statistics made from other inputs is redone, not refused
     progressbar: bool = True
     push_to_hub: Optional[str] = None  # a hub repo id: upload the merged folder (aode.model_card.push_to_hub)
 
@@ -438,6 +455,8 @@ class ExperimentConfig(Schema):
     eval_batch_size: int = EVAL_BATCH_SIZE
     normalizer: Normalizer = "whisper"
     device: str = "cpu"
+    skip_unreadable_audio: bool = False  # test rows whose audio cannot be read: an error unless skipped (counted)
+    overwrite: bool = False  # a finished stage made from other inputs is redone, not refused
     progressbar: bool = True
     launcher: LauncherConfig = Field(default_factory=LauncherConfig)  # or its kind alone: --launcher local
     jobs: Optional[int] = None  # shortcut for launcher.jobs: --launcher local --jobs 2
