@@ -23,6 +23,7 @@ import torchaudio
 
 from aode.manifest import read_manifest
 from aode.manifest import split_wav_field
+from aode.transcripts import check_transcripts
 
 if TYPE_CHECKING:
     from speechbrain.dataio.dataset import DynamicItemDataset
@@ -99,12 +100,16 @@ def make_dataset(
     hparams: Mapping[str, Any],
     check_audio: bool = True,
     skip_log: str | os.PathLike | None = None,
+    stage: str = "test",
 ) -> DynamicItemDataset:
     """A ``DynamicItemDataset`` from a manifest with ``sig`` and the model's text items.
 
     Unreadable rows are dropped, counted and (with ``skip_log``) appended to that CSV.
+    Transcripts the model cannot use are refused (:func:`aode.transcripts.check_transcripts`;
+    ``stage``: ``"train"`` for training and validation sets, ``"test"`` for test sets).
     """
     rows, bad = check_manifest(path, check_audio)
+    check_transcripts(rows, model, path, hparams.get("max_unknown_char_fraction", 0.001), stage)
     if bad:
         logger.warning(
             "%s: skipping %d of %d rows with unreadable audio (first: %s)", path, len(bad), len(rows), bad[0]

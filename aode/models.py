@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from typing import Any
@@ -227,6 +228,12 @@ class ASRModel(nn.Module):
     def text_items(self, text: str) -> tuple[torch.Tensor, ...]:
         """The training targets of one transcript, one tensor per name in ``text_keys``."""
         raise NotImplementedError
+
+    def unknown_characters(self, characters: Iterable[str]) -> set[str]:
+        """The ``characters`` that :meth:`text_items` cannot encode: those the tokenizer turns
+        into its unknown token (or drops). None by default (a byte-level tokenizer, Whisper's,
+        encodes every character); a family with a closed vocabulary overrides it."""
+        return set()
 
     def batch_inputs(self, batch: PaddedBatch) -> tuple[torch.Tensor, ...]:
         """The positional arguments of :meth:`forward` for a SpeechBrain batch (on device)."""
@@ -487,6 +494,22 @@ class CTCASR(ASRModel):
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         return self._tokenizer
+
+    def unknown_characters(self, characters: Iterable[str]) -> set[str]:
+        """The characters (whitespace aside) that the tokenizer encodes, alone, as its unknown
+        token or as nothing: for the character vocabularies of Parakeet and wav2vec2
+        (lowercase letters and apostrophe), upper case, digits and symbols."""
+        known = self.__dict__.setdefault("_known_characters", {})
+        unknown = set()
+        for char in characters:
+            if char.isspace():
+                continue
+            if char not in known:
+                ids = self.tokenizer(char, add_special_tokens=False)["input_ids"]
+                known[char] = bool(ids) and self.tokenizer.unk_token_id not in ids
+            if not known[char]:
+                unknown.add(char)
+        return unknown
 
     def encode_text(self, text: str) -> torch.Tensor:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -240,8 +240,8 @@ def train_expert(
     asr, source = build_model(hparams)
     skip_log = os.path.join(output, "skipped_audio.csv")
     check = hparams["check_audio"]
-    train_set = make_dataset(hparams["train_csv"], asr, hparams, check, skip_log)
-    valid_set = make_dataset(hparams["valid_csv"], asr, hparams, check, skip_log)
+    train_set = make_dataset(hparams["train_csv"], asr, hparams, check, skip_log, stage="train")
+    valid_set = make_dataset(hparams["valid_csv"], asr, hparams, check, skip_log, stage="train")
     test_csvs = {"test": hparams["test_csv"]} if hparams["test_csv"] else {}
     test_csvs.update(hparams["extra_test_csvs"] or {})
     test_sets = {name: make_dataset(path, asr, hparams, check, skip_log) for name, path in test_csvs.items()}

@@ -78,3 +78,54 @@ def test_basic_normaliser():
     assert get_normalizer("none")("  a \n b ") == "a b"
     with pytest.raises(ValueError, match="unknown text normaliser"):
         get_normalizer("whisperx")
+
+
+# Accents, letters NFKD does not split, ligatures, other scripts, apostrophes and quote marks.
+ACCENTED = [
+    "Café naïve résumé",
+    "Zoë's piñata",
+    "Œuvre, straße, Ærøskøbing, Łódź, Þórr and Đorđe",
+    "ẞ STRASSE and the Ø in Øresund",
+    "Ångström, Dvořák, Brontë, Skåne, São Paulo, Nguyễn",
+    "The café served crème brûlée and a piña colada.",
+    "ﬁne ﬂour, ｆｕｌｌ width, x² and ½ cup",
+    "İstanbul's ŉ and Ǆ",
+    "Ελληνικά and русский and 中文 words",
+    "She said “don’t” — ‘really’ — it’s `fine`",
+    "résumé-writing, naïveté's edge",
+]
+
+
+def _project_rule(text):
+    """The project's rule after the fold, written out: straight apostrophes, lowercase, every
+    character but a-z, 0-9, apostrophe and space -> space, quote marks at word edges dropped."""
+    import re
+
+    text = re.sub(r"[\u2018\u2019\u02bc`]", "'", text).lower()
+    words = (word.strip("'") for word in re.sub(r"[^a-z0-9' ]+", " ", text).split())
+    return " ".join(word for word in words if word)
+
+
+def test_normalize_words_folds_accents_as_whisper_does():
+    basic = pytest.importorskip("whisper.normalizers.basic")
+    for text in ACCENTED:
+        # keep the apostrophes: Whisper's function makes them spaces, the project keeps them
+        folded = basic.remove_symbols_and_diacritics(text, keep="'\u2018\u2019\u02bc`")
+        assert normalize_words(text) == _project_rule(folded), text
+
+
+def test_additional_diacritics_are_whispers():
+    basic = pytest.importorskip("whisper.normalizers.basic")
+    from aode.text import ADDITIONAL_DIACRITICS
+
+    assert ADDITIONAL_DIACRITICS == basic.ADDITIONAL_DIACRITICS
+
+
+def test_accents_never_split_words():
+    assert normalize_words("Café naïve résumé") == "cafe naive resume"
+    assert normalize_words("Zoë's") == "zoe's"
+    assert normalize_words("Œuvre") == "oeuvre"
+    assert normalize_words("straße") == "strasse"
+    assert normalize_words("Æsir Ørsted Þór Łukasz") == "aesir orsted thor lukasz"
+    assert normalize_words("résumé-writing") == "resume writing"  # a hyphen still splits
+    assert normalize_words("Ελληνικά café") == "cafe"  # other scripts are dropped, as before
