@@ -21,6 +21,7 @@ import speechbrain as sb
 import torch
 import torchaudio
 
+from aode.config import ConfigError
 from aode.manifest import read_manifest
 from aode.manifest import split_wav_field
 from aode.transcripts import check_transcripts
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
     from aode.models import ASRModel
 
 logger = logging.getLogger(__name__)
+
+
+class UnreadableAudioError(ConfigError):
+    """More of a manifest's audio cannot be read than the run allows."""
+
 
 SAMPLE_RATE = 16000
 # How far a segment's stop may lie past the end of its file: manifests round times to the
@@ -101,20 +107,39 @@ def make_dataset(
     check_audio: bool = True,
     skip_log: str | os.PathLike | None = None,
     stage: str = "test",
+    max_unreadable_fraction: float = 0.0,
 ) -> DynamicItemDataset:
     """A ``DynamicItemDataset`` from a manifest with ``sig`` and the model's text items.
 
-    Unreadable rows are dropped, counted and (with ``skip_log``) appended to that CSV.
+    Rows whose audio cannot be read are refused (:class:`UnreadableAudioError`, the count and
+    the first files named) when they are more than ``max_unreadable_fraction`` of the manifest
+    (0: any is refused; training passes its ``max_unreadable_fraction``, 1 % by default, and
+    evaluation 0 unless unreadable test audio is skipped on request); the others are dropped,
+    counted and (with ``skip_log``) appended to that CSV. The dataset's ``manifest_rows`` and
+    ``unreadable`` (IDs) say what was dropped.
     Transcripts the model cannot use are refused (:func:`aode.transcripts.check_transcripts`;
     ``stage``: ``"train"`` for training and validation sets, ``"test"`` for test sets).
     """
     rows, bad = check_manifest(path, check_audio)
     check_transcripts(rows, model, path, hparams.get("max_unknown_char_fraction", 0.001), stage)
+    if len(bad) > max_unreadable_fraction * len(rows):
+        first = "; ".join(reason for _, reason in bad[:3])
+        raise UnreadableAudioError(
+            f"manifest {path}: the audio of {len(bad)} of {len(rows)} rows cannot be read "
+            f"({100 * len(bad) / len(rows):.1f} %, more than the {100 * max_unreadable_fraction:g} % allowed); "
+            f"first: {first}"
+            + (
+                "; to score the readable rows only, pass --skip_unreadable_audio True (the tables show the count)"
+                if max_unreadable_fraction == 0.0
+                else "; fix the paths or raise --max_unreadable_fraction"
+            )
+        )
     if bad:
         logger.warning(
             "%s: skipping %d of %d rows with unreadable audio (first: %s)", path, len(bad), len(rows), bad[0]
         )
         if skip_log:
+            os.makedirs(os.path.dirname(os.path.abspath(skip_log)), exist_ok=True)
             new = not os.path.exists(skip_log)
             with open(skip_log, "a", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
@@ -132,6 +157,8 @@ def make_dataset(
     max_duration = hparams.get("max_duration")
     if max_duration:
         dataset = dataset.filtered_sorted(key_max_value={"duration": float(max_duration)})
+    dataset.manifest_rows = len(rows)
+    dataset.unreadable = [i for i, _ in bad]
     return dataset
 
 
@@ -163,7 +190,7 @@ def subset_loader(
     that per-member statistics (Fisher, Gram matrices) use."""
     import random
 
-    dataset = make_dataset(manifest, model, {"max_duration": max_duration})
+    dataset = make_dataset(manifest, model, {"max_duration": max_duration}, max_unreadable_fraction=0.01)
     ids = list(dataset.data_ids)
     if len(ids) < n_utterances:
         logger.info("the manifest has %d usable utterances (< %d): using all", len(ids), n_utterances)

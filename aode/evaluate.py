@@ -1,11 +1,12 @@
 """Decode models on test sets with the shared Brain, caching hypotheses and WER.
 
-A result is ``<eval_folder>/<model name>/<test set>.json`` with WER, CER, counts, the
-per-utterance hypotheses and a key (model weights fingerprint, manifest content hash,
-normaliser, beam); the same key is never decoded twice, so reporting again is free.
+A result is ``<eval_folder>/<model name>/<test set>.json`` with WER, CER, counts (utterances
+scored and in the manifest, unreadable IDs), the per-utterance hypotheses and a key (the model's
+and the manifest's content fingerprints, :mod:`aode.reuse`, and the scoring settings); the same
+key is never decoded twice, so reporting again is free, and a changed model, manifest or
+setting is decoded again.
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -14,39 +15,22 @@ import time
 import torch
 
 from aode.atomic import atomic_write_json
+from aode.reuse import file_fingerprint
+from aode.reuse import model_fingerprint
 
 logger = logging.getLogger(__name__)
 
 
-def _file_fingerprint(path):
-    stat = os.stat(path)
-    return f"{os.path.basename(path)}:{stat.st_size}:{int(stat.st_mtime)}"
-
-
-def model_fingerprint(model):
-    """Identifies a model folder's weights (names, sizes, mtimes) or a hub id as given."""
-    if not os.path.isdir(model):
-        return str(model)
-    # weights and config only: a fisher.safetensors written beside them changes no output
-    parts = sorted(
-        _file_fingerprint(os.path.join(model, f))
-        for f in os.listdir(model)
-        if f.startswith(("model", "pytorch_model")) or f == "config.json"
-    )
-    return hashlib.sha1("|".join(parts).encode()).hexdigest()
-
-
-def manifest_fingerprint(path):
-    with open(path, "rb") as f:
-        return hashlib.sha1(f.read()).hexdigest()
-
-
-def cache_key(model, manifest, normalizer, beam_size):
+def cache_key(model, manifest, normalizer, beam_size, max_duration=None, skip_unreadable_audio=False):
+    """What a cached result was computed from: the model's weights and the manifest by content,
+    and every setting that changes which utterances are scored or how."""
     return {
         "model": model_fingerprint(model),
-        "manifest": manifest_fingerprint(manifest),
+        "manifest": file_fingerprint(manifest),
         "normalizer": normalizer,
         "beam_size": beam_size,
+        "max_duration": max_duration,
+        "skip_unreadable_audio": bool(skip_unreadable_audio),
     }
 
 
@@ -69,19 +53,28 @@ def evaluate_model(
     num_workers=0,
     progress=True,
     max_duration=None,
+    skip_unreadable_audio=False,
+    label=None,
 ):
     """WER of ``model`` (folder or hub id) on each ``{name: manifest}``; cached per set.
 
-    Returns ``{name: result dict}`` (``wer``, ``cer``, ``utterances``, ``seconds``, ...).
-    The model is loaded only when some set is not cached yet.
+    Returns ``{name: result dict}`` (``wer``, ``cer``, ``utterances`` scored,
+    ``manifest_utterances``, ``unreadable`` IDs, ``seconds``, ...). The model is loaded only
+    when some set is not cached yet. A test row whose audio cannot be read is an error
+    (:class:`aode.data.UnreadableAudioError`) unless ``skip_unreadable_audio``; then it is
+    skipped, listed in ``skipped_audio.csv`` and counted. ``label`` names the model in the
+    progress bar (default: the folder's name).
     """
+    import speechbrain as sb
+    from tqdm import tqdm
+
     from aode.brain import ASRBrain
     from aode.data import make_dataset
     from aode.models import load_asr_model
 
     results, todo = {}, {}
     for name, manifest in test_sets.items():
-        key = cache_key(model, manifest, normalizer, beam_size)
+        key = cache_key(model, manifest, normalizer, beam_size, max_duration, skip_unreadable_audio)
         cached = read_cached(os.path.join(out_folder, f"{name}.json"), key)
         if cached is not None:
             results[name] = cached
@@ -89,18 +82,33 @@ def evaluate_model(
             todo[name] = (manifest, key)
     if not todo:
         return results
+    label = label or os.path.basename(os.path.normpath(str(model)))
     asr = load_asr_model(model, beam_size=beam_size).eval()
     hparams = {"normalizer": normalizer, "max_duration": max_duration}
     brain = ASRBrain(modules={"model": asr}, hparams=hparams, run_opts={"device": device})
     for name, (manifest, key) in todo.items():
-        dataset = make_dataset(manifest, asr, hparams, skip_log=os.path.join(out_folder, "skipped_audio.csv"))
+        dataset = make_dataset(
+            manifest,
+            asr,
+            hparams,
+            skip_log=os.path.join(out_folder, "skipped_audio.csv"),
+            max_unreadable_fraction=1.0 if skip_unreadable_audio else 0.0,
+        )
+        manifest_rows, unreadable = dataset.manifest_rows, dataset.unreadable
         dataset = dataset.filtered_sorted(sort_key="duration", reverse=True)  # less padding
         brain.hparams.utterance_output = os.path.join(out_folder, f"{name}_utterances.csv")
         start = time.time()
+        loader = brain.make_dataloader(
+            dataset, sb.Stage.TEST, batch_size=batch_size, num_workers=num_workers, ckpt_prefix=None
+        )
+        brain.on_stage_start(sb.Stage.TEST)
+        brain.modules.eval()
         with torch.inference_mode():
-            brain.evaluate(
-                dataset, test_loader_kwargs={"batch_size": batch_size, "num_workers": num_workers}, progressbar=progress
-            )
+            for batch in tqdm(
+                loader, desc=f"{label} on {name}", unit="batch", disable=not progress, dynamic_ncols=True
+            ):
+                brain.evaluate_batch(batch, stage=sb.Stage.TEST)
+            brain.on_stage_end(sb.Stage.TEST, 0.0, None)
         stats = brain.last_stats
         result = {
             "model": str(model),
@@ -110,21 +118,43 @@ def evaluate_model(
             "wer": stats["WER"],
             "cer": stats["CER"],
             "utterances": len(brain.utterances),
+            "manifest_utterances": manifest_rows,
+            "unreadable": unreadable,
             "seconds": round(time.time() - start, 2),
             "hypotheses": brain.utterances,
         }
         atomic_write_json(os.path.join(out_folder, f"{name}.json"), result, indent=1)
         logger.info(
-            "%s on %s: WER %.2f (%d utts, %.1f s)", model, name, stats["WER"], len(brain.utterances), result["seconds"]
+            "%s on %s: WER %.2f (%d of %d utts, %.1f s)",
+            label,
+            name,
+            stats["WER"],
+            len(brain.utterances),
+            manifest_rows,
+            result["seconds"],
         )
         results[name] = result
     return results
 
 
-def evaluate_models(models, test_sets, eval_folder, **kwargs):
-    """``{model name: {set: WER}}`` for ``{model name: folder}`` x ``{set: manifest}``."""
+def scored_counts(results):
+    """``{set: (utterances scored, utterances in the manifest)}`` of :func:`evaluate_model`'s
+    results (results cached before the count was kept: the scored count for both; results
+    without counts are left out)."""
+    return {
+        s: (r["utterances"], r.get("manifest_utterances", r["utterances"]))
+        for s, r in results.items()
+        if "utterances" in r
+    }
+
+
+def evaluate_models(models, test_sets, eval_folder, counts=None, **kwargs):
+    """``{model name: {set: WER}}`` for ``{model name: folder}`` x ``{set: manifest}``;
+    ``counts``, when given, is filled with ``{model name: {set: (scored, in the manifest)}}``."""
     table = {}
     for name, folder in models.items():
-        results = evaluate_model(folder, test_sets, os.path.join(eval_folder, name), **kwargs)
+        results = evaluate_model(folder, test_sets, os.path.join(eval_folder, name), label=name, **kwargs)
         table[name] = {s: results[s]["wer"] for s in test_sets}
+        if counts is not None:
+            counts[name] = scored_counts({s: results[s] for s in test_sets})
     return table

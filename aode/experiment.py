@@ -51,10 +51,16 @@ from aode.atomic import atomic_folder
 from aode.atomic import atomic_write_json
 from aode.config import ConfigError
 from aode.config import ExperimentConfig
+from aode.config import TrainingConfig
 from aode.config import load_yaml
 from aode.config import validate
 from aode.manifest import write_manifest
 from aode.report import write_report
+from aode.reuse import STAMP_KEY
+from aode.reuse import may_reuse
+from aode.reuse import merge_stamp
+from aode.reuse import recorded_stamp
+from aode.reuse import training_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +171,7 @@ class Experiment:
         self.scenarios = resolve_scenarios(self.cfg["scenarios"])
         self.rows = collections.OrderedDict()  # row id -> Row, in table order
         self.eval_folders = {}  # row id -> the eval folder holding its per-utterance errors
+        self.counts = {}  # row id -> {set: (utterances scored, in the manifest)}
         self.add_row("original", self.cfg["original_name"], None, self.original)
         self.timings = collections.OrderedDict()
         self.launcher = self.cfg["launcher"]  # how a stage's independent trainings run (aode.launcher)
@@ -209,6 +216,8 @@ class Experiment:
             init_from=init_from,
             domain=name,
             data_folder=None,
+            overwrite=self.cfg["overwrite"],
+            skip_unreadable_audio=self.cfg["skip_unreadable_audio"],
         )
         return load_yaml(self.cfg[f"{key}_hparams_file"], overrides)
 
@@ -228,12 +237,7 @@ class Experiment:
         folders, todo = {}, collections.OrderedDict()
         for name, spec in specs.items():
             folder = os.path.join(self.out, "experts", name, EXPERT_DIR)
-            if os.path.isfile(os.path.join(folder, "config.json")):
-                logger.info("expert %s: done, skipping", name)
-                folders[name] = folder
-                continue
             init_from = spec.get("init_from")
-            print(f"[aode] training expert {name} (init: {init_from or 'original'})", flush=True)
             hparams = self.train_hparams(
                 name,
                 spec["train_csv"],
@@ -241,6 +245,13 @@ class Experiment:
                 init_from if init_from != self.original else None,
                 spec.get("lora", False),
             )
+            if os.path.isfile(os.path.join(folder, "config.json")):
+                stamp = training_stamp(validate(TrainingConfig, hparams, f"training hparams of {name}"))
+                if may_reuse(f"expert {name}", folder, recorded_stamp(folder), stamp, self.cfg["overwrite"]):
+                    logger.info("expert %s: done with the same settings and data, skipping", name)
+                    folders[name] = folder
+                    continue
+            print(f"[aode] training expert {name} (init: {init_from or 'original'})", flush=True)
             if self.launcher.kind == "serial":
                 folders.update(self.train_many({name: hparams}))
             else:
@@ -280,7 +291,26 @@ class Experiment:
         from aode.merge import merge_models
 
         folder = os.path.join(self.out, "merges", _folder_name(name))
-        if os.path.isfile(os.path.join(folder, "config.json")):
+        reads = None
+        if data_members is not None:
+            reads = {d: self.domains[d].train_csv for d in data_members}
+            reads.update({f"dev {n}": p for n, p in self.dev_sets().items()})
+            if self.cfg.get("general_data") or self.cfg["forgetting_dev_sets"]:
+                reads[self.cfg["original_name"]] = self.general_data
+        stamp = merge_stamp(
+            members,
+            self.original,
+            method,
+            include_original,
+            options,
+            weights,
+            weight_rules,
+            self.cfg["seed"],
+            data=reads,
+            statistics_utterances=self.cfg["fisher_utterances"],
+        )
+        found = os.path.isfile(os.path.join(folder, "config.json"))
+        if found and may_reuse(f"merge {name!r}", folder, recorded_stamp(folder), stamp, self.cfg["overwrite"]):
             return folder
         if data_members is not None:
             options = self._timed("statistics", self.data_options, method, options, data_members, include_original)
@@ -300,6 +330,8 @@ class Experiment:
             options=options,
             weight_rules=weight_rules,
             seed=self.cfg["seed"],
+            overwrite=found,
+            extra_provenance={STAMP_KEY: stamp},
         )
 
     def data_options(
@@ -326,6 +358,7 @@ class Experiment:
             seed=self.cfg["seed"],
             device=self.cfg["device"],
             progress=self.cfg["progressbar"],
+            overwrite=self.cfg["overwrite"],
         )
 
     @property
@@ -364,6 +397,7 @@ class Experiment:
             normalizer=self.cfg["normalizer"],
             device=self.cfg["device"],
             progress=self.cfg["progressbar"],
+            skip_unreadable_audio=self.cfg["skip_unreadable_audio"],
         )
 
     def evaluate_folders(
@@ -376,18 +410,24 @@ class Experiment:
         to the names earlier versions cached it under in ``root`` (adopted when present).
         """
         from aode.evaluate import evaluate_model
+        from aode.evaluate import scored_counts
 
         first = collections.OrderedDict()
         for model_id, folder in models.items():
             first.setdefault(os.path.normpath(folder), model_id)
-        wers = {}
+        wers, counts = {}, {}
         for key, model_id in first.items():
             cache = os.path.join(self.out, root, model_id)
             _adopt(cache, [os.path.join(self.out, root, n) for n in (legacy or {}).get(models[model_id], ())])
-            results = self._timed("evaluate", evaluate_model, models[model_id], sets, cache, **self._eval_kwargs())
+            results = self._timed(
+                "evaluate", evaluate_model, models[model_id], sets, cache, label=model_id, **self._eval_kwargs()
+            )
             wers[key] = {s: results[s]["wer"] for s in sets}
+            counts[key] = scored_counts(results)
         for model_id, folder in models.items():
             self.eval_folders[model_id] = os.path.join(self.out, root, first[os.path.normpath(folder)])
+            if root == "eval":  # the test sets' counts, for the tables
+                self.counts[model_id] = counts[os.path.normpath(folder)]
         return {model_id: wers[os.path.normpath(folder)] for model_id, folder in models.items()}
 
     # ------------------------------------------------------------------ stages
@@ -656,6 +696,7 @@ class Experiment:
                 expert_of=fine_tuned,
                 lookup=by_label,
                 title=f"{title}: {subtitle}",
+                counts={r.label: self.counts[r.id] for r in self.rows.values() if r.id in self.counts},
             )[1]
             ids = {r.label: r.id for r in self.rows.values()}
             write_spread(

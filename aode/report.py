@@ -92,9 +92,19 @@ def summarize(table, baseline, forgetting_sets=None, sets=None, expert_of=None, 
 
 
 def gain_kept(wers, base, experts):
-    """Mean over target sets of (WER_pre - WER_model) / (WER_pre - WER_expert)."""
-    shares = [(base[s] - wers[s]) / (base[s] - expert[s]) for s, expert in experts.items() if base[s] != expert[s]]
+    """Mean over target sets of (WER_pre - WER_model) / (WER_pre - WER_expert).
+
+    A set whose expert did not improve on the generalist (WER_pre - WER_expert <= 0) has no
+    gain to keep: its share is undefined and left out of the mean (:func:`undefined_gains`
+    names those sets); NaN when no set has a gain."""
+    shares = [(base[s] - wers[s]) / (base[s] - expert[s]) for s, expert in experts.items() if base[s] > expert[s]]
     return sum(shares) / len(shares) if shares else float("nan")
+
+
+def undefined_gains(base, experts):
+    """``{set: (WER_pre, WER_expert)}`` of the target sets whose expert did not improve on the
+    generalist: Gain kept leaves them out."""
+    return {s: (base[s], expert[s]) for s, expert in experts.items() if not base[s] > expert[s]}
 
 
 def _fmt(value, digits=2):
@@ -190,21 +200,62 @@ def plot(rows, sets, path, title="AoDE"):
     plt.close(fig)
 
 
-def write_report(table, folder, baseline, forgetting_sets=None, expert_of=None, title="AoDE", sets=None, lookup=None):
-    """wer.csv, results.csv, results.md, results.json, results.png in ``folder``."""
+def report_notes(table, baseline, expert_of=None, lookup=None, counts=None):
+    """The lines under a table that say what its numbers leave out: Gain kept's undefined sets,
+    and every WER scored on fewer utterances than its manifest holds (``counts``: ``{model:
+    {set: (scored, in the manifest)}}``, as :func:`aode.evaluate.evaluate_models` fills it)."""
+    lookup = lookup or table
+    notes = []
+    if expert_of:
+        experts = {s: lookup[e] for s, e in expert_of.items() if e in lookup}
+        for s, (pre, expert) in undefined_gains(table[baseline], experts).items():
+            notes.append(
+                f"Gain kept leaves out {s}: its expert did not improve on {baseline} there "
+                f"(WER {pre:.2f} -> {expert:.2f}), so there is no gain to keep (undefined, not counted in the mean)."
+            )
+    for model, per_set in (counts or {}).items():
+        for s, (scored, total) in per_set.items():
+            if model in table and scored < total:
+                notes.append(
+                    f"{model} on {s} ({SHORT_MARK}): scored on {scored} of the manifest's {total} utterances "
+                    "(the others were unreadable and skipped on request, or longer than max_duration)."
+                )
+    return notes
+
+
+SHORT_MARK = "†"  # a WER cell scored on fewer utterances than its manifest holds
+
+
+def write_report(
+    table, folder, baseline, forgetting_sets=None, expert_of=None, title="AoDE", sets=None, lookup=None, counts=None
+):
+    """wer.csv, results.csv, results.md, results.json, results.png in ``folder``.
+
+    ``counts`` (``{model: {set: (scored, in the manifest)}}``) marks the WERs scored on fewer
+    utterances than their manifest holds, in results.md (with a note) and results.json."""
     os.makedirs(folder, exist_ok=True)
     sets = sets or list(next(iter(table.values())))
     write_wer_csv(table, os.path.join(folder, "wer.csv"), sets)
     rows = summarize(table, baseline, forgetting_sets, sets, expert_of, lookup)
     write_csv(rows, os.path.join(folder, "results.csv"))
-    text = markdown(rows)
+    short = {(model, s) for model, per_set in (counts or {}).items() for s, (n, total) in per_set.items() if n < total}
+    shown = [
+        {k: (f"{_fmt(v)} {SHORT_MARK}" if (row["model"], k) in short else v) for k, v in row.items()} for row in rows
+    ]
+    text = markdown(shown)
+    notes = report_notes(table, baseline, expert_of, lookup, counts)
+    if notes:
+        text += "\n" + "\n".join(f"- {note}" for note in notes) + "\n"
     with open(os.path.join(folder, "results.md"), "w", encoding="utf-8") as f:
         f.write(
             f"# {title}\n\nWER % per test set; Average = mean of the columns; Forgetting % against "
             f"{baseline!r} on {', '.join(forgetting_sets or default_forgetting_sets(sets))}.\n\n" + text
         )
+    record = {"baseline": baseline, "rows": rows, "notes": notes}
+    if counts:
+        record["utterances"] = {m: {s: list(c) for s, c in per_set.items()} for m, per_set in counts.items()}
     with open(os.path.join(folder, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"baseline": baseline, "rows": rows}, f, indent=1)
+        json.dump(record, f, indent=1)
     plot(rows, sets, os.path.join(folder, "results.png"), title)
     return rows, text
 
@@ -229,4 +280,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from aode.cli import run_main
+
+    sys.exit(run_main(main))

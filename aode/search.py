@@ -291,7 +291,8 @@ def search_weights(
     "wer", "average", "forgetting", "pareto", "chosen", "constraint_met"}``.
     """
     from aode.evaluate import evaluate_models
-    from aode.evaluate import manifest_fingerprint
+    from aode.reuse import file_fingerprint
+    from aode.reuse import model_fingerprint
 
     members = [os.path.abspath(os.fspath(m)) for m in members]
     base = os.path.abspath(os.fspath(base))
@@ -315,7 +316,15 @@ def search_weights(
         cands = candidate_weights(len(members), n_random, seed, include_base_choices)
     else:
         cands = _normalise_candidates(candidates, len(members))
-    identity = {"members": members, "base": base, "method": method, "options": merge_options, "seed": seed}
+    # Candidates are named by what they are made from: the members' and the base's weights by
+    # content, so a retrained expert at the same path makes new candidates, never reuses old ones.
+    identity = {
+        "members": [model_fingerprint(m) for m in members],
+        "base": model_fingerprint(base),
+        "method": method,
+        "options": merge_options,
+        "seed": seed,
+    }
     seen, unique = set(), []
     for c in cands:
         c["id"] = _candidate_id(c, identity)
@@ -329,7 +338,7 @@ def search_weights(
     json_path = os.path.join(out_folder, "search.json")
     eval_key = _digest(
         {
-            "sets": {s: manifest_fingerprint(m) for s, m in all_sets.items()},
+            "sets": {s: file_fingerprint(m) for s, m in all_sets.items()},
             "eval": {k: v for k, v in eval_kwargs.items() if k != "progress"},
         }
     )

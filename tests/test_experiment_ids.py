@@ -19,6 +19,7 @@ from aode.config import EVAL_BATCH_SIZE
 from aode.config import ORIGINAL_NAME
 from aode.config import ConfigError
 from aode.config import ExperimentConfig
+from aode.config import TrainingConfig
 from aode.config import load_yaml
 from aode.config import validate
 from aode.experiment import SCENARIO_BY_ID
@@ -27,6 +28,7 @@ from aode.experiment import SCENARIOS
 from aode.experiment import TABLES
 from aode.experiment import Experiment
 from aode.experiment import resolve_scenarios
+from aode.reuse import training_stamp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes", "average"))
@@ -66,10 +68,13 @@ def _hparams(tmp_path, speaker_csvs, scenarios, **extra):
     }
 
 
-def _model_folder(folder, info):
+def _model_folder(folder, info, provenance=None):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(info, f)
+    if provenance is not None:  # what the real trainer and merger record: the stamp a rerun checks
+        with open(os.path.join(folder, "aode.json"), "w") as f:
+            json.dump(provenance, f)
     return folder
 
 
@@ -94,11 +99,16 @@ def fake(monkeypatch):
         return _model_folder(
             os.path.join(hparams["output_folder"], aode.train.EXPERT_DIR),
             {"init_from": hparams["init_from"], "lora_rank": hparams["lora_rank"]},
+            {"kind": "expert", "made_from": training_stamp(validate(TrainingConfig, hparams))},
         )
 
     def merge_models(members, output, **kwargs):
         calls["merge"].append(os.path.basename(output))
-        return _model_folder(output, {"members": members, "weights": kwargs["weights"], "method": kwargs["method"]})
+        return _model_folder(
+            output,
+            {"members": members, "weights": kwargs["weights"], "method": kwargs["method"]},
+            {"kind": "merge", **kwargs["extra_provenance"]},
+        )
 
     def evaluate_model(model, test_sets, out_folder, **kwargs):
         root = os.path.basename(os.path.dirname(out_folder))
@@ -316,13 +326,13 @@ def test_iterative_alone_on_tiny_models_decodes_each_model_once(tiny_parakeet, s
     from aode.brain import ASRBrain
 
     decodes = []
-    evaluate = ASRBrain.evaluate
+    write_utterances = ASRBrain.write_utterances  # once per decoded test set
 
-    def counting(self, *args, **kwargs):
-        decodes.append(getattr(self.hparams, "utterance_output", None))
-        return evaluate(self, *args, **kwargs)
+    def counting(self, path):
+        decodes.append(path)
+        return write_utterances(self, path)
 
-    monkeypatch.setattr(ASRBrain, "evaluate", counting)
+    monkeypatch.setattr(ASRBrain, "write_utterances", counting)
     hp = tmp_path / "exp.yaml"
     hp.write_text(f"""
 output_folder: {tmp_path / "exp"}

@@ -15,6 +15,11 @@ from typing import Callable
 from typing import Mapping
 from typing import Optional
 
+from aode.reuse import may_reuse
+from aode.reuse import read_stamp_file
+from aode.reuse import statistics_stamp
+from aode.reuse import write_stamp_file
+
 from .registry import get_spec
 
 __all__ = ["data_options", "STATISTICS"]
@@ -62,6 +67,7 @@ def data_options(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """``options`` completed with what ``method`` needs from data (module docstring).
 
@@ -77,6 +83,8 @@ def data_options(
         beside_members: members' files in their own folders instead (``fisher.safetensors``,
             ``gram.safetensors``, where the methods look by default); the original's still
             goes to ``statistics_folder``: a hub cache is no place to write.
+        overwrite: an existing statistics file made from another model, manifest or sampling
+            (:mod:`aode.reuse`) is recomputed instead of refused.
     Options already given (e.g. ``gram_files``, ``data``) are kept as they are.
     """
     spec = get_spec(method)
@@ -123,8 +131,14 @@ def data_options(
             raise ValueError(f"the statistics of {name} need a statistics_folder to be written to")
         else:
             paths.append(kind.default_path(os.path.join(statistics_folder, _safe(name))))
-    for (name, folder), path in zip(inputs.items(), paths):
-        if os.path.isfile(path):
+    stamps = [
+        statistics_stamp(spec.statistics, folder, member_data[name], n_utterances, batch_size, seed)
+        for name, folder in inputs.items()
+    ]
+    for (name, folder), path, stamp in zip(inputs.items(), paths, stamps):
+        if os.path.isfile(path) and may_reuse(
+            f"{spec.statistics} statistics of {name}", path, read_stamp_file(path), stamp, overwrite
+        ):
             continue
         os.makedirs(os.path.dirname(path), exist_ok=True)
         print(f"[aode] {spec.statistics} statistics of {name} on {member_data[name]}", flush=True)
@@ -138,6 +152,7 @@ def data_options(
             device=device,
             progress=progress,
         )
+        write_stamp_file(path, stamp)
     options[kind.option] = paths
     return options
 
