@@ -20,7 +20,8 @@ TRAINING = ["whisper_llrd.yaml", "whisper_lora.yaml", "parakeet_llrd.yaml", "par
 
 @pytest.mark.parametrize(
     "name,schema",
-    [(n, TrainingConfig) for n in TRAINING] + [("aode.yaml", MergeConfig), ("mini_pretrain.yaml", MiniPretrainConfig)],
+    [(n, TrainingConfig) for n in TRAINING]
+    + [("aode.yaml", MergeConfig), ("aode_whisper.yaml", MergeConfig), ("mini_pretrain.yaml", MiniPretrainConfig)],
 )
 def test_shipped_yaml_fits_its_schema(name, schema):
     path = os.path.join(HPARAMS, name)
@@ -29,7 +30,7 @@ def test_shipped_yaml_fits_its_schema(name, schema):
 
 
 def test_every_shipped_yaml_has_a_schema():
-    covered = set(TRAINING) | {"aode.yaml", "mini_pretrain.yaml", "mini.yaml", "mini_full.yaml"}
+    covered = set(TRAINING) | {"aode.yaml", "aode_whisper.yaml", "mini_pretrain.yaml", "mini.yaml", "mini_full.yaml"}
     assert set(os.listdir(HPARAMS)) <= covered, "a new YAML kind needs its schema and a test"
 
 
