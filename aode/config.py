@@ -6,6 +6,10 @@ expert of the file, and a merge would then fail on folders the user meant to dro
 top-level mapping given on the command line REPLACES the file's mapping (``experts``,
 ``test_sets``, ``extra_test_csvs``, ``prep_options``, ...); scalars and lists are replaced as
 hyperpyyaml always does. ``!ref`` to a replaced key sees the replacement.
+
+This module imports no torch, SpeechBrain or transformers at module level (hyperpyyaml and
+SpeechBrain are imported by the functions that read a file), so that a recipe's ``--help``
+(:mod:`aode.cli`), which prints the schemas below, answers at once.
 """
 
 import io
@@ -13,9 +17,6 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from typing import Any
-
-import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 
 if TYPE_CHECKING:
     from speechbrain.utils.run_opts import RunOptions
@@ -35,6 +36,7 @@ def load_yaml(path: str | os.PathLike, overrides: str | dict[str, Any] | None = 
     """``path`` loaded by hyperpyyaml with ``overrides`` (a YAML string or a dict); a mapping
     override replaces the file's mapping of the same top-level key."""
     import ruamel.yaml
+    from hyperpyyaml import load_hyperpyyaml
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"hparams file not found: {path}")
@@ -55,6 +57,19 @@ def load_yaml(path: str | os.PathLike, overrides: str | dict[str, Any] | None = 
     return load_hyperpyyaml(text, overrides, overrides_must_match=False)
 
 
+def _top_level_keys(path: str | os.PathLike) -> set[str]:
+    """The top-level keys of the YAML file ``path`` (none when it cannot be read: load_yaml
+    then says why)."""
+    import ruamel.yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = ruamel.yaml.YAML().load(f)
+    except (OSError, ruamel.yaml.YAMLError):
+        return set()
+    return set(document) if isinstance(document, dict) else set()
+
+
 def parse_command_line(
     argv: list[str], defaults: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], "RunOptions | dict[str, Any]", str, str | dict[str, Any]]:
@@ -62,8 +77,18 @@ def parse_command_line(
 
     ``defaults`` are overrides that the command line can still replace (a recipe's corpus name).
     """
+    import speechbrain as sb
+
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     given = _as_dict(overrides)
+    # SpeechBrain takes its run options (--device, --precision, ...) out of the overrides; one
+    # given on the command line that the hparams file sets as a key of its own replaces the
+    # file's value too (the merge and experiment YAMLs' device), as any --key value does.
+    explicit = {key: run_opts[key] for key in getattr(run_opts, "overridden_args", ())}
+    if explicit:
+        file_keys = _top_level_keys(hparams_file)
+        given.update({key: value for key, value in explicit.items() if key in file_keys and key not in given})
+        overrides = given or overrides
     extra = {k: v for k, v in (defaults or {}).items() if k not in given}
     if extra:
         overrides = {**given, **extra}
@@ -83,6 +108,7 @@ from typing import Union  # noqa: E402
 from pydantic import AfterValidator  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 from pydantic import ConfigDict  # noqa: E402
+from pydantic import Field  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from pydantic import field_validator  # noqa: E402
 from typing_extensions import Annotated  # noqa: E402
@@ -103,7 +129,13 @@ from aode.text import NORMALIZERS  # noqa: E402
 
 
 class ConfigError(ValueError):
-    """A hparams file (or dict) that does not fit its schema."""
+    """A hparams file (or dict) that does not fit its schema; any user error found before
+    the work starts (the command lines print it as one ``error:`` line, exit status 2)."""
+
+
+class ModelNotFoundError(ConfigError, FileNotFoundError):
+    """A model named in the hparams (a hub id or a folder) that is not on this machine
+    (:func:`aode.models.resolve_model_folder`)."""
 
 
 def _did_you_mean(name, choices):
@@ -127,66 +159,147 @@ class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_default=True)
 
 
+def check_output_folder(path: str | os.PathLike) -> str:
+    """``path`` unchanged when a folder can be made and written there; else ValueError naming
+    what stops it (a file where a folder must be, a folder that cannot be written, a read-only
+    or virtual file system), so that a run refuses it before any work. Nothing is left
+    behind: a hidden temporary folder is made and removed in the nearest existing folder."""
+    import tempfile
+
+    folder = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    existing = folder
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "it" if existing == folder else repr(existing)
+        raise ValueError(f"cannot be made: {where} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".aode-write-check-", dir=existing))
+    except OSError as err:
+        raise ValueError(f"cannot be written: nothing can be made in {existing!r} ({err.strerror or err})") from None
+    return os.fspath(path)
+
+
+# An output folder: checked writable when the hparams are validated, before any work.
+OutputFolder = Annotated[str, AfterValidator(check_output_folder)]
+
+
+def _check_method_options(method, options):
+    """A validator's check of a merge's options against the method's (aode.merge.checks)."""
+    from aode.merge.checks import check_method_options
+
+    return check_method_options(method, options)
+
+
 EVAL_BATCH_SIZE = 8
 ORIGINAL_NAME = "Pretrained"
 Normalizer = Literal[NORMALIZERS]  # type: ignore[valid-type]
+PRECISION = Literal["fp32", "fp16", "bf16"]
 
 
 class TrainingConfig(Schema):
     """A training YAML (hparams/{whisper,parakeet}_{llrd,lora}.yaml): one expert."""
 
-    seed: int = 0
-    domain: Optional[str] = None
-    data_folder: Optional[str] = None
-    output_folder: str
-    prep_folder: Optional[str] = None
-    prep_options: dict[str, Any] = {}
-    train_csv: str
-    valid_csv: str
-    test_csv: Optional[str] = None
-    extra_test_csvs: dict[str, str] = {}
-    family: Optional[str] = None
-    model_source: str
-    init_from: Optional[str] = None
-    pretrained_cache: Optional[str] = None
-    lr: float = 1e-5
-    llrd_alpha: float = 1.0
-    llrd_mode: Literal["paper", "separate", "none"] = "paper"
-    weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.98)
-    peak_fraction: float = 0.1
-    stlr_ratio: float = 32.0
-    max_grad_norm: float = 5.0
-    freeze_decoder: bool = False
-    label_smoothing: float = 0.0
-    lora_rank: int = 0
-    lora_alpha: Optional[float] = None
-    lora_targets: list[str] = ["q_proj", "v_proj"]
-    lora_dropout: float = 0.0
-    number_of_epochs: int = 1
-    steps_per_epoch: Optional[int] = None
-    batch_size: int = 8
-    eval_batch_size: int = EVAL_BATCH_SIZE
-    grad_accumulation_factor: int = 1
-    max_duration: Optional[float] = None
-    num_workers: int = 0
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    eval_precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    find_unused_parameters: bool = False
-    layerdrop: float = 0.0
-    beam_size: int = 1
-    max_decode_ratio: float = 1.0
-    normalizer: Normalizer = "whisper"
-    check_audio: bool = True
-    # Training and dev rows whose audio cannot be read: above this fraction of a manifest the run stops.
-    max_unreadable_fraction: float = 0.01
-    # Test rows whose audio cannot be read are an error unless skipped on purpose (then counted).
-    skip_unreadable_audio: bool = False
-    # Transcript characters a CTC vocabulary lacks (they would become <unk>): above this fraction, stop.
-    max_unknown_char_fraction: float = 0.001
-    overwrite: bool = False  # a finished or checkpointed run made with other settings is redone, not refused
-    progressbar: bool = True
-    push_to_hub: Optional[str] = None  # hub repo id: the train recipes (aode.train.main) upload the expert
+    seed: int = Field(0, description="random seed of the run: initialisation, data order, the fixed-steps sampler")
+    domain: Optional[str] = Field(
+        None, description="the expert's domain, recorded in aode.json and its model card (a recipe sets its corpus)"
+    )
+    data_folder: Optional[str] = Field(
+        None,
+        description="the corpus on disk, prepared into prep_folder first (data_prep/<corpus>.py); "
+        "null: train_csv, valid_csv, test_csv are used as they are",
+    )
+    output_folder: OutputFolder = Field(
+        description="where the run writes: checkpoints (save/), logs, test outputs, the exported expert (expert/)"
+    )
+    prep_folder: Optional[str] = Field(None, description="where the corpus preparation writes its manifests")
+    prep_options: dict[str, Any] = Field(
+        {}, description="options of the corpus's prepare function (see data_prep/), e.g. {n_valid_speakers: 5}"
+    )
+    train_csv: str = Field(description="training manifest (ID,duration,wav,start,stop,spk_id,wrd,wrd_raw)")
+    valid_csv: str = Field(description="dev manifest: the checkpoint with the best dev WER is exported")
+    test_csv: Optional[str] = Field(None, description="test manifest decoded after training; null: no test")
+    extra_test_csvs: dict[str, str] = Field(
+        {}, description="more test sets decoded after training, name: manifest (e.g. LibriSpeech, for forgetting)"
+    )
+    family: Optional[str] = Field(
+        None, description="model family the checkpoint must be (whisper, ctc); null: detected from its config"
+    )
+    model_source: str = Field(description="the generalist fine-tuned: a hub id (Hugging Face cache) or a model folder")
+    init_from: Optional[str] = Field(
+        None,
+        description="start from this expert or merge instead (sequential fine-tuning, iterative AoDE); "
+        "same architecture as model_source",
+    )
+    pretrained_cache: Optional[str] = Field(
+        None, description="folder for the downloaded pretrained files (null: the default caches)"
+    )
+    lr: float = Field(1e-5, description="peak learning rate of the top encoder layer (LLRD scales the lower ones)")
+    llrd_alpha: float = Field(
+        1.0, description="layer-wise decay: each lower layer's rate is alpha times the one above (1: none; paper: 0.9)"
+    )
+    llrd_mode: Literal["paper", "separate", "none"] = Field(
+        "paper",
+        description="paper: one chain down the encoder, the rest at its lowest rate; separate: encoder and decoder "
+        "chains; none: one rate",
+    )
+    weight_decay: float = Field(0.0, description="AdamW weight decay")
+    adam_betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas")
+    peak_fraction: float = Field(
+        0.1, description="slanted triangular schedule (STLR): the peak at this fraction of the steps"
+    )
+    stlr_ratio: float = Field(32.0, description="STLR: how much smaller than the peak the lowest rate is")
+    max_grad_norm: float = Field(5.0, description="gradient clipping over all parameter groups")
+    freeze_decoder: bool = Field(False, description="train the encoder only (the Takashima et al. baseline)")
+    label_smoothing: float = Field(0.0, description="label smoothing of the decoder's loss (Whisper)")
+    lora_rank: int = Field(
+        0, description="LoRA rank; 0: full fine-tuning (LoRA adapters are folded into the weights at export)"
+    )
+    lora_alpha: Optional[float] = Field(
+        None, description="LoRA scale: the update is (alpha / rank) B A; null: 2 x rank, as in the paper"
+    )
+    lora_targets: list[str] = Field(["q_proj", "v_proj"], description="module names that get LoRA adapters")
+    lora_dropout: float = Field(0.0, description="dropout on the LoRA path")
+    number_of_epochs: int = Field(1, description="training epochs")
+    steps_per_epoch: Optional[int] = Field(
+        None, description="fixed batches per epoch (seeded sampler) instead of a pass over the data"
+    )
+    batch_size: int = Field(8, description="training utterances per batch and process")
+    eval_batch_size: int = Field(EVAL_BATCH_SIZE, description="utterances per batch when decoding dev and test sets")
+    grad_accumulation_factor: int = Field(1, description="batches accumulated per optimizer step")
+    max_duration: Optional[float] = Field(None, description="leave out utterances longer than this (seconds)")
+    num_workers: int = Field(0, description="data loader worker processes")
+    precision: PRECISION = Field("fp32", description="training precision (bf16 / fp16 autocast on a GPU)")
+    eval_precision: PRECISION = Field("fp32", description="decoding precision")
+    find_unused_parameters: bool = Field(
+        False, description="DDP: some parameters get no gradient in a step (set by itself when layerdrop > 0)"
+    )
+    layerdrop: float = Field(
+        0.0, description="layerdrop while fine-tuning (hub configs may carry 0.1; the paper fine-tunes without)"
+    )
+    beam_size: int = Field(1, description="beam width of decoding (1: greedy)")
+    max_decode_ratio: float = Field(
+        1.0, description="Whisper: longest hypothesis, as a fraction of the encoder output's length"
+    )
+    normalizer: Normalizer = Field("whisper", description="text normaliser of scoring: whisper, basic or none")
+    check_audio: bool = Field(True, description="open every manifest's audio before training (unreadable rows named)")
+    max_unreadable_fraction: float = Field(
+        0.01, description="training and dev rows whose audio cannot be read: above this fraction of a manifest, stop"
+    )
+    skip_unreadable_audio: bool = Field(
+        False, description="test rows whose audio cannot be read are an error unless skipped on purpose (counted)"
+    )
+    max_unknown_char_fraction: float = Field(
+        0.001,
+        description="transcript characters a CTC vocabulary lacks (they would become <unk>): above this fraction, stop",
+    )
+    overwrite: bool = Field(
+        False, description="a finished or checkpointed run made with other settings is redone, not refused"
+    )
+    progressbar: bool = Field(True, description="show progress bars")
+    push_to_hub: Optional[str] = Field(
+        None, description="a hub repo id: upload the expert when it is exported (needs a Hugging Face token)"
+    )
 
     @field_validator("batch_size", "number_of_epochs", "grad_accumulation_factor", "beam_size", "eval_batch_size")
     @classmethod
@@ -206,37 +319,72 @@ class TrainingConfig(Schema):
 class MergeConfig(Schema):
     """The averaging recipe's YAML (hparams/aode.yaml)."""
 
-    title: str = "AoDE"
-    seed: int = 0
-    output_folder: str
-    original: str
-    original_name: str = ORIGINAL_NAME
-    experts: Annotated[dict[str, str], _non_empty("expert folder to merge")]
-    weights: Union[None, list[float], dict[str, float]] = None
-    include_original: bool = False
-    method: str = "average"
-    method_options: dict[str, Any] = {}
-    weight_rules: Optional[list[Any]] = None
-    mergekit_config: Optional[str] = None  # a mergekit YAML: replaces the merge keys above
-    member_data: dict[str, str] = {}
-    dev_sets: dict[str, str] = {}
-    statistics_utterances: int = 200
-    statistics_batch_size: int = 8
-    test_sets: dict[str, str] = {}
-    forgetting_sets: Optional[list[str]] = None
-    expert_of_test_set: dict[str, str] = {}
-    evaluate_experts: bool = True
-    extra_models: dict[str, str] = {}
-    merged_name: str = "merged"
-    eval_batch_size: int = EVAL_BATCH_SIZE
-    beam_size: int = 1
-    normalizer: Normalizer = "whisper"
-    device: str = "cpu"
-    skip_unreadable_audio: bool = False  # test rows whose audio cannot be read: an error unless skipped (counted)
-    allow_foreign_original: bool = False  # merge with an original that is not the experts' recorded base model
-    overwrite: bool = False  # a finished merge or statistics made from other inputs is redone, not refused
-    progressbar: bool = True
-    push_to_hub: Optional[str] = None  # a hub repo id: upload the merged folder (aode.model_card.push_to_hub)
+    title: str = Field("AoDE", description="title of the results table and plot")
+    seed: int = Field(0, description="seeds the random merge methods (DARE, ...) per tensor")
+    output_folder: OutputFolder = Field(
+        description="where the merge writes: merged/, eval/, statistics/, wer.csv, results.{csv,md,json,png}"
+    )
+    original: str = Field(description="the generalist every expert started from: a hub id or a model folder")
+    original_name: str = Field(ORIGINAL_NAME, description="the original's row name in the tables")
+    experts: Annotated[dict[str, str], _non_empty("expert folder to merge")] = Field(
+        description="the experts merged, name: folder (<train output_folder>/expert)"
+    )
+    weights: Union[None, list[float], dict[str, float]] = Field(
+        None,
+        description="one weight per expert (a list, or name: weight; the original's under 'original'); null: uniform",
+    )
+    include_original: bool = Field(False, description='the original as one more member ("AoDE with orig.")')
+    method: str = Field("average", description="merge method (aode.merge.available_methods(): average, ties, ...)")
+    method_options: dict[str, Any] = Field(
+        {}, description="the method's options, e.g. {density: 0.5, lam: 1.0} (checked against the method's)"
+    )
+    weight_rules: Optional[list[Any]] = Field(
+        None, description="per parameter-name pattern weights: [[pattern, [w1, w2, ...]], ...]; first match wins"
+    )
+    mergekit_config: Optional[str] = Field(
+        None, description="a mergekit YAML that gives the merge (members, base, method, weights, options) instead"
+    )
+    member_data: dict[str, str] = Field(
+        {},
+        description="fisher, regmean, regmean_pp: each member's own training manifest, name: manifest "
+        "(original: general-domain data)",
+    )
+    dev_sets: dict[str, str] = Field(
+        {}, description="adamerging: dev manifests, name: manifest (the target domains' and the general one)"
+    )
+    statistics_utterances: int = Field(200, description="utterances per member for Fisher / Gram statistics")
+    statistics_batch_size: int = Field(8, description="batch size of the statistics passes")
+    test_sets: dict[str, str] = Field(
+        {}, description="every model is decoded on each, name: manifest; empty: merge only"
+    )
+    forgetting_sets: Optional[list[str]] = Field(
+        None,
+        description="test sets of the original's own domain, the Forgetting % column; null: those named "
+        "'clean' or 'other'",
+    )
+    expert_of_test_set: dict[str, str] = Field(
+        {}, description="test set: the expert of its domain (enables the Gain kept column)"
+    )
+    evaluate_experts: bool = Field(True, description="decode the experts too (one row each)")
+    extra_models: dict[str, str] = Field({}, description="more rows, name: model folder (e.g. earlier merges)")
+    merged_name: str = Field("merged", description="the merged model's row name in the tables")
+    eval_batch_size: int = Field(EVAL_BATCH_SIZE, description="utterances per batch when decoding")
+    beam_size: int = Field(1, description="beam width of decoding (1: greedy)")
+    normalizer: Normalizer = Field("whisper", description="text normaliser of scoring: whisper, basic or none")
+    device: str = Field("cpu", description="where statistics, data-aware merges and decoding run (cuda:0 on a GPU)")
+    skip_unreadable_audio: bool = Field(
+        False, description="test rows whose audio cannot be read are an error unless skipped on purpose (counted)"
+    )
+    allow_foreign_original: bool = Field(
+        False, description="merge with an original that is not the experts' recorded base model"
+    )
+    overwrite: bool = Field(
+        False, description="a finished merge or statistics made from other inputs is redone, not refused"
+    )
+    progressbar: bool = Field(True, description="show progress bars")
+    push_to_hub: Optional[str] = Field(
+        None, description="a hub repo id: upload the merged folder (needs a Hugging Face token)"
+    )
 
     @field_validator("method")
     @classmethod
@@ -244,6 +392,13 @@ class MergeConfig(Schema):
         from aode.merge import available_methods
 
         return known_names([value], available_methods(), "merge method")[0]
+
+    @field_validator("method_options")
+    @classmethod
+    def _method_options(cls, value, info):
+        if "method" in info.data:  # else the method itself was refused
+            _check_method_options(info.data["method"], value)
+        return value
 
     @field_validator("member_data")
     @classmethod
@@ -281,26 +436,28 @@ class MergeConfig(Schema):
 class MiniPretrainConfig(TrainingConfig):
     """hparams/mini_pretrain.yaml: the miniature's generalist, built and pretrained."""
 
-    corpus_folder: str
-    corpus_seed: int = 0
-    corpus_scale: float = 1.0
-    ship_to: Optional[str] = None
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    intermediate_size: int
-    subsampling_factor: int = 2
-    conv_kernel_size: int = 15
-    train_csv: str = ""
-    valid_csv: str = ""
-    model_source: str = ""
+    corpus_folder: str = Field(description="the synthetic corpus (aode.mini.corpus), generated there when missing")
+    corpus_seed: int = Field(0, description="seed of the synthetic corpus")
+    corpus_scale: float = Field(1.0, description="multiplier on every utterance count of the corpus")
+    ship_to: Optional[str] = Field(
+        None, description="copy the pretrained model folder here (aode/mini_generalist, the miniature's start)"
+    )
+    hidden_size: int = Field(description="the ParakeetForCTC built: model width")
+    num_layers: int = Field(description="the ParakeetForCTC built: encoder layers")
+    num_heads: int = Field(description="the ParakeetForCTC built: attention heads")
+    intermediate_size: int = Field(description="the ParakeetForCTC built: feed-forward width")
+    subsampling_factor: int = Field(2, description="the ParakeetForCTC built: time subsampling of the front end")
+    conv_kernel_size: int = Field(15, description="the ParakeetForCTC built: convolution kernel size")
+    train_csv: str = Field("", description="set by the recipe: the corpus's general/train.csv")
+    valid_csv: str = Field("", description="set by the recipe: the corpus's general/valid.csv")
+    model_source: str = Field("", description="set by the recipe: the freshly built model (<output_folder>/init)")
 
 
 def validate(schema: type[Schema], hparams: Mapping[str, Any], where: str = "hparams") -> dict[str, Any]:
     """``hparams`` checked against ``schema``; returns a plain dict with every default filled.
 
-    Raises :class:`ConfigError` naming ``where``, each unknown key with the closest valid name,
-    and each wrong value, before any work starts.
+    Raises :class:`ConfigError` (one line) naming ``where``, each unknown key with the closest
+    valid name, and each wrong value, before any work starts.
     """
     fields = list(schema.model_fields)
     unknown = [key for key in hparams if key not in schema.model_fields]
@@ -313,12 +470,12 @@ def validate(schema: type[Schema], hparams: Mapping[str, Any], where: str = "hpa
     except ValidationError as err:
         for error in err.errors():
             location = ".".join(str(part) for part in error["loc"])
-            problems.append(
-                f"{location}: {error['msg']}" + (f" (got {error['input']!r})" if error["type"] != "missing" else "")
-            )
+            message = error["msg"].removeprefix("Value error, ")
+            shown = error["type"] != "missing" and "(got " not in message  # a message may name the value itself
+            problems.append(f"{location}: {message}" + (f" (got {error['input']!r})" if shown else ""))
         values = None
     if problems:
-        raise ConfigError(f"{where} does not fit the {schema.__name__} schema:\n  " + "\n  ".join(problems))
+        raise ConfigError(f"{where} does not fit the {schema.__name__} schema: " + "; ".join(problems))
     return {key: getattr(values, key) for key in fields}
 
 
@@ -326,53 +483,65 @@ def validate(schema: type[Schema], hparams: Mapping[str, Any], where: str = "hpa
 
 import importlib  # noqa: E402
 
-from pydantic import Field  # noqa: E402
 from pydantic import model_validator  # noqa: E402
 
 
 class DomainConfig(Schema):
     """One target domain of an experiment: its manifests and, optionally, its data prep."""
 
-    train_csv: str
-    valid_csv: str
-    test_csv: str
-    prepare: Optional[str] = None  # dotted name of a data_prep function, run when data_folder is set
-    data_folder: Optional[str] = None
-    prep_folder: Optional[str] = None
-    prep_options: dict[str, Any] = {}
+    train_csv: str = Field(description="the domain's training manifest")
+    valid_csv: str = Field(description="its dev manifest")
+    test_csv: str = Field(description="its test manifest")
+    prepare: Optional[str] = Field(
+        None, description="dotted name of a data_prep function (data_prep.coraal.prepare_coraal), run with data_folder"
+    )
+    data_folder: Optional[str] = Field(None, description="the corpus on disk, prepared when prepare is set")
+    prep_folder: Optional[str] = Field(None, description="where the preparation writes the manifests")
+    prep_options: dict[str, Any] = Field({}, description="options of the prepare function")
 
 
 class SyntheticCorpusConfig(Schema):
     """The miniature's corpus (aode.mini.corpus.generate_corpus), generated when missing."""
 
-    folder: Optional[str] = None  # default: the experiment's corpus_folder
-    seed: int = 0
-    scale: float = 1.0
-    config: Optional[dict[str, Any]] = None
+    folder: Optional[str] = Field(None, description="where it is generated; null: the experiment's corpus_folder")
+    seed: int = Field(0, description="seed of the corpus")
+    scale: float = Field(1.0, description="multiplier on every utterance count")
+    config: Optional[dict[str, Any]] = Field(None, description="the corpus's own settings (aode.mini.corpus)")
 
 
 class MergeMethodConfig(Schema):
     """One row of an experiment's merge-methods table: a registered method over the experts."""
 
-    method: str
-    options: dict[str, Any] = {}
-    include_original: bool = False
-    weights: Union[None, list[float], dict[str, float]] = None
-    weight_rules: Optional[list[Any]] = None
+    method: str = Field(description="a registered merge method (aode.merge.available_methods())")
+    options: dict[str, Any] = Field({}, description="the method's options, checked against the method's")
+    include_original: bool = Field(False, description="the original as one more member")
+    weights: Union[None, list[float], dict[str, float]] = Field(None, description="member weights; null: uniform")
+    weight_rules: Optional[list[Any]] = Field(None, description="per parameter-name pattern weights")
 
     @field_validator("method")
     @classmethod
     def _known_method(cls, value):
         return MergeConfig._known_method(value)
 
+    @field_validator("options")
+    @classmethod
+    def _method_options(cls, value, info):
+        if "method" in info.data:  # else the method itself was refused
+            _check_method_options(info.data["method"], value)
+        return value
+
 
 class WeightSearchConfig(Schema):
     """aode.search.search_weights on the dev sets (the experiment's ``weight_search``)."""
 
-    method: str = "average"
-    objective: Literal["average", "constrained"] = "average"
-    max_forgetting: Union[None, int, float] = None  # an int stays one: it is part of the row's label
-    n_random: int = 8
+    method: str = Field("average", description="the merge method whose member weights are searched")
+    objective: Literal["average", "constrained"] = Field(
+        "average", description="average: the best Average on the dev sets; constrained: with max_forgetting"
+    )
+    max_forgetting: Union[None, int, float] = Field(
+        None, description="constrained: the most Forgetting % allowed (an int stays one: it is in the row's label)"
+    )
+    n_random: int = Field(8, description="random weight vectors tried besides the grid's corners and the uniform one")
 
     @field_validator("method")
     @classmethod
@@ -386,14 +555,20 @@ class LauncherConfig(Schema):
     processes at a time on this machine (each pinned to its own GPU when there are GPUs), or
     ``slurm``: a job array through submitit (``pip install aode[cluster]``). aode.launcher."""
 
-    kind: Literal["serial", "local", "slurm"] = "serial"
-    jobs: Optional[int] = None  # at a time; local: default one per GPU (2 without GPUs); slurm: default all
-    partition: Optional[str] = None  # slurm: required
-    gpus_per_job: int = 1  # a job trains in one process: 1 (a GPU each), or 0 (CPU only)
-    cpus_per_job: Optional[int] = None  # slurm: --cpus-per-task, and the job's torch threads
-    timeout_min: int = 24 * 60  # slurm: the job's time limit
-    slurm_additional_parameters: dict[str, Any] = {}  # any other sbatch option: {mem: 64G, account: x}
-    folder: Optional[str] = None  # logs and submitit's files; default <output_folder>/jobs
+    kind: Literal["serial", "local", "slurm"] = Field(
+        "serial", description="serial: in this process; local: parallel processes here; slurm: a submitit job array"
+    )
+    jobs: Optional[int] = Field(
+        None, description="at a time; local: default one per GPU (2 without GPUs); slurm: default all"
+    )
+    partition: Optional[str] = Field(None, description="slurm: the partition (required)")
+    gpus_per_job: int = Field(1, description="a job trains in one process: 1 (a GPU each), or 0 (CPU only)")
+    cpus_per_job: Optional[int] = Field(None, description="slurm: --cpus-per-task, and the job's torch threads")
+    timeout_min: int = Field(24 * 60, description="slurm: the job's time limit in minutes")
+    slurm_additional_parameters: dict[str, Any] = Field(
+        {}, description="any other sbatch option: {mem: 64G, account: x}"
+    )
+    folder: Optional[str] = Field(None, description="logs and submitit's files; null: <output_folder>/jobs")
 
     @field_validator("jobs", "cpus_per_job", "timeout_min")
     @classmethod
@@ -431,35 +606,63 @@ class ExperimentConfig(Schema):
     """An experiment YAML (hparams/mini.yaml, hparams/mini_full.yaml): every scenario of the
     paper through aode.experiment (recipes/average/reproduce.py)."""
 
-    title: str = "AoDE"
-    seed: int = 0
-    output_folder: str
-    corpus_folder: Optional[str] = None
-    synthetic_corpus: Optional[SyntheticCorpusConfig] = None
-    original: str
-    original_name: str = ORIGINAL_NAME
-    domains: Annotated[dict[str, DomainConfig], _non_empty("domain")]
-    forgetting_sets: dict[str, str]
-    forgetting_dev_sets: dict[str, str] = {}  # the original domain's dev sets: weight search, greedy soup
-    scenarios: list[str] = ["experts", "aode", "aode_with_original"]  # ids of aode.experiment.SCENARIOS
-    sequential_orders: list[list[str]] = []
-    iterations: int = 3
-    merge_methods: dict[str, MergeMethodConfig] = {}
-    fisher_utterances: int = 200  # per member, for every statistics file (Fisher, Gram)
-    general_data: Optional[str] = None  # general-domain data for the original's statistics
-    weight_search: WeightSearchConfig = Field(default_factory=WeightSearchConfig)
-    train_hparams_file: str
-    train_overrides: dict[str, Any] = {}  # keys of TrainingConfig
-    lora_hparams_file: Optional[str] = None
-    lora_overrides: dict[str, Any] = {}  # keys of TrainingConfig
-    eval_batch_size: int = EVAL_BATCH_SIZE
-    normalizer: Normalizer = "whisper"
-    device: str = "cpu"
-    skip_unreadable_audio: bool = False  # test rows whose audio cannot be read: an error unless skipped (counted)
-    overwrite: bool = False  # a finished stage made from other inputs is redone, not refused
-    progressbar: bool = True
-    launcher: LauncherConfig = Field(default_factory=LauncherConfig)  # or its kind alone: --launcher local
-    jobs: Optional[int] = None  # shortcut for launcher.jobs: --launcher local --jobs 2
+    title: str = Field("AoDE", description="title of the tables and plots")
+    seed: int = Field(0, description="seeds the merges, the weight search and the resampling")
+    output_folder: OutputFolder = Field(
+        description="where everything goes: experts/, merges/, eval/, table7/, table8/, methods/, timings.json"
+    )
+    corpus_folder: Optional[str] = Field(None, description="the corpus's folder (the miniature's synthetic corpus)")
+    synthetic_corpus: Optional[SyntheticCorpusConfig] = Field(
+        None, description="generate the miniature's corpus when missing (keys below)"
+    )
+    original: str = Field(description="the generalist every expert starts from: a hub id or a model folder")
+    original_name: str = Field(ORIGINAL_NAME, description="the original's row name in the tables")
+    domains: Annotated[dict[str, DomainConfig], _non_empty("domain")] = Field(
+        description="the target domains, name: {train_csv, valid_csv, test_csv, ...} (keys below)"
+    )
+    forgetting_sets: dict[str, str] = Field(
+        description="test sets of the original's own domain, name: manifest (the Forgetting % column)"
+    )
+    forgetting_dev_sets: dict[str, str] = Field(
+        {}, description="the original domain's dev sets, name: manifest (weight search, greedy soup)"
+    )
+    scenarios: list[str] = Field(
+        ["experts", "aode", "aode_with_original"],
+        description="which scenarios run (each pulls in those it needs): experts, sequential, aode, "
+        "aode_with_original, combined, resampled, iterative, weighted, lora, oracle, methods, fisher, "
+        "weight_search, greedy_soup",
+    )
+    sequential_orders: list[list[str]] = Field(
+        [], description="sequential: the domain orders fine-tuned one after another"
+    )
+    iterations: int = Field(3, description="iterative: rounds of fine-tune then average")
+    merge_methods: dict[str, MergeMethodConfig] = Field(
+        {}, description="methods: the table's rows, label: {method, options, ...} (keys below)"
+    )
+    fisher_utterances: int = Field(200, description="per member, for every statistics file (Fisher, Gram)")
+    general_data: Optional[str] = Field(
+        None, description="general-domain data for the original's statistics; null: the first forgetting dev set"
+    )
+    weight_search: WeightSearchConfig = Field(
+        default_factory=WeightSearchConfig, description="weight_search: how (keys below)"
+    )
+    train_hparams_file: str = Field(description="the training YAML of every expert (TrainingConfig)")
+    train_overrides: dict[str, Any] = Field({}, description="keys of TrainingConfig that replace the file's")
+    lora_hparams_file: Optional[str] = Field(None, description="lora: the LoRA training YAML")
+    lora_overrides: dict[str, Any] = Field({}, description="lora: keys of TrainingConfig that replace the file's")
+    eval_batch_size: int = Field(EVAL_BATCH_SIZE, description="utterances per batch when decoding")
+    normalizer: Normalizer = Field("whisper", description="text normaliser of scoring: whisper, basic or none")
+    device: str = Field("cpu", description="where merges, statistics and decoding run (cuda:0 on a GPU)")
+    skip_unreadable_audio: bool = Field(
+        False, description="test rows whose audio cannot be read are an error unless skipped on purpose (counted)"
+    )
+    overwrite: bool = Field(False, description="a finished stage made from other inputs is redone, not refused")
+    progressbar: bool = Field(True, description="show progress bars")
+    launcher: LauncherConfig = Field(
+        default_factory=LauncherConfig,
+        description="how a stage's trainings run: serial, local or slurm, or a mapping (keys below)",
+    )
+    jobs: Optional[int] = Field(None, description="shortcut for launcher.jobs: --launcher local --jobs 2")
 
     @field_validator("launcher", mode="before")
     @classmethod

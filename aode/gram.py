@@ -265,4 +265,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from aode.cli import run_main
+
+    run_main(main)

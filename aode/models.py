@@ -50,12 +50,15 @@ _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$|^[\w.-]+$")
 def resolve_model_folder(source: str | os.PathLike) -> str:
     """The local folder of ``source``: a folder as it is, a hub id resolved as
     ``from_pretrained`` resolves it (the Hugging Face cache first; a download only when the
-    hub is reachable and ``HF_HUB_OFFLINE`` is not set). Raises FileNotFoundError saying how to
-    get the model when neither works."""
+    hub is reachable and ``HF_HUB_OFFLINE`` is not set). Raises
+    :class:`aode.config.ModelNotFoundError` (a ConfigError and a FileNotFoundError: the command
+    lines print one ``error:`` line) saying how to get the model when neither works."""
+    from aode.config import ModelNotFoundError
+
     source = os.path.expanduser(os.fspath(source))
     if os.path.isdir(source) or _looks_local(source) or not _REPO_ID.match(source):
         if not os.path.isdir(source):
-            raise FileNotFoundError(f"model folder {source!r} does not exist")
+            raise ModelNotFoundError(f"model folder {source!r} does not exist")
         return source
     from huggingface_hub import snapshot_download
 
@@ -72,10 +75,10 @@ def resolve_model_folder(source: str | os.PathLike) -> str:
             return snapshot_download(source, cache_dir=cache_dir)
         except Exception as download_error:  # noqa: BLE001
             reason = download_error
-    raise FileNotFoundError(
-        f"{source!r} is neither a model folder nor a model in the Hugging Face cache, and it could "
-        f"not be downloaded ({type(reason).__name__}). Download it first where the hub is "
-        f"reachable (`hf download {source}`, or `from_pretrained` once) or give its folder."
+    tried = "HF_HUB_OFFLINE is set" if offline else f"and no download: {type(reason).__name__}"
+    raise ModelNotFoundError(
+        f"model {source!r} is neither a folder nor in the Hugging Face cache ({tried}); download it first "
+        f"where the hub is reachable (`hf download {source}`, or `from_pretrained` once) or give its folder"
     )
 
 

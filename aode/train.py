@@ -11,7 +11,6 @@ import inspect
 import logging
 import math
 import os
-import sys
 from collections.abc import Callable
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -305,17 +304,16 @@ def main(argv: list[str] | None = None, prepare: Callable[..., Any] | None = Non
     With ``--data_folder`` the corpus is prepared first (``prepare``, on the main process, skipped
     when done, manifests in ``prep_folder``); without it the manifests named by ``train_csv``,
     ``valid_csv`` and ``test_csv`` are used as they are. Then one expert is fine-tuned and
-    exported to ``<output_folder>/expert/``. A data layout or configuration error ends it with
-    its message and exit status 2, as the data_prep command lines do.
+    exported to ``<output_folder>/expert/``. A user error (configuration, model, data layout,
+    prep options the corpus cannot meet) ends it with one line ``error: ...`` and exit status 2
+    (:func:`aode.cli.run_main`; ``AODE_DEBUG=1`` adds the traceback), as every AoDE command does.
     """
-    from aode.config import ConfigError
-    from data_prep.common import LayoutError
+    from aode.cli import run_main
+
+    def command(args: list[str]) -> str:
+        folder = run(args, prepare=prepare, corpus=corpus)
+        print(f"expert written to {folder}")
+        return folder
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        folder = run(sys.argv[1:] if argv is None else argv, prepare=prepare, corpus=corpus)
-    except (LayoutError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(f"expert written to {folder}")
-    return folder
+    return run_main(command, argv)

@@ -53,6 +53,13 @@ class LayoutError(FileNotFoundError):
     """The data folder is missing or does not look like the corpus's layout."""
 
 
+class PrepOptionsError(ValueError):
+    """Preparation options the corpus cannot meet, or that are wrong in themselves: more
+    speakers (sessions, utterances) held out than the corpus has, a size larger than its
+    split, a value out of range. The recipes and command lines print it as one ``error:``
+    line, exit status 2 (a ValueError, as before)."""
+
+
 def require(condition: object, message: str) -> None:
     """Raise :class:`LayoutError` with ``message`` unless ``condition``."""
     if not condition:
@@ -401,24 +408,27 @@ def read_transcript(path: str | os.PathLike) -> str:
 
 
 def seeded_split(
-    keys: Iterable[str], valid_fraction: float, test_fraction: float, seed: int
+    keys: Iterable[str], valid_fraction: float, test_fraction: float, seed: int, what: str = "keys"
 ) -> tuple[set[str], set[str], set[str]]:
     """Split ``keys`` (speakers or utterance ids) into (train, valid, test) sets, seeded.
 
     The sorted unique keys are shuffled with ``random.Random(seed)``; test takes
     ``round(test_fraction * n)`` keys, at least 1 when the fraction is above 0, valid likewise,
-    train the rest. The same keys and seed always give the same split. Raises ValueError when
-    train would be left empty.
+    train the rest. The same keys and seed always give the same split. Raises
+    :class:`PrepOptionsError` (a ValueError) when a fraction is out of range or train would be
+    left empty, naming how many ``what`` (e.g. "speakers") there are.
     """
     keys = sorted(set(keys))
     for name, value in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
         if not 0 <= value < 1:
-            raise ValueError(f"{name} must be in [0, 1), got {value}")
+            raise PrepOptionsError(f"{name} must be in [0, 1), got {value}")
     n_valid = max(1, round(valid_fraction * len(keys))) if valid_fraction > 0 else 0
     n_test = max(1, round(test_fraction * len(keys))) if test_fraction > 0 else 0
     if n_valid + n_test >= len(keys):
-        raise ValueError(
-            f"cannot split {len(keys)} keys into {n_valid} valid + {n_test} test and a non-empty train set"
+        raise PrepOptionsError(
+            f"cannot split {len(keys)} {what} into {n_valid} valid + {n_test} test and a non-empty train set "
+            f"(valid_fraction {valid_fraction}, test_fraction {test_fraction}; each held-out set takes at least one): "
+            "lower the fractions"
         )
     rng = random.Random(seed)
     rng.shuffle(keys)
@@ -484,7 +494,8 @@ def run_cli(
     ``manifests``: the manifest names read back in that case, or a function of the parsed
     arguments that gives them (when they depend on the options).
     Returns 0; on a layout or option error (:class:`LayoutError`, ValueError) prints one
-    ``error: ...`` line to stderr and exits with status 2.
+    ``error: ...`` line to stderr (after the traceback with ``AODE_DEBUG=1``, as every AoDE
+    command: :mod:`aode.cli`) and exits with status 2.
     """
     args = parser.parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k not in ("data_folder", "save_folder")}
@@ -492,7 +503,10 @@ def run_cli(
     try:
         summary = prepare(args.data_folder, args.save_folder, **options)
     except (LayoutError, ValueError) as err:
-        parser.exit(2, f"error: {err}\n")
+        from aode.cli import print_error
+
+        print_error(err)  # one line; AODE_DEBUG=1 adds the traceback
+        parser.exit(2)
     if summary is None:
         print(f"already prepared with the same options: {args.save_folder}")
         names = manifests(args) if callable(manifests) else manifests

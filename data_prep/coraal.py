@@ -81,6 +81,7 @@ from aode.text import normalize_words
 from data_prep.common import EMPTY_TEXT
 from data_prep.common import NO_AUDIO
 from data_prep.common import NO_TRANSCRIPT
+from data_prep.common import PrepOptionsError
 from data_prep.common import SkipLog
 from data_prep.common import already_prepared
 from data_prep.common import audio_info
@@ -565,7 +566,7 @@ def prepare_coraal(
         logger.info("CORAAL already prepared in %s, skipping", save_folder)
         return None
     if max_segment_seconds <= 0 or n_valid_speakers < 0 or n_test_speakers < 0:
-        raise ValueError("max_segment_seconds must be positive and speaker counts not negative")
+        raise PrepOptionsError("max_segment_seconds must be positive and speaker counts not negative")
 
     require_data_folder(data_folder, "CORAAL")
     found, unusable, orphans = find_transcripts(data_folder)
@@ -600,7 +601,7 @@ def prepare_coraal(
     speakers = {interviewee_code(b) for b in with_audio}
     if with_audio and len(speakers) < n_needed:
         no_audio = len(found) - len(with_audio)
-        raise ValueError(
+        raise PrepOptionsError(
             f"CORAAL: {len(speakers)} interviewees with audio under {data_folder!r}, too few "
             f"for n_valid_speakers={n_valid_speakers} + n_test_speakers={n_test_speakers} + "
             "at least one for training" + (f" ({no_audio} transcripts have no audio)" if no_audio else "")

@@ -68,6 +68,7 @@ from aode.manifest import WAV_SEPARATOR
 from aode.text import normalize_words
 from data_prep.common import LOST_REASONS
 from data_prep.common import LayoutError
+from data_prep.common import PrepOptionsError
 from data_prep.common import SkipLog
 from data_prep.common import already_prepared
 from data_prep.common import audio_info
@@ -356,7 +357,7 @@ def prepare_dipco(
     was already prepared with the same options.
     """
     if channel not in CHANNELS:
-        raise ValueError(f"channel must be one of {CHANNELS}, not {channel!r}")
+        raise PrepOptionsError(f"channel must be one of {CHANNELS}, not {channel!r}")
     options = prep_options(
         "dipco",
         PREP_VERSION,
@@ -372,7 +373,7 @@ def prepare_dipco(
         logger.info("DiPCo already prepared in %s, skipping", save_folder)
         return None
     if max_segment_seconds <= 0 or n_valid_sessions < 0:
-        raise ValueError("max_segment_seconds must be positive, n_valid_sessions not negative")
+        raise PrepOptionsError("max_segment_seconds must be positive, n_valid_sessions not negative")
 
     root = find_dipco_root(data_folder)
     dev = list_sessions(root, "dev")
@@ -384,7 +385,7 @@ def prepare_dipco(
         f"(found dev: {dev}, eval: {test_sessions})",
     )
     if len(dev) <= n_valid_sessions:
-        raise ValueError(
+        raise PrepOptionsError(
             f"DiPCo: {len(dev)} dev sessions ({dev}), too few for n_valid_sessions={n_valid_sessions} plus training"
         )
     order = list(dev)

@@ -281,7 +281,8 @@ def prepare_google_ne(
     rows = _collect(data_folder, skipped)
     if not rows:  # nothing to split: finish() says what was lost and why
         finish(save_folder, {name: [] for name in manifests}, skipped, options, CORPUS, likely_cause=LIKELY_CAUSE)
-    train, valid, test = seeded_split([row["spk_id"] for row in rows], valid_fraction, test_fraction, seed)
+    speakers = [row["spk_id"] for row in rows]
+    train, valid, test = seeded_split(speakers, valid_fraction, test_fraction, seed, "speakers")
     logger.info("%s speakers: valid %s, test %s", CORPUS, sorted(valid), sorted(test))
     speakers = {"train.csv": train, "valid.csv": valid, "test.csv": test}
     splits = {name: [r for r in rows if r["spk_id"] in speakers[name]] for name in manifests}

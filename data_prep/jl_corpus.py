@@ -42,6 +42,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from data_prep.common import PrepOptionsError
 from data_prep.common import SkipLog
 from data_prep.common import already_prepared
 from data_prep.common import cli_parser
@@ -183,7 +184,7 @@ def prepare_jl_corpus(
     already holds manifests prepared with the same options.
     """
     if split_by not in SPLIT_BY:
-        raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
+        raise PrepOptionsError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
     options = prep_options(
         CORPUS,
         PREP_VERSION,
@@ -207,7 +208,8 @@ def prepare_jl_corpus(
 
 def _split(rows, split_by, valid_fraction, test_fraction, seed):
     key = "ID" if split_by == "utterance" else "spk_id"
-    train, valid, test = seeded_split([r[key] for r in rows], valid_fraction, test_fraction, seed)
+    what = "utterances" if split_by == "utterance" else "speakers"
+    train, valid, test = seeded_split([r[key] for r in rows], valid_fraction, test_fraction, seed, what)
     return {
         "train.csv": [r for r in rows if r[key] in train],
         "valid.csv": [r for r in rows if r[key] in valid],

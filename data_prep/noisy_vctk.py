@@ -65,6 +65,7 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from data_prep.common import LayoutError
+from data_prep.common import PrepOptionsError
 from data_prep.common import SkipLog
 from data_prep.common import already_prepared
 from data_prep.common import cli_parser
@@ -264,9 +265,9 @@ def prepare_noisy_vctk(
     already holds manifests prepared with the same options.
     """
     if train_set not in TRAIN_SETS:
-        raise ValueError(f"train_set must be one of {TRAIN_SETS}, got {train_set!r}")
+        raise PrepOptionsError(f"train_set must be one of {TRAIN_SETS}, got {train_set!r}")
     if audio not in AUDIO_TYPES:
-        raise ValueError(f"audio must be one of {AUDIO_TYPES}, got {audio!r}")
+        raise PrepOptionsError(f"audio must be one of {AUDIO_TYPES}, got {audio!r}")
     if isinstance(valid_speakers, str):  # "p226 p287" from a config file
         valid_speakers = valid_speakers.split()
     options = prep_options(
@@ -292,9 +293,14 @@ def prepare_noisy_vctk(
     valid_speakers = sorted(set(valid_speakers))
     present = [s for s in valid_speakers if s in speakers]
     if speakers and not present:
-        raise ValueError(
+        raise PrepOptionsError(
             f"none of the validation speakers {valid_speakers} is in the {train_set} training "
             f"set under {found_by_kind[kinds[0]]['train_wav']}; its speakers are {speakers}"
+        )
+    if speakers and set(speakers) <= set(valid_speakers):
+        raise PrepOptionsError(
+            f"valid_speakers {valid_speakers} take every one of the {len(speakers)} speakers of the {train_set} "
+            "training set, leaving none for training: name fewer"
         )
     absent = sorted(set(valid_speakers) - set(present))
     if absent:

@@ -64,6 +64,7 @@ from tqdm import tqdm
 from aode.text import normalize_words
 from data_prep.common import LOST_REASONS
 from data_prep.common import LayoutError
+from data_prep.common import PrepOptionsError
 from data_prep.common import SkipLog
 from data_prep.common import already_prepared
 from data_prep.common import audio_info
@@ -404,7 +405,7 @@ def prepare_spgispeech(
         logger.info("SPGISpeech already prepared in %s, skipping", save_folder)
         return None
     if test_size is not None and test_size < 0 or valid_size < 0:
-        raise ValueError("test_size and valid_size must not be negative")
+        raise PrepOptionsError("test_size and valid_size must not be negative")
 
     csv_dir, audio_dir = find_layout(data_folder)
     logger.info("SPGISpeech: CSVs in %s, audio in %s", csv_dir, audio_dir)
@@ -431,6 +432,18 @@ def prepare_spgispeech(
         train_listing.close()
 
 
+def check_sizes(valid_size: int, n_train: int, csv_path: str) -> None:
+    """Raise :class:`PrepOptionsError` when ``valid_size`` leaves no row of the official train
+    split (``n_train`` rows of train.csv) for training: the size and the split's, before any
+    train file is checked (else train.csv comes out empty and the message blames the audio).
+    A ``test_size`` above the val split's size takes all of val, with a warning."""
+    if valid_size >= n_train:
+        raise PrepOptionsError(
+            f"SPGISpeech: valid_size {valid_size} takes the whole official train split ({n_train} utterances in "
+            f"{csv_path}), leaving none for training: give at most {max(n_train - 1, 0)}"
+        )
+
+
 def _pick_splits(val, train_listing, audio_dir, test_size, valid_size, max_train_hours, check_audio, seed, skipped):
     """``(test, valid, train)``: test drawn (seeded) from val, valid then train from train."""
     order = list(range(len(val)))
@@ -444,6 +457,7 @@ def _pick_splits(val, train_listing, audio_dir, test_size, valid_size, max_train
         skipped,
         "SPGISpeech val",
     )
+    check_sizes(valid_size, len(train_listing), train_listing.path)
     order = list(range(len(train_listing)))
     random.Random(seed + 1).shuffle(order)
     valid, train = _pick(
@@ -459,6 +473,12 @@ def _pick_splits(val, train_listing, audio_dir, test_size, valid_size, max_train
         logger.warning("SPGISpeech: only %d usable val utterances for test_size=%d", len(test), test_size)
     if len(valid) < valid_size:
         logger.warning("SPGISpeech: only %d usable train utterances for valid_size=%d", len(valid), valid_size)
+    elif not train and valid_size and (max_train_hours is None or max_train_hours > 0):
+        raise PrepOptionsError(
+            f"SPGISpeech: valid_size {valid_size} took every usable utterance of the official train split "
+            f"({len(train_listing)} listed; the other {len(train_listing) - valid_size} were skipped: audio "
+            "missing, empty text, duplicates), leaving none for training: give a smaller valid_size"
+        )
     return test, valid, train
 
 

@@ -307,7 +307,7 @@ def test_include_base_and_delta_methods(toys, tmp_path):
     assert torch.allclose(merged[name], mean, atol=1e-6)
     with pytest.raises(ValueError, match="needs the original model"):
         merge_models(experts, tmp_path / "y", method="ties", progress=False)
-    with pytest.raises(ValueError, match="no option"):
+    with pytest.raises(ValueError, match=r"unknown ties option .densty. \(did you mean .density.\?\)"):
         merge_models(experts, tmp_path / "y", method="ties", base=base, options={"densty": 0.3}, progress=False)
 
 

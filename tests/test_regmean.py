@@ -264,7 +264,9 @@ def test_missing_gram_and_unknown_option(experts, tiny_parakeet, tmp_path):
     with pytest.raises(MergeError, match=pattern):
         merge_models(members, out, method="regmean", base=tiny_parakeet, include_base=True, progress=False)
     assert not out.exists() and os.listdir(tmp_path) == []
-    with pytest.raises(ValueError, match=r"no option\(s\) \['alpah'\].*'alpha', 'ridge'"):
+    with pytest.raises(
+        ValueError, match=r"unknown regmean option 'alpah' \(did you mean 'alpha'\?\); known: \['alpha', 'ridge'\]"
+    ):
         merge_models(members, out, method="regmean", options={"alpah": 0.5}, progress=False)
     with pytest.raises(ValueError, match="alpha must lie in"):
         merge_models(members, out, method="regmean", options={"alpha": 2}, progress=False)

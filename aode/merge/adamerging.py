@@ -255,7 +255,7 @@ def _merged_parameters(params, deltas, names, lam):
     return merged
 
 
-@register("adamerging", needs_base=True, whole_model=True, needs_data=True)
+@register("adamerging", needs_base=True, whole_model=True, needs_data=True, options={**DEFAULTS, "data": None})
 def adamerge(plan, output, progress=True, overwrite=False, **driver_kwargs):
     """Learn the coefficients, then merge with them (module docstring). ``plan``: the
     :class:`~aode.merge.driver.MergePlan` (its options hold AdaMerging's)."""

@@ -1,11 +1,13 @@
 """What the merge driver checks before and while it merges, with errors that name the culprit.
 
 Before any tensor is merged: the call's arguments (member count for the method, one finite
-weight per member, the method's options), the members' configs (``model_type``,
-``vocab_size``), their tensors (same names, shapes and float-ness), and the shapes of
-aligned per-member files (Fishers). While merging: every tensor read is finite, and
-non-float tensors (index tables, counters) agree between members, since they are copied,
-not merged.
+weight per member, the method's options: :func:`check_method_options`, which the hparams
+schemas run too, before any work), the members' configs (``model_type``, ``vocab_size`` and
+every shape or depth key of :func:`aode.models.architecture_signature`: members of another
+architecture or width are named with the key that differs), their tensors (same names,
+shapes and float-ness), and the shapes of aligned per-member files (Fishers). While merging:
+every tensor read is finite, and non-float tensors (index tables, counters) agree between
+members, since they are copied, not merged.
 """
 
 import inspect
@@ -23,6 +25,8 @@ __all__ = [
     "as_weights",
     "check_member_count",
     "check_options",
+    "check_method_options",
+    "declared_options",
     "option_defaults",
     "check_configs",
     "check_tensors",
@@ -63,11 +67,66 @@ def check_member_count(spec, n_inputs: int) -> None:
         raise ValueError(f"merge method {spec.name!r} takes {want} members, got {n_inputs}")
 
 
-def _option_names(fn):
-    params = list(inspect.signature(fn).parameters.values())[_FIXED_ARGS:]
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+def declared_options(spec) -> dict:
+    """``{name: default}`` (``None`` when there is none) of the options a user may give the
+    method ``spec``: its function's keyword arguments after (tensors, weights, base,
+    generator), less those its setup hook fills (``spec.aligned``), plus the options the
+    registry declares for it (``register(options=...)``; a whole-model method has only those)."""
+    declared = {}
+    if not spec.whole_model:
+        for p in list(inspect.signature(spec.fn).parameters.values())[_FIXED_ARGS:]:
+            if p.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL) or p.name in spec.aligned:
+                continue
+            declared[p.name] = None if p.default is inspect.Parameter.empty else p.default
+    declared.update(dict(spec.options))
+    return declared
+
+
+# Options that are a share of something (elements kept, a magnitude quantile, a subspace):
+# numbers from 0 to 1 in every method that takes them.
+FRACTION_OPTIONS = ("density", "gamma", "fraction", "common_space_fraction")
+
+
+def _option_problem(name, value, default):
+    """Why ``value`` cannot be option ``name`` whose default is ``default`` (None: it can)."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if value is None:
+        return None if default is None else "must not be null"
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if isinstance(default, float) or name in FRACTION_OPTIONS:
+        if not is_number or not math.isfinite(value):
+            return "must be a number"
+        if name in FRACTION_OPTIONS and not 0.0 <= value <= 1.0:
+            return "must be a fraction from 0 to 1"
         return None
-    return [p.name for p in params]
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "must be a string"
+    return None
+
+
+def check_method_options(method: str, options) -> dict:
+    """``options`` unchanged when merge method ``method`` takes each of them with a value of
+    the right kind; else ValueError naming every unknown option (with the closest declared
+    name) and every wrong value. Run by the hparams schemas (``method_options``, an
+    experiment's ``merge_methods``) before any folder is made."""
+    from aode.config import known_names
+
+    from .registry import get_spec
+
+    declared = declared_options(get_spec(method))
+    options = dict(options or {})
+    known_names(list(options), declared, f"{method} option", known=sorted(declared))
+    problems = [
+        f"{method} option {name} {problem} (got {value!r})"
+        for name, value in options.items()
+        if (problem := _option_problem(name, value, declared[name])) is not None
+    ]
+    if problems:
+        raise ValueError("; ".join(problems))
+    return options
 
 
 def option_defaults(fn, given) -> dict:
@@ -82,33 +141,65 @@ def option_defaults(fn, given) -> dict:
 
 
 def check_options(spec, options: dict, aligned: dict) -> None:
-    """Raise ValueError for an option the method ``spec`` does not take."""
-    accepted = _option_names(spec.fn)
-    if accepted is None:
+    """Raise ValueError for an option the method ``spec`` does not take (after its setup hook:
+    ``options`` then hold what the function receives besides ``aligned``)."""
+    if spec.whole_model:
         return
+    params = list(inspect.signature(spec.fn).parameters.values())[_FIXED_ARGS:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    accepted = [p.name for p in params]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(
-            f"merge method {spec.name!r} has no option(s) {unknown}; its "
-            f"options: {[a for a in accepted if a not in aligned]}"
-        )
+        from aode.config import known_names
+
+        known_names(unknown, accepted, f"{spec.name} option", known=[a for a in accepted if a not in aligned])
+
+
+class _ConfigView:
+    """A config.json dict seen as :func:`aode.models.architecture_signature` reads a config."""
+
+    def __init__(self, config):
+        self._config = config
+        self.model_type = config.get("model_type")
+        self.vocab_size = config.get("vocab_size")
+
+    def to_dict(self):
+        return self._config
+
+
+def _signature(config) -> dict:
+    from aode.models import architecture_signature
+
+    return architecture_signature(_ConfigView(config))
 
 
 def check_configs(sources) -> None:
-    """Members whose configs disagree on :data:`CONFIG_FIELDS` cannot be merged."""
+    """Members whose configs disagree on :data:`CONFIG_FIELDS`, or on a shape or depth key of
+    the architecture signature that both configs set (``hidden_size``, ``num_hidden_layers``,
+    ``encoder_config.num_attention_heads``, ...), cannot be merged: MergeError naming the
+    member, the keys and both values, before any tensor is compared."""
     ref = next((s for s in sources if s.config is not None), None)
     if ref is None:
         return
+    ref_signature = _signature(ref.config)
     for other in sources:
         if other is ref or other.config is None:
             continue
-        for field in CONFIG_FIELDS:
-            a, b = ref.config.get(field), other.config.get(field)
-            if a != b:
-                raise MergeError(
-                    f"config field {field!r} differs: {a!r} in {ref.label} but "
-                    f"{b!r} in {other.label}; these models cannot be merged"
-                )
+        signature = _signature(other.config)
+        differ = [(field, ref.config.get(field), other.config.get(field)) for field in CONFIG_FIELDS]
+        differ = [(key, a, b) for key, a, b in differ if a != b]
+        differ += [
+            (key, ref_signature[key], signature[key])
+            for key in ref_signature
+            if key not in CONFIG_FIELDS and key in signature and signature[key] != ref_signature[key]
+        ]
+        if differ:
+            shown = "; ".join(
+                f"config field {key!r} differs: {a!r} in {ref.label} but {b!r} in {other.label}"
+                for key, a, b in differ[:4]
+            )
+            raise MergeError(f"{shown}; models of different architectures or widths cannot be merged")
 
 
 def _is_float(dtype):
@@ -195,7 +286,10 @@ def nonfinite_error(src, name: str) -> MergeError:
 def read_checked(src, name, start=None, stop=None, buffer=None, check=True) -> torch.Tensor:
     """Tensor ``name`` of ``src`` (elements [start, stop)) as float32; with ``check``,
     MergeError when it has non-finite values."""
-    t = src.read(name, start, stop, buffer).float()
+    try:
+        t = src.read(name, start, stop, buffer).float()
+    except OSError as err:  # a file truncated or changed since it was opened
+        raise MergeError(f"{src.label} cannot be read: {err}") from err
     if check and not all_finite(t):
         raise nonfinite_error(src, name)
     return t

@@ -161,7 +161,10 @@ class _Inputs:
         return self
 
     def _open(self, path, label):
-        src = open_model(path, label=label)
+        try:
+            src = open_model(path, label=label)
+        except OSError as err:  # a truncated or damaged weight file, a folder without weights
+            raise MergeError(f"{label} cannot be read: {err}") from err
         self._opened.append(src)
         return src
 
@@ -282,7 +285,8 @@ def merge_models(
         )
     output = os.path.abspath(os.fspath(output))
     start_time = time.time()
-    with _torch_threads(num_threads), atomic_folder(output, overwrite=overwrite) as tmp, _Inputs(plan) as sources:
+    # The members are opened and checked first: a merge they refuse leaves no output folder behind.
+    with _torch_threads(num_threads), _Inputs(plan) as sources, atomic_folder(output, overwrite=overwrite) as tmp:
         _write_weights(plan, sources, os.path.join(tmp, "model.safetensors"), progress, max_chunk_bytes, read_ahead)
         _write_folder_files(tmp, sources)
         write_provenance(tmp, {**plan.provenance(), **(extra_provenance or {})})

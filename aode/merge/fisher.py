@@ -50,7 +50,15 @@ def _setup(member_dirs, options):
     return options, {"fishers": sources}
 
 
-@register("fisher", elementwise=True, propagates_nonfinite=True, setup=_setup, statistics="fisher")
+@register(
+    "fisher",
+    elementwise=True,
+    propagates_nonfinite=True,
+    setup=_setup,
+    statistics="fisher",
+    options={"fisher_files": None},
+    aligned=("fishers",),
+)
 def fisher(tensors, weights, base=None, generator=None, fishers=None, eps=1e-6):
     """Fisher merging: ``sum_i w_i F_i theta_i / sum_i w_i F_i`` (F floored at ``eps``)."""
     if fishers is None or any(f is None for f in fishers):

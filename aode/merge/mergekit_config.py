@@ -912,4 +912,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from aode.cli import run_main
+
+    sys.exit(run_main(main))

@@ -42,7 +42,16 @@ know about them:
   merge; it may consume options and return ``aligned``, a dict ``kwarg -> list`` of one
   tensor source per member (an object with ``info(name)`` and ``read(name, start, stop)``,
   or ``None``), which the driver reads alongside the members (same slices) and passes to the
-  method as ``kwarg=[tensor or None per member]`` (used by Fisher merging).
+  method as ``kwarg=[tensor or None per member]`` (used by Fisher merging);
+* ``options``: ``{name: default}`` of the options the method takes besides its function's
+  keyword arguments: those its ``setup`` hook consumes (``fisher_files``), or every option of
+  a whole-model method (its function takes ``**driver_kwargs``);
+* ``aligned``: the function's keyword arguments that ``setup`` fills (``fishers``): not
+  options a user gives.
+
+A method's options are thus declared once, by its signature and ``options``; the hparams
+schemas check a merge's options against them (names, the type of each default, fractions)
+before any work (:func:`aode.merge.checks.check_method_options`).
 """
 
 from dataclasses import dataclass
@@ -67,6 +76,8 @@ class MethodSpec:
     statistics: Optional[str] = None
     needs_data: bool = False
     needs_member_data: bool = False
+    options: tuple = ()  # ((name, default), ...): see ``options`` in the module docstring
+    aligned: tuple = ()
 
 
 _METHODS = {}
@@ -86,6 +97,8 @@ def register(
     statistics=None,
     needs_data=False,
     needs_member_data=False,
+    options=None,
+    aligned=(),
 ):
     """Decorator: register a merge method under ``name`` (see the module docstring)."""
 
@@ -106,6 +119,8 @@ def register(
             statistics=statistics,
             needs_data=needs_data,
             needs_member_data=needs_member_data,
+            options=tuple((options or {}).items()),
+            aligned=tuple(aligned),
         )
         _METHODS[name] = spec
         fn.merge_spec = spec

@@ -206,7 +206,7 @@ def regmean_linear(tensors, weights, grams, alpha=DEFAULT_ALPHA, ridge=DEFAULT_R
     return torch.cholesky_solve(b, chol).T.float().contiguous()
 
 
-@register("regmean", elementwise=False, setup=_setup, statistics="gram")
+@register("regmean", setup=_setup, statistics="gram", options={"gram_files": None}, aligned=("grams",))
 def regmean(tensors, weights, base=None, generator=None, grams=None, alpha=DEFAULT_ALPHA, ridge=DEFAULT_RIDGE):
     """RegMean (module docstring): the closed-form merge of each Linear weight from the
     members' Gram matrices; every other tensor the plain weighted average."""

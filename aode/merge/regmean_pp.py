@@ -378,7 +378,7 @@ def _check_plan(plan):
     return MergePlan(plan.members, "average", plan.weights.tolist(), plan.base, plan.include_base, rules)
 
 
-@register("regmean_pp", whole_model=True, needs_member_data=True)
+@register("regmean_pp", whole_model=True, needs_member_data=True, options={**DEFAULTS, "member_manifests": None})
 def regmean_pp(plan, output, progress=True, overwrite=False, **driver_kwargs):
     """RegMean++ (module docstring): Grams from the progressively merged model, then RegMean's
     merge (:func:`aode.merge.merge_models` with ``method="regmean"``) writes ``output``."""

@@ -2,8 +2,7 @@
 """CORAAL expert, as every corpus recipe (see aode.train.main and README, "Using it on real data"):
 python recipes/CORAAL/train.py hparams/whisper_llrd.yaml --data_folder /path/to/CORAAL"""
 
-from aode.train import main
-from data_prep.coraal import prepare_coraal
+from aode.cli import corpus_recipe
 
-if __name__ == "__main__":
-    main(prepare=prepare_coraal, corpus="CORAAL")
+if __name__ == "__main__":  # --help answers before torch, SpeechBrain and transformers are imported
+    corpus_recipe("data_prep.coraal:prepare_coraal", "CORAAL", __doc__)

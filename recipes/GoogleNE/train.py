@@ -2,8 +2,7 @@
 """GoogleNE expert, as every corpus recipe (see aode.train.main and README, "Using it on real data"):
 python recipes/GoogleNE/train.py hparams/whisper_llrd.yaml --data_folder /path/to/GoogleNE"""
 
-from aode.train import main
-from data_prep.google_ne import prepare_google_ne
+from aode.cli import corpus_recipe
 
-if __name__ == "__main__":
-    main(prepare=prepare_google_ne, corpus="GoogleNE")
+if __name__ == "__main__":  # --help answers before torch, SpeechBrain and transformers are imported
+    corpus_recipe("data_prep.google_ne:prepare_google_ne", "GoogleNE", __doc__)

@@ -12,12 +12,22 @@ include_original and weight_rules; everything else still comes from the hparams.
 
 Writes <output_folder>/merged/ (a transformers model folder), eval/<model>/<set>.json (cached
 hypotheses and WER), and wer.csv, results.{csv,md,json,png} in the paper's format.
+
+The hparams, the method's options, the models and the output folder are checked before any
+work; a user error exits with status 2 and one line ``error: ...`` (``AODE_DEBUG=1`` adds the
+traceback). ``--help`` lists every key of the merge YAML.
 """
 
 import collections
 import logging
 import os
 import sys
+
+from aode.cli import answer_help
+from aode.cli import run_main
+
+if __name__ == "__main__":  # --help answers before the heavy imports below (torch, SpeechBrain)
+    answer_help(sys.argv[1:], "MergeConfig", description=__doc__)
 
 from aode.config import ConfigError
 from aode.config import MergeConfig
@@ -133,8 +143,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main, sys.argv[1:])

@@ -13,17 +13,22 @@ the ones it needs. The hparams are checked (aode.config.ExperimentConfig) before
 Stages are resumable: rerunning skips finished experts, merges and evaluations.
 ``--launcher local|slurm`` runs a stage's independent trainings as parallel jobs (aode.launcher);
 a mapping (``--launcher "{kind: ..., ...}"``) replaces the YAML's ``launcher`` as a whole.
-A configuration error exits with status 2 before any work; a failed training job with status 1,
-naming its log, before anything is merged.
+A configuration error exits with status 2 before any work, with one line ``error: ...``
+(``AODE_DEBUG=1`` adds the traceback); a failed training job with status 1, naming its log,
+before anything is merged. ``--help`` lists every key of the experiment YAML.
 """
 
 import logging
 import sys
 
-from aode.config import ConfigError
+from aode.cli import answer_help
+from aode.cli import run_main
+
+if __name__ == "__main__":  # --help answers before the heavy imports below (torch, SpeechBrain)
+    answer_help(sys.argv[1:], "ExperimentConfig", description=__doc__)
+
 from aode.config import parse_command_line
 from aode.experiment import Experiment
-from aode.launcher import LaunchError
 
 
 def main(argv):
@@ -39,11 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except LaunchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, sys.argv[1:])

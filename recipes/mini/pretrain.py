@@ -13,15 +13,18 @@ import os
 import shutil
 import sys
 
-from aode.builders import build_parakeet_ctc
-from aode.config import MiniPretrainConfig
-from aode.config import TrainingConfig
-from aode.config import validate
-from aode.train import load_hparams
-from aode.train import train_expert
+from aode.cli import answer_help
+from aode.cli import run_main
 
 
 def main(argv):
+    from aode.builders import build_parakeet_ctc
+    from aode.config import MiniPretrainConfig
+    from aode.config import TrainingConfig
+    from aode.config import validate
+    from aode.train import load_hparams
+    from aode.train import train_expert
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     hparams, run_opts, hparams_file, _ = load_hparams(argv)
     hparams = validate(MiniPretrainConfig, hparams, hparams_file)  # before any work
@@ -53,4 +56,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    answer_help(sys.argv[1:], "MiniPretrainConfig", description=__doc__)  # before torch is imported
+    run_main(main, sys.argv[1:])
