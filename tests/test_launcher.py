@@ -30,7 +30,8 @@ MINI = os.path.join(ROOT, "hparams", "mini.yaml")
 def fake_train(hparams, run_opts=None, corpus=None):
     """Stands in for aode.train.train_expert: sleeps AODE_TEST_SLEEP s, fails for the names in
     AODE_TEST_FAIL, appends its name to AODE_TEST_CALLS, writes an 'expert' whose config.json
-    holds what it was given (the experiment's folder as <out>, so two experiments compare equal)."""
+    holds what it was given (the experiment's folder as <out>, so two experiments compare equal)
+    and whose aode.json holds the stamp a rerun checks."""
     import torch
 
     start = time.time()
@@ -45,6 +46,12 @@ def fake_train(hparams, run_opts=None, corpus=None):
     given = {k: v.replace(out, "<out>") if isinstance(v, str) else v for k, v in hparams.items()}
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump({"corpus": corpus, "hparams": given}, f)
+    from aode.config import TrainingConfig
+    from aode.config import validate
+    from aode.reuse import training_stamp
+
+    with open(os.path.join(folder, "aode.json"), "w") as f:  # the stamp the real trainer records
+        json.dump({"kind": "expert", "made_from": training_stamp(validate(TrainingConfig, hparams))}, f)
     with open(os.path.join(hparams["output_folder"], "job.json"), "w") as f:
         json.dump(
             {
@@ -223,9 +230,9 @@ SLURM = {
 def test_slurm_submits_one_array_of_the_missing_experts_with_the_launcher_parameters(
     tmp_path, speaker_csvs, fake, recorder
 ):
-    fake_train({"output_folder": str(tmp_path / "experts" / "a")}, corpus="a")  # a is done already
-    fake["trained"]()
     experiment = Experiment(_hparams(tmp_path, speaker_csvs, domains=("a", "b", "c"), launcher=SLURM))
+    fake_train(experiment.train_hparams("a", *_csvs(speaker_csvs, 0), None), corpus="a")  # a is done already
+    fake["trained"]()
     experiment.run()
     [executor] = recorder
     assert executor.cluster == "slurm" and executor.folder == str(tmp_path / "jobs")

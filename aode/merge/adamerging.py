@@ -160,7 +160,7 @@ def _endless_batches(manifest, asr, batch_size, seed, n_utterances, max_duration
 
     from aode.data import make_dataset
 
-    dataset = make_dataset(manifest, asr, {"max_duration": max_duration})
+    dataset = make_dataset(manifest, asr, {"max_duration": max_duration}, max_unreadable_fraction=0.01)
     ids = list(range(len(dataset)))
     rng = random.Random(seed)
     if n_utterances is not None and n_utterances < len(ids):
@@ -256,7 +256,7 @@ def _merged_parameters(params, deltas, names, lam):
 
 
 @register("adamerging", needs_base=True, whole_model=True, needs_data=True, options={**DEFAULTS, "data": None})
-def adamerge(plan, output, progress=True, overwrite=False, **driver_kwargs):
+def adamerge(plan, output, progress=True, overwrite=False, extra_provenance=None, **driver_kwargs):
     """Learn the coefficients, then merge with them (module docstring). ``plan``: the
     :class:`~aode.merge.driver.MergePlan` (its options hold AdaMerging's)."""
     from .driver import merge_models
@@ -293,6 +293,6 @@ def adamerge(plan, output, progress=True, overwrite=False, **driver_kwargs):
         seed=plan.seed,
         progress=progress,
         overwrite=overwrite,
-        extra_provenance={"method": "adamerging", "adamerging": record},
+        extra_provenance={**(extra_provenance or {}), "method": "adamerging", "adamerging": record},
         **driver_kwargs,
     )

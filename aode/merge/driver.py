@@ -282,6 +282,7 @@ def merge_models(
             overwrite=overwrite,
             max_chunk_bytes=max_chunk_bytes,
             num_threads=num_threads,
+            extra_provenance=extra_provenance,
         )
     output = os.path.abspath(os.fspath(output))
     start_time = time.time()

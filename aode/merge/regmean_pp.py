@@ -379,7 +379,7 @@ def _check_plan(plan):
 
 
 @register("regmean_pp", whole_model=True, needs_member_data=True, options={**DEFAULTS, "member_manifests": None})
-def regmean_pp(plan, output, progress=True, overwrite=False, **driver_kwargs):
+def regmean_pp(plan, output, progress=True, overwrite=False, extra_provenance=None, **driver_kwargs):
     """RegMean++ (module docstring): Grams from the progressively merged model, then RegMean's
     merge (:func:`aode.merge.merge_models` with ``method="regmean"``) writes ``output``."""
     from .driver import _Inputs
@@ -412,6 +412,7 @@ def regmean_pp(plan, output, progress=True, overwrite=False, **driver_kwargs):
                 progress=progress,
                 overwrite=overwrite,
                 extra_provenance={
+                    **(extra_provenance or {}),
                     "method": "regmean_pp",
                     "options": recorded,
                     "regmean_pp": {"options": recorded, **record},

@@ -34,6 +34,7 @@ from aode.config import MergeConfig
 from aode.config import parse_command_line
 from aode.config import validate
 from aode.evaluate import evaluate_models
+from aode.lineage import check_original
 from aode.merge import merge_models
 from aode.merge.inputs import data_options
 from aode.merge.mergekit_config import MergekitConfigError
@@ -44,6 +45,10 @@ from aode.model_card import push_to_hub
 from aode.model_card import write_model_card
 from aode.models import resolve_model_folder
 from aode.report import write_report
+from aode.reuse import STAMP_KEY
+from aode.reuse import may_reuse
+from aode.reuse import merge_stamp
+from aode.reuse import recorded_stamp
 
 
 def main(argv):
@@ -68,6 +73,7 @@ def main(argv):
         except MergekitConfigError as err:
             raise ConfigError(f"{hp['mergekit_config']}: {err}") from None
         hp["weights"], hp["weight_rules"] = prepared["weights"], prepared["weight_rules"]
+    check_original(original, experts, hp["allow_foreign_original"])  # before any work
     out = hp["output_folder"]
     merged = os.path.join(out, "merged")
     weights = hp["weights"]
@@ -75,10 +81,26 @@ def main(argv):
         weights = [weights[name] for name in experts] + (
             [weights.get("original", 1.0)] if hp["include_original"] else []
         )
-    if not os.path.isfile(os.path.join(merged, "config.json")):
-        member_data = dict(hp["member_data"])
-        if "original" in member_data:
-            member_data.setdefault(hp["original_name"], member_data.pop("original"))
+    member_data = dict(hp["member_data"])
+    if "original" in member_data:
+        member_data.setdefault(hp["original_name"], member_data.pop("original"))
+    reads = {**member_data, **{f"dev {n}": p for n, p in hp["dev_sets"].items()}}
+    stamp = merge_stamp(
+        list(experts.values()),
+        original,
+        hp["method"],
+        hp["include_original"],
+        hp["method_options"],
+        weights,
+        hp["weight_rules"],
+        hp["seed"],
+        data=reads,
+        statistics_utterances=hp["statistics_utterances"],
+    )
+    found = os.path.isfile(os.path.join(merged, "config.json"))
+    if found and may_reuse("merged model", merged, recorded_stamp(merged), stamp, hp["overwrite"]):
+        print(f"merged model found in {merged}, made from the same members and settings: reused")
+    else:
         # Fisher/Gram statistics and dev sets for the data-aware methods, before the merge.
         try:
             options = data_options(
@@ -96,6 +118,7 @@ def main(argv):
                 seed=hp["seed"],
                 device=hp["device"],
                 progress=hp["progressbar"],
+                overwrite=hp["overwrite"],
             )
         except ValueError as err:  # a member without data, a missing manifest: before any work
             raise ConfigError(str(err)) from None
@@ -109,10 +132,10 @@ def main(argv):
             options=options,
             weight_rules=hp["weight_rules"],
             seed=hp["seed"],
+            overwrite=found,
+            extra_provenance={STAMP_KEY: stamp},
         )
         print(f"merged model written to {merged}")
-    else:
-        print(f"merged model found in {merged}")
     models = collections.OrderedDict([(hp["original_name"], original)])
     if hp["evaluate_experts"]:
         models.update(experts)
@@ -123,20 +146,29 @@ def main(argv):
         print("no test sets named: nothing evaluated")
         push_to_hub(merged, hp["push_to_hub"])
         return
+    counts = {}
     table = evaluate_models(
         models,
         test_sets,
         os.path.join(out, "eval"),
+        counts=counts,
         batch_size=hp["eval_batch_size"],
         normalizer=hp["normalizer"],
         beam_size=hp["beam_size"],
         device=hp["device"],
         progress=hp["progressbar"],
+        skip_unreadable_audio=hp["skip_unreadable_audio"],
     )
     write_model_card(merged, table[hp["merged_name"]])  # the card, with the merged model's WER on each test set
     expert_of = {s: name for s, name in (hp["expert_of_test_set"] or {}).items()}
     _, text = write_report(
-        table, out, next(iter(models)), hp["forgetting_sets"], expert_of=expert_of or None, title=hp["title"]
+        table,
+        out,
+        next(iter(models)),
+        hp["forgetting_sets"],
+        expert_of=expert_of or None,
+        title=hp["title"],
+        counts=counts,
     )
     print(text)
     push_to_hub(merged, hp["push_to_hub"])  # the finished folder, its card with the WERs and aode.json
