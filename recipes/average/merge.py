@@ -133,6 +133,7 @@ def main(argv):
             weight_rules=hp["weight_rules"],
             seed=hp["seed"],
             overwrite=found,
+            progress=hp["progressbar"],
             extra_provenance={STAMP_KEY: stamp},
         )
         print(f"merged model written to {merged}")
