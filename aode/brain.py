@@ -7,6 +7,9 @@
   ``param_groups[0]``).
 * WER and CER after one scoring normaliser (:mod:`aode.text`), checkpoints kept by best
   dev WER (plus the most recent, for resuming), per-utterance outputs at evaluation.
+* Exact resumption (:mod:`aode.resume`): the global random states are a recoverable (a
+  mid-epoch one restored once the train loader's iterator exists), and intra-epoch checkpoints
+  (``ckpt_interval_steps`` / ``ckpt_interval_minutes``) fall on gradient-accumulation boundaries.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 
 from aode.config import TrainingConfig
 from aode.llrd import llrd_param_groups
+from aode.resume import GlobalRNG
 from aode.text import get_normalizer
 
 if TYPE_CHECKING:
@@ -58,6 +62,13 @@ class ASRBrain(sb.Brain):
     (an :class:`aode.schedule.STLR`), ``normalizer``, ``train_logger``,
     ``utterance_output`` (CSV path written at TEST).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.global_rng = GlobalRNG()
+        if self.checkpointer is not None:
+            # optional: a checkpoint written before it existed still loads (resumed inexactly)
+            self.checkpointer.add_recoverable("rng", self.global_rng, optional_load=True)
 
     @property
     def asr(self) -> ASRModel:
@@ -102,6 +113,7 @@ class ASRBrain(sb.Brain):
     def on_stage_end(self, stage: sb.Stage, stage_loss: float, epoch: int | None = None) -> None:
         stats = {"loss": stage_loss}
         if stage == sb.Stage.TRAIN:
+            self.global_rng.restore_pending()  # a mid-epoch checkpoint taken after the last batch
             self.train_stats = stats
             return
         stats["WER"] = self.wer_metric.summarize("error_rate")
@@ -178,6 +190,7 @@ class ASRBrain(sb.Brain):
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
 
     def on_fit_batch_start(self, batch: PaddedBatch, should_step: bool) -> None:
+        self.global_rng.restore_pending()  # first batch after a mid-epoch recovery
         scheduler = self._hp("scheduler")
         if scheduler is not None:
             scheduler.apply(self.optimizer)
@@ -188,6 +201,14 @@ class ASRBrain(sb.Brain):
         scheduler = self._hp("scheduler")
         if should_step and scheduler is not None:
             scheduler.step(self.optimizer)
+
+    def _should_save_intra_epoch_ckpt(self, last_ckpt_time: float, steps_since_ckpt: int) -> bool:
+        """SpeechBrain's rule (every ``ckpt_interval_steps`` batches or ``ckpt_interval_minutes``),
+        held back to the next optimizer step: gradients accumulated over part of an
+        accumulation window are not saved, so a checkpoint inside one would not resume exactly."""
+        if self.step % self.grad_accumulation_factor:
+            return False
+        return super()._should_save_intra_epoch_ckpt(last_ckpt_time, steps_since_ckpt)
 
     def optimizers_step(self) -> None:
         """SpeechBrain's step, but clipping the gradient norm over EVERY parameter group."""

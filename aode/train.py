@@ -36,6 +36,8 @@ from aode.model_card import write_model_card
 from aode.models import check_same_architecture
 from aode.models import load_asr_model
 from aode.models import load_hf_config
+from aode.resume import AtomicCheckpointer
+from aode.resume import SeededRandomSampler
 from aode.schedule import STLR
 
 if TYPE_CHECKING:
@@ -159,15 +161,17 @@ def log_training_plan(hparams: Mapping[str, Any], batches: int, total_steps: int
 
 
 def train_loader_options(hparams: Mapping[str, Any], dataset: DynamicItemDataset) -> tuple[dict[str, Any], int]:
-    """Batches per epoch and loader kwargs; ``steps_per_epoch`` fixes the step count."""
+    """Batches per epoch and loader kwargs; ``steps_per_epoch`` fixes the step count.
+
+    With ``steps_per_epoch``, a :class:`aode.resume.SeededRandomSampler` (register it with the
+    checkpointer); without, SpeechBrain's shuffling (``ReproducibleRandomSampler``, or a
+    ``DistributedSampler`` under DDP), whose order is a function of the epoch."""
     batch_size = hparams["batch_size"]
     steps = hparams["steps_per_epoch"]
     accumulation = hparams["grad_accumulation_factor"]
     if steps:
-        generator = torch.Generator().manual_seed(hparams["seed"])
-        sampler = torch.utils.data.RandomSampler(
-            dataset, replacement=False, num_samples=steps * batch_size * accumulation, generator=generator
-        )
+        # checkpointable (aode.resume): a resumed run draws the batches the uninterrupted one drew
+        sampler = SeededRandomSampler(dataset, num_samples=steps * batch_size * accumulation, seed=hparams["seed"])
         kwargs = {"batch_size": batch_size, "sampler": sampler}
         batches = steps * accumulation
     else:
@@ -252,9 +256,12 @@ def train_expert(
     total_steps = max(1, epochs * batches // hparams["grad_accumulation_factor"])
     epoch_counter = sb.utils.epoch_loop.EpochCounter(epochs)
     scheduler = STLR(total_steps, hparams["peak_fraction"], hparams["stlr_ratio"])
-    checkpointer = sb.utils.checkpoints.Checkpointer(
+    checkpointer = AtomicCheckpointer(
         os.path.join(output, "save"), recoverables={"model": asr, "scheduler": scheduler, "counter": epoch_counter}
     )
+    if isinstance(loader_kwargs.get("sampler"), SeededRandomSampler):
+        # optional: a checkpoint written before it existed still loads (resumed inexactly)
+        checkpointer.add_recoverable("sampler", loader_kwargs["sampler"], optional_load=True)
     brain_hparams = dict(hparams)
     brain_hparams.update(
         scheduler=scheduler,
