@@ -38,6 +38,9 @@ from aode.models import load_asr_model
 from aode.models import load_hf_config
 from aode.resume import AtomicCheckpointer
 from aode.resume import SeededRandomSampler
+from aode.reuse import STAMP_KEY
+from aode.reuse import claim_training_folder
+from aode.reuse import training_stamp
 from aode.schedule import STLR
 
 if TYPE_CHECKING:
@@ -217,13 +220,19 @@ def run(argv: list[str], prepare: Callable[..., Any] | None = None, corpus: str 
             known_names(list(hparams["prep_options"]), accepted, f"prep_options key of {prepare.__name__}")
         except ValueError as err:
             raise ConfigError(f"{hparams_file}: {err}") from None
+    # A folder left by a run with other settings is refused (or cleared with --overwrite) before
+    # anything is written into it: its hyperparams.yaml and log still describe its expert.
+    planned = dict(hparams)
+    resolve_run_options(planned, run_opts)
+    if sb.utils.distributed.if_main_process():
+        claim_training_folder(hparams["output_folder"], training_stamp(planned), hparams["overwrite"], EXPERT_DIR)
     sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
-    if prepare is not None and hparams["data_folder"]:
+    if prepare is not None and hparams["data_folder"]:  # a prep error leaves no experiment folder files
         kwargs = dict(hparams["prep_options"])
         sb.utils.distributed.run_on_main(
             prepare, kwargs={"data_folder": hparams["data_folder"], "save_folder": hparams["prep_folder"], **kwargs}
         )
+    sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
     folder = train_expert(hparams, run_opts, corpus=corpus)
     if sb.utils.distributed.if_main_process():
         push_to_hub(folder, hparams["push_to_hub"])  # the finished folder, card and aode.json included
@@ -240,14 +249,22 @@ def train_expert(
     torch.manual_seed(hparams["seed"])
     output = hparams["output_folder"]
     os.makedirs(output, exist_ok=True)
+    stamp = training_stamp(hparams)  # what this run is made from: a folder left by another run is not resumed
+    if sb.utils.distributed.if_main_process():
+        claim_training_folder(output, stamp, hparams["overwrite"], EXPERT_DIR)
     asr, source = build_model(hparams)
     skip_log = os.path.join(output, "skipped_audio.csv")
     check = hparams["check_audio"]
-    train_set = make_dataset(hparams["train_csv"], asr, hparams, check, skip_log, stage="train")
-    valid_set = make_dataset(hparams["valid_csv"], asr, hparams, check, skip_log, stage="train")
+    unreadable = hparams["max_unreadable_fraction"]  # then the run stops: an expert of a fraction of its data
+    train_set = make_dataset(hparams["train_csv"], asr, hparams, check, skip_log, "train", unreadable)
+    valid_set = make_dataset(hparams["valid_csv"], asr, hparams, check, skip_log, "train", unreadable)
     test_csvs = {"test": hparams["test_csv"]} if hparams["test_csv"] else {}
     test_csvs.update(hparams["extra_test_csvs"] or {})
-    test_sets = {name: make_dataset(path, asr, hparams, check, skip_log) for name, path in test_csvs.items()}
+    test_unreadable = 1.0 if hparams["skip_unreadable_audio"] else 0.0
+    test_sets = {
+        name: make_dataset(path, asr, hparams, check, skip_log, max_unreadable_fraction=test_unreadable)
+        for name, path in test_csvs.items()
+    }
     loader_kwargs, batches = train_loader_options(hparams, train_set)
     epochs = hparams["number_of_epochs"]
     # Under DDP SpeechBrain splits each epoch's batches between the processes.
@@ -290,6 +307,8 @@ def train_expert(
     provenance = {
         "kind": "expert",
         "base_model": hparams["model_source"],
+        "base_model_fingerprint": stamp["model_source"],
+        STAMP_KEY: stamp,
         "init_from": hparams["init_from"],
         "domain": corpus or hparams["domain"],
         "train_csv": hparams["train_csv"],

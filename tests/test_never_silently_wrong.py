@@ -193,9 +193,11 @@ def test_a_changed_training_yaml_is_not_already_trained(tiny_parakeet, speaker_c
     ]
     assert _run(args).returncode == 0
     exported = _sha(out / "expert" / "model.safetensors")
+    saved_yaml = (out / "hyperparams.yaml").read_text()
     line = _error_line(_run(args + ["--lr", "0.003"]))
     assert "training run" in line and "lr" in line and "--overwrite True" in line
     assert _sha(out / "expert" / "model.safetensors") == exported
+    assert (out / "hyperparams.yaml").read_text() == saved_yaml  # the folder still describes its expert
     redone = _run(args + ["--lr", "0.003", "--overwrite", "True"])
     assert redone.returncode == 0 and "redoing the training run" in redone.stdout
     assert _sha(out / "expert" / "model.safetensors") != exported

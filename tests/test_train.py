@@ -9,6 +9,7 @@ import pytest
 import speechbrain as sb
 
 from aode.brain import ASRBrain
+from aode.data import UnreadableAudioError
 from aode.train import train_expert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,7 +118,7 @@ def test_bad_input_fails_before_training(tiny_parakeet, tiny_whisper, sample_man
         )
 
 
-def test_unreadable_audio_is_skipped_and_counted(tiny_parakeet, sample_manifest, tmp_path):
+def test_unreadable_training_audio_above_the_fraction_is_refused(tiny_parakeet, sample_manifest, tmp_path):
     lines = open(sample_manifest).read().splitlines()
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF....not audio")
@@ -125,8 +126,22 @@ def test_unreadable_audio_is_skipped_and_counted(tiny_parakeet, sample_manifest,
     first[0], first[2] = "broken_utt", str(broken)
     bad_manifest = tmp_path / "with_bad.csv"
     bad_manifest.write_text("\n".join(lines + [",".join(first)]) + "\n")
+    # one unreadable row of a few is more than the default 1 %: refused, nothing trained
+    with pytest.raises(UnreadableAudioError, match=r"1 of \d+ rows cannot be read .*broken.wav"):
+        train_expert(
+            _hparams(tiny_parakeet, sample_manifest, tmp_path / "run", train_csv=str(bad_manifest), number_of_epochs=1)
+        )
+    assert not (tmp_path / "run" / "expert").exists()
+    # allowed on purpose: skipped, logged and counted
     train_expert(
-        _hparams(tiny_parakeet, sample_manifest, tmp_path / "run", train_csv=str(bad_manifest), number_of_epochs=1)
+        _hparams(
+            tiny_parakeet,
+            sample_manifest,
+            tmp_path / "run",
+            train_csv=str(bad_manifest),
+            number_of_epochs=1,
+            max_unreadable_fraction=0.5,
+        )
     )
     skipped = (tmp_path / "run" / "skipped_audio.csv").read_text()
     assert "broken_utt" in skipped
