@@ -21,6 +21,7 @@ import torch
 
 from aode.atomic import atomic_folder
 from aode.brain import ASRBrain
+from aode.cli import RUN_OPTIONS_IN_HPARAMS
 from aode.config import ConfigError
 from aode.config import TrainingConfig
 from aode.config import known_names
@@ -104,16 +105,10 @@ def build_model(hparams: Mapping[str, Any]) -> tuple[ASRModel, str]:
     return asr, source
 
 
-# SpeechBrain run options that the hparams files set too. The command line wins over the YAML,
-# the YAML over SpeechBrain's defaults; the value that runs is written back into hparams, so
-# the sampler, the schedule's length and the exported provenance all see what ran.
-RUN_OPTIONS_IN_HPARAMS = (
-    "precision",
-    "eval_precision",
-    "grad_accumulation_factor",
-    "max_grad_norm",
-    "find_unused_parameters",
-)
+# SpeechBrain run options that the hparams files set too (aode.cli.RUN_OPTIONS_IN_HPARAMS, which
+# --help lists). The command line wins over the YAML, the YAML over SpeechBrain's defaults; the
+# value that runs is written back into hparams, so the sampler, the schedule's length and the
+# exported provenance all see what ran.
 
 
 def resolve_run_options(
