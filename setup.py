@@ -37,6 +37,7 @@ setup(
         "mini": ["espeakng-loader"],
         # recipes/average/reproduce.py --launcher slurm (aode/launcher.py): trainings as Slurm jobs
         "cluster": ["submitit>=1.5"],
-        "dev": ["pytest", "openai-whisper", "tiktoken", "espeakng-loader", "ruff", "submitit>=1.5"],
+        # ctranslate2: the oracle runtime of the CTranslate2 Whisper converter's tests (aode/convert_ct2.py)
+        "dev": ["pytest", "openai-whisper", "tiktoken", "espeakng-loader", "ruff", "submitit>=1.5", "ctranslate2>=4"],
     },
 )
