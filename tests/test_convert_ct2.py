@@ -368,6 +368,17 @@ def test_command_line_help_and_exit_status(tmp_path):
 
     help_ = run("--help")
     assert help_.returncode == 0 and "CT2_FOLDER" in help_.stdout and "int8" in help_.stdout
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['convert_ct2', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('aode.convert_ct2', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0\n"
+        "print('HEAVY', [m for m in ('torch', 'transformers', 'speechbrain') if m in sys.modules])\n"
+    )
+    light = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert light.stdout.strip().splitlines()[-1] == "HEAVY []", light.stderr[-2000:]  # --help answers first
     bad = run(str(tmp_path), str(tmp_path / "out"))
     assert bad.returncode == 2 and bad.stdout == ""
     lines = bad.stderr.strip().splitlines()
