@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import types
 from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -283,6 +284,18 @@ def masked_entropy(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return (entropy * mask).sum() / mask.sum().clamp(min=1)
 
 
+def _log_mel_per_clip(whisper: nn.Module, audio: torch.Tensor, padding: int = 0) -> torch.Tensor:
+    """Whisper's log-mel features of a batch, each clip floored at its own maximum minus 8 (as
+    openai-whisper's ``log_mel_spectrogram`` and transformers' ``WhisperFeatureExtractor`` do)."""
+    if padding > 0:
+        audio = nn.functional.pad(audio, (0, padding))
+    window = torch.hann_window(whisper._n_fft, device=audio.device)
+    stft = torch.stft(audio, whisper._n_fft, whisper._hop_length, window=window, return_complex=True)
+    log_spec = torch.clamp(whisper._mel_filters @ stft[..., :-1].abs() ** 2, min=1e-10).log10()
+    peak = log_spec.amax(dim=(-2, -1), keepdim=True)
+    return (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
+
+
 @register_family
 class WhisperASR(ASRModel):
     """Whisper through SpeechBrain's wrapper; cross-entropy training, S2S searchers.
@@ -316,6 +329,10 @@ class WhisperASR(ASRModel):
         self.source = source
         save_path = save_path or os.path.join(os.path.expanduser("~"), ".cache", "aode")
         self.whisper = Whisper(source, save_path, sampling_rate=16000, language=language, task=task)
+        # SpeechBrain floors the log-mel features at the LOUDEST clip of the whole batch minus 8;
+        # Whisper (openai-whisper, transformers' feature extractor) floors each clip at its own
+        # maximum. A batch-wide floor made a clip's transcript depend on the clips decoded with it.
+        self.whisper.log_mel_spectrogram = types.MethodType(_log_mel_per_clip, self.whisper)
         self.label_smoothing = label_smoothing
         self.beam_size = beam_size
         self.max_decode_ratio = max_decode_ratio

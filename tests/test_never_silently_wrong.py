@@ -332,3 +332,26 @@ def test_gain_kept_is_undefined_where_the_expert_did_not_improve(tmp_path):
     rows, _ = write_report(table, str(tmp_path), "Pretrained", ["clean"], expert_of={"x": "Expert"})
     assert math.isnan(rows[2]["Gain kept"])
     assert "| merged |" in (tmp_path / "results.md").read_text()
+
+
+# ---------------------------------------------- a transcript does not depend on its batch companions
+def test_whisper_features_are_floored_per_clip_as_whisper_does(tiny_whisper):
+    """SpeechBrain's wrapper floored log-mels at the loudest clip of the batch; each clip's own
+    features must not change when a louder clip joins its batch, and must equal transformers'
+    WhisperFeatureExtractor (openai-whisper's per-clip rule)."""
+    import numpy as np
+    import torch
+    from transformers import WhisperFeatureExtractor
+
+    from aode.models import load_asr_model
+
+    whisper = load_asr_model(tiny_whisper).whisper
+    rng = np.random.default_rng(0)
+    quiet = (0.001 * rng.standard_normal(16000)).astype("float32")
+    loud = (0.5 * rng.standard_normal(16000)).astype("float32")
+    alone = whisper.log_mel_spectrogram(torch.from_numpy(quiet)[None])
+    batched = whisper.log_mel_spectrogram(torch.from_numpy(np.stack([quiet, loud])))
+    assert torch.allclose(alone[0], batched[0])
+    reference = WhisperFeatureExtractor(feature_size=alone.shape[1])(quiet, sampling_rate=16000, return_tensors="pt")
+    frames = alone.shape[-1] - 1  # the last frame's window runs into the 30 s padding in transformers
+    assert torch.allclose(alone[0, :, :frames], reference.input_features[0, :, :frames], atol=1e-4)
