@@ -97,3 +97,23 @@ def perturbed_copy(src, dst, seed, scale):
             state[name] = t + scale * (t.abs().mean() + 1e-3) * torch.randn(t.shape, generator=g)
     save_file(state, path, metadata={"format": "pt"})
     return str(dst)
+
+
+def train_tiny_expert(model, manifest, out, **overrides):
+    """A quick expert of ``model`` on ``manifest`` (train and dev), exported to ``out/expert``:
+    one epoch of one step of two utterances at lr 3e-3, no progress bar; ``overrides`` are
+    training keys."""
+    from aode.train import train_expert
+
+    hparams = dict(
+        output_folder=str(out),
+        train_csv=manifest,
+        valid_csv=manifest,
+        model_source=model,
+        lr=3e-3,
+        number_of_epochs=1,
+        steps_per_epoch=1,
+        batch_size=2,
+        progressbar=False,
+    )
+    return train_expert({**hparams, **overrides})

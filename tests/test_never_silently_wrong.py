@@ -15,13 +15,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import train_tiny_expert
 
 from aode.manifest import read_manifest
 from aode.manifest import write_manifest
 from aode.report import gain_kept
 from aode.report import write_report
 from aode.reuse import model_fingerprint
-from aode.train import train_expert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
@@ -43,22 +43,7 @@ def _error_line(result):
 
 
 def _expert(tiny_parakeet, manifest, out, seed=0, **extra):
-    return train_expert(
-        dict(
-            output_folder=str(out),
-            train_csv=manifest,
-            valid_csv=manifest,
-            model_source=tiny_parakeet,
-            lr=3e-3,
-            number_of_epochs=1,
-            steps_per_epoch=1,
-            batch_size=2,
-            progressbar=False,
-            normalizer="basic",
-            seed=seed,
-            **extra,
-        )
-    )
+    return train_tiny_expert(tiny_parakeet, manifest, out, normalizer="basic", seed=seed, **extra)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import sys
 import pytest
 import speechbrain as sb
 import torch
+from conftest import train_tiny_expert
 
 from aode.brain import ASRBrain
 from aode.config import parse_command_line
@@ -215,19 +216,7 @@ def test_export_reads_back_the_model_only(tiny_parakeet, sample_manifest, tmp_pa
         return original_export(brain, asr, folder, provenance)
 
     monkeypatch.setattr(train, "export_expert", drop_optimizer_files)
-    folder = train_expert(
-        dict(
-            output_folder=str(tmp_path),
-            train_csv=sample_manifest,
-            valid_csv=sample_manifest,
-            model_source=tiny_parakeet,
-            lr=1e-3,
-            number_of_epochs=1,
-            steps_per_epoch=2,
-            batch_size=2,
-            progressbar=False,
-        )
-    )
+    folder = train_tiny_expert(tiny_parakeet, sample_manifest, tmp_path, lr=1e-3, steps_per_epoch=2)
     assert os.path.isfile(os.path.join(folder, "model.safetensors"))
 
 

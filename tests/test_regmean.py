@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import sample_rows
+from conftest import train_tiny_expert
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -176,7 +177,6 @@ def test_whisper_gram_keys(tiny_whisper, two_rows, tmp_path):
 @pytest.fixture(scope="module")
 def experts(tiny_parakeet, tmp_path_factory):
     """Two tiny experts trained on the two speakers of the samples, each with its manifest."""
-    from aode.train import train_expert
 
     folder = tmp_path_factory.mktemp("regmean_experts")
     rows = sample_rows()
@@ -184,19 +184,7 @@ def experts(tiny_parakeet, tmp_path_factory):
     for spk in ("spk1", "spk2"):
         manifest = str(folder / f"{spk}.csv")
         write_manifest(manifest, [r for r in rows if r["spk_id"] == spk])
-        expert = train_expert(
-            dict(
-                output_folder=str(folder / spk),
-                train_csv=manifest,
-                valid_csv=manifest,
-                model_source=tiny_parakeet,
-                lr=3e-3,
-                number_of_epochs=1,
-                steps_per_epoch=1,
-                batch_size=2,
-                progressbar=False,
-            )
-        )
+        expert = train_tiny_expert(tiny_parakeet, manifest, folder / spk)
         out[spk] = (expert, manifest)
     return out
 
