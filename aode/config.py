@@ -192,6 +192,8 @@ def _check_method_options(method, options):
 
 
 EVAL_BATCH_SIZE = 8
+# Training and statistics data: above this fraction of unreadable rows a manifest is refused.
+MAX_UNREADABLE_FRACTION = 0.01
 ORIGINAL_NAME = "Pretrained"
 Normalizer = Literal[NORMALIZERS]  # type: ignore[valid-type]
 PRECISION = Literal["fp32", "fp16", "bf16"]
@@ -284,7 +286,8 @@ class TrainingConfig(Schema):
     normalizer: Normalizer = Field("whisper", description="text normaliser of scoring: whisper, basic or none")
     check_audio: bool = Field(True, description="open every manifest's audio before training (unreadable rows named)")
     max_unreadable_fraction: float = Field(
-        0.01, description="training and dev rows whose audio cannot be read: above this fraction of a manifest, stop"
+        MAX_UNREADABLE_FRACTION,
+        description="training and dev rows whose audio cannot be read: above this fraction of a manifest, stop",
     )
     skip_unreadable_audio: bool = Field(
         False, description="test rows whose audio cannot be read are an error unless skipped on purpose (counted)"

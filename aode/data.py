@@ -21,6 +21,7 @@ import speechbrain as sb
 import torch
 import torchaudio
 
+from aode.config import MAX_UNREADABLE_FRACTION
 from aode.config import ConfigError
 from aode.manifest import read_manifest
 from aode.manifest import split_wav_field
@@ -36,6 +37,11 @@ logger = logging.getLogger(__name__)
 
 class UnreadableAudioError(ConfigError):
     """More of a manifest's audio cannot be read than the run allows."""
+
+
+def unreadable_allowance_of_test_sets(skip_unreadable_audio: bool) -> float:
+    """What a test set may lose to unreadable audio: nothing, or anything when skipped on request."""
+    return 1.0 if skip_unreadable_audio else 0.0
 
 
 SAMPLE_RATE = 16000
@@ -190,7 +196,9 @@ def subset_loader(
     that per-member statistics (Fisher, Gram matrices) use."""
     import random
 
-    dataset = make_dataset(manifest, model, {"max_duration": max_duration}, max_unreadable_fraction=0.01)
+    dataset = make_dataset(
+        manifest, model, {"max_duration": max_duration}, max_unreadable_fraction=MAX_UNREADABLE_FRACTION
+    )
     ids = list(dataset.data_ids)
     if len(ids) < n_utterances:
         logger.info("the manifest has %d usable utterances (< %d): using all", len(ids), n_utterances)

@@ -70,6 +70,7 @@ def evaluate_model(
 
     from aode.brain import ASRBrain
     from aode.data import make_dataset
+    from aode.data import unreadable_allowance_of_test_sets
     from aode.models import load_asr_model
 
     results, todo = {}, {}
@@ -92,7 +93,7 @@ def evaluate_model(
             asr,
             hparams,
             skip_log=os.path.join(out_folder, "skipped_audio.csv"),
-            max_unreadable_fraction=1.0 if skip_unreadable_audio else 0.0,
+            max_unreadable_fraction=unreadable_allowance_of_test_sets(skip_unreadable_audio),
         )
         manifest_rows, unreadable = dataset.manifest_rows, dataset.unreadable
         dataset = dataset.filtered_sorted(sort_key="duration", reverse=True)  # less padding

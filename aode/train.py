@@ -28,6 +28,7 @@ from aode.config import known_names
 from aode.config import parse_command_line
 from aode.config import validate
 from aode.data import make_dataset
+from aode.data import unreadable_allowance_of_test_sets
 from aode.lora import add_lora
 from aode.lora import has_lora
 from aode.lora import merge_lora
@@ -255,7 +256,7 @@ def train_expert(
     valid_set = make_dataset(hparams["valid_csv"], asr, hparams, check, skip_log, "train", unreadable)
     test_csvs = {"test": hparams["test_csv"]} if hparams["test_csv"] else {}
     test_csvs.update(hparams["extra_test_csvs"] or {})
-    test_unreadable = 1.0 if hparams["skip_unreadable_audio"] else 0.0
+    test_unreadable = unreadable_allowance_of_test_sets(hparams["skip_unreadable_audio"])
     test_sets = {
         name: make_dataset(path, asr, hparams, check, skip_log, max_unreadable_fraction=test_unreadable)
         for name, path in test_csvs.items()
