@@ -32,7 +32,6 @@ __all__ = [
     "user_error_status",
     "answer_help",
     "help_text",
-    "corpus_recipe",
 ]
 
 DEBUG_ENV = "AODE_DEBUG"
@@ -98,43 +97,6 @@ def print_error(error: BaseException) -> None:
     if _debug():
         traceback.print_exception(error)
     print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------- the recipes
-
-
-def corpus_recipe(prepare: str, corpus: str, description: str | None = None, argv: Sequence[str] | None = None):
-    """A corpus recipe (``recipes/<Corpus>/train.py``): ``--help`` answered first (the training
-    keys and the keyword options of ``prepare``, the corpus's ``"module:function"``), then
-    :func:`aode.train.main` with that preparation; returns the expert's folder."""
-    import importlib
-
-    module, _, name = prepare.partition(":")
-    if any(arg in HELP_FLAGS for arg in (sys.argv[1:] if argv is None else argv)):
-        function = getattr(importlib.import_module(module), name)
-        description = (description or "") + "\n\n" + _prep_options_text(function)
-    answer_help(argv, "TrainingConfig", description=description)
-    from aode.train import main
-
-    return main(
-        None if argv is None else list(argv), prepare=getattr(importlib.import_module(module), name), corpus=corpus
-    )
-
-
-def _prep_options_text(function) -> str:
-    """The ``prep_options`` keys of a preparation: its keyword arguments with their defaults."""
-    import inspect
-
-    options = [
-        f"{p.name} ({_yaml(p.default)})"
-        for p in inspect.signature(function).parameters.values()
-        if p.name not in ("data_folder", "save_folder") and p.default is not inspect.Parameter.empty
-    ]
-    return (
-        f"prep_options keys ({function.__module__}.{function.__name__}, run with --data_folder): "
-        + ", ".join(options)
-        + "."
-    )
 
 
 # ------------------------------------------------------------------------------------- --help
@@ -223,9 +185,9 @@ def _keys(cls, nested: list) -> str:
         if field.is_required():
             default = " (required)"
         elif field.default_factory is not None:
-            default = " = (the defaults below)" if _schemas_in(annotation) else f" = {_yaml(field.default_factory())}"
+            default = " = (the defaults below)" if _schemas_in(annotation) else f" = {as_yaml(field.default_factory())}"
         else:
-            default = f" = {_yaml(field.default)}"
+            default = f" = {as_yaml(field.default)}"
         lines.append(f"  {name}: {_type_name(annotation)}{default}")
         if field.description:
             lines.append(_paragraph(field.description, " " * 6))
@@ -262,18 +224,18 @@ def _type_name(annotation) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def _yaml(value) -> str:
+def as_yaml(value) -> str:
     """``value`` as it would be written in a hparams file."""
     if value is None:
         return "null"
     if isinstance(value, str):
         return value if value else "''"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_yaml(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k}: {as_yaml(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_yaml(v) for v in value) + "]"
+        return "[" + ", ".join(as_yaml(v) for v in value) + "]"
     if hasattr(value, "model_dump"):
-        return _yaml(value.model_dump())
+        return as_yaml(value.model_dump())
     return str(value)
 
 

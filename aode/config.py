@@ -10,6 +10,12 @@ hyperpyyaml always does. ``!ref`` to a replaced key sees the replacement.
 This module imports no torch, SpeechBrain or transformers at module level (hyperpyyaml and
 SpeechBrain are imported by the functions that read a file), so that a recipe's ``--help``
 (:mod:`aode.cli`), which prints the schemas below, answers at once.
+
+Layers: this module imports no AoDE module but the two below it, :mod:`aode.text` (the
+normalisers) and :mod:`aode.scenarios` (scenario ids, the default forgetting sets); every
+other module may import it (tests/test_layering.py checks both). The merge methods and their
+options, which the merge package declares above it, reach the schemas through
+:func:`provide_merge_methods`.
 """
 
 import io
@@ -125,6 +131,8 @@ def _non_empty(what: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+from aode.scenarios import SCENARIO_IDS  # noqa: E402
+from aode.scenarios import default_forgetting_sets  # noqa: E402
 from aode.text import NORMALIZERS  # noqa: E402
 
 
@@ -184,11 +192,37 @@ def check_output_folder(path: str | os.PathLike) -> str:
 OutputFolder = Annotated[str, AfterValidator(check_output_folder)]
 
 
+# The merge methods and their options are declared where the methods are (aode.merge.registry,
+# aode.merge.checks), a layer above this module: importing it from here would make the schemas
+# depend on everything they configure (a cycle through the core). The merge layer hands its two
+# checks over instead (aode.pipeline does when imported, as the merge recipe and aode.experiment
+# do); a schema asked to check a merge method before that fails loudly, never lets it pass.
+_MERGE_METHODS: dict[str, Any] = {}
+
+
+def provide_merge_methods(names, check_options) -> None:
+    """Called by the merge layer: ``names()``, the registered merge methods; ``check_options(method,
+    options)``, ``options`` unchanged when the method takes them, else ValueError."""
+    _MERGE_METHODS.update(names=names, check_options=check_options)
+
+
+def _merge_methods(what: str):
+    if what not in _MERGE_METHODS:
+        raise RuntimeError(
+            "aode.config cannot check merge methods before the merge layer provides them: import aode.pipeline "
+            "first (the merge recipe and aode.experiment do)"
+        )
+    return _MERGE_METHODS[what]
+
+
+def _known_merge_method(value):
+    """A validator's check of a merge method's name against the registered ones."""
+    return known_names([value], _merge_methods("names")(), "merge method")[0]
+
+
 def _check_method_options(method, options):
     """A validator's check of a merge's options against the method's (aode.merge.checks)."""
-    from aode.merge.checks import check_method_options
-
-    return check_method_options(method, options)
+    return _merge_methods("check_options")(method, options)
 
 
 EVAL_BATCH_SIZE = 8
@@ -392,9 +426,7 @@ class MergeConfig(Schema):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value):
-        from aode.merge import available_methods
-
-        return known_names([value], available_methods(), "merge method")[0]
+        return _known_merge_method(value)
 
     @field_validator("method_options")
     @classmethod
@@ -420,8 +452,6 @@ class MergeConfig(Schema):
     @field_validator("forgetting_sets")
     @classmethod
     def _forgetting_sets_named(cls, value, info):
-        from aode.report import default_forgetting_sets
-
         test_sets = list(info.data.get("test_sets") or {})
         if not test_sets:
             return value
@@ -503,8 +533,15 @@ class DomainConfig(Schema):
     prep_options: dict[str, Any] = Field({}, description="options of the prepare function")
 
 
+# The miniature's corpus is prepared like any other: ``synthetic_corpus`` is a shorthand that
+# the experiment schema turns into the last of its ``prepare`` steps.
+SYNTHETIC_CORPUS_PREPARE = "aode.mini.corpus.prepare_synthetic_corpus"
+
+
 class SyntheticCorpusConfig(Schema):
-    """The miniature's corpus (aode.mini.corpus.generate_corpus), generated when missing."""
+    """The miniature's corpus (aode.mini.corpus.generate_corpus), generated when missing: a
+    shorthand for the prepare step aode.mini.corpus.prepare_synthetic_corpus, run after the
+    others."""
 
     folder: Optional[str] = Field(None, description="where it is generated; null: the experiment's corpus_folder")
     seed: int = Field(0, description="seed of the corpus")
@@ -549,7 +586,7 @@ class MergeMethodConfig(Schema):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value):
-        return MergeConfig._known_method(value)
+        return _known_merge_method(value)
 
     @field_validator("options")
     @classmethod
@@ -574,7 +611,7 @@ class WeightSearchConfig(Schema):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value):
-        return MergeConfig._known_method(value)
+        return _known_merge_method(value)
 
 
 class LauncherConfig(Schema):
@@ -641,7 +678,7 @@ class ExperimentConfig(Schema):
     )
     corpus_folder: Optional[str] = Field(None, description="the corpus's folder (the miniature's synthetic corpus)")
     synthetic_corpus: Optional[SyntheticCorpusConfig] = Field(
-        None, description="generate the miniature's corpus when missing (keys below)"
+        None, description="generate the miniature's corpus when missing: one more prepare step (keys below)"
     )
     original: str = Field(description="the generalist every expert starts from: a hub id or a model folder")
     original_from_ct2: Optional[str] = Field(
@@ -731,8 +768,6 @@ class ExperimentConfig(Schema):
     @field_validator("scenarios")
     @classmethod
     def _known_scenarios(cls, value):
-        from aode.experiment import SCENARIO_IDS
-
         return known_names(value, SCENARIO_IDS, "scenario")
 
     @field_validator("train_overrides", "lora_overrides")
@@ -758,10 +793,15 @@ class ExperimentConfig(Schema):
             raise ValueError("weight_search needs forgetting_dev_sets (dev sets of the original domain)")
         if "lora" in self.scenarios and not self.lora_hparams_file:
             raise ValueError("lora needs lora_hparams_file")
-        if self.synthetic_corpus is not None and self.synthetic_corpus.folder is None:
-            if self.corpus_folder is None:
-                raise ValueError("synthetic_corpus needs a folder (or corpus_folder)")
-            self.synthetic_corpus.folder = self.corpus_folder
+        corpus = self.synthetic_corpus
+        if corpus is not None:
+            if corpus.folder is None:
+                if self.corpus_folder is None:
+                    raise ValueError("synthetic_corpus needs a folder (or corpus_folder)")
+                corpus.folder = self.corpus_folder
+            options = {"seed": corpus.seed, "scale": corpus.scale, "config": corpus.config}
+            step = PrepareConfig(function=SYNTHETIC_CORPUS_PREPARE, save_folder=corpus.folder, options=options)
+            self.prepare = [*self.prepare, step]
         if self.jobs is not None:
             if self.launcher.kind == "serial":
                 raise ValueError("jobs needs a parallel launcher: --launcher local --jobs N (or slurm)")

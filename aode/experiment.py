@@ -13,12 +13,13 @@ tables print and its model folder. Row ids: ``original``, ``expert_<domain>``,
 ``fisher``, ``weight_search``, ``greedy_soup``, ``oracle_ft``, ``oracle_lora``.
 
 Stages (each resumable: a finished expert, merge or evaluation is a complete folder or file,
-written under a temporary name and renamed, and is not redone): the corpus (the miniature's
-synthetic corpus, or each domain's ``prepare``), the experts, then the scenarios' models in
-the order of SCENARIOS (Fishers estimated on each expert's training data; weight search and greedy
-soup on the dev sets), then one evaluation of every model folder on every test set (rows that
-share a folder, such as resampled = combined data or a one-member soup = that expert, share
-its results), the oracle rows and the tables.
+written under a temporary name and renamed, and is not redone): the data (the ``prepare``
+steps, the miniature's synthetic corpus among them, then each domain's ``prepare``), the
+experts, then the scenarios' models in the order of SCENARIOS (every merge through
+:func:`aode.pipeline.merge_members`, as the merge recipe's; Fishers estimated on each expert's
+training data; weight search and greedy soup on the dev sets), then one evaluation of every
+model folder on every test set (rows that share a folder, such as resampled = combined data or
+a one-member soup = that expert, share its results), the oracle rows and the tables.
 
 Trainings: the independent ones of a stage (the experts; the LoRA experts; each iteration's
 fine-tunes) run one after the other here, or as parallel jobs with ``launcher: local`` or
@@ -55,51 +56,36 @@ from aode.config import TrainingConfig
 from aode.config import load_yaml
 from aode.config import validate
 from aode.manifest import write_manifest
+from aode.pipeline import merge_members
 from aode.report import write_report
-from aode.reuse import STAMP_KEY
 from aode.reuse import may_reuse
-from aode.reuse import merge_stamp
 from aode.reuse import recorded_stamp
 from aode.reuse import training_stamp
+from aode.scenarios import ALWAYS
+from aode.scenarios import SCENARIO_BY_ID
+from aode.scenarios import SCENARIO_IDS
+from aode.scenarios import SCENARIOS
+from aode.scenarios import TABLES
+from aode.scenarios import Scenario
+
+__all__ = [
+    "Experiment",
+    "Row",
+    "resolve_scenarios",
+    # the scenario table, declared in aode.scenarios (below aode.config, which checks the ids)
+    "Scenario",
+    "SCENARIOS",
+    "SCENARIO_BY_ID",
+    "SCENARIO_IDS",
+    "ALWAYS",
+    "TABLES",
+]
 
 logger = logging.getLogger(__name__)
 
 Sets = dict[str, str]  # {set name: manifest}
 Folders = dict[str, str]  # {domain: model folder}
 Table = dict[str, dict[str, float]]  # {row id (or domain): {set name: WER %}}
-
-
-@dataclasses.dataclass(frozen=True)
-class Scenario:
-    """``id`` as the YAML names it, ``label`` for people, ``needs``: the scenarios whose
-    models it starts from, ``table``: the report its rows go to."""
-
-    id: str
-    label: str
-    needs: tuple[str, ...] = ()
-    table: str = "table7"
-
-
-SCENARIOS = (
-    Scenario("experts", "one expert per domain (scenario 1)"),
-    Scenario("sequential", "sequential fine-tuning (scenario 2)", ("experts",)),
-    Scenario("aode", "AoDE: the average of the experts (scenario 2)", ("experts",)),
-    Scenario("aode_with_original", "AoDE with the original as one more member", ("experts",)),
-    Scenario("combined", "one fine-tune on all domains' data (scenario 3)"),
-    Scenario("resampled", "the same, domains balanced by resampling"),
-    Scenario("iterative", "iterative AoDE (paper III-C)", ("aode", "aode_with_original")),
-    Scenario("weighted", "each expert x4 with the original", ("experts",), "table8"),
-    Scenario("lora", "LoRA experts and their average"),
-    Scenario("oracle", "oracle hot swap (scenario 4)", ("experts",)),
-    Scenario("methods", "the merge methods of merge_methods", ("experts",), "methods"),
-    Scenario("fisher", "Fisher-weighted averaging", ("experts",), "methods"),
-    Scenario("weight_search", "merge weights searched on the dev sets", ("experts",), "methods"),
-    Scenario("greedy_soup", "greedy soup on the dev sets", ("experts",), "methods"),
-)
-SCENARIO_BY_ID = {s.id: s for s in SCENARIOS}
-SCENARIO_IDS = tuple(SCENARIO_BY_ID)
-ALWAYS = ("experts",)  # every table's Gain kept is measured against the experts
-TABLES = {"table7": "Table VII", "table8": "Table VIII (each member x4)", "methods": "merge methods"}
 
 
 def resolve_scenarios(requested: Iterable[str]) -> tuple[str, ...]:
@@ -297,80 +283,43 @@ class Experiment:
         weight_rules: Optional[list[Any]] = None,
         data_members: Optional[Folders] = None,
     ) -> str:
-        """Merge (or find) ``merges/<name>``; returns its model folder. ``data_members``: the
-        members by domain name, for methods that need statistics or dev sets."""
-        from aode.merge import merge_models
-
-        folder = os.path.join(self.out, "merges", _folder_name(name))
-        reads = None
+        """Merge (or find) ``merges/<name>`` (:func:`aode.pipeline.merge_members`, as the merge
+        recipe does); returns its model folder. ``data_members``: the members by domain name,
+        for methods that need statistics (from each expert's training data; the original's from
+        ``general_data``) or dev sets (the domains' and the general ones)."""
+        member_data = dev_sets = None
         if data_members is not None:
-            reads = {d: self.domains[d].train_csv for d in data_members}
-            reads.update({f"dev {n}": p for n, p in self.dev_sets().items()})
+            named = dict(data_members)
+            member_data = {d: self.domains[d].train_csv for d in data_members}
             if self.cfg.get("general_data") or self.cfg["forgetting_dev_sets"]:
-                reads[self.cfg["original_name"]] = self.general_data
-        stamp = merge_stamp(
-            members,
-            self.original,
-            method,
-            include_original,
-            options,
-            weights,
-            weight_rules,
-            self.cfg["seed"],
-            data=reads,
-            statistics_utterances=self.cfg["fisher_utterances"],
-        )
-        found = os.path.isfile(os.path.join(folder, "config.json"))
-        if found and may_reuse(f"merge {name!r}", folder, recorded_stamp(folder), stamp, self.cfg["overwrite"]):
-            return folder
-        if data_members is not None:
-            options = self._timed("statistics", self.data_options, method, options, data_members, include_original)
-        print(
-            f"[aode] merging {name} ({method}, {len(members)} members{' + original' if include_original else ''})",
-            flush=True,
-        )
-        return self._timed(
-            "merge",
-            merge_models,
-            members,
-            folder,
-            method=method,
-            weights=weights,
-            base=self.original,
-            include_base=include_original,
-            options=options,
-            weight_rules=weight_rules,
-            seed=self.cfg["seed"],
-            overwrite=found,
-            extra_provenance={STAMP_KEY: stamp},
-        )
-
-    def data_options(
-        self, method: str, options: Optional[dict[str, Any]], members: Folders, include_original: bool
-    ) -> dict[str, Any]:
-        """The method's options with its statistics files (from each expert's training data; the
-        original's from ``general_data``) or dev sets (the domains' and the general ones)."""
-        from aode.merge.inputs import data_options
-
-        member_data = {d: self.domains[d].train_csv for d in members}
-        member_data[self.cfg["original_name"]] = self.general_data
-        return data_options(
-            method,
-            options,
-            members,
+                member_data[self.cfg["original_name"]] = self.general_data
+            dev_sets = self.dev_sets()
+        else:
+            named = {folder: folder for folder in members}
+        return merge_members(
+            named,
+            os.path.join(self.out, "merges", _folder_name(name)),
             original=self.original,
             original_name=self.cfg["original_name"],
+            method=method,
+            options=options,
             include_original=include_original,
+            weights=weights,
+            weight_rules=weight_rules,
+            seed=self.cfg["seed"],
             member_data=member_data,
-            dev_sets=self.dev_sets(),
+            dev_sets=dev_sets,
             statistics_folder=os.path.join(self.out, "statistics"),
             beside_members=True,
             n_utterances=self.cfg["fisher_utterances"],
-            seed=self.cfg["seed"],
             device=self.cfg["device"],
             progress=self.cfg["progressbar"],
             overwrite=self.cfg["overwrite"],
-        )
+            what=f"merge {name!r}",
+            announce=f"[aode] merging {name} ({method}, {len(members)} members"
+            f"{' + original' if include_original else ''})",
+            timed=self._timed,
+        ).folder
 
     @property
     def general_data(self) -> str:
@@ -443,17 +392,11 @@ class Experiment:
 
     # ------------------------------------------------------------------ stages
     def prepare_data(self) -> None:
+        """Every ``prepare`` step (the miniature's synthetic corpus among them: the schema makes
+        ``synthetic_corpus`` one), then each domain's ``prepare``."""
         for step in self.cfg["prepare"]:
             where = {} if step.data_folder is None else {"data_folder": step.data_folder}
             self._timed("prepare", _import(step.function), save_folder=step.save_folder, **where, **step.options)
-        corpus = self.cfg["synthetic_corpus"]
-        if corpus:
-            from aode.mini.corpus import generate_corpus
-
-            print(f"[aode] synthetic corpus in {corpus.folder}", flush=True)
-            self._timed(
-                "corpus", generate_corpus, corpus.folder, seed=corpus.seed, config=corpus.config, scale=corpus.scale
-            )
         for spec in self.domains.values():
             if spec.prepare and spec.data_folder:
                 prepare = _import(spec.prepare)

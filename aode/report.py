@@ -21,6 +21,7 @@ import os
 import sys
 
 from aode.atomic import atomic_open
+from aode.scenarios import default_forgetting_sets
 
 DERIVED = ("Average", "Forgetting %")
 
@@ -48,12 +49,6 @@ def read_wer_csv(path):
     if not names:
         raise ValueError(f"{path}: no rows")
     return names, sets, table
-
-
-def default_forgetting_sets(sets):
-    """The columns that measure forgetting when none are named: LibriSpeech-like clean/other."""
-    found = [s for s in sets if "clean" in s.lower()] + [s for s in sets if "other" in s.lower()]
-    return found
 
 
 def forgetting(row, baseline_row, forgetting_sets):

@@ -219,11 +219,9 @@ def merge_stamp(
     statistics_utterances: int | None = None,
 ) -> dict[str, Any]:
     """A merge's stamp: its members and original by fingerprint (in merge order), the method,
-    its options as given, the weights, and for a data-aware method the manifests it reads
-    (``data``: {name: manifest}, ignored for the other methods) by fingerprint."""
-    from aode.merge.registry import get_spec
-
-    spec = get_spec(method)
+    its options as given, the weights, and the manifests a data-aware method reads (``data``:
+    {name: manifest}, by fingerprint; None for the other methods, which
+    :func:`aode.merge.inputs.reads_data` tells apart)."""
     stamp = {
         "members": [model_fingerprint(m) for m in members],
         "original": model_fingerprint(original),
@@ -234,7 +232,7 @@ def merge_stamp(
         "weight_rules": weight_rules,
         "seed": seed,
     }
-    if data and (spec.statistics or spec.needs_data or spec.needs_member_data):
+    if data:
         stamp["data"] = {name: file_fingerprint(path) for name, path in data.items()}
         stamp["statistics_utterances"] = statistics_utterances
     return _canonical(stamp)

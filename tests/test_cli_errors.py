@@ -243,6 +243,7 @@ def test_debug_flag_adds_the_traceback(runs):
 
 
 def test_experiment_merge_methods_options_are_checked_by_the_schema(tmp_path):
+    import aode.pipeline  # noqa: F401 (hands the merge registry's checks to the schemas)
     from aode.config import ConfigError
     from aode.config import ExperimentConfig
     from aode.config import validate

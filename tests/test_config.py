@@ -6,7 +6,10 @@ import sys
 
 import pytest
 
+import aode.pipeline  # noqa: F401 (hands the merge registry's checks to the schemas, as the recipes do)
+from aode.config import SYNTHETIC_CORPUS_PREPARE
 from aode.config import ConfigError
+from aode.config import ExperimentConfig
 from aode.config import MergeConfig
 from aode.config import MiniPretrainConfig
 from aode.config import TrainingConfig
@@ -29,9 +32,43 @@ def test_shipped_yaml_fits_its_schema(name, schema):
     assert set(values) == set(schema.model_fields)
 
 
+EXPERIMENTS = ["mini.yaml", "mini_full.yaml", "real_tiny.yaml"]
+
+
 def test_every_shipped_yaml_has_a_schema():
-    covered = set(TRAINING) | {"aode.yaml", "aode_whisper.yaml", "mini_pretrain.yaml", "mini.yaml", "mini_full.yaml"}
+    covered = set(TRAINING) | {"aode.yaml", "aode_whisper.yaml", "mini_pretrain.yaml", *EXPERIMENTS}
     assert set(os.listdir(HPARAMS)) <= covered, "a new YAML kind needs its schema and a test"
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_synthetic_corpus_is_the_last_prepare_step(name, tmp_path):
+    """The miniature's corpus is prepared like any other corpus: ``synthetic_corpus`` becomes a
+    ``prepare`` step after the YAML's own, with generate_corpus's folder, seed, scale and config."""
+    hparams = load_yaml(os.path.join(HPARAMS, name), {"output_folder": str(tmp_path / "out")})
+    values = validate(ExperimentConfig, hparams, name)
+    corpus, steps = values["synthetic_corpus"], values["prepare"]
+    assert [s.function for s in steps] == [s["function"] for s in hparams.get("prepare") or []] + [
+        SYNTHETIC_CORPUS_PREPARE
+    ]
+    assert steps[-1].save_folder == corpus.folder == hparams["corpus_folder"]
+    assert steps[-1].options == {"seed": corpus.seed, "scale": corpus.scale, "config": corpus.config}
+    assert values["synthetic_corpus"] is not None and not os.path.exists(tmp_path / "out")
+    without = validate(ExperimentConfig, {**hparams, "synthetic_corpus": None}, name)["prepare"]
+    assert [s.function for s in without] == [s["function"] for s in hparams.get("prepare") or []]
+
+
+def test_the_corpus_step_calls_generate_corpus_as_before(monkeypatch, tmp_path):
+    """README's main job generates the same corpus: generate_corpus(folder, seed, config, scale)."""
+    import importlib
+
+    import aode.mini.corpus
+
+    calls = []
+    monkeypatch.setattr(aode.mini.corpus, "generate_corpus", lambda *args, **kwargs: calls.append((args, kwargs)))
+    module, _, function = SYNTHETIC_CORPUS_PREPARE.rpartition(".")
+    step = validate(ExperimentConfig, load_yaml(os.path.join(HPARAMS, "mini.yaml")), "mini.yaml")["prepare"][-1]
+    getattr(importlib.import_module(module), function)(save_folder=step.save_folder, **step.options)
+    assert calls == [((step.save_folder,), {"seed": 0, "config": None, "scale": 1.0})]
 
 
 def test_misspelt_key_names_the_closest_valid_one():

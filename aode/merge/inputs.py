@@ -22,7 +22,7 @@ from aode.reuse import write_stamp_file
 
 from .registry import get_spec
 
-__all__ = ["data_options", "STATISTICS"]
+__all__ = ["data_options", "reads_data", "STATISTICS"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,13 @@ def _fisher():
 
 
 STATISTICS = {"gram": _gram, "fisher": _fisher}
+
+
+def reads_data(method: str) -> bool:
+    """Whether merge method ``method`` reads data: statistics of each member, dev sets, or the
+    members' own manifests (then the manifests are part of the merge's stamp)."""
+    spec = get_spec(method)
+    return bool(spec.statistics or spec.needs_data or spec.needs_member_data)
 
 
 def data_options(

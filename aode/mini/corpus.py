@@ -483,6 +483,14 @@ def generate_corpus(out_folder, seed=0, config=None, scale=1.0, workers=2, progr
     return info
 
 
+def prepare_synthetic_corpus(save_folder, seed=0, scale=1.0, config=None):
+    """The corpus as an experiment's preparation step (``prepare:``, or the ``synthetic_corpus``
+    shorthand of aode.config.ExperimentConfig): :func:`generate_corpus` in ``save_folder``,
+    skipped when it is there already."""
+    print(f"[aode] synthetic corpus in {save_folder}", flush=True)
+    return generate_corpus(save_folder, seed=seed, config=config, scale=scale)
+
+
 def _describe_domain(domain):
     spec = copy.deepcopy(DOMAIN_SPECS[domain])
     return json.loads(json.dumps(spec))
