@@ -1,8 +1,8 @@
 """The one Brain every recipe uses: forward, loss, decoding, metrics, checkpoint policy.
 
 * compute_forward / compute_objectives for both families (:mod:`aode.models`).
-* LLRD parameter groups in one optimizer (:mod:`aode.llrd`), STLR applied to each
-  group's own rate before every step (:mod:`aode.schedule`).
+* LLRD parameter groups in one optimizer (:mod:`aode.llrd`; the model places its parameters
+  in layers), STLR applied to each group's own rate before every step (:mod:`aode.schedule`).
 * Gradient clipping over every group (SpeechBrain's ``optimizers_step`` clips only
   ``param_groups[0]``).
 * WER and CER after one scoring normaliser (:mod:`aode.text`), checkpoints kept by best
@@ -26,7 +26,7 @@ import speechbrain as sb
 import torch
 
 from aode.config import TrainingConfig
-from aode.llrd import llrd_param_groups
+from aode.llrd import model_param_groups
 from aode.resume import GlobalRNG
 from aode.text import get_normalizer
 
@@ -55,7 +55,7 @@ def log_llrd_table(groups: Sequence[Mapping[str, Any]]) -> None:
 
 
 class ASRBrain(sb.Brain):
-    """Brain for ``WhisperASR`` and ``CTCASR`` (``modules={"model": ...}``).
+    """Brain for any :class:`aode.models.ASRModel` (``modules={"model": ...}``).
 
     hparams used (all optional except where training needs them): ``lr``,
     ``llrd_alpha``, ``llrd_mode``, ``weight_decay``, ``adam_betas``, ``scheduler``
@@ -175,9 +175,10 @@ class ASRBrain(sb.Brain):
 
     # ------------------------------------------------------------------ optimisation
     def init_optimizers(self) -> None:
-        """One AdamW over LLRD parameter groups (paper III-A)."""
-        groups = llrd_param_groups(
-            self.modules.named_parameters(),
+        """One AdamW over LLRD parameter groups (paper III-A), the model's layers by its
+        own :meth:`~aode.models.ASRModel.layer_of`."""
+        groups = model_param_groups(
+            self.asr,
             lr=self._hp("lr"),
             alpha=self._hp("llrd_alpha"),
             mode=self._hp("llrd_mode"),

@@ -27,8 +27,12 @@ on. Only trainable parameters get a Fisher; buffers (BatchNorm statistics) have 
 ``fisher`` merge falls back to the plain weighted average for them.
 """
 
+from __future__ import annotations
+
 import logging
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -36,6 +40,13 @@ from tqdm.auto import tqdm
 from aode.fisher_file import fisher_path
 from aode.fisher_file import load_fisher
 from aode.fisher_file import save_fisher
+from aode.member_statistics import statistics_main
+from aode.member_statistics import stored_parameter_names
+
+if TYPE_CHECKING:
+    from speechbrain.dataio.batch import PaddedBatch
+
+    from aode.models import ASRModel
 
 logger = logging.getLogger(__name__)
 
@@ -44,59 +55,23 @@ logger = logging.getLogger(__name__)
 __all__ = ["estimate_fisher", "load_fisher", "fisher_path"]
 
 
-def _weight_names(model_folder):
-    from aode.merge.read import open_model
-
-    src = open_model(model_folder)
-    try:
-        return set(src.infos)
-    finally:
-        src.close()
-
-
-def _name_map(asr, model_folder):
-    """hf parameter name -> the tensor name in the folder's weights (Whisper's exported
-    ``WhisperForConditionalGeneration`` prefixes the ``WhisperModel`` names with ``model.``)."""
-    stored = _weight_names(model_folder)
-    mapping, unmatched = {}, []
-    # Every stored parameter gets a Fisher, frozen ones too (Whisper's fixed sinusoidal
-    # positions): the fisher merge needs one per tensor, and estimation enables gradients.
-    for name, _ in asr.hf_model.named_parameters():
-        for candidate in (name, f"model.{name}"):
-            if candidate in stored:
-                mapping[name] = candidate
-                break
-        else:
-            unmatched.append(name)
-    if unmatched:
-        logger.warning(
-            "%s: %d parameters have no tensor in the saved weights and get no Fisher (first: %s)",
-            model_folder,
-            len(unmatched),
-            unmatched[0],
-        )
-    if not mapping:
-        raise ValueError(f"{model_folder}: no parameter matches a tensor of its saved weights")
-    return mapping
-
-
-def _batch_loss(asr, batch, device):
+def _batch_loss(asr: ASRModel, batch: PaddedBatch, device: str | torch.device) -> torch.Tensor:
     return asr.batch_loss(batch.to(device))
 
 
 def estimate_fisher(
-    model_folder,
-    manifest,
-    out_path=None,
-    n_utterances=200,
-    batch_size=8,
-    seed=0,
-    device="cpu",
-    progress=True,
-    per_utterance=False,
-    max_duration=None,
-    overwrite=False,
-):
+    model_folder: str | os.PathLike,
+    manifest: str | os.PathLike,
+    out_path: str | os.PathLike | None = None,
+    n_utterances: int = 200,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    per_utterance: bool = False,
+    max_duration: float | None = None,
+    overwrite: bool = False,
+) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher of ``model_folder``'s training loss on its own data.
 
     Args:
@@ -111,7 +86,8 @@ def estimate_fisher(
         max_duration: drop utterances longer than this many seconds (as in training).
 
     Returns ``{tensor name: float32 tensor}``, named as in the folder's ``model.safetensors``
-    (``asr.hf_model.named_parameters()`` names, ``model.``-prefixed for Whisper exports).
+    (each parameter of ``asr.hf_model`` under the model's
+    :meth:`~aode.models.ASRModel.stored_name`: ``model.``-prefixed for Whisper exports).
     """
 
     from aode.data import subset_loader
@@ -128,7 +104,7 @@ def estimate_fisher(
         raise ValueError("n_utterances and batch_size must be positive")
 
     asr = load_asr_model(model_folder).to(device).eval()
-    names = _name_map(asr, model_folder)
+    names = stored_parameter_names(asr, model_folder)  # hf_model name -> stored name
     params = dict(asr.hf_model.named_parameters())
     for p in asr.parameters():
         p.requires_grad_(False)
@@ -166,9 +142,8 @@ def estimate_fisher(
     return fisher
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     from aode.fisher_file import FISHER_FILE
-    from aode.gram import statistics_main
 
     statistics_main(
         argv,

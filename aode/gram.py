@@ -24,10 +24,10 @@ padding at all.
 The file
 --------
 ``gram.safetensors`` in the member's folder (:func:`gram_path`), written atomically. Keys:
-the Linear's weight tensor name as stored in the folder's weights (``model.``-prefixed for
-Whisper exports, as :mod:`aode.fisher` maps them); values float32 ``in x in``, symmetric.
-A weight tied to another module (shared between several names) gets no Gram, nor does a
-Linear that never ran; RegMean averages those plainly. Metadata: ``content: gram``,
+the Linear's weight tensor name as stored in the folder's weights (the model's
+:meth:`~aode.models.ASRModel.stored_name`: ``model.``-prefixed for Whisper exports); values
+float32 ``in x in``, symmetric. A weight tied to another module (shared between several
+names) gets no Gram, nor does a Linear that never ran; RegMean averages those plainly. Metadata: ``content: gram``,
 ``normalisation: per frame``, ``utterances``, ``manifest``, ``seed`` and ``frames`` (JSON:
 weight name -> frames seen).
 
@@ -43,13 +43,24 @@ Command line::
     python -m aode.gram <model folder> <manifest> [--n_utterances 200 --batch_size 8 --device cpu]
 """
 
-import argparse
+from __future__ import annotations
+
 import json
 import logging
 import os
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+
+from aode.member_statistics import statistics_main
+from aode.member_statistics import stored_parameter_names
+
+if TYPE_CHECKING:
+    from aode.models import ASRModel
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +75,9 @@ def gram_path(model_folder: str | os.PathLike) -> str:
     return os.path.join(os.fspath(model_folder), GRAM_FILE)
 
 
-def gram_command(model_folder, manifest="<its training manifest>", out=None) -> str:
+def gram_command(
+    model_folder: str | os.PathLike, manifest: str = "<its training manifest>", out: str | os.PathLike | None = None
+) -> str:
     """The command that writes ``model_folder``'s Gram file (to ``out``; for error messages)."""
     command = f"python -m aode.gram {model_folder} {manifest}"
     if out is not None and os.path.abspath(out) != os.path.abspath(gram_path(model_folder)):
@@ -72,7 +85,9 @@ def gram_command(model_folder, manifest="<its training manifest>", out=None) -> 
     return command
 
 
-def save_gram(path, grams, metadata=None) -> str:
+def save_gram(
+    path: str | os.PathLike, grams: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+) -> str:
     """Write ``{weight name: in x in tensor}`` (float32, finite) atomically; ``path`` is a
     ``.safetensors`` file or a model folder. ``metadata``: more string entries for the header."""
     from safetensors.torch import save_file
@@ -95,7 +110,7 @@ def save_gram(path, grams, metadata=None) -> str:
     return path
 
 
-def load_gram(path) -> dict[str, torch.Tensor]:
+def load_gram(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """``{weight name: float32 in x in}`` of a Gram file (or a model folder's)."""
     from safetensors.torch import load_file
 
@@ -103,11 +118,9 @@ def load_gram(path) -> dict[str, torch.Tensor]:
     return load_file(gram_path(path) if os.path.isdir(path) else path)
 
 
-def _linear_weights(asr, model_folder):
+def _linear_weights(asr: ASRModel, model_folder: str | os.PathLike) -> dict[str, str]:
     """``{module name: stored weight name}`` of the model's untied ``nn.Linear`` layers."""
-    from aode.fisher import _name_map
-
-    names = _name_map(asr, model_folder)  # hf parameter name -> stored tensor name
+    names = stored_parameter_names(asr, model_folder)  # hf parameter name -> stored tensor name
     hf = asr.hf_model
     owners = {}
     for pname, p in hf.named_parameters(remove_duplicate=False):
@@ -154,17 +167,17 @@ class _GramHooks:
 
 
 def estimate_gram(
-    model_folder,
-    manifest,
-    out_path=None,
-    n_utterances=200,
-    batch_size=8,
-    seed=0,
-    device="cpu",
-    progress=True,
-    max_duration=None,
-    overwrite=False,
-):
+    model_folder: str | os.PathLike,
+    manifest: str | os.PathLike,
+    out_path: str | os.PathLike | None = None,
+    n_utterances: int = 200,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    max_duration: float | None = None,
+    overwrite: bool = False,
+) -> str:
     """Per-frame Gram matrices of every Linear's inputs of ``model_folder`` on ``manifest``.
 
     Args:
@@ -226,34 +239,7 @@ def estimate_gram(
     return out_path
 
 
-def statistics_main(argv, estimator, prog, description, default_file, extra=()):
-    """The command line of a per-member statistics estimator (``aode.gram``, ``aode.fisher``):
-    ``<model folder> <manifest>`` and the sampling options they share; ``extra``: more
-    ``(flag, argparse kwargs)`` passed through to ``estimator`` by name."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("model_folder", help="the member: an expert folder, or the original (folder or hub id)")
-    parser.add_argument("manifest", help="its training manifest (the original: general-domain data)")
-    parser.add_argument("--n_utterances", type=int, default=200)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--max_duration", type=float, default=None, help="skip longer utterances (seconds)")
-    parser.add_argument("--out", default=None, help=f"the file to write (default <model folder>/{default_file})")
-    parser.add_argument("--overwrite", action="store_true", help="recompute an existing file")
-    parser.add_argument("--no_progress", action="store_true")
-    for flag, kwargs in extra:
-        parser.add_argument(flag, **kwargs)
-    args = vars(parser.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from aode.models import resolve_model_folder
-
-    out = args.pop("out") or os.path.join(resolve_model_folder(args["model_folder"]), default_file)
-    progress = not args.pop("no_progress")
-    estimator(args.pop("model_folder"), args.pop("manifest"), out_path=out, progress=progress, **args)
-    print(f"written to {out}")
-
-
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     statistics_main(
         argv,
         estimate_gram,

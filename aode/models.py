@@ -16,7 +16,9 @@ import logging
 import os
 import re
 import types
+from collections.abc import Collection
 from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from typing import Any
@@ -197,10 +199,16 @@ def set_layerdrop(hf_model: nn.Module, layerdrop: float) -> int:
     return changed
 
 
-def load_asr_model(source: str | os.PathLike, family: str | None = None, **kwargs: Any) -> ASRModel:
-    """Load ``source`` (hub id or folder) as a ``WhisperASR`` or ``CTCASR``.
+def load_asr_model(
+    source: str | os.PathLike, family: str | None = None, save_path: str | None = None, **options: Any
+) -> ASRModel:
+    """Load ``source`` (hub id or folder) as the family that handles it (``WhisperASR``, ``CTCASR``).
 
-    ``family`` (``"whisper"``/``"ctc"``), when given, must match the checkpoint.
+    ``family`` (``"whisper"``/``"ctc"``), when given, must match the checkpoint. ``options``
+    (training and decoding settings: ``beam_size``, ``layerdrop``, ...) go to the family only
+    where it declares them (:attr:`ASRModel.option_names`): one hparams file drives every
+    family, and a family never sees another's options. An option that no family declares is a
+    TypeError.
     """
     config = load_hf_config(source)
     found = detect_family(config)
@@ -208,7 +216,38 @@ def load_asr_model(source: str | os.PathLike, family: str | None = None, **kwarg
         raise ValueError(f"unknown model family {family!r}; choose one of {tuple(FAMILIES)}")
     if family is not None and family != found:
         raise ValueError(f"hparams say model family {family!r} but {source!r} is a {found} model")
-    return FAMILIES[found](str(source), **kwargs)
+    known = {name for cls in FAMILIES.values() for name in cls.option_names}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown model options {unknown}; the families take {sorted(known)}")
+    cls = FAMILIES[found]
+    return cls(str(source), save_path=save_path, **{k: v for k, v in options.items() if k in cls.option_names})
+
+
+# The transformers naming convention of encoder and decoder stacks (``encoder.layers.<i>.``,
+# ``decoder.layers.<j>.``, possibly under a prefix such as ``wav2vec2.``).
+_ENCODER_LAYER = re.compile(r"(?:^|\.)encoder\.layers?\.(\d+)\.")
+_DECODER_LAYER = re.compile(r"(?:^|\.)decoder\.layers?\.(\d+)\.")
+_DECODER_PART = re.compile(r"(?:^|\.)decoder\.")
+_ENCODER_PART = re.compile(r"(?:^|\.)encoder\.")
+
+Layer = tuple[str, int | None]  # (stack, layer index or None): ASRModel.layer_of
+
+
+def transformer_layer(name: str) -> Layer | None:
+    """:meth:`ASRModel.layer_of` for the transformers naming convention (Whisper, Parakeet,
+    wav2vec2 all follow it): ``("encoder", i)`` under ``encoder.layers.<i>.``,
+    ``("decoder", j)`` under ``decoder.layers.<j>.``, ``("decoder", None)`` or
+    ``("encoder", None)`` elsewhere under ``decoder.`` or ``encoder.``, else None."""
+    if match := _ENCODER_LAYER.search(name):
+        return "encoder", int(match.group(1))
+    if match := _DECODER_LAYER.search(name):
+        return "decoder", int(match.group(1))
+    if _DECODER_PART.search(name):
+        return "decoder", None
+    if _ENCODER_PART.search(name):
+        return "encoder", None
+    return None
 
 
 class ASRModel(nn.Module):
@@ -216,13 +255,22 @@ class ASRModel(nn.Module):
     the benchmarks use only this, so nothing outside this module branches on the family.
 
     A family sets ``family`` (its name), ``text_field`` (the manifest column it trains on:
-    ``wrd`` or ``wrd_raw``) and ``text_keys`` (the batch keys that :meth:`text_items` makes),
-    and implements the methods below. Register it with :func:`register_family`.
+    ``wrd`` or ``wrd_raw``), ``text_keys`` (the batch keys that :meth:`text_items` makes) and
+    ``option_names`` (the keyword options of its constructor), and implements the methods below
+    that raise NotImplementedError; the others have a documented default. Its constructor takes
+    ``(source, save_path=None, **options)``. Register it with :func:`register_family`.
+
+    Names: every parameter or buffer name that the methods take or give is its name in
+    :attr:`hf_model` (``hf_model.named_parameters()``), whatever module path leads to
+    ``hf_model`` inside the family's class.
     """
 
     family = None
     text_field = "wrd"
     text_keys = ("tokens",)
+    # The keyword options (beyond ``source`` and ``save_path``) that the constructor takes:
+    # training and decoding settings of this family; load_asr_model passes it no others.
+    option_names: tuple[str, ...] = ()
 
     @classmethod
     def handles(cls, config: PretrainedConfig) -> bool:
@@ -274,6 +322,55 @@ class ASRModel(nn.Module):
         audio, without its transcripts: the unsupervised objective of AdaMerging."""
         raise NotImplementedError
 
+    @property
+    def hf_model(self) -> PreTrainedModel:
+        """The transformers model inside: what LoRA wraps, Fisher and Gram estimation name,
+        and (under :meth:`stored_name`) what :meth:`export` writes."""
+        raise NotImplementedError
+
+    def layer_of(self, name: str) -> Layer | None:
+        """The layer of ``hf_model``'s parameter (or buffer) ``name``, the model's own group
+        matcher for layer-wise learning-rate decay (:mod:`aode.llrd`) and RegMean++'s blocks:
+        ``(stack, i)`` in layer ``i`` (0 = nearest the input) of the ``"encoder"`` or
+        ``"decoder"`` stack, ``(stack, None)`` in that stack but in none of its layers
+        (embeddings, a front end, a final norm), None outside both (a CTC head).
+        :func:`transformer_layer` implements it for the transformers naming convention."""
+        raise NotImplementedError
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """The encoder's parameters (what the frozen-decoder baseline trains). By default every
+        parameter of ``hf_model`` that :meth:`layer_of` puts in the ``"encoder"`` stack."""
+        for name, param in self.hf_model.named_parameters():
+            layer = self.layer_of(name)
+            if layer is not None and layer[0] == "encoder":
+                yield param
+
+    def stored_name(self, name: str) -> str:
+        """The tensor name under which :meth:`export` writes ``hf_model``'s parameter or
+        buffer ``name``. By default ``name`` itself (an export that is
+        ``hf_model.save_pretrained``)."""
+        return name
+
+    def stored_names(self, stored: Collection[str], names: Iterable[str] | None = None) -> dict[str, str]:
+        """``{name: tensor name}`` for each of ``names`` (default: ``hf_model``'s parameters)
+        that a folder whose weights hold the tensor names ``stored`` has: under
+        :meth:`stored_name`, else under its own name (a folder saved as the bare transformers
+        model). Names the folder lacks are left out."""
+        if names is None:
+            names = (name for name, _ in self.hf_model.named_parameters())
+        out = {}
+        for name in names:
+            key = next((c for c in (self.stored_name(name), name) if c in stored), None)
+            if key is not None:
+                out[name] = key
+        return out
+
+    def hf_names(self) -> dict[str, str]:
+        """``{name in self.named_parameters(): its name in hf_model}`` of the parameters that
+        ``hf_model`` holds."""
+        by_id = {id(p): n for n, p in self.hf_model.named_parameters()}
+        return {n: by_id[id(p)] for n, p in self.named_parameters() if id(p) in by_id}
+
 
 def masked_entropy(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Mean entropy of ``softmax(logits)`` (``batch x time x classes``) over the first
@@ -307,6 +404,7 @@ class WhisperASR(ASRModel):
     family = "whisper"
     text_field = "wrd_raw"
     text_keys = ("tokens_bos", "tokens_eos")
+    option_names = ("language", "task", "beam_size", "max_decode_ratio", "label_smoothing", "layerdrop")
 
     @classmethod
     def handles(cls, config: PretrainedConfig) -> bool:
@@ -314,15 +412,15 @@ class WhisperASR(ASRModel):
 
     def __init__(
         self,
-        source,
-        save_path=None,
-        language=None,
-        task="transcribe",
-        beam_size=1,
-        max_decode_ratio=1.0,
-        label_smoothing=0.0,
-        layerdrop=0.0,
-    ):
+        source: str,
+        save_path: str | None = None,
+        language: str | None = None,
+        task: str = "transcribe",
+        beam_size: int = 1,
+        max_decode_ratio: float = 1.0,
+        label_smoothing: float = 0.0,
+        layerdrop: float = 0.0,
+    ) -> None:
         super().__init__()
         from speechbrain.integrations.huggingface.whisper import Whisper
 
@@ -347,7 +445,20 @@ class WhisperASR(ASRModel):
 
     @property
     def hf_model(self) -> PreTrainedModel:
+        """The ``WhisperModel`` (encoder and decoder, no output projection: it is tied to the
+        token embeddings)."""
         return self.whisper.model
+
+    def layer_of(self, name: str) -> Layer | None:
+        return transformer_layer(name)
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        return self.hf_model.get_encoder().parameters()
+
+    def stored_name(self, name: str) -> str:
+        """``model.<name>``: :meth:`export` writes a ``WhisperForConditionalGeneration``, whose
+        ``WhisperModel`` is its ``model``."""
+        return f"model.{name}"
 
     @property
     def config(self) -> PretrainedConfig:
@@ -459,9 +570,7 @@ class CTCASR(ASRModel):
 
     family = "ctc"
     text_field = "wrd"
-    # Decoding options of the attention family; the CTC family accepts and ignores them so
-    # that one hparams file drives both.
-    SEQ2SEQ_ONLY = {"beam_size", "label_smoothing", "max_decode_ratio", "language", "task"}
+    option_names = ("layerdrop",)  # greedy CTC decoding has no options
 
     @classmethod
     def handles(cls, config: PretrainedConfig) -> bool:
@@ -485,15 +594,12 @@ class CTCASR(ASRModel):
     def freeze_fixed_parameters(self) -> None:
         """Nothing in a CTC model is fixed by definition."""
 
-    def __init__(self, source, save_path=None, layerdrop=0.0, **seq2seq_options):
+    def __init__(self, source: str, save_path: str | None = None, layerdrop: float = 0.0) -> None:
         super().__init__()
         from transformers import AutoFeatureExtractor
         from transformers import AutoModelForCTC
         from transformers import AutoTokenizer
 
-        unknown = set(seq2seq_options) - self.SEQ2SEQ_ONLY
-        if unknown:
-            raise TypeError(f"CTCASR got unknown options {sorted(unknown)}")
         self.source = source
         self.model = AutoModelForCTC.from_pretrained(source, cache_dir=save_path)
         set_layerdrop(self.model, layerdrop)
@@ -505,7 +611,13 @@ class CTCASR(ASRModel):
 
     @property
     def hf_model(self) -> PreTrainedModel:
+        """The ``AutoModelForCTC`` model (encoder and CTC head), exported as it is."""
         return self.model
+
+    def layer_of(self, name: str) -> Layer | None:
+        """Encoder layers by the transformers convention (Parakeet ``encoder.layers.<i>``,
+        wav2vec2 ``wav2vec2.encoder.layers.<i>``); the CTC head is in no stack."""
+        return transformer_layer(name)
 
     @property
     def config(self) -> PretrainedConfig:

@@ -48,7 +48,6 @@ from aode.schedule import STLR
 if TYPE_CHECKING:
     from speechbrain.dataio.dataset import DynamicItemDataset
     from speechbrain.utils.run_opts import RunOptions
-    from torch import nn
 
     from aode.models import ASRModel
 
@@ -66,15 +65,17 @@ def load_hparams(
     return parse_command_line(argv, defaults)
 
 
-def freeze_non_encoder(hf_model: nn.Module) -> int:
+def freeze_non_encoder(asr: ASRModel) -> int:
     """Frozen-decoder baseline (Takashima et al.): train the encoder only.
 
-    For Whisper the decoder is frozen; for CTC models everything outside ``encoder.``
-    (the CTC head, a wav2vec2 convolutional front end) is frozen too.
+    Every parameter of ``asr.hf_model`` outside the model's :meth:`~aode.models.ASRModel.encoder_parameters`
+    is frozen: Whisper's decoder; a CTC model's head (and a wav2vec2 convolutional front end,
+    outside its encoder). Returns the number of values frozen.
     """
+    encoder = {id(p) for p in asr.encoder_parameters()}
     frozen = 0
-    for name, param in hf_model.named_parameters():
-        if not (name.startswith("encoder.") or ".encoder." in name):
+    for param in asr.hf_model.parameters():
+        if id(param) not in encoder:
             param.requires_grad_(False)
             frozen += param.numel()
     logger.info("frozen decoder: %d parameters frozen", frozen)
@@ -91,10 +92,11 @@ def build_model(hparams: Mapping[str, Any]) -> tuple[ASRModel, str]:
             f"init_from {hparams['init_from']!r}",
             f"model_source {hparams['model_source']!r}",
         )
-    options = {key: hparams[key] for key in ("family", "beam_size", "label_smoothing", "max_decode_ratio", "layerdrop")}
-    asr = load_asr_model(source, save_path=hparams["pretrained_cache"], **options)
+    # the model's training and decoding keys; each family takes those it declares (option_names)
+    options = {key: hparams[key] for key in ("beam_size", "label_smoothing", "max_decode_ratio", "layerdrop")}
+    asr = load_asr_model(source, hparams["family"], save_path=hparams["pretrained_cache"], **options)
     if hparams["freeze_decoder"]:
-        freeze_non_encoder(asr.hf_model)
+        freeze_non_encoder(asr)
     if hparams["lora_rank"]:
         add_lora(
             asr.hf_model,

@@ -150,3 +150,16 @@ def test_whisper_keys(tiny_whisper, sample_manifest, tmp_path):
     assert all(k.startswith("model.") for k in fisher)
     assert all(torch.isfinite(v).all() and (v >= 0).all() for v in fisher.values())
     assert sum(float(v.sum()) for v in fisher.values()) > 0
+
+
+def test_statistics_modules_do_not_import_each_other():
+    """aode.fisher and aode.gram share their command line and the parameters' stored names
+    through aode.member_statistics (the names themselves are the model's), not each other."""
+    import ast
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "aode")
+    for module, other in (("fisher", "aode.gram"), ("gram", "aode.fisher")):
+        tree = ast.parse(open(os.path.join(root, f"{module}.py"), encoding="utf-8").read())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert other not in imported, f"aode.{module} imports {other}"

@@ -123,33 +123,27 @@ def check_options(options):
 
 
 def _stored_names(asr, folder):
-    """``{name in asr.named_parameters(): tensor name in the folder's weights}``."""
-    from aode.fisher import _name_map
+    """``{name in asr.named_parameters(): tensor name in the folder's weights}`` of its float
+    parameters (the model's :meth:`~aode.models.ASRModel.stored_name`)."""
+    from aode.member_statistics import stored_parameter_names
 
-    hf_names = _name_map(asr, folder)  # hf parameter name -> stored name
-    by_id = {id(p): n for n, p in asr.hf_model.named_parameters()}
-    out = {}
-    for name, p in asr.named_parameters():
-        hf = by_id.get(id(p))
-        if hf in hf_names and p.is_floating_point():
-            out[name] = hf_names[hf]
-    return out
+    stored = stored_parameter_names(asr, folder)  # hf_model name -> stored name
+    params = dict(asr.named_parameters())
+    return {
+        name: stored[hf] for name, hf in asr.hf_names().items() if hf in stored and params[name].is_floating_point()
+    }
 
 
 def _use_member_mean_buffers(asr, folder, sources, device):
     """Float buffers (BatchNorm running statistics) set to the members' mean, as the merge
     writes them, so the objective is measured on the model that will be written."""
-    from aode.fisher import _weight_names
+    from aode.member_statistics import tensor_names
 
-    stored = _weight_names(folder)
-    hf_buffers = {id(b): n for n, b in asr.hf_model.named_buffers()}
-    for _, buf in asr.named_buffers():
-        hf = hf_buffers.get(id(buf))
-        if hf is None or not buf.is_floating_point():
+    buffers = {n: b for n, b in asr.hf_model.named_buffers() if b.is_floating_point()}
+    for hf, key in asr.stored_names(tensor_names(folder), buffers).items():
+        if any(key not in src.infos for src in sources):
             continue
-        key = next((c for c in (hf, f"model.{hf}") if c in stored), None)
-        if key is None or any(key not in src.infos for src in sources):
-            continue
+        buf = buffers[hf]
         mean = sum(src.read(key).to(device, torch.float32) for src in sources) / len(sources)
         buf.copy_(mean.reshape(buf.shape).to(buf.dtype))
 

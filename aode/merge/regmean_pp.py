@@ -22,9 +22,9 @@ Linears, the plain average of its other tensors) and feeds the merged layer's ou
 Here (generic over model families; nothing branches on the family):
 
 * Groups: every ``nn.Linear`` with a Gram (:func:`aode.gram._linear_weights`: untied, stored)
-  belongs to the repeated block around it, the outermost module path ``...layers.N``
-  (Parakeet: ``encoder.layers.N``; Whisper: ``encoder.layers.N``, ``decoder.layers.N``); a
-  Linear outside any block (Parakeet's subsampling projection) is a group of its own. A
+  belongs to the layer around it, as the model places it (:meth:`aode.models.ASRModel.layer_of`;
+  Parakeet: ``encoder.layers.N``; Whisper: ``encoder.layers.N``, ``decoder.layers.N``); a
+  Linear outside any layer (Parakeet's subsampling projection) is a group of its own. A
   group's tensors are all tensors under its block (norms, convolutions, biases, BatchNorm
   statistics) or the lone Linear's weight and bias. Groups are ordered by when their first
   Linear runs in a forward pass (recorded with hooks on one batch).
@@ -75,11 +75,16 @@ model, about 1 GB for whisper-small), each input's data subset (the audio of
 accumulators; the Grams go to disk group by group (for whisper-small 1.3 GB per input).
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -91,9 +96,12 @@ from .regmean import DEFAULT_RIDGE
 from .regmean import _check_options as _check_regmean_options
 from .regmean import regmean_linear
 
+if TYPE_CHECKING:
+    from aode.models import ASRModel
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["regmean_pp", "progressive_merge", "check_options", "linear_groups"]
+__all__ = ["regmean_pp", "progressive_merge", "check_options", "linear_groups", "model_blocks"]
 
 DEFAULTS = {
     "n_utterances": 200,
@@ -104,7 +112,7 @@ DEFAULTS = {
     "ridge": DEFAULT_RIDGE,
     "progress": True,
 }
-# The outermost ``...layers.N`` of a module or tensor name: the repeated block it belongs to.
+# The outermost ``...layers.N`` of a bare module or tensor name (no model to ask): its block.
 BLOCK = re.compile(r"^((?:.*?\.)?layers\.\d+)\.")
 
 
@@ -153,27 +161,31 @@ def check_options(options, n_inputs):
     return out
 
 
-def linear_groups(module_names):
-    """``{Linear module name: group}``: its outermost ``...layers.N`` block, else itself."""
-    groups = {}
-    for name in module_names:
-        match = BLOCK.match(name)
-        groups[name] = match.group(1) if match else name
-    return groups
+def _pattern_block(name: str) -> str | None:
+    match = BLOCK.match(name)
+    return match.group(1) if match else None
 
 
-def _stored_keys(hf, infos):
-    """``{state-dict key of the model: stored tensor name}`` of its float tensors
-    (Whisper exports prefix the names with ``model.``, as :mod:`aode.fisher` maps them)."""
-    out = {}
-    for key, t in hf.state_dict().items():
-        if not t.is_floating_point():
-            continue
-        for candidate in (key, f"model.{key}"):
-            if candidate in infos:
-                out[key] = candidate
-                break
-    return out
+def linear_groups(module_names: Iterable[str], block_of: Callable[[str], str | None] | None = None) -> dict[str, str]:
+    """``{Linear module name: group}``: the block ``block_of`` puts its weight in (a tensor
+    name -> its block's name, or None; :func:`model_blocks`), else the Linear itself. Without
+    ``block_of``, the outermost ``...layers.N`` of the bare name."""
+    if block_of is None:
+        return {name: _pattern_block(name) or name for name in module_names}
+    return {name: block_of(f"{name}.weight") or name for name in module_names}
+
+
+def model_blocks(asr: ASRModel, names: Iterable[str]) -> dict[str, str]:
+    """``{tensor name: its block's name}`` for the ``names`` (of ``hf_model``) that the model
+    places in a layer (:meth:`~aode.models.ASRModel.layer_of` gives a layer index); a block is
+    named by the module path its tensors share (``encoder.layers.3``)."""
+    layers = {name: asr.layer_of(name) for name in names}
+    paths = {}
+    for name, layer in layers.items():
+        if layer is not None and layer[1] is not None:
+            paths.setdefault(layer, []).append(name.split(".")[:-1])
+    label = {layer: ".".join(os.path.commonprefix(p)) for layer, p in paths.items()}
+    return {name: label[layer] for name, layer in layers.items() if layer in label}
 
 
 def _forward_order(asr, modules, group_of, batch, device):
@@ -258,14 +270,15 @@ def progressive_merge(plan, options, gram_dir, sources=None):
     linears = _linear_weights(asr, skeleton)  # module -> stored weight name
     state = hf.state_dict()
     infos = inputs[0].infos
-    stored = _stored_keys(hf, infos)
-    group_of = linear_groups(linears)
+    # {state-dict key: stored tensor name} of the float tensors (the model's stored_name)
+    stored = asr.stored_names(infos, [k for k, t in state.items() if t.is_floating_point()])
+    blocks = model_blocks(asr, stored)
+    group_of = linear_groups(linears, blocks.get)
     groups = set(group_of.values())
     lone = {f"{m}.{p}": g for m, g in group_of.items() if g == m for p in ("weight", "bias")}
     unit = {}
     for key in stored:
-        match = BLOCK.match(key)
-        block = match.group(1) if match else None
+        block = blocks.get(key)
         unit[key] = lone.get(key, block if block in groups else None)
     # every input's tensors, float32 (inputs x model)
     tensors = [{k: src.read(name).float().reshape(state[k].shape) for k, name in stored.items()} for src in inputs]
