@@ -11,11 +11,11 @@ Methods: ``average`` (AoDE), ``most_extreme`` / ``least_extreme`` (Table IV),
 ``iso_cts``; data-aware merges ``fisher``, ``regmean`` (per-member statistics files), ``regmean_pp`` (Grams through the
 merged layers, computed as it merges) and
 ``adamerging`` (coefficients learnt on dev sets; :mod:`aode.merge.inputs` prepares their data).
+Every method module is imported here (:func:`aode.merge.registry.load_methods`): a new method is
+one file.
 """
 
-from .registry import available_methods, get_method, get_spec, register  # noqa: I001
-from . import linear, extreme, task_arithmetic, ties, dare, breadcrumbs, slerp, model_stock  # noqa: F401
-from . import fisher, regmean, regmean_pp, adamerging, tsv, iso  # noqa: F401
+from .registry import available_methods, get_method, get_spec, load_methods, register  # noqa: I001
 from .driver import MergeError, MergePlan, merge_models, tensor_seed
 from .averager import as_averager
 from aode.fisher_file import save_fisher
@@ -32,3 +32,5 @@ __all__ = [
     "save_fisher",
     "tensor_seed",
 ]
+
+load_methods()

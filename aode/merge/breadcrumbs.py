@@ -39,21 +39,31 @@ paper: the paper ranks per layer by percentiles; mergekit (and this) per tensor 
 
 import torch
 
+from .checks import fraction
 from .registry import register
+from .task_arithmetic import gta_mergekit
 from .task_arithmetic import normalize_delta_sum
 from .task_arithmetic import require_base
 from .task_arithmetic import weighted_delta_sum
 from .ties import elect_and_merge
 
+PAPER = (
+    'Davari & Belilovsky, "Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks", ECCV 2024 '
+    "(arXiv 2312.06795)"
+)
+# What both methods declare: density and gamma are fractions; mergekit's parameters, with ours
+# the same names and defaults (lam: lambda).
+REGISTRATION = dict(
+    reference=PAPER,
+    needs_base=True,
+    checks={"density": fraction, "gamma": fraction},
+    mergekit=gta_mergekit(
+        "density", "gamma", "lam", "normalize", "rescale", normalize=False, rescale=False, gamma=True
+    ),
+)
 
-def check_options(density, gamma):
-    if not 0 <= density <= 1:
-        raise ValueError(f"breadcrumbs: option density must be in [0, 1], got {density!r}")
-    if not 0 <= gamma <= 1:
-        raise ValueError(f"breadcrumbs: option gamma must be in [0, 1], got {gamma!r}")
 
-
-def l1_rescale(delta, masked, eps=1e-7):
+def l1_rescale(delta: torch.Tensor, masked: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """mergekit's ``RescaleNorm.l1``: scale ``masked`` to the L1 norm of ``delta``."""
     before = delta.abs().sum()
     after = masked.abs().sum()
@@ -62,7 +72,7 @@ def l1_rescale(delta, masked, eps=1e-7):
     return masked * (before / after)
 
 
-def magnitude_outliers(delta, density, gamma=0.01, rescale=False):
+def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False) -> torch.Tensor:
     """Keep ``int(density * n)`` entries after dropping the ``int(gamma * n)`` largest and the
     smallest (fewer outliers when both do not fit); see the module docstring."""
     if density >= 1:
@@ -85,25 +95,23 @@ def _masked_deltas(tensors, base, density, gamma, rescale):
     return [magnitude_outliers(t - base, density, gamma, rescale) for t in tensors]
 
 
-@register("breadcrumbs", needs_base=True)
+@register("breadcrumbs", display_name="Model Breadcrumbs", **REGISTRATION)
 def breadcrumbs(
     tensors, weights, base, generator=None, density=1.0, gamma=0.01, lam=1.0, normalize=False, rescale=False
 ):
     """Model Breadcrumbs: drop outliers and small entries of each task vector, then add them."""
     require_base(base, "breadcrumbs")
-    check_options(density, gamma)
     acc = weighted_delta_sum(_masked_deltas(tensors, base, density, gamma, rescale), weights)
     if normalize:
         acc = normalize_delta_sum(acc, weights)
     return base + lam * acc
 
 
-@register("breadcrumbs_ties", needs_base=True)
+@register("breadcrumbs_ties", display_name="Model Breadcrumbs + TIES", **REGISTRATION)
 def breadcrumbs_ties(
     tensors, weights, base, generator=None, density=1.0, gamma=0.01, lam=1.0, normalize=False, rescale=False
 ):
     """Model Breadcrumbs masks + TIES sign election and (``normalize``) disjoint mean."""
     require_base(base, "breadcrumbs_ties")
-    check_options(density, gamma)
     deltas = _masked_deltas(tensors, base, density, gamma, rescale)
     return base + lam * elect_and_merge(deltas, weights, normalize=normalize)

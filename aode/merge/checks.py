@@ -1,20 +1,30 @@
 """What the merge driver checks before and while it merges, with errors that name the culprit.
 
 Before any tensor is merged: the call's arguments (member count for the method, one finite
-weight per member, the method's options: :func:`check_method_options`, which the hparams
-schemas run too, before any work), the members' configs (``model_type``, ``vocab_size`` and
-every shape or depth key of :func:`aode.models.architecture_signature`: members of another
-architecture or width are named with the key that differs), their tensors (same names,
-shapes and float-ness), and the shapes of aligned per-member files (Fishers). While merging:
-every tensor read is finite, and non-float tensors (index tables, counters) agree between
-members, since they are copied, not merged.
+weight per member, the method's options: their names and the checks its registration declares;
+:func:`check_method_options`, which the hparams schemas run before any work, also checks each
+value against the type of its default; the shared checks a registration declares are here:
+:func:`fraction`, :func:`finite_number`, ...), the members' configs (``model_type``,
+``vocab_size`` and every shape or depth key of :func:`aode.models.architecture_signature`:
+members of another architecture or width are named with the key that differs), their tensors
+(same names, shapes and float-ness), and the shapes of aligned per-member files (Fishers).
+While merging: every tensor read is finite, and non-float tensors (index tables, counters)
+agree between members, since they are copied, not merged.
 """
 
 import inspect
 import logging
 import math
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
+from typing import Callable
 
 import torch
+
+from .registry import FIXED_ARGS
+from .registry import MethodSpec
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +37,11 @@ __all__ = [
     "check_options",
     "check_method_options",
     "declared_options",
+    "finite_number",
+    "fraction",
+    "interval",
+    "boolean",
+    "torch_device",
     "option_defaults",
     "check_configs",
     "check_tensors",
@@ -41,14 +56,13 @@ CONFIG_FIELDS = ("model_type", "vocab_size")
 # BatchNorm's step counter: differs between experts trained for different step counts and is
 # never read at inference (it matters only with momentum=None); the first member's is kept.
 STEP_COUNTERS = ("num_batches_tracked",)
-_FIXED_ARGS = 4  # a merge method's tensors, weights, base, generator
 
 
 class MergeError(ValueError):
     """Members that cannot be merged (mismatch, non-finite values, ...)."""
 
 
-def as_weights(values, n: int, what: str) -> torch.Tensor:
+def as_weights(values: Iterable[float] | None, n: int, what: str) -> torch.Tensor:
     """``values`` as a float32 tensor of ``n`` finite weights (None: all 1)."""
     if values is None:
         return torch.ones(n, dtype=torch.float32)
@@ -60,79 +74,114 @@ def as_weights(values, n: int, what: str) -> torch.Tensor:
     return w
 
 
-def check_member_count(spec, n_inputs: int) -> None:
+def check_member_count(spec: MethodSpec, n_inputs: int) -> None:
     """Raise ValueError unless the method ``spec`` takes ``n_inputs`` members."""
     if n_inputs < spec.min_members or (spec.max_members and n_inputs > spec.max_members):
         want = f"exactly {spec.min_members}" if spec.min_members == spec.max_members else f"at least {spec.min_members}"
         raise ValueError(f"merge method {spec.name!r} takes {want} members, got {n_inputs}")
 
 
-def declared_options(spec) -> dict:
-    """``{name: default}`` (``None`` when there is none) of the options a user may give the
-    method ``spec``: its function's keyword arguments after (tensors, weights, base,
-    generator), less those its setup hook fills (``spec.aligned``), plus the options the
-    registry declares for it (``register(options=...)``; a whole-model method has only those)."""
-    declared = {}
-    if not spec.whole_model:
-        for p in list(inspect.signature(spec.fn).parameters.values())[_FIXED_ARGS:]:
-            if p.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL) or p.name in spec.aligned:
-                continue
-            declared[p.name] = None if p.default is inspect.Parameter.empty else p.default
-    declared.update(dict(spec.options))
-    return declared
+def declared_options(spec: MethodSpec) -> dict:
+    """``{name: default}`` of the options a user may give the method ``spec``
+    (:meth:`~aode.merge.registry.MethodSpec.declared_options`)."""
+    return spec.declared_options()
 
 
-# Options that are a share of something (elements kept, a magnitude quantile, a subspace):
-# numbers from 0 to 1 in every method that takes them.
-FRACTION_OPTIONS = ("density", "gamma", "fraction", "common_space_fraction")
+# --- option checks a registration declares (register(checks={option: check})): each takes the
+# value and returns None when it is fine, else the problem ("must be ...").
 
 
-def _option_problem(name, value, default):
-    """Why ``value`` cannot be option ``name`` whose default is ``default`` (None: it can)."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def finite_number(value: Any) -> str | None:
+    """Any finite number."""
+    return None if _is_number(value) and math.isfinite(value) else "must be a finite number"
+
+
+def fraction(value: Any) -> str | None:
+    """A number from 0 to 1 (a share of elements, a quantile)."""
+    if not _is_number(value) or not math.isfinite(value):
+        return "must be a number"
+    return None if 0.0 <= value <= 1.0 else "must be a fraction from 0 to 1"
+
+
+def interval(low: float, high: float, *, open_low: bool = False, allow_none: bool = False) -> Callable:
+    """A check: a number in ``[low, high]`` (``(low, high]`` with ``open_low``), or None with
+    ``allow_none``; the problem reads ``must be [None or ]in [low, high]``."""
+    text = f"must be {'None or ' if allow_none else ''}in {'(' if open_low else '['}{low}, {high}]"
+
+    def check(value):
+        if value is None and allow_none:
+            return None
+        if not _is_number(value) or not math.isfinite(value):
+            return text
+        return None if (low < value if open_low else low <= value) and value <= high else text
+
+    return check
+
+
+def boolean(value: Any) -> str | None:
+    """True or false."""
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def torch_device(value: Any) -> str | None:
+    """None or a torch device name (``"cpu"``, ``"cuda"``, ``"cuda:1"``)."""
+    if value is None:
+        return None
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError):
+        return "must be None or a torch device name such as 'cuda'"
+    return None
+
+
+def _option_problem(value, default):
+    """Why ``value`` cannot replace an option's ``default`` by its type (None: it can)."""
     if value is None:
         return None if default is None else "must not be null"
     if isinstance(default, bool):
-        return None if isinstance(value, bool) else "must be true or false"
+        return boolean(value)
     if isinstance(default, int):
         return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
-    if isinstance(default, float) or name in FRACTION_OPTIONS:
-        if not is_number or not math.isfinite(value):
-            return "must be a number"
-        if name in FRACTION_OPTIONS and not 0.0 <= value <= 1.0:
-            return "must be a fraction from 0 to 1"
-        return None
+    if isinstance(default, float):
+        return None if _is_number(value) and math.isfinite(value) else "must be a number"
     if isinstance(default, str):
         return None if isinstance(value, str) else "must be a string"
     return None
 
 
-def check_method_options(method: str, options) -> dict:
+def check_method_options(method: str, options: Mapping | None) -> dict:
     """``options`` unchanged when merge method ``method`` takes each of them with a value of
-    the right kind; else ValueError naming every unknown option (with the closest declared
-    name) and every wrong value. Run by the hparams schemas (``method_options``, an
-    experiment's ``merge_methods``) before any folder is made."""
+    the right kind (the type of its default, then its declared check); else ValueError naming
+    every unknown option (with the closest declared name) and every wrong value. Run by the
+    hparams schemas (``method_options``, an experiment's ``merge_methods``) before any folder
+    is made."""
     from aode.config import known_names
 
     from .registry import get_spec
 
-    declared = declared_options(get_spec(method))
+    spec = get_spec(method)
+    declared = spec.declared_options()
     options = dict(options or {})
     known_names(list(options), declared, f"{method} option", known=sorted(declared))
     problems = [
         f"{method} option {name} {problem} (got {value!r})"
         for name, value in options.items()
-        if (problem := _option_problem(name, value, declared[name])) is not None
+        if (problem := _option_problem(value, declared[name])) is not None
     ]
     if problems:
         raise ValueError("; ".join(problems))
+    spec.check_values(options)
     return options
 
 
-def option_defaults(fn, given) -> dict:
+def option_defaults(fn: Callable, given: Mapping) -> dict:
     """The method's options that ``given`` leaves at their defaults, with those defaults (the
     values a merge ran with, for its provenance; aligned inputs such as ``grams`` excluded)."""
-    params = list(inspect.signature(fn).parameters.values())[_FIXED_ARGS:]
+    params = list(inspect.signature(fn).parameters.values())[FIXED_ARGS:]
     return {
         p.name: p.default
         for p in params
@@ -140,12 +189,12 @@ def option_defaults(fn, given) -> dict:
     }
 
 
-def check_options(spec, options: dict, aligned: dict) -> None:
+def check_options(spec: MethodSpec, options: dict, aligned: dict) -> None:
     """Raise ValueError for an option the method ``spec`` does not take (after its setup hook:
     ``options`` then hold what the function receives besides ``aligned``)."""
     if spec.whole_model:
         return
-    params = list(inspect.signature(spec.fn).parameters.values())[_FIXED_ARGS:]
+    params = list(inspect.signature(spec.fn).parameters.values())[FIXED_ARGS:]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return
     accepted = [p.name for p in params]
@@ -174,7 +223,7 @@ def _signature(config) -> dict:
     return architecture_signature(_ConfigView(config))
 
 
-def check_configs(sources) -> None:
+def check_configs(sources: Sequence) -> None:
     """Members whose configs disagree on :data:`CONFIG_FIELDS`, or on a shape or depth key of
     the architecture signature that both configs set (``hidden_size``, ``num_hidden_layers``,
     ``encoder_config.num_attention_heads``, ...), cannot be merged: MergeError naming the
@@ -206,7 +255,7 @@ def _is_float(dtype):
     return dtype.is_floating_point
 
 
-def check_tensors(sources) -> None:
+def check_tensors(sources: Sequence) -> None:
     """Same tensor names, shapes and float-ness in every member (dtypes may differ: the
     output keeps the first member's, with a warning)."""
     ref = sources[0]
@@ -237,7 +286,7 @@ def check_tensors(sources) -> None:
                 raise MergeError(f"tensor {name!r} is in {other.label} but missing from {ref.label}")
 
 
-def check_aligned(aligned: dict, ref) -> None:
+def check_aligned(aligned: dict, ref: Any) -> None:
     """Aligned per-member files (``kwarg -> [source or None]``) match ``ref``'s shapes."""
     for kw, srcs in aligned.items():
         for src in srcs:
@@ -252,7 +301,7 @@ def check_aligned(aligned: dict, ref) -> None:
                     )
 
 
-def agreeing_non_float(name: str, inputs) -> torch.Tensor:
+def agreeing_non_float(name: str, inputs: Sequence) -> torch.Tensor:
     """The first member's non-float tensor ``name``, checked equal in every member.
 
     Integer / bool tensors (buffers: index tables) are copied, not merged, so they must
@@ -278,12 +327,19 @@ def all_finite(t: torch.Tensor) -> bool:
     return math.isfinite(t.sum().item()) or bool(torch.isfinite(t).all())
 
 
-def nonfinite_error(src, name: str) -> MergeError:
+def nonfinite_error(src: Any, name: str) -> MergeError:
     """The error naming the member ``src`` whose tensor ``name`` has NaN or inf."""
     return MergeError(f"{src.label}: tensor {name!r} has non-finite values (NaN or inf)")
 
 
-def read_checked(src, name, start=None, stop=None, buffer=None, check=True) -> torch.Tensor:
+def read_checked(
+    src: Any,
+    name: str,
+    start: int | None = None,
+    stop: int | None = None,
+    buffer: torch.Tensor | None = None,
+    check: bool = True,
+) -> torch.Tensor:
     """Tensor ``name`` of ``src`` (elements [start, stop)) as float32; with ``check``,
     MergeError when it has non-finite values."""
     try:

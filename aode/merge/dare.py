@@ -29,13 +29,32 @@ at ``density: 1`` is exact (tests/test_mergekit_parity.py). mergekit draws the m
 
 import torch
 
+from .checks import fraction
 from .registry import register
+from .task_arithmetic import gta_mergekit
 from .task_arithmetic import require_base
 from .task_arithmetic import weighted_delta_sum
 from .ties import elect_and_merge
 
+DARE_PAPER = (
+    'Yu et al., "Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch", '
+    "ICML 2024"
+)
 
-def drop_and_rescale(delta, density, generator, rescale=True):
+
+def _mask_note(method, values):
+    if values["density"] < 1:
+        return [
+            f"{method}: density {values['density']} < 1: our masks come from a per-tensor generator (seeded by the "
+            "merge seed) and rescale divides by the density; mergekit draws from its global RNG and restores the L1 "
+            "norm: the result is not mergekit's bit for bit (see aode.merge.dare)"
+        ]
+    return []
+
+
+def drop_and_rescale(
+    delta: torch.Tensor, density: float, generator: torch.Generator | None, rescale: bool = True
+) -> torch.Tensor:
     """DARE: zero each element with probability ``1 - density``; rescale kept by 1/density."""
     if density >= 1:
         return delta
@@ -48,7 +67,24 @@ def drop_and_rescale(delta, density, generator, rescale=True):
     return out
 
 
-@register("dare_linear", needs_base=True)
+# What both methods declare besides their mergekit mapping.
+REGISTRATION = dict(reference=DARE_PAPER, needs_base=True, checks={"density": fraction})
+
+
+@register(
+    "dare_linear",
+    display_name="DARE + task arithmetic",
+    **REGISTRATION,
+    mergekit=gta_mergekit(
+        "density",
+        "lam",
+        "rescale",
+        normalize=False,
+        rescale=True,
+        refused={"normalize": "(ours sums the weighted task vectors, mergekit's default); remove it or use dare_ties"},
+        notes=_mask_note,
+    ),
+)
 def dare_linear(tensors, weights, base, generator=None, density=0.5, lam=1.0, rescale=True):
     """DARE + task arithmetic: ``theta_0 + lam * sum_i w_i DARE(theta_i - theta_0)``."""
     require_base(base, "dare_linear")
@@ -56,7 +92,12 @@ def dare_linear(tensors, weights, base, generator=None, density=0.5, lam=1.0, re
     return base + lam * weighted_delta_sum(deltas, weights)
 
 
-@register("dare_ties", needs_base=True)
+@register(
+    "dare_ties",
+    display_name="DARE + TIES",
+    **REGISTRATION,
+    mergekit=gta_mergekit("density", "lam", "rescale", "normalize", normalize=False, rescale=True, notes=_mask_note),
+)
 def dare_ties(tensors, weights, base, generator=None, density=0.5, lam=1.0, rescale=True, normalize=True):
     """DARE + TIES: drop and rescale each task vector, then sign election + disjoint mean."""
     require_base(base, "dare_ties")

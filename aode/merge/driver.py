@@ -18,6 +18,7 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -55,9 +56,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["merge_models", "MergePlan", "tensor_seed", "MergeError"]
 
 RUNNING_STATISTICS = ("running_mean", "running_var")
+PathLike = str | os.PathLike
 
 
-def tensor_seed(seed, name):
+def tensor_seed(seed: int, name: str) -> int:
     """The generator seed of tensor ``name``: from the merge seed and the name only."""
     digest = hashlib.sha256(f"{seed}\0{name}".encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -102,6 +104,7 @@ class MergePlan:
             for pattern, w in (self.weight_rules or [])
         ]
         self.options = dict(self.options or {})
+        self.spec.check_values(self.options)  # the values its registration checks, before any file is opened
 
     @property
     def n_inputs(self) -> int:
@@ -213,22 +216,22 @@ def _torch_threads(num_threads):
 
 
 def merge_models(
-    members,
-    output,
-    method="average",
-    weights=None,
-    base=None,
-    include_base=False,
-    weight_rules=None,
-    options=None,
-    seed=0,
-    progress=True,
-    overwrite=False,
-    max_chunk_bytes=16 * 2**20,
-    num_threads=1,
-    read_ahead=2,
-    extra_provenance=None,
-):
+    members: Sequence[PathLike],
+    output: PathLike,
+    method: str = "average",
+    weights: Sequence[float] | None = None,
+    base: PathLike | None = None,
+    include_base: bool = False,
+    weight_rules: Sequence[tuple[str, Sequence[float]]] | None = None,
+    options: dict | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+    max_chunk_bytes: int = 16 * 2**20,
+    num_threads: int | None = 1,
+    read_ahead: int = 2,
+    extra_provenance: dict | None = None,
+) -> str:
     """Merge model folders into the model folder ``output`` (AoDE, paper III-C).
 
     The arguments from ``members`` to ``seed`` say what to merge (checked and grouped by

@@ -9,6 +9,7 @@ in order). The weights are ignored. mergekit has no equivalent method.
 
 import torch
 
+from .linear import AODE_PAPER
 from .registry import register
 
 
@@ -23,13 +24,13 @@ def _extreme(tensors, largest):
     return out
 
 
-@register("most_extreme", elementwise=True)
+@register("most_extreme", display_name="Most extreme", reference=f"{AODE_PAPER}, Table IV", elementwise=True)
 def most_extreme(tensors, weights=None, base=None, generator=None):
     """Table IV "most extreme": per element the member value of largest magnitude."""
     return _extreme(tensors, largest=True)
 
 
-@register("least_extreme", elementwise=True)
+@register("least_extreme", display_name="Least extreme", reference=f"{AODE_PAPER}, Table IV", elementwise=True)
 def least_extreme(tensors, weights=None, base=None, generator=None):
     """Table IV "least extreme": per element the member value of smallest magnitude."""
     return _extreme(tensors, largest=False)

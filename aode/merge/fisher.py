@@ -52,6 +52,8 @@ def _setup(member_dirs, options):
 
 @register(
     "fisher",
+    display_name="Fisher merging",
+    reference='Matena & Raffel, "Merging Models with Fisher-Weighted Averaging", NeurIPS 2022',
     elementwise=True,
     propagates_nonfinite=True,
     setup=_setup,

@@ -68,11 +68,11 @@ Deviations from the reference code, and why:
 Not element-wise: float64 SVDs of whole matrices (T + 3 per matrix for Iso-CTS, 1 for Iso-C).
 """
 
-import math
-
 import torch
 
+from .checks import interval
 from .registry import register
+from .tsv import SUBSPACE_CHECKS
 from .tsv import numerical_tolerance
 from .tsv import polar
 from .tsv import subspace_merge
@@ -80,9 +80,13 @@ from .tsv import subspace_merge
 __all__ = ["iso_c", "iso_cts", "iso_c_matrices", "iso_cts_matrices"]
 
 DEFAULT_COMMON_SPACE_FRACTION = 0.8
+PAPER = (
+    'Marczak, Magistri, Cygert, Twardowski, Bagdanov & van de Weijer, "No Task Left Behind: Isotropic Model '
+    'Merging with Common and Task-Specific Subspaces", ICML 2025'
+)
 
 
-def iso_c_matrices(mats):
+def iso_c_matrices(mats: list[torch.Tensor]) -> torch.Tensor:
     """Iso-C of non-zero float64 task matrices, without alpha."""
     total = torch.stack(mats).sum(0)
     u, s, vh = torch.linalg.svd(total, full_matrices=False)
@@ -91,14 +95,16 @@ def iso_c_matrices(mats):
     return sigma * (u[:, keep] @ vh[keep])
 
 
-def iso_cts_sizes(r, tasks, common_space_fraction):
+def iso_cts_sizes(r: int, tasks: int, common_space_fraction: float) -> tuple[int, int]:
     """``(c, p)``: common directions and task-specific directions per task (step 1)."""
     common = int(r * common_space_fraction)
     per_task = min(round((r - common) / tasks), r // tasks)
     return r - per_task * tasks, per_task
 
 
-def iso_cts_matrices(mats, common_space_fraction=DEFAULT_COMMON_SPACE_FRACTION):
+def iso_cts_matrices(
+    mats: list[torch.Tensor], common_space_fraction: float = DEFAULT_COMMON_SPACE_FRACTION
+) -> torch.Tensor:
     """Iso-CTS of non-zero float64 task matrices (steps 1-5), without alpha."""
     m, n = mats[0].shape
     r = min(m, n)
@@ -128,14 +134,20 @@ def iso_cts_matrices(mats, common_space_fraction=DEFAULT_COMMON_SPACE_FRACTION):
     return sigma * (polar(u_all) @ polar(vh_all))
 
 
-@register("iso_c", needs_base=True)
+@register("iso_c", display_name="Iso-C", reference=PAPER, needs_base=True, checks=SUBSPACE_CHECKS)
 def iso_c(tensors, weights, base, generator=None, alpha=1.0, reshape_conv=False, device=None):
     """Iso-C (Marczak et al., ICML 2025): the task-arithmetic sum with a flat spectrum.
     Options ``alpha`` (1.0), ``reshape_conv`` (False), ``device`` (None); see the module docstring."""
     return subspace_merge(tensors, weights, base, "iso_c", alpha, reshape_conv, iso_c_matrices, device)
 
 
-@register("iso_cts", needs_base=True)
+@register(
+    "iso_cts",
+    display_name="Iso-CTS",
+    reference=PAPER,
+    needs_base=True,
+    checks={**SUBSPACE_CHECKS, "common_space_fraction": interval(0, 1)},
+)
 def iso_cts(
     tensors,
     weights,
@@ -149,8 +161,6 @@ def iso_cts(
     """Iso-CTS (Marczak et al., ICML 2025): common plus task-specific subspaces, flat spectrum.
     Options ``alpha`` (1.0), ``common_space_fraction`` (0.8), ``reshape_conv`` (False), ``device``."""
     f = common_space_fraction
-    if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or not 0 <= f <= 1:
-        raise ValueError(f"merge method 'iso_cts': option common_space_fraction must be in [0, 1], got {f!r}")
     return subspace_merge(
         tensors, weights, base, "iso_cts", alpha, reshape_conv, lambda mats: iso_cts_matrices(mats, f), device
     )

@@ -26,10 +26,15 @@ last bit (tests/test_mergekit_parity.py: allclose, 1e-6 relative).
 
 import torch
 
+from .registry import MergekitMapping
+from .registry import MergekitParam
 from .registry import register
 
+# The paper this project reproduces (average, most_extreme and least_extreme are its methods).
+AODE_PAPER = 'Plantinga, Yoo, Girma & Dhir, "Parameter Averaging is All You Need to Prevent Forgetting", IEEE SLT 2024'
 
-def weighted_average(tensors, weights):
+
+def weighted_average(tensors: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
     """``sum_i w_i t_i / sum_i w_i`` accumulated in float32 in member order (see above)."""
     total = weights.sum()
     if total == 0:
@@ -39,7 +44,7 @@ def weighted_average(tensors, weights):
     return acc
 
 
-def weighted_sum(tensors, weights):
+def weighted_sum(tensors: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
     """``sum_i w_i t_i`` accumulated in float32 in member order; always a new tensor."""
     acc = first = None
     for w, t in zip(weights.tolist(), tensors):
@@ -56,7 +61,20 @@ def weighted_sum(tensors, weights):
     return acc
 
 
-@register("average", elementwise=True, propagates_nonfinite=True)
+@register(
+    "average",
+    display_name="AoDE (average of domain experts)",
+    reference=f"{AODE_PAPER}, III-C",
+    elementwise=True,
+    propagates_nonfinite=True,
+    # mergekit's linear: base_model, when given, is one more member (weighted last)
+    mergekit=MergekitMapping(
+        {"weight": MergekitParam("input", float), "normalize": MergekitParam("shared", bool, True)},
+        options={"normalize": "normalize"},
+        method="linear",
+        base_model="member",
+    ),
+)
 def average(tensors, weights, base=None, generator=None, normalize=True):
     """AoDE (paper III-C): the weighted element-wise mean ``sum_i w_i theta_i / sum_i w_i``.
 

@@ -26,7 +26,9 @@ whole-model merges::
     dtype: float32
 
 Methods (mergekit name -> ours, our options with mergekit's defaults; ``lambda`` is our
-``lam``). Each mergekit default is passed explicitly, so ours never applies its own:
+``lam``), as each method's registration declares them (``register(mergekit=MergekitMapping(...))``,
+:mod:`aode.merge.registry`; this reader has no table of its own). Each mergekit default is
+passed explicitly, so ours never applies its own:
 
 =================  ==================  ====================================================
 mergekit           ours                parameters (mergekit default)
@@ -101,10 +103,17 @@ import functools
 import logging
 import os
 import sys
+from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 from typing import Optional
+
+from .registry import REQUIRED
+from .registry import MethodSpec
+from .registry import get_spec
+from .registry import mergekit_specs
 
 __all__ = [
     "MergekitConfigError",
@@ -124,18 +133,34 @@ class MergekitConfigError(ValueError):
     """A mergekit configuration that cannot be merged here (the message names the key)."""
 
 
+class _FromRegistry(Mapping):
+    """``{mergekit method: value(spec)}`` over the registered methods that declare a mergekit
+    mapping (``register(mergekit=...)``, :func:`aode.merge.registry.mergekit_specs`), read
+    when asked: a method registered later is in it."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def _table(self):
+        return {method: self._value(spec) for method, spec in mergekit_specs().items()}
+
+    def __getitem__(self, key):
+        return self._table()[key]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self):
+        return len(self._table())
+
+    def __repr__(self):
+        return repr(self._table())
+
+
 # mergekit method -> our method
-SUPPORTED_METHODS = {
-    "linear": "average",
-    "task_arithmetic": "task_arithmetic",
-    "ties": "ties",
-    "dare_linear": "dare_linear",
-    "dare_ties": "dare_ties",
-    "breadcrumbs": "breadcrumbs",
-    "breadcrumbs_ties": "breadcrumbs_ties",
-    "slerp": "slerp",
-    "model_stock": "model_stock",
-}
+SUPPORTED_METHODS = _FromRegistry(lambda spec: spec.name)
+# mergekit method -> its parameters, {name: MergekitParam} with mergekit 0.1.5's defaults
+MERGEKIT_PARAMETERS = _FromRegistry(lambda spec: spec.mergekit.parameters)
 # mergekit 0.1.5's other methods (mergekit/merge_methods/registry.py), for the error message.
 OTHER_MERGEKIT_METHODS = (
     "arcee_fusion",
@@ -152,44 +177,6 @@ OTHER_MERGEKIT_METHODS = (
 )
 
 RELATIVE = "a relative model path is relative to the working directory, as in mergekit"
-REQUIRED = object()  # a mergekit parameter without a default
-
-
-@dataclass(frozen=True)
-class _Param:
-    scope: str  # "shared" (top-level only), "input" (per model, the base too), "non_base"
-    kind: type  # float or bool
-    default: Any = REQUIRED
-
-
-def _gta(normalize, rescale, gamma=False):
-    """mergekit's GeneralizedTaskArithmeticMerge parameters (generalized_task_arithmetic.py)."""
-    params = {
-        "int8_mask": _Param("shared", bool, False),
-        "normalize": _Param("shared", bool, normalize),
-        "rescale": _Param("shared", bool, rescale),
-        "lambda": _Param("shared", float, 1.0),
-        "weight": _Param("non_base", float),
-        "density": _Param("non_base", float, 1.0),
-    }
-    if gamma:
-        params["gamma"] = _Param("non_base", float, 0.01)
-    return params
-
-
-# mergekit 0.1.5's parameter specs of the methods we support, with their defaults.
-MERGEKIT_PARAMETERS = {
-    "linear": {"weight": _Param("input", float), "normalize": _Param("shared", bool, True)},
-    "task_arithmetic": _gta(normalize=False, rescale=False),
-    "ties": _gta(normalize=True, rescale=False),
-    "dare_linear": _gta(normalize=False, rescale=True),
-    "dare_ties": _gta(normalize=False, rescale=True),
-    "breadcrumbs": _gta(normalize=False, rescale=False, gamma=True),
-    "breadcrumbs_ties": _gta(normalize=False, rescale=False, gamma=True),
-    "slerp": {"t": _Param("shared", float)},
-    "model_stock": {"filter_wise": _Param("shared", bool, False)},
-}
-TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties")
 
 TOP_LEVEL_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source")
 REFUSED_TOP_LEVEL = {
@@ -300,8 +287,9 @@ def _values(chain):
     return {cond.value for cond in chain}
 
 
-def _single(chains, key, method, what="one value"):
-    """The one value every chain can take, else an error naming ``key``."""
+def _single(chains, key, param, what="one value"):
+    """The one value every chain can take, else an error naming ``key`` (whose
+    :class:`~aode.merge.registry.MergekitParam` is ``param``)."""
     values = set()
     for chain in chains:
         values |= _values(chain)
@@ -309,7 +297,7 @@ def _single(chains, key, method, what="one value"):
         shown = sorted(values, key=repr)
         raise MergekitConfigError(
             f"parameter {key!r} takes the values {shown} here (per model, per tensor filter, or the default "
-            f"{MERGEKIT_PARAMETERS[method][key].default!r} where nothing is given); ours takes {what} for all "
+            f"{param.default!r} where nothing is given); ours takes {what} for all "
             f"members and tensors: give {key} once, or the same value everywhere"
         )
     return values.pop()
@@ -345,16 +333,16 @@ class MergekitPlan:
     slerp_t_chain: Optional[list] = None
 
     @property
-    def n_inputs(self):
+    def n_inputs(self) -> int:
         return len(self.members) + (1 if self.include_base else 0)
 
     @property
-    def weights_vary_by_tensor(self):
+    def weights_vary_by_tensor(self) -> bool:
         if self.slerp_t_chain is not None:
             return True
         return self.weight_chains is not None and any(len(_values(c)) > 1 for c in self.weight_chains)
 
-    def weights_for(self, name):
+    def weights_for(self, name: str) -> Optional[tuple]:
         """The weights of tensor ``name`` as mergekit resolves them (None: all 1)."""
         if self.slerp_t_chain is not None:
             t = _resolve(self.slerp_t_chain, name)
@@ -381,7 +369,7 @@ class MergekitPlan:
     def _input_refs(self):
         return self.members + ([self.base] if self.include_base else [])
 
-    def summary(self):
+    def summary(self) -> str:
         base = f", base {self.base}" + (" (also a member)" if self.include_base else "") if self.base else ""
         return (
             f"mergekit {self.mergekit_method} -> {self.method}: {len(self.members)} members{base}, "
@@ -444,15 +432,8 @@ def _dtype(value, key):
     return name
 
 
-def read_mergekit_config(config) -> MergekitPlan:
-    """A mergekit YAML file (or its dict) read, checked and mapped onto our merge.
-
-    Reads no model file: :func:`prepare_merge` adds what needs the members' headers.
-    Raises :class:`MergekitConfigError` naming the key of the first problem.
-    """
-    from .registry import get_spec
-
-    data, source = _load(config)
+def _check_top_level(data: dict) -> None:
+    """Refused and unknown top-level keys, named."""
     for key in data:
         if key in REFUSED_TOP_LEVEL and data[key] is not None:
             raise MergekitConfigError(REFUSED_TOP_LEVEL[key])
@@ -466,200 +447,247 @@ def read_mergekit_config(config) -> MergekitPlan:
             "; ".join(hints) + f"; known: {list(TOP_LEVEL_KEYS)} (slices, modules, tokenizer, chat_template: refused)"
         )
 
+
+def _method(data: dict) -> tuple[str, MethodSpec]:
+    """mergekit's ``merge_method`` and the spec of our method that declares it."""
     method = data.get("merge_method")
+    supported = mergekit_specs()
     if not isinstance(method, str):
-        raise MergekitConfigError(f"merge_method is missing or not a name; supported: {sorted(SUPPORTED_METHODS)}")
-    if method not in SUPPORTED_METHODS:
+        raise MergekitConfigError(f"merge_method is missing or not a name; supported: {sorted(supported)}")
+    if method not in supported:
         what = "a mergekit method that is not available here" if method in OTHER_MERGEKIT_METHODS else "unknown"
         raise MergekitConfigError(
             f"merge_method {method!r} is {what}; supported mergekit methods: "
-            + ", ".join(f"{k} (ours: {v})" for k, v in SUPPORTED_METHODS.items())
+            + ", ".join(f"{k} (ours: {spec.name})" for k, spec in supported.items())
         )
-    ours = SUPPORTED_METHODS[method]
-    get_spec(ours)  # registered
-    spec = MERGEKIT_PARAMETERS[method]
-    notes = []
+    return method, get_spec(supported[method].name)
 
-    # --- models and base
-    models = data.get("models")
-    if not isinstance(models, list) or not models:
-        raise MergekitConfigError("models must list the models to merge ([{model: path}, ...])")
-    refs, own = [], []
-    for i, entry in enumerate(models):
-        where = f"models[{i}]"
-        if isinstance(entry, str):
-            entry = {"model": entry}
-        if not isinstance(entry, dict) or "model" not in entry:
-            raise MergekitConfigError(f"{where}: expected {{model: <folder>, parameters: {{...}}}}, got {entry!r}")
-        extra = sorted(set(entry) - {"model", "parameters"})
-        if extra:
-            raise MergekitConfigError(f"{where}: unknown key(s) {extra}; a model entry has model and parameters")
-        ref = _model_ref(entry["model"], f"{where}.model")
-        if any(_same(ref, r) for r in refs):
-            raise MergekitConfigError(f"{where}: model {entry['model']!r} is listed twice (mergekit refuses it too)")
-        params = entry.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise MergekitConfigError(f"{where}.parameters must be a mapping, got {params!r}")
-        refs.append(ref)
-        own.append(params)
-    base_model = data.get("base_model")
-    base_ref = _model_ref(base_model, "base_model") if base_model is not None else None
-    base_index = next((i for i, r in enumerate(refs) if _same(r, base_ref)), None)
 
-    # --- parameters: names and placement
-    glob = data.get("parameters") or {}
-    if not isinstance(glob, dict):
-        raise MergekitConfigError(f"parameters must be a mapping, got {glob!r}")
-    known = sorted(spec)
-    for key in glob:
-        if key not in spec:
-            raise MergekitConfigError(
-                f"parameters: unknown parameter {key!r} for mergekit's {method} (mergekit would ignore it); "
-                f"its parameters: {known}"
-            )
-    for i, params in enumerate(own):
-        for key in params:
+@dataclass
+class _Models:
+    """``models`` and ``base_model`` as read: each model's reference and its own parameters."""
+
+    refs: list  # the models' paths (expanded)
+    written: list  # the models as the configuration writes them (for errors)
+    own: list  # each model's own parameters (a dict)
+    base_model: Any  # base_model as written (None: not given)
+    base_ref: Optional[str]
+    base_index: Optional[int]  # where base_model is among the models (None: not listed)
+
+    @classmethod
+    def read(cls, data: dict) -> "_Models":
+        models = data.get("models")
+        if not isinstance(models, list) or not models:
+            raise MergekitConfigError("models must list the models to merge ([{model: path}, ...])")
+        refs, written, own = [], [], []
+        for i, entry in enumerate(models):
+            where = f"models[{i}]"
+            if isinstance(entry, str):
+                entry = {"model": entry}
+            if not isinstance(entry, dict) or "model" not in entry:
+                raise MergekitConfigError(f"{where}: expected {{model: <folder>, parameters: {{...}}}}, got {entry!r}")
+            extra = sorted(set(entry) - {"model", "parameters"})
+            if extra:
+                raise MergekitConfigError(f"{where}: unknown key(s) {extra}; a model entry has model and parameters")
+            ref = _model_ref(entry["model"], f"{where}.model")
+            if any(_same(ref, r) for r in refs):
+                raise MergekitConfigError(
+                    f"{where}: model {entry['model']!r} is listed twice (mergekit refuses it too)"
+                )
+            params = entry.get("parameters") or {}
+            if not isinstance(params, dict):
+                raise MergekitConfigError(f"{where}.parameters must be a mapping, got {params!r}")
+            refs.append(ref)
+            written.append(entry["model"])
+            own.append(params)
+        base_model = data.get("base_model")
+        base_ref = _model_ref(base_model, "base_model") if base_model is not None else None
+        base_index = next((i for i, r in enumerate(refs) if _same(r, base_ref)), None)
+        return cls(refs, written, own, base_model, base_ref, base_index)
+
+    def others(self) -> list:
+        """The indices of the models that are not base_model."""
+        return [i for i in range(len(self.refs)) if i != self.base_index]
+
+    def label(self, i: Optional[int]) -> Any:
+        """Model ``i`` (None: base_model when not listed) as written."""
+        return self.base_model if i is None or i == self.base_index else self.written[i]
+
+
+@dataclass
+class _Parameters:
+    """The top-level and per-model ``parameters`` of mergekit's ``method``, parsed into
+    conditions (checked against the method's parameters, each where mergekit reads it)."""
+
+    method: str
+    spec: Mapping  # {name: MergekitParam}
+    glob: dict  # {name: conditions} of the top-level parameters
+    own: list  # per model, {name: conditions}
+
+    @classmethod
+    def read(cls, data: dict, models: _Models, method: str, spec: Mapping) -> "_Parameters":
+        glob = data.get("parameters") or {}
+        if not isinstance(glob, dict):
+            raise MergekitConfigError(f"parameters must be a mapping, got {glob!r}")
+        known = sorted(spec)
+        for key in glob:
             if key not in spec:
                 raise MergekitConfigError(
-                    f"models[{i}].parameters: unknown parameter {key!r} for mergekit's {method} (mergekit would "
-                    f"ignore it); its parameters: {known}"
+                    f"parameters: unknown parameter {key!r} for mergekit's {method} (mergekit would ignore it); "
+                    f"its parameters: {known}"
                 )
-            if spec[key].scope == "shared":
-                raise MergekitConfigError(
-                    f"models[{i}].parameters: {key!r} is a global parameter of mergekit's {method}: give it under "
-                    "the top-level parameters (mergekit ignores it under a model)"
-                )
-    glob_conds = {k: _parse_setting(v, spec[k], f"parameters.{k}") for k, v in glob.items()}
-    own_conds = [
-        {k: _parse_setting(v, spec[k], f"models[{i}].parameters.{k}") for k, v in params.items()}
-        for i, params in enumerate(own)
-    ]
+        for i, params in enumerate(models.own):
+            for key in params:
+                if key not in spec:
+                    raise MergekitConfigError(
+                        f"models[{i}].parameters: unknown parameter {key!r} for mergekit's {method} (mergekit would "
+                        f"ignore it); its parameters: {known}"
+                    )
+                if spec[key].scope == "shared":
+                    raise MergekitConfigError(
+                        f"models[{i}].parameters: {key!r} is a global parameter of mergekit's {method}: give it "
+                        "under the top-level parameters (mergekit ignores it under a model)"
+                    )
+        glob_conds = {k: _parse_setting(v, spec[k], f"parameters.{k}") for k, v in glob.items()}
+        own_conds = [
+            {k: _parse_setting(v, spec[k], f"models[{i}].parameters.{k}") for k, v in params.items()}
+            for i, params in enumerate(models.own)
+        ]
+        return cls(method, spec, glob_conds, own_conds)
 
-    def shared_chain(key):
-        return _chain([glob_conds.get(key, [])], spec[key])
+    def shared_chain(self, key: str) -> list:
+        return _chain([self.glob.get(key, [])], self.spec[key])
 
-    def input_chain(i, key):
-        scopes = [own_conds[i].get(key, []) if i is not None else [], glob_conds.get(key, [])]
-        return _chain(scopes, spec[key])
+    def input_chain(self, i: Optional[int], key: str) -> list:
+        """Model ``i``'s conditions for ``key`` (None: base_model when not listed)."""
+        scopes = [self.own[i].get(key, []) if i is not None else [], self.glob.get(key, [])]
+        return _chain(scopes, self.spec[key])
 
-    # --- inputs per method
-    include_base = False
-    weight_inputs = None  # indices into refs (None: the base when not listed)
-    slerp_t_chain = None
-    options = {}
-    if method in TASK_VECTOR_METHODS or method in ("model_stock", "slerp"):
-        if base_ref is None:
-            raise MergekitConfigError(f"base_model is missing: mergekit's {method} needs one")
-    if method in TASK_VECTOR_METHODS or method == "model_stock":
-        member_idx = [i for i in range(len(refs)) if i != base_index]
-        if base_index is not None and own[base_index]:
-            notes.append(f"the parameters of base_model {base_model!r} under models are ignored (as by mergekit)")
-        members = [refs[i] for i in member_idx]
-        base = base_ref
-        if method == "model_stock" and len(members) < 2:
-            raise MergekitConfigError(
-                f"models: mergekit's model_stock needs at least two models besides base_model, got {len(members)}"
-            )
-        if not members:
-            raise MergekitConfigError(f"models: no model to merge besides base_model {base_model!r}")
-        weight_inputs = member_idx if method != "model_stock" else None
-    elif method == "linear":
-        member_idx = [i for i in range(len(refs)) if i != base_index]
-        members = [refs[i] for i in member_idx]
-        base = base_ref
-        include_base = base_ref is not None
-        weight_inputs = member_idx + ([base_index] if include_base else [])
-        if include_base:
-            notes.append(
-                (
-                    logging.INFO,
-                    f"linear: base_model {base_model!r} is averaged in as one more member (as mergekit does), "
-                    "weighted last",
-                )
-            )
-        if not members and not include_base:
-            raise MergekitConfigError("models: nothing to merge")
-    else:  # slerp: base_model is the t = 0 end
-        others = [r for i, r in enumerate(refs) if i != base_index]
-        if len(others) != 1:
-            raise MergekitConfigError(
-                f"models: mergekit's slerp merges base_model and exactly one other model, got {len(others)} others"
-            )
-        members = [base_ref, others[0]]
-        base = None
-        chain = shared_chain("t")
-        if len(_values(chain)) == 1:
-            t = chain[0].value
-            if t is None:
-                raise MergekitConfigError("parameters.t is missing: mergekit's slerp needs it (0 = base_model)")
-            options["t"] = float(t)
+    def single(self, key: str, inputs: list) -> Any:
+        """The one value of ``key`` (over ``inputs``' models when it is per model), cast to its kind."""
+        param = self.spec[key]
+        if param.scope == "shared":
+            chains = [self.shared_chain(key)]
         else:
-            slerp_t_chain = chain
-            notes.append((logging.INFO, "slerp: t varies by tensor: mapped to weights [1 - t, t] per tensor"))
+            chains = [self.input_chain(i, key) for i in inputs]
+        return param.kind(_single(chains, key, param))
 
-    # --- weights
-    weight_chains = None
-    if weight_inputs is not None:
-        weight_chains = [input_chain(i, "weight") for i in weight_inputs]
-        for i, chain in zip(weight_inputs, weight_chains):  # missing whatever the tensor: an error now
-            if all(c.value is None for c in chain):
-                ref = base_model if i is None or i == base_index else data["models"][i]
-                ref = ref["model"] if isinstance(ref, dict) else ref
-                raise MergekitConfigError(
-                    f"parameter 'weight' of model {ref!r} is missing: mergekit's {method} needs a weight for "
-                    "every model (under the model's parameters, or once under the top-level parameters)"
-                )
 
-    # --- options
-    def per_input_single(key):
-        return _single([input_chain(i, key) for i in weight_inputs], key, method)
+@dataclass
+class _Inputs:
+    """What base_model and the models are to our merge (one of the base_model roles)."""
 
-    def shared_single(key):
-        return _single([shared_chain(key)], key, method)
+    members: list
+    base: Optional[str]
+    include_base: bool = False
+    inputs: list = field(default_factory=list)  # model indices per input (None: base_model, unlisted)
+    weighted: bool = False  # mergekit's weight gives our weights
+    options: dict = field(default_factory=dict)
+    slerp_t_chain: Optional[list] = None
 
-    if method == "linear":
-        options["normalize"] = bool(shared_single("normalize"))
-    elif method in TASK_VECTOR_METHODS:
-        lam = float(shared_single("lambda"))
-        normalize = bool(shared_single("normalize"))
-        rescale = bool(shared_single("rescale"))
-        density = float(per_input_single("density"))
-        shared_single("int8_mask")  # accepted (a memory saving, same result) and ignored
-        if method == "task_arithmetic":
-            options.update(lam=lam, normalize=normalize)
-            if density != 1.0 or rescale:
-                notes.append("task_arithmetic: density and rescale are ignored (mergekit ignores them too)")
-        elif method == "ties":
-            if rescale:
-                raise MergekitConfigError(
-                    "parameters.rescale: true is not supported for ties (ours has no L1 rescale); remove it"
-                )
-            options.update(density=density, lam=lam, normalize=normalize)
-        elif method == "dare_linear":
-            if normalize:
-                raise MergekitConfigError(
-                    "parameters.normalize: true is not supported for dare_linear (ours sums the weighted task "
-                    "vectors, mergekit's default); remove it or use dare_ties"
-                )
-            options.update(density=density, lam=lam, rescale=rescale)
-        elif method == "dare_ties":
-            options.update(density=density, lam=lam, rescale=rescale, normalize=normalize)
-        else:
-            gamma = float(per_input_single("gamma"))
-            options.update(density=density, gamma=gamma, lam=lam, normalize=normalize, rescale=rescale)
-        if method.startswith("dare") and density < 1:
-            notes.append(
-                f"{method}: density {density} < 1: our masks come from a per-tensor generator (seeded by the merge "
-                "seed) and rescale divides by the density; mergekit draws from its global RNG and restores the L1 "
-                "norm: the result is not mergekit's bit for bit (see aode.merge.dare)"
+
+def _require_base(models: _Models, method: str) -> None:
+    if models.base_ref is None:
+        raise MergekitConfigError(f"base_model is missing: mergekit's {method} needs one")
+
+
+def _base_as_original(models, params, method, spec, notes) -> _Inputs:
+    """base_model is the original of the task vectors (our ``base``), listed or not."""
+    _require_base(models, method)
+    member_idx = models.others()
+    if models.base_index is not None and models.own[models.base_index]:
+        notes.append(f"the parameters of base_model {models.base_model!r} under models are ignored (as by mergekit)")
+    members = [models.refs[i] for i in member_idx]
+    if spec.min_members > 1 and len(members) < spec.min_members:
+        raise MergekitConfigError(
+            f"models: mergekit's {method} needs at least {spec.min_members} models besides base_model, "
+            f"got {len(members)}"
+        )
+    if not members:
+        raise MergekitConfigError(f"models: no model to merge besides base_model {models.base_model!r}")
+    return _Inputs(members, models.base_ref, inputs=member_idx, weighted=spec.mergekit.weights)
+
+
+def _base_as_member(models, params, method, spec, notes) -> _Inputs:
+    """base_model, when given, is one more member (mergekit's linear adds it to the models)."""
+    member_idx = models.others()
+    include_base = models.base_ref is not None
+    if include_base:
+        notes.append(
+            (
+                logging.INFO,
+                f"{method}: base_model {models.base_model!r} is averaged in as one more member (as mergekit does), "
+                "weighted last",
             )
-    elif method == "model_stock":
-        if shared_single("filter_wise"):
+        )
+    if not member_idx and not include_base:
+        raise MergekitConfigError("models: nothing to merge")
+    return _Inputs(
+        [models.refs[i] for i in member_idx],
+        models.base_ref,
+        include_base=include_base,
+        inputs=member_idx + ([models.base_index] if include_base else []),
+        weighted=spec.mergekit.weights,
+    )
+
+
+def _base_as_start(models, params, method, spec, notes) -> _Inputs:
+    """base_model is the t = 0 end and the one other model the t = 1 end: ours merges
+    ``[base_model, other]``; ``t`` is our option, or weights [1 - t, t] when it varies by tensor."""
+    _require_base(models, method)
+    others = [models.refs[i] for i in models.others()]
+    if len(others) != 1:
+        raise MergekitConfigError(
+            f"models: mergekit's {method} merges base_model and exactly one other model, got {len(others)} others"
+        )
+    inputs = _Inputs([models.base_ref, others[0]], None)
+    chain = params.shared_chain("t")
+    if len(_values(chain)) == 1:
+        t = chain[0].value
+        if t is None:
+            raise MergekitConfigError(f"parameters.t is missing: mergekit's {method} needs it (0 = base_model)")
+        inputs.options["t"] = float(t)
+    else:
+        inputs.slerp_t_chain = chain
+        notes.append((logging.INFO, f"{method}: t varies by tensor: mapped to weights [1 - t, t] per tensor"))
+    return inputs
+
+
+# MergekitMapping.base_model -> how the models and base_model become our inputs
+BASE_MODEL_ROLES = {"original": _base_as_original, "member": _base_as_member, "start": _base_as_start}
+
+
+def _weight_chains(models: _Models, params: _Parameters, inputs: _Inputs) -> Optional[list]:
+    """Each input's conditions for mergekit's ``weight`` (None: the method takes no weights);
+    an input without a weight whatever the tensor is an error now."""
+    if not inputs.weighted:
+        return None
+    chains = [params.input_chain(i, "weight") for i in inputs.inputs]
+    for i, chain in zip(inputs.inputs, chains):
+        if all(c.value is None for c in chain):
             raise MergekitConfigError(
-                "parameters.filter_wise: true is not supported for model_stock (ours: one ratio per tensor)"
+                f"parameter 'weight' of model {models.label(i)!r} is missing: mergekit's {params.method} needs a "
+                "weight for every model (under the model's parameters, or once under the top-level parameters)"
             )
+    return chains
 
-    # --- dtype, out_dtype, tokenizer
+
+def _options(mapping, params: _Parameters, inputs: _Inputs, notes: list) -> dict:
+    """Our options from mergekit's parameters, as the method's mapping declares: every parameter
+    read (one value each), the refused values refused, the mapped ones renamed, notes added."""
+    method = params.method
+    consumed = {"weight"} | ({"t"} if mapping.base_model == "start" else set())
+    values = {key: params.single(key, inputs.inputs) for key in mapping.parameters if key not in consumed}
+    for key, why in mapping.refused.items():
+        if values[key]:
+            raise MergekitConfigError(f"parameters.{key}: true is not supported for {method} {why}")
+    if mapping.notes is not None:
+        notes.extend(mapping.notes(method, values))
+    return {ours: values[theirs] for ours, theirs in mapping.options.items()}
+
+
+def _output_settings(data: dict, models: _Models, notes: list) -> tuple:
+    """``(dtype, out_dtype, tokenizer_source)``, checked."""
     dtype = _dtype(data.get("dtype"), "dtype")
     if dtype == "float64":
         raise MergekitConfigError("dtype: float64 is not supported: ours computes in float32")
@@ -675,32 +703,52 @@ def read_mergekit_config(config) -> MergekitPlan:
                 "tokenizer; use base or leave it out"
             )
         if tokenizer_source == "base":
-            if base_ref is None:
+            if models.base_ref is None:
                 raise MergekitConfigError("tokenizer_source: base needs base_model")
         else:
             ref = _model_ref(tokenizer_source, "tokenizer_source")
-            if not any(_same(ref, r) for r in refs + [base_ref]):
+            if not any(_same(ref, r) for r in models.refs + [models.base_ref]):
                 raise MergekitConfigError(
                     f"tokenizer_source: {tokenizer_source!r} is not one of the models; ours copies the tokenizer "
                     "(processor files) from the base, else the first member"
                 )
-    plan = MergekitPlan(
+    return dtype, out_dtype, tokenizer_source
+
+
+def read_mergekit_config(config: str | os.PathLike | dict) -> MergekitPlan:
+    """A mergekit YAML file (or its dict) read, checked and mapped onto our merge through the
+    mergekit mapping its method's registration declares (``register(mergekit=...)``).
+
+    Reads no model file: :func:`prepare_merge` adds what needs the members' headers.
+    Raises :class:`MergekitConfigError` naming the key of the first problem.
+    """
+    data, source = _load(config)
+    _check_top_level(data)
+    method, spec = _method(data)
+    mapping = spec.mergekit
+    models = _Models.read(data)
+    params = _Parameters.read(data, models, method, mapping.parameters)
+    notes = []
+    inputs = BASE_MODEL_ROLES[mapping.base_model](models, params, method, spec, notes)
+    weight_chains = _weight_chains(models, params, inputs)
+    options = {**inputs.options, **_options(mapping, params, inputs, notes)}
+    dtype, out_dtype, tokenizer_source = _output_settings(data, models, notes)
+    return MergekitPlan(
         source=source,
         mergekit_method=method,
-        method=ours,
-        members=members,
-        base=base,
-        base_model=base_ref,
-        include_base=include_base,
+        method=spec.name,
+        members=inputs.members,
+        base=inputs.base,
+        base_model=models.base_ref,
+        include_base=inputs.include_base,
         options=options,
         dtype=dtype,
         out_dtype=out_dtype,
         tokenizer_source=tokenizer_source,
         notes=notes,
         weight_chains=weight_chains,
-        slerp_t_chain=slerp_t_chain,
+        slerp_t_chain=inputs.slerp_t_chain,
     )
-    return plan
 
 
 # ----------------------------------------------------------------- weights per tensor
@@ -717,7 +765,7 @@ def _first_rule(rules, name, default):
     return default
 
 
-def weight_rules_for(plan, names):
+def weight_rules_for(plan: MergekitPlan, names: Sequence[str]) -> tuple[Optional[list], Optional[list]]:
     """``(weights, weight_rules)`` giving every tensor in ``names`` mergekit's weights.
 
     Compact rules ``*filter*`` in the order the filters first appear when they reproduce
@@ -753,7 +801,13 @@ def weight_rules_for(plan, names):
 # ------------------------------------------------------------------------- prepare
 
 
-def prepare_merge(plan, members=None, base=None, include_base=None, seed=0):
+def prepare_merge(
+    plan: MergekitPlan,
+    members: Optional[Sequence[str]] = None,
+    base: Optional[str] = None,
+    include_base: Optional[bool] = None,
+    seed: int = 0,
+) -> dict:
     """The keyword arguments of :func:`aode.merge.merge_models` for ``plan``.
 
     ``members``/``base``/``include_base`` default to the plan's (the recipe passes the
@@ -825,7 +879,9 @@ def prepare_merge(plan, members=None, base=None, include_base=None, seed=0):
 MERGE_KEYS = ("experts", "method", "weights", "method_options", "include_original", "weight_rules")
 
 
-def hparams_from_mergekit(hp, config, overrides=None):
+def hparams_from_mergekit(
+    hp: dict, config: str | os.PathLike | dict, overrides: dict | str | None = None
+) -> tuple[dict, MergekitPlan]:
     """The recipe's hparams with the merge part taken from a mergekit config.
 
     Sets ``experts`` (named as in the hparams when the folder is one of its experts, else as
@@ -877,7 +933,13 @@ def hparams_from_mergekit(hp, config, overrides=None):
 # ---------------------------------------------------------------------- standalone
 
 
-def merge_from_config(config, output, seed=0, overwrite=False, progress=True):
+def merge_from_config(
+    config: str | os.PathLike | dict,
+    output: str | os.PathLike,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> str:
     """Merge as the mergekit config says into the model folder ``output``; returns it."""
     from .driver import merge_models
 
@@ -886,7 +948,7 @@ def merge_from_config(config, output, seed=0, overwrite=False, progress=True):
     return merge_models(output=output, progress=progress, overwrite=overwrite, **kwargs)
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m aode.merge.mergekit_config",
         description="Merge model folders as a mergekit YAML config says (mergekit-yaml's format, whole models).",

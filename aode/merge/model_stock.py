@@ -18,11 +18,13 @@ Options: none.
 import torch
 
 from .linear import weighted_average
+from .registry import MergekitMapping
+from .registry import MergekitParam
 from .registry import register
 from .task_arithmetic import require_base
 
 
-def stock_ratio(deltas):
+def stock_ratio(deltas: list[torch.Tensor]) -> torch.Tensor:
     """Model Stock's interpolation ratio ``t`` for a list of task vectors (float)."""
     n = len(deltas)
     flat = [d.reshape(-1) for d in deltas]
@@ -39,7 +41,18 @@ def stock_ratio(deltas):
     return n * cos / denom
 
 
-@register("model_stock", needs_base=True, min_members=2)
+@register(
+    "model_stock",
+    display_name="Model Stock",
+    reference='Jang, Yun & Han, "Model Stock: All we need is just a few fine-tuned models", ECCV 2024',
+    needs_base=True,
+    min_members=2,
+    mergekit=MergekitMapping(
+        {"filter_wise": MergekitParam("shared", bool, False)},
+        weights=False,  # mergekit's model_stock ignores weights
+        refused={"filter_wise": "(ours: one ratio per tensor)"},
+    ),
+)
 def model_stock(tensors, weights, base, generator=None):
     """Model Stock: ``t * mean(theta_i) + (1 - t) * theta_0``, ``t`` from the mean cosine."""
     require_base(base, "model_stock")

@@ -105,17 +105,24 @@ class _GramSource:
         self._file.close()
 
 
+# The option checks of the registration (RegMean++ checks its alpha and ridge with them too).
+CHECKS = {
+    "alpha": lambda value: None if 0.0 <= float(value) <= 1.0 else "must lie in [0, 1]",
+    "ridge": lambda value: None if float(value) >= 0.0 else "must be >= 0",
+}
+
+
 def _check_options(alpha, ridge):
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"regmean: alpha must lie in [0, 1], got {alpha}")
-    if not float(ridge) >= 0.0:
-        raise ValueError(f"regmean: ridge must be >= 0, got {ridge}")
+    """ValueError ``regmean: <option> <problem>, got <value>`` unless :data:`CHECKS` accept
+    ``alpha`` and ``ridge``."""
+    for name, value in (("alpha", alpha), ("ridge", ridge)):
+        if (problem := CHECKS[name](value)) is not None:
+            raise ValueError(f"regmean: {name} {problem}, got {value}")
 
 
 def _setup(member_dirs, options):
     options = dict(options)
     files = options.pop("gram_files", None)
-    _check_options(options.get("alpha", DEFAULT_ALPHA), options.get("ridge", DEFAULT_RIDGE))
     if files is None:
         files = [None] * len(member_dirs)
     elif len(files) != len(member_dirs):
@@ -172,7 +179,13 @@ def _check_grams(member_dirs, sources):
         logger.warning("the Gram files name no Linear: regmean is the plain weighted average")
 
 
-def regmean_linear(tensors, weights, grams, alpha=DEFAULT_ALPHA, ridge=DEFAULT_RIDGE):
+def regmean_linear(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    grams: list[torch.Tensor],
+    alpha: float = DEFAULT_ALPHA,
+    ridge: float = DEFAULT_RIDGE,
+) -> torch.Tensor:
     """RegMean of one linear weight (module docstring): ``tensors`` ``out x in``, ``grams``
     ``in x in`` (one per member), ``weights`` non-negative. Returns float32 ``out x in``."""
     _check_options(alpha, ridge)
@@ -206,7 +219,19 @@ def regmean_linear(tensors, weights, grams, alpha=DEFAULT_ALPHA, ridge=DEFAULT_R
     return torch.cholesky_solve(b, chol).T.float().contiguous()
 
 
-@register("regmean", setup=_setup, statistics="gram", options={"gram_files": None}, aligned=("grams",))
+@register(
+    "regmean",
+    display_name="RegMean",
+    reference=(
+        'Jin, Ren, Preotiuc-Pietro & Cheng, "Dataless Knowledge Fusion by Merging Weights of Language Models", '
+        "ICLR 2023"
+    ),
+    setup=_setup,
+    statistics="gram",
+    options={"gram_files": None},
+    aligned=("grams",),
+    checks=CHECKS,
+)
 def regmean(tensors, weights, base=None, generator=None, grams=None, alpha=DEFAULT_ALPHA, ridge=DEFAULT_RIDGE):
     """RegMean (module docstring): the closed-form merge of each Linear weight from the
     members' Gram matrices; every other tensor the plain weighted average."""

@@ -21,10 +21,20 @@ import math
 
 import torch
 
+from .registry import MergekitMapping
+from .registry import MergekitParam
 from .registry import register
 
 
-@register("slerp", min_members=2, max_members=2)
+@register(
+    "slerp",
+    display_name="SLERP",
+    reference='Shoemake, "Animating Rotation with Quaternion Curves", SIGGRAPH 1985',
+    min_members=2,
+    max_members=2,
+    # mergekit's slerp: base_model is the t = 0 end; t gives our t, or weights [1 - t, t] per tensor
+    mergekit=MergekitMapping({"t": MergekitParam("shared", float)}, base_model="start", weights=False),
+)
 def slerp(tensors, weights, base=None, generator=None, t=None, eps=5e-4):
     """SLERP between the two members; falls back to linear interpolation when near-parallel."""
     if len(tensors) != 2:

@@ -19,12 +19,20 @@ agreeing weights (:func:`aode.merge.ties.elect_and_merge`). Matches mergekit 0.1
 bit (tests/test_mergekit_parity.py).
 """
 
+from typing import Callable
+
 import torch
 
+from .registry import MergekitMapping
+from .registry import MergekitParam
 from .registry import register
 
+# mergekit's name for our option ``lam`` (the others have the same name in both).
+MERGEKIT_NAMES = {"lam": "lambda"}
 
-def require_base(base, method):
+
+def require_base(base: torch.Tensor | None, method: str) -> None:
+    """ValueError unless the task-vector method ``method`` got the original's tensor ``base``."""
     if base is None:
         raise ValueError(
             f"merge method {method!r} works on task vectors (theta_i - theta_0) and needs "
@@ -32,7 +40,7 @@ def require_base(base, method):
         )
 
 
-def weighted_delta_sum(deltas, weights):
+def weighted_delta_sum(deltas: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
     """``sum_i w_i delta_i`` accumulated in float32 in member order."""
     acc = torch.zeros_like(deltas[0], dtype=torch.float32)
     for w, d in zip(weights, deltas):
@@ -40,7 +48,7 @@ def weighted_delta_sum(deltas, weights):
     return acc
 
 
-def normalize_delta_sum(acc, weights):
+def normalize_delta_sum(acc: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """mergekit's ``normalize`` without consensus: ``acc / sum(weights)``, undivided if ~0."""
     total = weights.sum()
     if total.abs() < 1e-8:
@@ -48,7 +56,51 @@ def normalize_delta_sum(acc, weights):
     return acc / total
 
 
-@register("task_arithmetic", needs_base=True, elementwise=True, propagates_nonfinite=True)
+def gta_mergekit(
+    *options: str,
+    normalize: bool,
+    rescale: bool,
+    gamma: bool = False,
+    refused: dict | None = None,
+    notes: Callable[[str, dict], list] | None = None,
+) -> MergekitMapping:
+    """The mapping of a method of mergekit's ``GeneralizedTaskArithmeticMerge``
+    (``merge_methods/generalized_task_arithmetic.py``, mergekit 0.1.5): its parameters, with
+    the method's defaults of ``normalize`` and ``rescale`` (and ``gamma`` for the breadcrumbs
+    methods), onto our ``options`` of the same names (``lam``: mergekit's ``lambda``)."""
+    parameters = {  # in the order they are read: the first that takes two values is named
+        "lambda": MergekitParam("shared", float, 1.0),
+        "normalize": MergekitParam("shared", bool, normalize),
+        "rescale": MergekitParam("shared", bool, rescale),
+        "weight": MergekitParam("non_base", float),
+        "density": MergekitParam("non_base", float, 1.0),
+        "int8_mask": MergekitParam("shared", bool, False),  # a memory saving, same result: read, not used
+    }
+    if gamma:
+        parameters["gamma"] = MergekitParam("non_base", float, 0.01)
+    return MergekitMapping(
+        parameters,
+        options={o: MERGEKIT_NAMES.get(o, o) for o in options},
+        refused=refused or {},
+        notes=notes,
+    )
+
+
+def _ignored_sparsity(method, values):
+    if values["density"] != 1.0 or values["rescale"]:
+        return [f"{method}: density and rescale are ignored (mergekit ignores them too)"]
+    return []
+
+
+@register(
+    "task_arithmetic",
+    display_name="Task arithmetic",
+    reference='Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023',
+    needs_base=True,
+    elementwise=True,
+    propagates_nonfinite=True,
+    mergekit=gta_mergekit("lam", "normalize", normalize=False, rescale=False, notes=_ignored_sparsity),
+)
 def task_arithmetic(tensors, weights, base, generator=None, lam=1.0, normalize=False):
     """Task arithmetic: ``theta_0 + lam * sum_i w_i (theta_i - theta_0)``.
 

@@ -22,11 +22,13 @@ passed, outputs are bit-identical (tests/test_mergekit_parity.py).
 
 import torch
 
+from .checks import fraction
 from .registry import register
+from .task_arithmetic import gta_mergekit
 from .task_arithmetic import require_base
 
 
-def trim_magnitude(delta, density):
+def trim_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
     """TIES trim: keep the ``max(1, int(density * numel))`` largest-magnitude entries."""
     if density >= 1:
         return delta
@@ -40,7 +42,7 @@ def trim_magnitude(delta, density):
     return out.reshape(delta.shape)
 
 
-def elect_and_merge(deltas, weights, normalize=True):
+def elect_and_merge(deltas: list[torch.Tensor], weights: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """TIES sign election and disjoint (weighted) mean of already sparsified deltas."""
     total = torch.zeros_like(deltas[0])
     for w, d in zip(weights, deltas):
@@ -59,7 +61,21 @@ def elect_and_merge(deltas, weights, normalize=True):
     return num
 
 
-@register("ties", needs_base=True)
+@register(
+    "ties",
+    display_name="TIES-merging",
+    reference='Yadav et al., "TIES-Merging: Resolving Interference When Merging Models", NeurIPS 2023',
+    needs_base=True,
+    checks={"density": fraction},
+    mergekit=gta_mergekit(
+        "density",
+        "lam",
+        "normalize",
+        normalize=True,
+        rescale=False,
+        refused={"rescale": "(ours has no L1 rescale); remove it"},
+    ),
+)
 def ties(tensors, weights, base, generator=None, density=0.2, lam=1.0, normalize=True):
     """TIES-merging: trim each task vector to ``density``, elect signs, disjoint mean."""
     require_base(base, "ties")

@@ -71,16 +71,25 @@ method (the driver averages them).
 """
 
 import math
+from typing import Callable
 
 import torch
 
+from .checks import boolean
+from .checks import finite_number
+from .checks import interval
+from .checks import torch_device
 from .registry import register
 from .task_arithmetic import require_base
 
 __all__ = ["tsv", "subspace_merge", "polar", "numerical_tolerance", "task_scales"]
 
 
-def task_scales(weights, method):
+# The options every subspace merge takes, and their checks (iso_c and iso_cts declare them too).
+SUBSPACE_CHECKS = {"alpha": finite_number, "reshape_conv": boolean, "device": torch_device}
+
+
+def task_scales(weights: torch.Tensor, method: str) -> torch.Tensor:
     """The factors ``w_i / mean(w_j > 0)`` (float64) by which the task vectors are scaled."""
     w = weights.to(torch.float64)
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
@@ -91,18 +100,12 @@ def task_scales(weights, method):
     return w / w[w > 0].mean()
 
 
-def check_alpha(alpha, method):
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise ValueError(f"merge method {method!r}: option alpha must be a finite number, got {alpha!r}")
-    return float(alpha)
-
-
-def numerical_tolerance(mat):
+def numerical_tolerance(mat: torch.Tensor) -> float:
     """Singular values at or below this are numerically zero for a matrix from float32 data."""
     return max(mat.shape) * torch.finfo(torch.float32).eps * float(torch.linalg.matrix_norm(mat))
 
 
-def polar(x):
+def polar(x: torch.Tensor) -> torch.Tensor:
     """The closest matrix with orthonormal columns (rows, if wide) to ``x``: ``P Q^T`` of
     ``x = P Sigma Q^T`` (orthogonal Procrustes). For a rank-deficient ``x`` (two tasks sharing a
     direction exactly) ``P Q^T`` is not unique; only the triplets with a singular value above
@@ -120,27 +123,24 @@ def _matrix_shape(shape, reshape_conv):
     return None
 
 
-def check_device(device, method):
-    if device is None:
-        return None
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"merge method {method!r}: option device must be None or a torch device name such as 'cuda', got {device!r}"
-        ) from None
-
-
-def subspace_merge(tensors, weights, base, method, alpha, reshape_conv, merge_matrices, device=None):
-    """Shared frame of ``tsv``, ``iso_c``, ``iso_cts``: checks, weights, zero task vectors and
+def subspace_merge(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor,
+    method: str,
+    alpha: float,
+    reshape_conv: bool,
+    merge_matrices: Callable[[list[torch.Tensor]], torch.Tensor],
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Shared frame of ``tsv``, ``iso_c``, ``iso_cts``: base, weights, zero task vectors and
     the non-matrix average; ``merge_matrices(list of non-zero m x n float64 task matrices)``
     returns the merged m x n task matrix. Returns float32 of the input shape, on the input's
-    device (the work is done on ``device``, default the input's)."""
+    device (the work is done on ``device``, default the input's). The options are checked by
+    the methods' registrations (:data:`SUBSPACE_CHECKS`)."""
     require_base(base, method)
-    alpha = check_alpha(alpha, method)
-    device = check_device(device, method) or base.device
-    if not isinstance(reshape_conv, bool):
-        raise ValueError(f"merge method {method!r}: option reshape_conv must be true or false, got {reshape_conv!r}")
+    alpha = float(alpha)
+    device = base.device if device is None else torch.device(device)
     scales = task_scales(weights, method)
     if len(tensors) != len(scales):
         raise ValueError(f"merge method {method!r}: {len(tensors)} tensors but {len(scales)} weights")
@@ -158,7 +158,7 @@ def subspace_merge(tensors, weights, base, method, alpha, reshape_conv, merge_ma
     return (base64 + alpha * merged).to(base.device, torch.float32)
 
 
-def tsv_matrices(mats, fraction=None):
+def tsv_matrices(mats: list[torch.Tensor], fraction: float | None = None) -> torch.Tensor:
     """TSV-Merge of non-zero float64 task matrices (steps 1-4 of the module docstring, without
     alpha)."""
     m, n = mats[0].shape
@@ -180,17 +180,19 @@ def tsv_matrices(mats, fraction=None):
     return (u_perp * s) @ vh_perp
 
 
-@register("tsv", needs_base=True)
+@register(
+    "tsv",
+    display_name="TSV-Merge",
+    reference=(
+        'Gargiulo, Crisostomi, Bucarelli, Scardapane, Silvestri & Rodola, "Task Singular Vectors: Reducing Task '
+        'Interference in Model Merging", CVPR 2025'
+    ),
+    needs_base=True,
+    checks={**SUBSPACE_CHECKS, "fraction": interval(0, 1, open_low=True, allow_none=True)},
+)
 def tsv(tensors, weights, base, generator=None, alpha=1.0, fraction=None, reshape_conv=False, device=None):
     """TSV-Merge (Gargiulo et al., CVPR 2025). Options ``alpha`` (1.0), ``fraction`` (None:
     1/T), ``reshape_conv`` (False), ``device`` (None); see the module docstring."""
-    if fraction is not None and (
-        isinstance(fraction, bool)
-        or not isinstance(fraction, (int, float))
-        or not math.isfinite(fraction)
-        or not 0 < fraction <= 1
-    ):
-        raise ValueError(f"merge method 'tsv': option fraction must be None or in (0, 1], got {fraction!r}")
     return subspace_merge(
         tensors, weights, base, "tsv", alpha, reshape_conv, lambda mats: tsv_matrices(mats, fraction), device
     )
