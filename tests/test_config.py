@@ -138,3 +138,22 @@ def test_forgetting_sets_must_be_test_sets():
             validate(MergeConfig, {**hparams, "forgetting_sets": bad})
     with pytest.raises(ConfigError, match="forgetting_sets"):
         validate(MergeConfig, {**hparams, "forgetting_sets": None, "test_sets": {"DiPCo": "d.csv"}})
+
+
+def test_merge_methods_are_never_passed_unchecked():
+    """aode.config imports no merge module: until the merge layer hands its checks over (importing
+    aode.pipeline does), a schema asked about a merge method fails loudly instead of accepting it."""
+    code = (
+        "from aode.config import MergeConfig, validate\n"
+        "try:\n"
+        "    validate(MergeConfig, {'output_folder': 'x', 'original': 'o', 'experts': {'a': 'a'}, 'method': 'tie'})\n"
+        "except RuntimeError as err:\n"
+        "    print('refused:', err)\n"
+        "import sys\n"
+        "print(sorted(m for m in sys.modules if m.startswith('aode.merge')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "refused: aode.config cannot check merge methods" in result.stdout
+    assert "import aode.pipeline" in result.stdout
+    assert result.stdout.strip().endswith("[]")  # nothing of the merge package was imported

@@ -8,7 +8,7 @@
     python recipes/average/reproduce.py hparams/mini.yaml --launcher local --jobs 2        # 2 trainings at a time
     python recipes/average/reproduce.py hparams/mini_full.yaml --launcher "{kind: slurm, partition: gpu}"
 
-Scenario ids, labels and what each needs: aode/experiment.py (SCENARIOS); a scenario pulls in
+Scenario ids, labels and what each needs: aode/scenarios.py (SCENARIOS); a scenario pulls in
 the ones it needs. The hparams are checked (aode.config.ExperimentConfig) before any work.
 Stages are resumable: rerunning skips finished experts, merges and evaluations.
 ``--launcher local|slurm`` runs a stage's independent trainings as parallel jobs (aode.launcher);

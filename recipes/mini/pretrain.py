@@ -9,8 +9,6 @@ model folder to ``ship_to`` (aode/mini_generalist, the start of hparams/mini.yam
 """
 
 import logging
-import os
-import shutil
 import sys
 
 from aode.cli import answer_help
@@ -18,41 +16,15 @@ from aode.cli import run_main
 
 
 def main(argv):
-    from aode.builders import build_parakeet_ctc
     from aode.config import MiniPretrainConfig
-    from aode.config import TrainingConfig
     from aode.config import validate
+    from aode.mini.pretrain import pretrain_generalist
     from aode.train import load_hparams
-    from aode.train import train_expert
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     hparams, run_opts, hparams_file, _ = load_hparams(argv)
     hparams = validate(MiniPretrainConfig, hparams, hparams_file)  # before any work
-    from aode.mini.corpus import generate_corpus
-
-    corpus = hparams["corpus_folder"]
-    generate_corpus(corpus, seed=hparams["corpus_seed"], scale=hparams["corpus_scale"])
-    init = os.path.join(hparams["output_folder"], "init")
-    if not os.path.isdir(init):
-        architecture = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "subsampling_factor")
-        build_parakeet_ctc(init, **{key: hparams[key] for key in architecture + ("conv_kernel_size", "seed")})
-    general = os.path.join(corpus, "general")
-    hparams.update(
-        model_source=init,
-        domain="general",
-        train_csv=os.path.join(general, "train.csv"),
-        valid_csv=os.path.join(general, "valid.csv"),
-        test_csv=os.path.join(general, "test_clean.csv"),
-        extra_test_csvs={"test_other": os.path.join(general, "test_other.csv")},
-    )
-    training = {key: hparams[key] for key in TrainingConfig.model_fields}
-    folder = train_expert(training, run_opts, corpus="general")
-    if hparams["ship_to"]:
-        if os.path.isdir(hparams["ship_to"]):
-            shutil.rmtree(hparams["ship_to"])
-        shutil.copytree(folder, hparams["ship_to"])
-        print(f"generalist shipped to {hparams['ship_to']}")
-    return folder
+    return pretrain_generalist(hparams, run_opts)  # aode.mini.pretrain
 
 
 if __name__ == "__main__":
