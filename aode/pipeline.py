@@ -128,6 +128,7 @@ def merge_members(
     member_data = dict(member_data or {})
     dev_sets = dict(dev_sets or {})
     reads = {**member_data, **{f"dev {n}": p for n, p in dev_sets.items()}}
+    data_aware = reads_data(method)
     stamp = merge_stamp(
         folders,
         original,
@@ -137,35 +138,36 @@ def merge_members(
         weights,
         weight_rules,
         seed,
-        data=reads if reads and reads_data(method) else None,
+        data=reads if reads and data_aware else None,
         statistics_utterances=n_utterances,
     )
     found = os.path.isfile(os.path.join(output, "config.json"))
     if found and may_reuse(what, output, recorded_stamp(output), stamp, overwrite):
         return Merged(output, True, stamp)
-    try:  # Fisher/Gram statistics and dev sets for the data-aware methods, before the merge
-        options = timed(
-            "statistics",
-            data_options,
-            method,
-            options,
-            members,
-            original=original,
-            original_name=original_name,
-            include_original=include_original,
-            member_data=member_data,
-            dev_sets=dev_sets,
-            statistics_folder=statistics_folder,
-            beside_members=beside_members,
-            n_utterances=n_utterances,
-            batch_size=batch_size,
-            seed=seed,
-            device=device,
-            progress=progress,
-            overwrite=overwrite,
-        )
-    except ValueError as err:  # a member without data, a missing manifest: before any work
-        raise ConfigError(str(err)) from None
+    if data_aware:  # Fisher/Gram statistics and dev sets, before the merge
+        try:
+            options = timed(
+                "statistics",
+                data_options,
+                method,
+                options,
+                members,
+                original=original,
+                original_name=original_name,
+                include_original=include_original,
+                member_data=member_data,
+                dev_sets=dev_sets,
+                statistics_folder=statistics_folder,
+                beside_members=beside_members,
+                n_utterances=n_utterances,
+                batch_size=batch_size,
+                seed=seed,
+                device=device,
+                progress=progress,
+                overwrite=overwrite,
+            )
+        except ValueError as err:  # a member without data, a missing manifest: before any work
+            raise ConfigError(str(err)) from None
     if announce:
         print(announce, flush=True)
     timed(
