@@ -104,7 +104,7 @@ def test_frozen_decoder_and_llrd_through_the_interface(tiny_whisper):
 
 
 class Speech2TextASR(ASRModel):
-    """A third family in ~60 lines: transformers' Speech2Text AED, character targets. Its
+    """A third family in ~75 lines: transformers' Speech2Text AED, character targets. Its
     ``hf_model`` is the ``Speech2TextModel`` inside the exported ``...ForConditionalGeneration``
     (stored as ``model.<name>``), its own group matcher places the layers."""
 
