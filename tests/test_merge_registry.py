@@ -31,7 +31,7 @@ from aode.merge.registry import MergekitParam
 
 # Whole-model methods whose files another change owns; their registrations are to gain a
 # display_name and a reference (see test_every_method_says_what_it_is).
-PENDING_DESCRIPTIONS = {"adamerging", "regmean_pp"}
+PENDING_DESCRIPTIONS = set()
 
 
 @pytest.fixture

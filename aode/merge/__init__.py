@@ -19,6 +19,8 @@ from .registry import available_methods, get_method, get_spec, load_methods, reg
 from .driver import MergeError, MergePlan, merge_models, tensor_seed
 from .averager import as_averager
 from aode.fisher_file import save_fisher
+from aode.config import provide_merge_methods
+from .checks import check_method_options
 
 __all__ = [
     "merge_models",
@@ -34,3 +36,5 @@ __all__ = [
 ]
 
 load_methods()
+# the schemas check method names and options through the registry (aode.config imports nothing above it)
+provide_merge_methods(available_methods, check_method_options)

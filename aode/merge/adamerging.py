@@ -252,7 +252,16 @@ def _merged_parameters(params, deltas, names, lam):
     return merged
 
 
-@register("adamerging", needs_base=True, whole_model=True, needs_data=True, options={**DEFAULTS, "data": None})
+@register(
+    "adamerging",
+    display_name="AdaMerging",
+    reference='Yang, Wang, Shen, Liu, Guo, Wang & Tao, "AdaMerging: Adaptive Model Merging for Multi-Task '
+    'Learning", ICLR 2024',
+    needs_base=True,
+    whole_model=True,
+    needs_data=True,
+    options={**DEFAULTS, "data": None},
+)
 def adamerge(plan, output, progress=True, overwrite=False, extra_provenance=None, **driver_kwargs):
     """Learn the coefficients, then merge with them (module docstring). ``plan``: the
     :class:`~aode.merge.driver.MergePlan` (its options hold AdaMerging's)."""

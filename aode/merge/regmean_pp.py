@@ -391,7 +391,15 @@ def _check_plan(plan):
     return MergePlan(plan.members, "average", plan.weights.tolist(), plan.base, plan.include_base, rules)
 
 
-@register("regmean_pp", whole_model=True, needs_member_data=True, options={**DEFAULTS, "member_manifests": None})
+@register(
+    "regmean_pp",
+    display_name="RegMean++",
+    reference='Nguyen, Tran, Ho, Hy, Bui & Ho-Nguyen, "RegMean++: Enhancing Effectiveness and Generalization of '
+    'Regression Mean for Model Merging", arXiv 2508.03121, 2025',
+    whole_model=True,
+    needs_member_data=True,
+    options={**DEFAULTS, "member_manifests": None},
+)
 def regmean_pp(plan, output, progress=True, overwrite=False, extra_provenance=None, **driver_kwargs):
     """RegMean++ (module docstring): Grams from the progressively merged model, then RegMean's
     merge (:func:`aode.merge.merge_models` with ``method="regmean"``) writes ``output``."""
