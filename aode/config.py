@@ -715,6 +715,9 @@ class ExperimentConfig(Schema):
         [], description="sequential: the domain orders fine-tuned one after another"
     )
     iterations: int = Field(3, description="iterative: rounds of fine-tune then average")
+    iterated: list[Literal["aode", "aode_with_original"]] = Field(
+        ["aode", "aode_with_original"], description="iterative: which averages are iterated (the paper: both)"
+    )
     merge_methods: dict[str, MergeMethodConfig] = Field(
         {}, description="methods: the table's rows, label: {method, options, ...} (keys below)"
     )
