@@ -25,6 +25,7 @@ from typing import Any
 import speechbrain as sb
 import torch
 
+from aode.atomic import atomic_open
 from aode.config import TrainingConfig
 from aode.llrd import model_param_groups
 from aode.resume import GlobalRNG
@@ -142,7 +143,7 @@ class ASRBrain(sb.Brain):
         """Per-utterance reference, hypothesis and word errors, plus SpeechBrain's alignment file."""
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
         per_utt = {s["key"]: s for s in self.wer_metric.scores}
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        with atomic_open(path, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["ID", "errors", "words", "ref", "hyp"])
             writer.writeheader()
             for row in self.utterances:
@@ -156,7 +157,7 @@ class ASRBrain(sb.Brain):
                         "hyp": row["hyp"],
                     }
                 )
-        with open(os.path.splitext(path)[0] + "_alignments.txt", "w", encoding="utf-8") as f:
+        with atomic_open(os.path.splitext(path)[0] + "_alignments.txt") as f:
             self.wer_metric.write_stats(f)
 
     def _wrap_distributed(self):

@@ -76,6 +76,7 @@ __all__ = [
     "ct2_to_hf_state_dict",
     "convert_ct2_whisper",
     "packaged_ct2_folder",
+    "ct2_source_folder",
     "main",
 ]
 
@@ -710,6 +711,16 @@ def _check_folder(ct2_folder: str) -> None:
         raise CT2FormatError(f"{path} is not a CTranslate2 Whisper model.bin")
 
 
+def ct2_source_folder(ct2_folder: str | os.PathLike) -> str:
+    """The CTranslate2 Whisper folder that ``ct2_folder`` names (a folder, or a package of
+    :data:`PACKAGED_MODELS`), checked; a user error (install command, or what is wrong with
+    the folder) otherwise, before any work."""
+    name = os.fspath(ct2_folder)
+    source = os.path.expanduser(packaged_ct2_folder(name) if name in PACKAGED_MODELS else name)
+    _check_folder(source)
+    return source
+
+
 def convert_ct2_whisper(
     ct2_folder: str | os.PathLike, out_folder: str | os.PathLike, overwrite: bool = False
 ) -> str | os.PathLike:
@@ -728,9 +739,7 @@ def convert_ct2_whisper(
     from aode.atomic import atomic_folder
     from aode.model_folder import write_provenance
 
-    source = packaged_ct2_folder(ct2_folder) if os.fspath(ct2_folder) in PACKAGED_MODELS else os.fspath(ct2_folder)
-    source = os.path.expanduser(source)
-    _check_folder(source)
+    source = ct2_source_folder(ct2_folder)
     if os.path.exists(out_folder) and not overwrite:
         raise ConfigError(f"{os.fspath(out_folder)!r} exists; pass --overwrite True (overwrite=True) to replace it")
     ct2 = read_ct2_model(os.path.join(source, MODEL_BIN))

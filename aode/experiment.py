@@ -423,6 +423,10 @@ class Experiment:
         added = [s for s in self.scenarios if s not in self.cfg["scenarios"]]
         if added:
             print(f"[aode] scenarios {self.cfg['scenarios']} also run {added} (their models are needed)", flush=True)
+        if self.cfg["original_from_ct2"] and not os.path.isdir(self.original):
+            from aode.convert_ct2 import ct2_source_folder
+
+            ct2_source_folder(self.cfg["original_from_ct2"])  # missing weights refused before any work
         self.prepare_data()
         self.prepare_original()
         experts = collections.OrderedDict()

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 from typing import Optional
 
+from aode.atomic import atomic_write_json
 from aode.config import LauncherConfig
 
 logger = logging.getLogger(__name__)
@@ -119,9 +120,7 @@ def _local_child(
         traceback.print_exc()
         sys.stderr.flush()
         sys.exit(1)
-    with open(result_path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump({"folder": folder}, f)
-    os.replace(result_path + ".tmp", result_path)
+    atomic_write_json(result_path, {"folder": folder})
     sys.stdout.flush()
 
 

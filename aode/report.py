@@ -122,7 +122,7 @@ def markdown(rows):
 
 
 def write_csv(rows, path):
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
@@ -253,7 +253,7 @@ def write_report(
     notes = report_notes(table, baseline, expert_of, lookup, counts)
     if notes:
         text += "\n" + "\n".join(f"- {note}" for note in notes) + "\n"
-    with open(os.path.join(folder, "results.md"), "w", encoding="utf-8") as f:
+    with atomic_open(os.path.join(folder, "results.md")) as f:
         f.write(
             f"# {title}\n\nWER % per test set; Average = mean of the columns; Forgetting % against "
             f"{baseline!r} on {', '.join(forgetting_sets or default_forgetting_sets(sets))}.\n\n" + text
@@ -261,7 +261,7 @@ def write_report(
     record = {"baseline": baseline, "rows": rows, "notes": notes}
     if counts:
         record["utterances"] = {m: {s: list(c) for s, c in per_set.items()} for m, per_set in counts.items()}
-    with open(os.path.join(folder, "results.json"), "w", encoding="utf-8") as f:
+    with atomic_open(os.path.join(folder, "results.json")) as f:
         json.dump(record, f, indent=1)
     plot(rows, sets, os.path.join(folder, "results.png"), title)
     return rows, text
