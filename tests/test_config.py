@@ -32,7 +32,7 @@ def test_shipped_yaml_fits_its_schema(name, schema):
     assert set(values) == set(schema.model_fields)
 
 
-EXPERIMENTS = ["mini.yaml", "mini_full.yaml", "real_tiny.yaml"]
+EXPERIMENTS = ["mini.yaml", "mini_full.yaml", "real_tiny.yaml", "real_tiny_full.yaml"]
 
 
 def test_every_shipped_yaml_has_a_schema():
