@@ -549,6 +549,12 @@ class SyntheticCorpusConfig(Schema):
     config: Optional[dict[str, Any]] = Field(None, description="the corpus's own settings (aode.mini.corpus)")
 
 
+def known_training_keys(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` unchanged when every key is a TrainingConfig key; else ValueError with a hint."""
+    known_names(list(overrides), TrainingConfig.model_fields, "training key", known="the keys of TrainingConfig")
+    return overrides
+
+
 class PrepareConfig(Schema):
     """A data preparation run before any work (the forgetting sets' corpora, for example)."""
 
@@ -570,8 +576,7 @@ class AdaptOriginalConfig(Schema):
     @field_validator("overrides")
     @classmethod
     def _training_keys(cls, value):
-        known_names(list(value), TrainingConfig.model_fields, "training key", known="the keys of TrainingConfig")
-        return value
+        return known_training_keys(value)
 
 
 class MergeMethodConfig(Schema):
@@ -776,8 +781,7 @@ class ExperimentConfig(Schema):
     @field_validator("train_overrides", "lora_overrides")
     @classmethod
     def _training_keys(cls, value):
-        known_names(list(value), TrainingConfig.model_fields, "training key", known="the keys of TrainingConfig")
-        return value
+        return known_training_keys(value)
 
     @field_validator("iterations", "eval_batch_size", "fisher_utterances")
     @classmethod

@@ -513,8 +513,8 @@ class Experiment:
 
     def iterate(self) -> None:
         """Iterative AoDE (paper III-C): fine-tune the average on each domain, average again."""
-        for with_original, start in ((False, "aode"), (True, "aode_orig")):
-            if ("aode_with_original" if with_original else "aode") not in self.cfg["iterated"]:
+        for with_original, start, scenario in ((False, "aode", "aode"), (True, "aode_orig", "aode_with_original")):
+            if scenario not in self.cfg["iterated"]:
                 continue
             current = self.rows[start].folder
             for k in range(2, self.cfg["iterations"] + 1):
