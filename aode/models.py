@@ -322,6 +322,20 @@ class ASRModel(nn.Module):
         audio, without its transcripts: the unsupervised objective of AdaMerging."""
         raise NotImplementedError
 
+    def encoder_states(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The hidden states of the encoder for a padded batch of 16 kHz waveforms (``wav_lens``:
+        SpeechBrain's relative lengths): ``(states, valid_frames)``.
+
+        ``states`` is a list of ``(batch, frames, dim)`` tensors as transformers'
+        ``output_hidden_states`` gives them: index 0 the input of the first encoder layer (the
+        front end's output: embeddings, subsampling), index ``i`` the output of layer ``i``
+        (the last one after the encoder's final norm where it has one), so
+        ``len(states) == number of encoder layers + 1``. ``valid_frames`` (LongTensor,
+        ``(batch,)``) is the number of frames of each utterance that come from its audio, not
+        from padding. No gradient is switched off here: callers that only read wrap it in
+        ``torch.no_grad``."""
+        raise NotImplementedError
+
     @property
     def hf_model(self) -> PreTrainedModel:
         """The transformers model inside: what LoRA wraps, Fisher and Gram estimation name,
@@ -543,6 +557,21 @@ class WhisperASR(ASRModel):
         hyps = self._get_searcher()(encoder_out.detach(), wav_lens)[0]
         return [self.tokenizer.decode(h, skip_special_tokens=True).strip() for h in hyps]
 
+    # Whisper's encoder: 10 ms mel hop, then a stride-2 convolution: one frame per 320 samples
+    SAMPLES_PER_ENCODER_FRAME = 320
+
+    def encoder_states(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Whisper pads (or trims) every clip to 30 s, so each state has
+        ``max_source_positions`` (1500) frames; the valid ones are those of the audio, one per
+        320 samples rounded up (at most 1500). Index 0: the convolutions' output plus the
+        positions; the last: the final layer's output after the encoder's layer norm."""
+        mel = self.whisper._get_mel(wavs)
+        out = self.hf_model.encoder(mel, output_hidden_states=True)
+        states = list(out.hidden_states)
+        samples = (wav_lens.to(torch.float64) * wavs.shape[1]).round().long()
+        valid = (samples + self.SAMPLES_PER_ENCODER_FRAME - 1) // self.SAMPLES_PER_ENCODER_FRAME
+        return states, valid.clamp(min=1, max=states[-1].shape[1]).to(states[-1].device)
+
     def export(self, folder: str | os.PathLike, provenance: dict[str, Any] | None = None) -> None:
         """Write a ``WhisperForConditionalGeneration`` folder with tokenizer and processor."""
         from transformers import WhisperForConditionalGeneration
@@ -672,6 +701,18 @@ class CTCASR(ASRModel):
         logits = self.model(**inputs).logits
         out_lens = self.output_lengths(inputs["attention_mask"]).clamp(max=logits.shape[1])
         return {"logits": logits, "out_lens": out_lens}
+
+    def encoder_states(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The model's own ``hidden_states`` on the inputs of :meth:`features` (each clip's
+        features from its own audio, with the attention mask): index 0 the input of the first
+        layer (Parakeet: the subsampling's output, scaled; wav2vec2: the projected features
+        with positions), then each layer's output. Valid frames: the model's output lengths
+        of the attention mask (as :meth:`forward`'s ``out_lens``)."""
+        inputs = self.features(wavs, wav_lens)
+        out = self.model(**inputs, output_hidden_states=True)
+        states = list(out.hidden_states)
+        valid = self.output_lengths(inputs["attention_mask"]).clamp(min=1, max=states[-1].shape[1])
+        return states, valid.to(states[-1].device)
 
     def loss(self, outputs: dict[str, torch.Tensor], tokens: torch.Tensor, tokens_lens: torch.Tensor) -> torch.Tensor:
         """Mean-over-batch CTC loss, each utterance's loss divided by its target length."""
