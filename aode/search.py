@@ -31,18 +31,23 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from aode.atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["search_weights", "candidate_weights", "pareto_front", "select_candidate", "plot_search"]
+__all__ = ["search_weights", "SearchSettings", "candidate_weights", "pareto_front", "select_candidate", "plot_search"]
 
 OBJECTIVES = ("average", "constrained")
 BASE_NAME = "original"
+PathLike = str | os.PathLike
 
 
-def pareto_front(points):
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the non-dominated points of ``[(x, y), ...]``, both lower-is-better.
 
     A point is dominated when another is no worse in both coordinates and better in one;
@@ -63,7 +68,13 @@ def pareto_front(points):
     return sorted(front, key=lambda i: (pts[i][0], pts[i][1], i))
 
 
-def candidate_weights(n_members, n_random=8, seed=0, include_base_choices=(False, True), emphasis=(2.0, 4.0)):
+def candidate_weights(
+    n_members: int,
+    n_random: int = 8,
+    seed: int = 0,
+    include_base_choices: Sequence[bool] = (False, True),
+    emphasis: Sequence[float] = (2.0, 4.0),
+) -> list[dict]:
     """The default candidates: ``[{"label", "weights", "include_base"}, ...]``.
 
     Per ``include_base`` choice (inputs = the members, plus the original last): uniform
@@ -141,7 +152,9 @@ def _forgetting(row, base_row, sets):
     return forgetting(row, base_row, sets)
 
 
-def select_candidate(candidates, objective="average", max_forgetting=None):
+def select_candidate(
+    candidates: Sequence[Mapping], objective: str = "average", max_forgetting: float | None = None
+) -> tuple[int, bool | None]:
     """``(index, constraint_met)`` of the chosen candidate (dicts with ``average``, ``forgetting``).
 
     Ties go to the lower Forgetting %, then to the earlier candidate. ``constraint_met`` is
@@ -168,7 +181,7 @@ def select_candidate(candidates, objective="average", max_forgetting=None):
     return min(order, key=lambda i: (candidates[i]["forgetting"], candidates[i]["average"], i)), False
 
 
-def plot_search(result, path):
+def plot_search(result: Mapping, path: PathLike) -> None:
     """Average WER against Forgetting % for every candidate of a search result."""
     import matplotlib
 
@@ -249,24 +262,49 @@ def _previous_scores(path, eval_key):
     return {c["id"]: c["wer"] for c in old.get("candidates", []) if c.get("wer")}
 
 
+@dataclass
+class SearchSettings:
+    """How :func:`search_weights` searches: its keyword arguments after ``out_folder``.
+
+    * ``method``: the merge method (:func:`aode.merge.available_methods`); ``merge_options`` its options.
+    * ``objective``: ``"average"`` or ``"constrained"`` (with ``max_forgetting``, in %).
+    * ``candidates``: explicit candidates instead of the default ones: weight lists (one per
+      member, plus the original's last for include_base) or dicts ``{"weights",
+      "include_base", "label"}``.
+    * ``n_random``, ``seed``, ``include_base_choices``: the default candidates
+      (:func:`candidate_weights`); ``seed`` also seeds the merges.
+    * ``eval_kwargs``: passed to :func:`aode.evaluate.evaluate_models` (batch_size, normalizer,
+      device, ...).
+    * ``keep_merges``: False deletes every candidate folder but the chosen one at the end (disk);
+      their scores stay in search.json and are reused on a rerun.
+    * ``progress``: progress bars (the merges', and the evaluations' unless ``eval_kwargs`` says).
+    """
+
+    method: str = "average"
+    objective: str = "average"
+    max_forgetting: float | None = None
+    candidates: Sequence | None = None
+    n_random: int = 8
+    seed: int = 0
+    include_base_choices: Sequence[bool] = (False, True)
+    eval_kwargs: dict | None = None
+    merge_options: dict | None = None
+    keep_merges: bool = True
+    progress: bool = True
+
+
+# What search.json records of each candidate.
+RECORDED = ("id", "label", "weights", "include_base", "folder", "wer", "average", "forgetting", "pareto", "chosen")
+
+
 def search_weights(
-    members,
-    base,
-    dev_sets,
-    forgetting_sets,
-    out_folder,
-    method="average",
-    objective="average",
-    max_forgetting=None,
-    candidates=None,
-    n_random=8,
-    seed=0,
-    include_base_choices=(False, True),
-    eval_kwargs=None,
-    merge_options=None,
-    keep_merges=True,
-    progress=True,
-):
+    members: Sequence[PathLike],
+    base: PathLike,
+    dev_sets: Mapping[str, str],
+    forgetting_sets: Mapping[str, str] | None,
+    out_folder: PathLike,
+    **settings: Any,
+) -> dict:
     """Search merge weights on dev sets; returns the chosen candidate (module docstring).
 
     Args:
@@ -276,80 +314,130 @@ def search_weights(
         forgetting_sets: ``{name: manifest}`` of dev sets that measure forgetting (e.g. a
             LibriSpeech dev split); may be empty for the ``"average"`` objective.
         out_folder: where candidates, evaluations, search.json and search.png go.
-        method: the merge method (:func:`aode.merge.available_methods`); ``merge_options`` its options.
-        objective: ``"average"`` or ``"constrained"`` (with ``max_forgetting``, in %).
-        candidates: explicit candidates instead of the default ones: weight lists (one per
-            member, plus the original's last for include_base) or dicts ``{"weights",
-            "include_base", "label"}``.
-        n_random, seed, include_base_choices: the default candidates (:func:`candidate_weights`).
-        eval_kwargs: passed to :func:`aode.evaluate.evaluate_models` (batch_size, normalizer,
-            device, ...).
-        keep_merges: False deletes every candidate folder but the chosen one at the end (disk);
-            their scores stay in search.json and are reused on a rerun.
+        settings: the keywords of :class:`SearchSettings` (method, objective, max_forgetting,
+            candidates, n_random, seed, include_base_choices, eval_kwargs, merge_options,
+            keep_merges, progress).
 
     Returns the chosen candidate: ``{"id", "label", "weights", "include_base", "folder",
     "wer", "average", "forgetting", "pareto", "chosen", "constraint_met"}``.
     """
-    from aode.evaluate import evaluate_models
-    from aode.reuse import file_fingerprint
-    from aode.reuse import model_fingerprint
+    search = _Search(members, base, dev_sets, forgetting_sets, out_folder, SearchSettings(**settings))
+    cands = search.candidates()
+    base_wer = search.score(cands)
+    chosen, met = _choose(cands, search.settings.objective, search.settings.max_forgetting)
+    winner = cands[chosen]
+    search.keep_only(cands, winner)
+    winner["constraint_met"] = met
+    search.report(cands, winner, met, base_wer)
+    return dict(winner)
 
-    members = [os.path.abspath(os.fspath(m)) for m in members]
-    base = os.path.abspath(os.fspath(base))
-    dev_sets = collections.OrderedDict(dev_sets)
-    forgetting_sets = collections.OrderedDict(forgetting_sets or {})
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
-    if objective == "constrained" and (max_forgetting is None or not forgetting_sets):
-        raise ValueError('objective "constrained" needs max_forgetting and forgetting_sets')
-    if not dev_sets:
-        raise ValueError("no dev sets to search on")
-    both = set(dev_sets) & set(forgetting_sets)
-    if both:
-        raise ValueError(f"set names {sorted(both)} are both dev and forgetting sets")
-    all_sets = collections.OrderedDict(list(dev_sets.items()) + list(forgetting_sets.items()))
-    eval_kwargs = dict(eval_kwargs or {})
-    eval_kwargs.setdefault("progress", progress)
-    merge_options = dict(merge_options or {})
 
-    if candidates is None:
-        cands = candidate_weights(len(members), n_random, seed, include_base_choices)
-    else:
-        cands = _normalise_candidates(candidates, len(members))
-    # Candidates are named by what they are made from: the members' and the base's weights by
-    # content, so a retrained expert at the same path makes new candidates, never reuses old ones.
-    identity = {
-        "members": [model_fingerprint(m) for m in members],
-        "base": model_fingerprint(base),
-        "method": method,
-        "options": merge_options,
-        "seed": seed,
-    }
-    seen, unique = set(), []
-    for c in cands:
-        c["id"] = _candidate_id(c, identity)
-        if c["id"] not in seen:
-            seen.add(c["id"])
-            unique.append(c)
-    cands = unique
+class _Search:
+    """One weight search: its inputs, checked, and its steps (the seams of :func:`search_weights`):
+    :meth:`candidates`, :meth:`score` on the dev sets, :meth:`keep_only` the chosen merge,
+    :meth:`report`."""
 
-    os.makedirs(out_folder, exist_ok=True)
-    eval_folder = os.path.join(out_folder, "eval")
-    json_path = os.path.join(out_folder, "search.json")
-    eval_key = _digest(
-        {
-            "sets": {s: file_fingerprint(m) for s, m in all_sets.items()},
-            "eval": {k: v for k, v in eval_kwargs.items() if k != "progress"},
+    def __init__(self, members, base, dev_sets, forgetting_sets, out_folder, settings):
+        self.members = [os.path.abspath(os.fspath(m)) for m in members]
+        self.base = os.path.abspath(os.fspath(base))
+        self.dev_sets = collections.OrderedDict(dev_sets)
+        self.forgetting_sets = collections.OrderedDict(forgetting_sets or {})
+        objective = settings.objective
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+        if objective == "constrained" and (settings.max_forgetting is None or not self.forgetting_sets):
+            raise ValueError('objective "constrained" needs max_forgetting and forgetting_sets')
+        if not self.dev_sets:
+            raise ValueError("no dev sets to search on")
+        both = set(self.dev_sets) & set(self.forgetting_sets)
+        if both:
+            raise ValueError(f"set names {sorted(both)} are both dev and forgetting sets")
+        self.all_sets = collections.OrderedDict(list(self.dev_sets.items()) + list(self.forgetting_sets.items()))
+        self.settings = settings
+        self.eval_kwargs = dict(settings.eval_kwargs or {})
+        self.eval_kwargs.setdefault("progress", settings.progress)
+        self.merge_options = dict(settings.merge_options or {})
+        self.out_folder = out_folder
+        self.eval_folder = os.path.join(out_folder, "eval")
+        self.json_path = os.path.join(out_folder, "search.json")
+        self.eval_key = None
+
+    def candidates(self):
+        """The candidates (default or given), each with its ``id``; repeated ones dropped."""
+        from aode.reuse import model_fingerprint
+
+        s = self.settings
+        if s.candidates is None:
+            cands = candidate_weights(len(self.members), s.n_random, s.seed, s.include_base_choices)
+        else:
+            cands = _normalise_candidates(s.candidates, len(self.members))
+        # Candidates are named by what they are made from: the members' and the base's weights by
+        # content, so a retrained expert at the same path makes new candidates, never reuses old ones.
+        identity = {
+            "members": [model_fingerprint(m) for m in self.members],
+            "base": model_fingerprint(self.base),
+            "method": s.method,
+            "options": self.merge_options,
+            "seed": s.seed,
         }
-    )
-    previous = _previous_scores(json_path, eval_key)
+        seen, unique = set(), []
+        for c in cands:
+            c["id"] = _candidate_id(c, identity)
+            if c["id"] not in seen:
+                seen.add(c["id"])
+                unique.append(c)
+        return unique
 
-    base_wer = evaluate_models({BASE_NAME: base}, all_sets, eval_folder, **eval_kwargs)[BASE_NAME]
+    def score(self, cands):
+        """Merge and evaluate every candidate (or reuse its scores of an earlier search.json);
+        sets each one's ``folder``, ``wer``, ``average`` and ``forgetting``. Returns the
+        original's WERs."""
+        from aode.evaluate import evaluate_models
+        from aode.reuse import file_fingerprint
 
-    def merge(c):
+        os.makedirs(self.out_folder, exist_ok=True)
+        self.eval_key = _digest(
+            {
+                "sets": {s: file_fingerprint(m) for s, m in self.all_sets.items()},
+                "eval": {k: v for k, v in self.eval_kwargs.items() if k != "progress"},
+            }
+        )
+        previous = _previous_scores(self.json_path, self.eval_key)
+        base_wer = self._evaluate(evaluate_models, BASE_NAME, self.base)
+        for k, c in enumerate(cands):
+            folder = self._folder(c)
+            if c["id"] in previous and not os.path.isdir(folder):
+                c["wer"] = previous[c["id"]]  # deleted with keep_merges=False, scored before
+            else:
+                folder = self.merge(c)
+                c["wer"] = self._evaluate(evaluate_models, c["id"], folder)
+            c["folder"] = folder
+            c["average"] = self._average(c["wer"])
+            c["forgetting"] = _forgetting(c["wer"], base_wer, list(self.forgetting_sets))
+            logger.info(
+                "search %d/%d %s: Average %.2f, Forgetting %s",
+                k + 1,
+                len(cands),
+                c["label"],
+                c["average"],
+                c["forgetting"],
+            )
+        return base_wer
+
+    def _evaluate(self, evaluate_models, name, folder):
+        return evaluate_models({name: folder}, self.all_sets, self.eval_folder, **self.eval_kwargs)[name]
+
+    def _average(self, wer):
+        return sum(wer[s] for s in self.all_sets) / len(self.all_sets)
+
+    def _folder(self, c):
+        return os.path.join(self.out_folder, "candidates", c["id"])
+
+    def merge(self, c):
+        """Candidate ``c``'s merged folder, merged unless it is there already."""
         from aode.merge import merge_models
 
-        folder = os.path.join(out_folder, "candidates", c["id"])
+        folder = self._folder(c)
         if not os.path.isfile(os.path.join(folder, "config.json")):
             logger.info(
                 "search: merging candidate %s (weights %s%s)",
@@ -360,32 +448,63 @@ def search_weights(
             if os.path.exists(folder):  # an incomplete folder from elsewhere
                 shutil.rmtree(folder)
             merge_models(
-                members,
+                self.members,
                 folder,
-                method=method,
+                method=self.settings.method,
                 weights=c["weights"],
-                base=base,
+                base=self.base,
                 include_base=c["include_base"],
-                options=merge_options,
-                seed=seed,
-                progress=progress,
+                options=self.merge_options,
+                seed=self.settings.seed,
+                progress=self.settings.progress,
             )
         return folder
 
-    for k, c in enumerate(cands):
-        folder = os.path.join(out_folder, "candidates", c["id"])
-        if c["id"] in previous and not os.path.isdir(folder):
-            c["wer"] = previous[c["id"]]  # deleted with keep_merges=False, scored before
-        else:
-            folder = merge(c)
-            c["wer"] = evaluate_models({c["id"]: folder}, all_sets, eval_folder, **eval_kwargs)[c["id"]]
-        c["folder"] = folder
-        c["average"] = sum(c["wer"][s] for s in all_sets) / len(all_sets)
-        c["forgetting"] = _forgetting(c["wer"], base_wer, list(forgetting_sets))
-        logger.info(
-            "search %d/%d %s: Average %.2f, Forgetting %s", k + 1, len(cands), c["label"], c["average"], c["forgetting"]
+    def keep_only(self, cands, winner):
+        """The chosen merge on disk (merged again if it was deleted since it was scored); with
+        ``keep_merges=False`` the other candidates' folders deleted."""
+        if not os.path.isfile(os.path.join(winner["folder"], "config.json")):
+            winner["folder"] = self.merge(winner)  # scored earlier, its folder deleted since
+        if not self.settings.keep_merges:
+            for c in cands:
+                if not c["chosen"] and os.path.isdir(c["folder"]):
+                    shutil.rmtree(c["folder"])
+
+    def report(self, cands, winner, met, base_wer):
+        """search.json, search.png and a line on stdout."""
+        s = self.settings
+        result = {
+            "method": s.method,
+            "merge_options": self.merge_options,
+            "objective": s.objective,
+            "max_forgetting": s.max_forgetting,
+            "constraint_met": met,
+            "note": None
+            if met is not False
+            else f"no candidate met Forgetting % <= {s.max_forgetting}; chose the lowest Forgetting %",
+            "members": self.members,
+            "base": self.base,
+            "dev_sets": dict(self.dev_sets),
+            "forgetting_sets": dict(self.forgetting_sets),
+            "eval_key": self.eval_key,
+            "base_wer": base_wer,
+            "base_average": self._average(base_wer),
+            "chosen": winner["id"],
+            "candidates": [{k: c.get(k) for k in RECORDED} for c in cands],
+        }
+        atomic_write_json(self.json_path, result, indent=1)
+        plot_search(result, os.path.join(self.out_folder, "search.png"))
+        print(
+            f"[aode] weight search ({s.method}, {s.objective}): chose {winner['label']} "
+            f"(weights {winner['weights']}{', with the original' if winner['include_base'] else ''}): "
+            f"dev Average {winner['average']:.2f}, Forgetting {winner['forgetting']}",
+            flush=True,
         )
 
+
+def _choose(cands, objective, max_forgetting):
+    """``(index, constraint_met)`` of the chosen candidate (:func:`select_candidate`, with a
+    warning when no candidate meets the bound); marks each candidate's ``pareto`` and ``chosen``."""
     chosen, met = select_candidate(cands, objective, max_forgetting)
     if met is False:
         logger.warning(
@@ -398,57 +517,4 @@ def search_weights(
     for i, c in enumerate(cands):
         c["pareto"] = i in front
         c["chosen"] = i == chosen
-    winner = cands[chosen]
-    if not os.path.isfile(os.path.join(winner["folder"], "config.json")):
-        winner["folder"] = merge(winner)  # scored earlier, its folder deleted since
-    if not keep_merges:
-        for c in cands:
-            if not c["chosen"] and os.path.isdir(c["folder"]):
-                shutil.rmtree(c["folder"])
-    winner["constraint_met"] = met
-
-    result = {
-        "method": method,
-        "merge_options": merge_options,
-        "objective": objective,
-        "max_forgetting": max_forgetting,
-        "constraint_met": met,
-        "note": None
-        if met is not False
-        else f"no candidate met Forgetting % <= {max_forgetting}; chose the lowest Forgetting %",
-        "members": members,
-        "base": base,
-        "dev_sets": dict(dev_sets),
-        "forgetting_sets": dict(forgetting_sets),
-        "eval_key": eval_key,
-        "base_wer": base_wer,
-        "base_average": sum(base_wer[s] for s in all_sets) / len(all_sets),
-        "chosen": winner["id"],
-        "candidates": [
-            {
-                k: c.get(k)
-                for k in (
-                    "id",
-                    "label",
-                    "weights",
-                    "include_base",
-                    "folder",
-                    "wer",
-                    "average",
-                    "forgetting",
-                    "pareto",
-                    "chosen",
-                )
-            }
-            for c in cands
-        ],
-    }
-    atomic_write_json(json_path, result, indent=1)
-    plot_search(result, os.path.join(out_folder, "search.png"))
-    print(
-        f"[aode] weight search ({method}, {objective}): chose {winner['label']} "
-        f"(weights {winner['weights']}{', with the original' if winner['include_base'] else ''}): "
-        f"dev Average {winner['average']:.2f}, Forgetting {winner['forgetting']}",
-        flush=True,
-    )
-    return dict(winner)
+    return chosen, met
