@@ -16,7 +16,7 @@ one file.
 """
 
 from .registry import available_methods, get_method, get_spec, load_methods, register  # noqa: I001
-from .driver import MergeError, MergePlan, merge_models, tensor_seed
+from .driver import MergeError, MergePlan, MergeRun, merge_models, tensor_seed
 from .averager import as_averager
 from aode.fisher_file import save_fisher
 from aode.config import provide_merge_methods
@@ -26,6 +26,7 @@ __all__ = [
     "merge_models",
     "as_averager",
     "MergePlan",
+    "MergeRun",
     "MergeError",
     "register",
     "get_method",

@@ -53,7 +53,7 @@ from .write import safetensors_layout
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["merge_models", "MergePlan", "tensor_seed", "MergeError"]
+__all__ = ["merge_models", "MergePlan", "MergeRun", "tensor_seed", "MergeError"]
 
 RUNNING_STATISTICS = ("running_mean", "running_var")
 PathLike = str | os.PathLike
@@ -215,6 +215,52 @@ def _torch_threads(num_threads):
         torch.set_num_threads(saved)
 
 
+@dataclass(frozen=True)
+class MergeRun:
+    """How :func:`merge_models` runs a merge, not what it merges (that is :class:`MergePlan`):
+    its keyword arguments after ``seed``, checked when made.
+
+    * ``progress``: show a tqdm bar over tensors.
+    * ``overwrite``: replace an existing ``output``.
+    * ``max_chunk_bytes``: read buffers hold at most this many bytes over all inputs and all
+      pieces read ahead: element-wise methods get large tensors in slices of
+      ``max_chunk_bytes / (inputs x (read_ahead + 1))`` bytes per input (the default keeps
+      them within a CPU's last-level cache while they are merged); other methods get whole
+      tensors (then memory is about one tensor per member, e.g. N x 160 MB for Whisper
+      small's token embedding).
+    * ``num_threads``: torch intra-op threads during the merge (restored afterwards); None
+      keeps the current setting. The default 1 is deliberate: the work is thousands of small
+      cache-sized slices, which gain nothing from threads, and on a busy machine OpenMP's
+      per-op barriers made 2 threads 10x slower than 1 (bench/RESULTS.md, "Merge").
+    * ``read_ahead``: pieces (slices or tensors) read ahead on a background thread while the
+      current one is merged and written; 0 reads them in the calling thread. The result is
+      the same either way (the same operations on the same values).
+    * ``extra_provenance``: entries added to (or replacing) the merged folder's ``aode.json``
+      (a whole-model method records what it learnt there).
+    """
+
+    progress: bool = True
+    overwrite: bool = False
+    max_chunk_bytes: int = 16 * 2**20
+    num_threads: int | None = 1
+    read_ahead: int = 2
+    extra_provenance: dict | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.read_ahead, int) or self.read_ahead < 0:
+            raise ValueError(f"read_ahead must be a non-negative integer (pieces read ahead), got {self.read_ahead!r}")
+
+    def whole_model_kwargs(self) -> dict:
+        """The keywords a whole-model method gets besides the plan and the output."""
+        return {
+            "progress": self.progress,
+            "overwrite": self.overwrite,
+            "max_chunk_bytes": self.max_chunk_bytes,
+            "num_threads": self.num_threads,
+            "extra_provenance": self.extra_provenance,
+        }
+
+
 def merge_models(
     members: Sequence[PathLike],
     output: PathLike,
@@ -225,17 +271,12 @@ def merge_models(
     weight_rules: Sequence[tuple[str, Sequence[float]]] | None = None,
     options: dict | None = None,
     seed: int = 0,
-    progress: bool = True,
-    overwrite: bool = False,
-    max_chunk_bytes: int = 16 * 2**20,
-    num_threads: int | None = 1,
-    read_ahead: int = 2,
-    extra_provenance: dict | None = None,
+    **run: Any,
 ) -> str:
     """Merge model folders into the model folder ``output`` (AoDE, paper III-C).
 
     The arguments from ``members`` to ``seed`` say what to merge (checked and grouped by
-    :class:`MergePlan`); the others how to run it.
+    :class:`MergePlan`); the keywords ``run`` how to run it (:class:`MergeRun`).
 
     Args:
         members: model folders (or peft LoRA adapter folders, folded on the fly).
@@ -253,53 +294,32 @@ def merge_models(
             pattern matching a tensor gives its weights, else ``weights``.
         options: the method's keyword options (e.g. ``{"density": 0.2, "lam": 1.0}``).
         seed: seeds each tensor's generator together with the tensor name.
-        progress: show a tqdm bar over tensors.
-        overwrite: replace an existing ``output``.
-        max_chunk_bytes: read buffers hold at most this many bytes over all inputs and
-            all pieces read ahead: element-wise methods get large tensors in slices of
-            ``max_chunk_bytes / (inputs x (read_ahead + 1))`` bytes per input (the default
-            keeps them within a CPU's last-level cache while they are merged); other methods get whole
-            tensors (then memory is about one tensor per member, e.g. N x 160 MB for
-            Whisper small's token embedding).
-        num_threads: torch intra-op threads during the merge (restored afterwards); None
-            keeps the current setting. The default 1 is deliberate: the work is thousands
-            of small cache-sized slices, which gain nothing from threads, and on a busy
-            machine OpenMP's per-op barriers made 2 threads 10x slower than 1
-            (bench/RESULTS.md, "Merge").
-        read_ahead: pieces (slices or tensors) read ahead on a background thread while
-            the current one is merged and written; 0 reads them in the calling thread.
-            The result is the same either way (the same operations on the same values).
-        extra_provenance: entries added to (or replacing) the merged folder's ``aode.json``
-            (a whole-model method records what it learnt there).
+        run: the keywords of :class:`MergeRun`: ``progress``, ``overwrite``,
+            ``max_chunk_bytes``, ``num_threads``, ``read_ahead``, ``extra_provenance``.
 
     Returns the output folder path.
     """
     plan = MergePlan(members, method, weights, base, include_base, weight_rules, options, seed)
-    if not isinstance(read_ahead, int) or read_ahead < 0:
-        raise ValueError(f"read_ahead must be a non-negative integer (pieces read ahead), got {read_ahead!r}")
+    how = MergeRun(**run)
     if plan.spec.whole_model:
-        return plan.spec.fn(
-            plan,
-            output,
-            progress=progress,
-            overwrite=overwrite,
-            max_chunk_bytes=max_chunk_bytes,
-            num_threads=num_threads,
-            extra_provenance=extra_provenance,
-        )
+        return plan.spec.fn(plan, output, **how.whole_model_kwargs())
     output = os.path.abspath(os.fspath(output))
     start_time = time.time()
     # The members are opened and checked first: a merge they refuse leaves no output folder behind.
-    with _torch_threads(num_threads), _Inputs(plan) as sources, atomic_folder(output, overwrite=overwrite) as tmp:
-        _write_weights(plan, sources, os.path.join(tmp, "model.safetensors"), progress, max_chunk_bytes, read_ahead)
+    with (
+        _torch_threads(how.num_threads),
+        _Inputs(plan) as sources,
+        atomic_folder(output, overwrite=how.overwrite) as tmp,
+    ):
+        _write_weights(plan, sources, os.path.join(tmp, "model.safetensors"), how)
         _write_folder_files(tmp, sources)
-        write_provenance(tmp, {**plan.provenance(), **(extra_provenance or {})})
+        write_provenance(tmp, {**plan.provenance(), **(how.extra_provenance or {})})
         write_model_card(tmp)  # README.md from aode.json, before the rename
     logger.info("merged %s in %.1f s", output, time.time() - start_time)
     return output
 
 
-def _write_weights(plan, sources, path, progress, max_chunk_bytes, read_ahead):
+def _write_weights(plan, sources, path, how):
     inputs = sources.inputs
     entries = safetensors_layout([(n, i.dtype, tuple(i.shape)) for n, i in inputs[0].infos.items()])
     logger.info(
@@ -311,12 +331,12 @@ def _write_weights(plan, sources, path, progress, max_chunk_bytes, read_ahead):
     )
     # max_chunk_bytes bounds every read buffer together: read_ahead + 1 sets, one buffer
     # per source in each.
-    slot_bytes = max(4096, max_chunk_bytes // (sources.n_read * (read_ahead + 1)))
+    slot_bytes = max(4096, how.max_chunk_bytes // (sources.n_read * (how.read_ahead + 1)))
     pieces = list(_pieces(entries, plan, sources, slot_bytes))
     writer = SafetensorsWriter(path, entries, metadata={"format": "pt"})
-    bar = tqdm(total=len(entries), disable=not progress, unit="tensor", desc=f"merge ({plan.spec.name})")
+    bar = tqdm(total=len(entries), disable=not how.progress, unit="tensor", desc=f"merge ({plan.spec.name})")
     reads = _ReadAhead(
-        pieces, lambda piece, scratch: _read_piece(piece, plan, sources, scratch), read_ahead, slot_bytes
+        pieces, lambda piece, scratch: _read_piece(piece, plan, sources, scratch), how.read_ahead, slot_bytes
     )
     try:
         with bar, reads:
