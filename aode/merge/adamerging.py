@@ -51,16 +51,26 @@ whisper-small experts), Adam's two moments of the coefficients (negligible), and
 activations and gradients through the model (as in training).
 """
 
+from __future__ import annotations
+
 import logging
 import math
 import os
 import random
 import time
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from .registry import register
+
+if TYPE_CHECKING:
+    from .driver import MergePlan
+    from .driver import MergeRun
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +92,7 @@ DEFAULTS = {
 }
 
 
-def check_options(options):
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The options with defaults applied; a ValueError naming a bad or unknown one."""
     from aode.config import known_names
 
@@ -168,7 +178,9 @@ def _endless_batches(manifest, asr, batch_size, seed, n_utterances, max_duration
             yield sb.dataio.batch.PaddedBatch([dataset[i] for i in ids[start : start + batch_size]])
 
 
-def learn_coefficients(members, base, data, seed=0, **options):
+def learn_coefficients(
+    members: Sequence[str], base: str, data: Any, seed: int = 0, **options: Any
+) -> tuple[dict[str, list[float]], dict]:
     """Learn AdaMerging's layer-wise coefficients (module docstring).
 
     Returns ``(coefficients, trace)``: ``{stored tensor name: [lam_1, ..., lam_N]}`` (clamped
@@ -262,9 +274,10 @@ def _merged_parameters(params, deltas, names, lam):
     needs_data=True,
     options={**DEFAULTS, "data": None},
 )
-def adamerge(plan, output, progress=True, overwrite=False, extra_provenance=None, **driver_kwargs):
+def adamerge(plan: MergePlan, output: str | os.PathLike, run: MergeRun) -> str:
     """Learn the coefficients, then merge with them (module docstring). ``plan``: the
-    :class:`~aode.merge.driver.MergePlan` (its options hold AdaMerging's)."""
+    :class:`~aode.merge.driver.MergePlan` (its options hold AdaMerging's); ``run``: how to run
+    the merge (:class:`~aode.merge.driver.MergeRun`)."""
     from .driver import merge_models
 
     if plan.include_base:
@@ -273,7 +286,7 @@ def adamerge(plan, output, progress=True, overwrite=False, extra_provenance=None
             "the starting point (include_original must be False)"
         )
     options = dict(plan.options)
-    options.setdefault("progress", progress)
+    options.setdefault("progress", run.progress)
     coefficients, trace = learn_coefficients(plan.members, plan.base, seed=plan.seed, **options)
     rules = [[name, values] for name, values in coefficients.items()]
     record = {
@@ -297,8 +310,5 @@ def adamerge(plan, output, progress=True, overwrite=False, extra_provenance=None
         weight_rules=rules,
         options={"lam": 1.0},
         seed=plan.seed,
-        progress=progress,
-        overwrite=overwrite,
-        extra_provenance={**(extra_provenance or {}), "method": "adamerging", "adamerging": record},
-        **driver_kwargs,
+        **run.keywords(method="adamerging", adamerging=record),
     )

@@ -97,8 +97,16 @@ def _masked_deltas(tensors, base, density, gamma, rescale):
 
 @register("breadcrumbs", display_name="Model Breadcrumbs", **REGISTRATION)
 def breadcrumbs(
-    tensors, weights, base, generator=None, density=1.0, gamma=0.01, lam=1.0, normalize=False, rescale=False
-):
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+    density: float = 1.0,
+    gamma: float = 0.01,
+    lam: float = 1.0,
+    normalize: bool = False,
+    rescale: bool = False,
+) -> torch.Tensor:
     """Model Breadcrumbs: drop outliers and small entries of each task vector, then add them."""
     require_base(base, "breadcrumbs")
     acc = weighted_delta_sum(_masked_deltas(tensors, base, density, gamma, rescale), weights)
@@ -109,8 +117,16 @@ def breadcrumbs(
 
 @register("breadcrumbs_ties", display_name="Model Breadcrumbs + TIES", **REGISTRATION)
 def breadcrumbs_ties(
-    tensors, weights, base, generator=None, density=1.0, gamma=0.01, lam=1.0, normalize=False, rescale=False
-):
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+    density: float = 1.0,
+    gamma: float = 0.01,
+    lam: float = 1.0,
+    normalize: bool = False,
+    rescale: bool = False,
+) -> torch.Tensor:
     """Model Breadcrumbs masks + TIES sign election and (``normalize``) disjoint mean."""
     require_base(base, "breadcrumbs_ties")
     deltas = _masked_deltas(tensors, base, density, gamma, rescale)

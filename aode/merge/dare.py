@@ -85,7 +85,15 @@ REGISTRATION = dict(reference=DARE_PAPER, needs_base=True, checks={"density": fr
         notes=_mask_note,
     ),
 )
-def dare_linear(tensors, weights, base, generator=None, density=0.5, lam=1.0, rescale=True):
+def dare_linear(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+    density: float = 0.5,
+    lam: float = 1.0,
+    rescale: bool = True,
+) -> torch.Tensor:
     """DARE + task arithmetic: ``theta_0 + lam * sum_i w_i DARE(theta_i - theta_0)``."""
     require_base(base, "dare_linear")
     deltas = [drop_and_rescale(t - base, density, generator, rescale) for t in tensors]
@@ -98,7 +106,16 @@ def dare_linear(tensors, weights, base, generator=None, density=0.5, lam=1.0, re
     **REGISTRATION,
     mergekit=gta_mergekit("density", "lam", "rescale", "normalize", normalize=False, rescale=True, notes=_mask_note),
 )
-def dare_ties(tensors, weights, base, generator=None, density=0.5, lam=1.0, rescale=True, normalize=True):
+def dare_ties(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+    density: float = 0.5,
+    lam: float = 1.0,
+    rescale: bool = True,
+    normalize: bool = True,
+) -> torch.Tensor:
     """DARE + TIES: drop and rescale each task vector, then sign election + disjoint mean."""
     require_base(base, "dare_ties")
     deltas = [drop_and_rescale(t - base, density, generator, rescale) for t in tensors]

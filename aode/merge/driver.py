@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -250,15 +251,12 @@ class MergeRun:
         if not isinstance(self.read_ahead, int) or self.read_ahead < 0:
             raise ValueError(f"read_ahead must be a non-negative integer (pieces read ahead), got {self.read_ahead!r}")
 
-    def whole_model_kwargs(self) -> dict:
-        """The keywords a whole-model method gets besides the plan and the output."""
-        return {
-            "progress": self.progress,
-            "overwrite": self.overwrite,
-            "max_chunk_bytes": self.max_chunk_bytes,
-            "num_threads": self.num_threads,
-            "extra_provenance": self.extra_provenance,
-        }
+    def keywords(self, **provenance: Any) -> dict:
+        """This run as :func:`merge_models` keywords, ``provenance`` added to its
+        ``extra_provenance``: how a whole-model method runs the merge it ends with."""
+        keywords = {f.name: getattr(self, f.name) for f in fields(self)}
+        keywords["extra_provenance"] = {**(self.extra_provenance or {}), **provenance}
+        return keywords
 
 
 def merge_models(
@@ -302,7 +300,7 @@ def merge_models(
     plan = MergePlan(members, method, weights, base, include_base, weight_rules, options, seed)
     how = MergeRun(**run)
     if plan.spec.whole_model:
-        return plan.spec.fn(plan, output, **how.whole_model_kwargs())
+        return plan.spec.fn(plan, output, how)
     output = os.path.abspath(os.fspath(output))
     start_time = time.time()
     # The members are opened and checked first: a merge they refuse leaves no output folder behind.

@@ -25,12 +25,22 @@ def _extreme(tensors, largest):
 
 
 @register("most_extreme", display_name="Most extreme", reference=f"{AODE_PAPER}, Table IV", elementwise=True)
-def most_extreme(tensors, weights=None, base=None, generator=None):
+def most_extreme(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor | None = None,
+    base: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Table IV "most extreme": per element the member value of largest magnitude."""
     return _extreme(tensors, largest=True)
 
 
 @register("least_extreme", display_name="Least extreme", reference=f"{AODE_PAPER}, Table IV", elementwise=True)
-def least_extreme(tensors, weights=None, base=None, generator=None):
+def least_extreme(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor | None = None,
+    base: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Table IV "least extreme": per element the member value of smallest magnitude."""
     return _extreme(tensors, largest=False)

@@ -61,7 +61,14 @@ def _setup(member_dirs, options):
     options={"fisher_files": None},
     aligned=("fishers",),
 )
-def fisher(tensors, weights, base=None, generator=None, fishers=None, eps=1e-6):
+def fisher(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    fishers: list[torch.Tensor | None] | None = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
     """Fisher merging: ``sum_i w_i F_i theta_i / sum_i w_i F_i`` (F floored at ``eps``)."""
     if fishers is None or any(f is None for f in fishers):
         return weighted_average(tensors, weights)

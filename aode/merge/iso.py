@@ -135,7 +135,15 @@ def iso_cts_matrices(
 
 
 @register("iso_c", display_name="Iso-C", reference=PAPER, needs_base=True, checks=SUBSPACE_CHECKS)
-def iso_c(tensors, weights, base, generator=None, alpha=1.0, reshape_conv=False, device=None):
+def iso_c(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+    alpha: float = 1.0,
+    reshape_conv: bool = False,
+    device: str | None = None,
+) -> torch.Tensor:
     """Iso-C (Marczak et al., ICML 2025): the task-arithmetic sum with a flat spectrum.
     Options ``alpha`` (1.0), ``reshape_conv`` (False), ``device`` (None); see the module docstring."""
     return subspace_merge(tensors, weights, base, "iso_c", alpha, reshape_conv, iso_c_matrices, device)
@@ -149,15 +157,15 @@ def iso_c(tensors, weights, base, generator=None, alpha=1.0, reshape_conv=False,
     checks={**SUBSPACE_CHECKS, "common_space_fraction": interval(0, 1)},
 )
 def iso_cts(
-    tensors,
-    weights,
-    base,
-    generator=None,
-    alpha=1.0,
-    common_space_fraction=DEFAULT_COMMON_SPACE_FRACTION,
-    reshape_conv=False,
-    device=None,
-):
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+    alpha: float = 1.0,
+    common_space_fraction: float = DEFAULT_COMMON_SPACE_FRACTION,
+    reshape_conv: bool = False,
+    device: str | None = None,
+) -> torch.Tensor:
     """Iso-CTS (Marczak et al., ICML 2025): common plus task-specific subspaces, flat spectrum.
     Options ``alpha`` (1.0), ``common_space_fraction`` (0.8), ``reshape_conv`` (False), ``device``."""
     f = common_space_fraction

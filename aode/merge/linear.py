@@ -75,7 +75,13 @@ def weighted_sum(tensors: list[torch.Tensor], weights: torch.Tensor) -> torch.Te
         base_model="member",
     ),
 )
-def average(tensors, weights, base=None, generator=None, normalize=True):
+def average(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    normalize: bool = True,
+) -> torch.Tensor:
     """AoDE (paper III-C): the weighted element-wise mean ``sum_i w_i theta_i / sum_i w_i``.
 
     Option ``normalize`` (True; False: the unnormalised ``sum_i w_i theta_i``, mergekit's

@@ -53,7 +53,12 @@ def stock_ratio(deltas: list[torch.Tensor]) -> torch.Tensor:
         refused={"filter_wise": "(ours: one ratio per tensor)"},
     ),
 )
-def model_stock(tensors, weights, base, generator=None):
+def model_stock(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Model Stock: ``t * mean(theta_i) + (1 - t) * theta_0``, ``t`` from the mean cosine."""
     require_base(base, "model_stock")
     if len(tensors) < 2:

@@ -24,6 +24,7 @@ import re
 import struct
 import threading
 from collections import namedtuple
+from collections.abc import Sequence
 
 import torch
 
@@ -68,12 +69,12 @@ TensorInfo = namedtuple("TensorInfo", ["dtype", "shape"])
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-def shape_numel(shape):
+def shape_numel(shape: Sequence[int]) -> int:
     """Number of elements of a tensor of this shape."""
     return math.prod(shape)
 
 
-def dtype_itemsize(dtype):
+def dtype_itemsize(dtype: torch.dtype) -> int:
     """Bytes per element of ``dtype``."""
     return dtype.itemsize
 
@@ -128,18 +129,20 @@ class SafetensorsFile:
         self._file = None
         self._open_lock = threading.Lock()
 
-    def keys(self):
+    def keys(self) -> list[str]:
         """Tensor names in file order."""
         return list(self._order)
 
     def __contains__(self, name):
         return name in self._entries
 
-    def info(self, name):
+    def info(self, name: str) -> TensorInfo:
         dtype, shape, _ = self._entries[name]
         return TensorInfo(dtype, shape)
 
-    def read(self, name, start=None, stop=None, buffer=None):
+    def read(
+        self, name: str, start: int | None = None, stop: int | None = None, buffer: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The tensor ``name``; with ``start``/``stop``, that range of its flattened elements.
 
         ``buffer``: an optional uint8 tensor to read into when it is large enough (the
@@ -168,7 +171,7 @@ class SafetensorsFile:
                 self._file = open(self.path, "rb", buffering=0)
             return self._file.fileno()
 
-    def close(self):
+    def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -194,12 +197,14 @@ class ModelSource:
         self.infos = {}
         self.model_folder = path  # where config.json / processor files live
 
-    def read(self, name, start=None, stop=None, buffer=None):
+    def read(
+        self, name: str, start: int | None = None, stop: int | None = None, buffer: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Tensor ``name`` (or elements [start, stop) of it, flattened); ``buffer``: an
         optional uint8 scratch tensor the source may read into (the result may be a view)."""
         raise NotImplementedError
 
-    def close(self):
+    def close(self) -> None:
         pass
 
 
@@ -215,10 +220,12 @@ class SafetensorsSource(ModelSource):
                 self._where[name] = sf
                 self.infos[name] = sf.info(name)
 
-    def read(self, name, start=None, stop=None, buffer=None):
+    def read(
+        self, name: str, start: int | None = None, stop: int | None = None, buffer: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self._where[name].read(name, start, stop, buffer)
 
-    def close(self):
+    def close(self) -> None:
         for sf in self.files:
             sf.close()
 
@@ -242,7 +249,9 @@ class StateDictSource(ModelSource):
                 self.state[name] = t
         self.infos = {n: TensorInfo(t.dtype, tuple(t.shape)) for n, t in self.state.items()}
 
-    def read(self, name, start=None, stop=None, buffer=None):
+    def read(
+        self, name: str, start: int | None = None, stop: int | None = None, buffer: torch.Tensor | None = None
+    ) -> torch.Tensor:
         t = self.state[name]
         if start is None and stop is None:
             return t
@@ -367,7 +376,9 @@ class LoraSource(ModelSource):
             self._cache = (name, d)
         return cached
 
-    def read(self, name, start=None, stop=None, buffer=None):
+    def read(
+        self, name: str, start: int | None = None, stop: int | None = None, buffer: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if name in self.replaced:
             t = self.replaced[name]
             return t if start is None and stop is None else t.reshape(-1)[start:stop]
@@ -379,11 +390,11 @@ class LoraSource(ModelSource):
             d = d.reshape(-1)[start:stop]
         return base.float() + d
 
-    def close(self):
+    def close(self) -> None:
         self.base.close()
 
 
-def open_model(path, label=None):
+def open_model(path: str | os.PathLike, label: str | None = None) -> ModelSource:
     """A model folder, LoRA adapter folder or hub id (resolved through the Hugging Face cache
     as ``from_pretrained`` does) as a :class:`ModelSource`."""
     from aode.models import resolve_model_folder

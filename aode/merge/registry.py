@@ -28,8 +28,8 @@ know about them:
   the output only and look for the culprit member when it fails (saves a pass per input);
 * ``min_members`` / ``max_members``: how many members the method accepts;
 * ``whole_model``: the method is no per-tensor function but a whole-model procedure
-  ``fn(plan, output, progress=..., overwrite=..., **driver_kwargs)`` that receives the checked
-  :class:`~aode.merge.driver.MergePlan` and writes ``output`` itself (AdaMerging learns
+  ``fn(plan, output, run)`` that receives the checked :class:`~aode.merge.driver.MergePlan`
+  and :class:`~aode.merge.driver.MergeRun` and writes ``output`` itself (AdaMerging learns
   coefficients on data, then calls the driver);
 * ``statistics``: the kind of per-member statistics file the method reads (``"fisher"``,
   ``"gram"``; :mod:`aode.merge.inputs` computes missing ones from each member's data);
@@ -45,7 +45,7 @@ know about them:
   method as ``kwarg=[tensor or None per member]`` (used by Fisher merging);
 * ``options``: ``{name: default}`` of the options the method takes besides its function's
   keyword arguments: those its ``setup`` hook consumes (``fisher_files``), or every option of
-  a whole-model method (its function takes ``**driver_kwargs``);
+  a whole-model method (its function takes none);
 * ``aligned``: the function's keyword arguments that ``setup`` fills (``fishers``): not
   options a user gives;
 * ``display_name`` and ``reference``: the method's name in tables and the paper it comes

@@ -232,7 +232,15 @@ def regmean_linear(
     aligned=("grams",),
     checks=CHECKS,
 )
-def regmean(tensors, weights, base=None, generator=None, grams=None, alpha=DEFAULT_ALPHA, ridge=DEFAULT_RIDGE):
+def regmean(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    grams: list[torch.Tensor | None] | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    ridge: float = DEFAULT_RIDGE,
+) -> torch.Tensor:
     """RegMean (module docstring): the closed-form merge of each Linear weight from the
     members' Gram matrices; every other tensor the plain weighted average."""
     if grams is None or all(g is None for g in grams) or tensors[0].dim() != 2:

@@ -84,7 +84,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -98,6 +100,10 @@ from .regmean import regmean_linear
 
 if TYPE_CHECKING:
     from aode.models import ASRModel
+
+    from .driver import MergePlan
+    from .driver import MergeRun
+    from .driver import _Inputs
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +126,7 @@ class _Stop(Exception):
     """Raised by a pre-hook on the next group's first Linear: group g has seen its inputs."""
 
 
-def check_options(options, n_inputs):
+def check_options(options: Mapping[str, Any], n_inputs: int) -> dict[str, Any]:
     """The options with defaults applied; a ValueError naming a bad or unknown one."""
     from aode.config import known_names
 
@@ -238,7 +244,9 @@ def _group_grams(asr, modules, group_linears, stop_linears, batches, device):
     return grams, {m: hooks.frames[m] for m in group_linears}
 
 
-def progressive_merge(plan, options, gram_dir, sources=None):
+def progressive_merge(
+    plan: MergePlan, options: dict[str, Any], gram_dir: str, sources: _Inputs | None = None
+) -> tuple[list[str], dict[str, torch.Tensor], dict]:
     """RegMean++'s Grams, group by group on the progressively merged model (module docstring).
 
     ``plan``: the :class:`~aode.merge.driver.MergePlan`; ``options``: checked
@@ -400,17 +408,17 @@ def _check_plan(plan):
     needs_member_data=True,
     options={**DEFAULTS, "member_manifests": None},
 )
-def regmean_pp(plan, output, progress=True, overwrite=False, extra_provenance=None, **driver_kwargs):
+def regmean_pp(plan: MergePlan, output: str | os.PathLike, run: MergeRun) -> str:
     """RegMean++ (module docstring): Grams from the progressively merged model, then RegMean's
     merge (:func:`aode.merge.merge_models` with ``method="regmean"``) writes ``output``."""
     from .driver import _Inputs
     from .driver import merge_models
 
     options = dict(plan.options)
-    options.setdefault("progress", progress)
+    options.setdefault("progress", run.progress)
     options = check_options(options, plan.n_inputs)
     output = os.path.abspath(os.fspath(output))
-    if os.path.exists(output) and not overwrite:
+    if os.path.exists(output) and not run.overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True to replace it")
     parent = os.path.dirname(output)
     with _Inputs(_check_plan(plan)) as sources:  # configs and tensors agree: checked before any work
@@ -430,13 +438,5 @@ def regmean_pp(plan, output, progress=True, overwrite=False, extra_provenance=No
                 weight_rules=[(p, w.tolist()) for p, w in plan.weight_rules],
                 options={"gram_files": files, "alpha": options["alpha"], "ridge": options["ridge"]},
                 seed=plan.seed,
-                progress=progress,
-                overwrite=overwrite,
-                extra_provenance={
-                    **(extra_provenance or {}),
-                    "method": "regmean_pp",
-                    "options": recorded,
-                    "regmean_pp": {"options": recorded, **record},
-                },
-                **driver_kwargs,
+                **run.keywords(method="regmean_pp", options=recorded, regmean_pp={"options": recorded, **record}),
             )

@@ -35,7 +35,14 @@ from .registry import register
     # mergekit's slerp: base_model is the t = 0 end; t gives our t, or weights [1 - t, t] per tensor
     mergekit=MergekitMapping({"t": MergekitParam("shared", float)}, base_model="start", weights=False),
 )
-def slerp(tensors, weights, base=None, generator=None, t=None, eps=5e-4):
+def slerp(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    t: float | None = None,
+    eps: float = 5e-4,
+) -> torch.Tensor:
     """SLERP between the two members; falls back to linear interpolation when near-parallel."""
     if len(tensors) != 2:
         raise ValueError(f"slerp merges exactly two members, got {len(tensors)}")

@@ -101,7 +101,14 @@ def _ignored_sparsity(method, values):
     propagates_nonfinite=True,
     mergekit=gta_mergekit("lam", "normalize", normalize=False, rescale=False, notes=_ignored_sparsity),
 )
-def task_arithmetic(tensors, weights, base, generator=None, lam=1.0, normalize=False):
+def task_arithmetic(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+    lam: float = 1.0,
+    normalize: bool = False,
+) -> torch.Tensor:
     """Task arithmetic: ``theta_0 + lam * sum_i w_i (theta_i - theta_0)``.
 
     Options ``lam`` (1.0), ``normalize`` (False; True divides the sum by ``sum_i w_i``).

@@ -76,7 +76,15 @@ def elect_and_merge(deltas: list[torch.Tensor], weights: torch.Tensor, normalize
         refused={"rescale": "(ours has no L1 rescale); remove it"},
     ),
 )
-def ties(tensors, weights, base, generator=None, density=0.2, lam=1.0, normalize=True):
+def ties(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+    density: float = 0.2,
+    lam: float = 1.0,
+    normalize: bool = True,
+) -> torch.Tensor:
     """TIES-merging: trim each task vector to ``density``, elect signs, disjoint mean."""
     require_base(base, "ties")
     deltas = [trim_magnitude(t - base, density) for t in tensors]

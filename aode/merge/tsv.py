@@ -190,7 +190,16 @@ def tsv_matrices(mats: list[torch.Tensor], fraction: float | None = None) -> tor
     needs_base=True,
     checks={**SUBSPACE_CHECKS, "fraction": interval(0, 1, open_low=True, allow_none=True)},
 )
-def tsv(tensors, weights, base, generator=None, alpha=1.0, fraction=None, reshape_conv=False, device=None):
+def tsv(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+    alpha: float = 1.0,
+    fraction: float | None = None,
+    reshape_conv: bool = False,
+    device: str | None = None,
+) -> torch.Tensor:
     """TSV-Merge (Gargiulo et al., CVPR 2025). Options ``alpha`` (1.0), ``fraction`` (None:
     1/T), ``reshape_conv`` (False), ``device`` (None); see the module docstring."""
     return subspace_merge(

@@ -10,6 +10,7 @@ every tensor is aligned to its element size.
 import json
 import os
 import struct
+from collections.abc import Iterable
 
 import torch
 
@@ -20,7 +21,7 @@ from .read import shape_numel
 __all__ = ["SafetensorsWriter", "safetensors_layout"]
 
 
-def safetensors_layout(entries):
+def safetensors_layout(entries: Iterable[tuple[str, torch.dtype, tuple]]) -> list[tuple[str, torch.dtype, tuple]]:
     """Order ``(name, dtype, shape)`` entries as the safetensors library does (aligned)."""
     return sorted(entries, key=lambda e: (-dtype_itemsize(e[1]), e[0]))
 
@@ -67,11 +68,11 @@ class SafetensorsWriter:
                 self._left = self._plan[self._index][2]
 
     @property
-    def expected(self):
+    def expected(self) -> str | None:
         """The name of the tensor the next :meth:`write` must belong to (None when done)."""
         return self._plan[self._index][0] if self._index < len(self._plan) else None
 
-    def write(self, name, tensor):
+    def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write ``tensor`` (the whole tensor ``name`` or its next chunk)."""
         if tensor.numel() == 0:
             return
@@ -87,7 +88,7 @@ class SafetensorsWriter:
         self._left -= data.nbytes
         self._skip_empty()
 
-    def close(self):
+    def close(self) -> None:
         """Finish the file; fails if a tensor was not written completely."""
         if self._file is None:
             return
@@ -97,7 +98,7 @@ class SafetensorsWriter:
         if missing is not None:
             raise ValueError(f"{self.path}: tensor {missing!r} was not written completely")
 
-    def abort(self):
+    def abort(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
