@@ -26,16 +26,21 @@ import speechbrain as sb
 import torch
 
 from aode.atomic import atomic_open
-from aode.config import TrainingConfig
+from aode.config import BrainConfig
 from aode.llrd import model_param_groups
 from aode.resume import GlobalRNG
 from aode.text import get_normalizer
 
 if TYPE_CHECKING:
     from speechbrain.dataio.batch import PaddedBatch
+    from speechbrain.utils.checkpoints import Checkpointer
+    from speechbrain.utils.epoch_loop import EpochCounter
+    from speechbrain.utils.run_opts import RunOptions
+    from speechbrain.utils.train_logger import TrainLogger
     from torch import nn
 
     from aode.models import ASRModel
+    from aode.schedule import STLR
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +63,36 @@ def log_llrd_table(groups: Sequence[Mapping[str, Any]]) -> None:
 class ASRBrain(sb.Brain):
     """Brain for any :class:`aode.models.ASRModel` (``modules={"model": ...}``).
 
-    hparams used (all optional except where training needs them): ``lr``,
-    ``llrd_alpha``, ``llrd_mode``, ``weight_decay``, ``adam_betas``, ``scheduler``
-    (an :class:`aode.schedule.STLR`), ``normalizer``, ``train_logger``,
-    ``utterance_output`` (CSV path written at TEST).
+    ``config``: the settings it reads, typed (:class:`aode.config.BrainConfig`: ``lr``,
+    ``llrd_alpha``, ``llrd_mode``, ``weight_decay``, ``adam_betas``, ``normalizer``; a
+    :class:`aode.config.TrainingConfig` is one, and evaluation builds one with its normaliser).
+    SpeechBrain reads its run options the YAML sets (``precision``, ``grad_accumulation_factor``,
+    ``max_grad_norm``, ...) from the config too, by its own rule: its default < the config <
+    ``run_opts``. Training also gives the ``scheduler`` (an :class:`aode.schedule.STLR`, applied
+    before and stepped after every optimizer step), the ``epoch_counter`` and the
+    ``train_logger``; ``utterance_output`` is the CSV path written at TEST (None: none).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        modules: dict[str, nn.Module],
+        config: BrainConfig,
+        *,
+        run_opts: RunOptions | Mapping[str, Any] | None = None,
+        checkpointer: Checkpointer | None = None,
+        scheduler: STLR | None = None,
+        epoch_counter: EpochCounter | None = None,
+        train_logger: TrainLogger | None = None,
+    ) -> None:
+        # SpeechBrain takes its hparams as a dict (its run options among them, and a namespace
+        # of them as self.hparams): the config's values, converted here and only here. The
+        # optimizer is this class's own (init_optimizers), so no opt_class is passed on.
+        super().__init__(modules=modules, hparams=config.model_dump(), run_opts=run_opts, checkpointer=checkpointer)
+        self.config = config
+        self.scheduler = scheduler
+        self.epoch_counter = epoch_counter
+        self.train_logger = train_logger
+        self.utterance_output: str | None = None
         self.global_rng = GlobalRNG()
         if self.checkpointer is not None:
             # optional: a checkpoint written before it existed still loads (resumed inexactly)
@@ -74,12 +101,6 @@ class ASRBrain(sb.Brain):
     @property
     def asr(self) -> ASRModel:
         return unwrap(self.modules.model)
-
-    def _hp(self, name):
-        """An hparam, or its declared default (:class:`aode.config.TrainingConfig`) when the
-        Brain is built without it (evaluation passes only what it needs)."""
-        field = TrainingConfig.model_fields.get(name)
-        return getattr(self.hparams, name, None if field is None or field.is_required() else field.default)
 
     # ------------------------------------------------------------------ forward / loss
     def compute_forward(self, batch: PaddedBatch, stage: sb.Stage) -> dict[str, torch.Tensor]:
@@ -106,7 +127,7 @@ class ASRBrain(sb.Brain):
     # ------------------------------------------------------------------ stages
     def on_stage_start(self, stage: sb.Stage, epoch: int | None = None) -> None:
         if stage != sb.Stage.TRAIN:
-            self._normalize = get_normalizer(self._hp("normalizer"))
+            self._normalize = get_normalizer(self.config.normalizer)
             self.wer_metric = sb.utils.metric_stats.ErrorRateStats()
             self.cer_metric = sb.utils.metric_stats.ErrorRateStats(split_tokens=True)
             self.utterances = []
@@ -120,7 +141,7 @@ class ASRBrain(sb.Brain):
         stats["WER"] = self.wer_metric.summarize("error_rate")
         stats["CER"] = self.cer_metric.summarize("error_rate")
         self.last_stats = stats
-        train_logger = self._hp("train_logger")
+        train_logger = self.train_logger
         if stage == sb.Stage.VALID:
             lrs = {"lr_top": max(g["lr"] for g in self.optimizer.param_groups)} if self.optimizer else {}
             if train_logger is not None:
@@ -132,12 +153,11 @@ class ASRBrain(sb.Brain):
         elif stage == sb.Stage.TEST:
             if train_logger is not None:
                 train_logger.log_stats(
-                    {"Epoch loaded": self.hparams.epoch_counter.current} if self._hp("epoch_counter") else {},
+                    {"Epoch loaded": self.epoch_counter.current} if self.epoch_counter is not None else {},
                     test_stats=stats,
                 )
-            path = self._hp("utterance_output")
-            if path and sb.utils.distributed.if_main_process():
-                self.write_utterances(path)
+            if self.utterance_output and sb.utils.distributed.if_main_process():
+                self.write_utterances(self.utterance_output)
 
     def write_utterances(self, path: str) -> None:
         """Per-utterance reference, hypothesis and word errors, plus SpeechBrain's alignment file."""
@@ -178,31 +198,26 @@ class ASRBrain(sb.Brain):
     def init_optimizers(self) -> None:
         """One AdamW over LLRD parameter groups (paper III-A), the model's layers by its
         own :meth:`~aode.models.ASRModel.layer_of`."""
+        config = self.config
         groups = model_param_groups(
-            self.asr,
-            lr=self._hp("lr"),
-            alpha=self._hp("llrd_alpha"),
-            mode=self._hp("llrd_mode"),
-            weight_decay=self._hp("weight_decay"),
+            self.asr, lr=config.lr, alpha=config.llrd_alpha, mode=config.llrd_mode, weight_decay=config.weight_decay
         )
         log_llrd_table(groups)
-        self.optimizer = torch.optim.AdamW(groups, betas=tuple(self._hp("adam_betas")))
+        self.optimizer = torch.optim.AdamW(groups, betas=tuple(config.adam_betas))
         self.optimizers_dict = {"optimizer": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
 
     def on_fit_batch_start(self, batch: PaddedBatch, should_step: bool) -> None:
         self.global_rng.restore_pending()  # first batch after a mid-epoch recovery
-        scheduler = self._hp("scheduler")
-        if scheduler is not None:
-            scheduler.apply(self.optimizer)
+        if self.scheduler is not None:
+            self.scheduler.apply(self.optimizer)
 
     def on_fit_batch_end(
         self, batch: PaddedBatch, outputs: dict[str, torch.Tensor], loss: torch.Tensor, should_step: bool
     ) -> None:
-        scheduler = self._hp("scheduler")
-        if should_step and scheduler is not None:
-            scheduler.step(self.optimizer)
+        if should_step and self.scheduler is not None:
+            self.scheduler.step(self.optimizer)
 
     def _should_save_intra_epoch_ckpt(self, last_ckpt_time: float, steps_since_ckpt: int) -> bool:
         """SpeechBrain's rule (every ``ckpt_interval_steps`` batches or ``ckpt_interval_minutes``),

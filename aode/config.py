@@ -109,6 +109,7 @@ def parse_command_line(
 import difflib  # noqa: E402
 from typing import Literal  # noqa: E402
 from typing import Optional  # noqa: E402
+from typing import TypeVar  # noqa: E402
 from typing import Union  # noqa: E402
 
 from pydantic import AfterValidator  # noqa: E402
@@ -228,12 +229,33 @@ def _check_method_options(method, options):
 EVAL_BATCH_SIZE = 8
 # Training and statistics data: above this fraction of unreadable rows a manifest is refused.
 MAX_UNREADABLE_FRACTION = 0.01
+# Training and dev transcripts: above this fraction of characters a CTC vocabulary lacks, refused.
+MAX_UNKNOWN_CHAR_FRACTION = 0.001
 ORIGINAL_NAME = "Pretrained"
 Normalizer = Literal[NORMALIZERS]  # type: ignore[valid-type]
 PRECISION = Literal["fp32", "fp16", "bf16"]
 
 
-class TrainingConfig(Schema):
+class BrainConfig(Schema):
+    """What the shared Brain (aode.brain.ASRBrain) reads: the optimiser over the LLRD parameter
+    groups (one AdamW) and the scoring normaliser. A TrainingConfig is one (with everything else a
+    training run needs); evaluation builds one with its normaliser only."""
+
+    lr: float = Field(1e-5, description="peak learning rate of the top encoder layer (LLRD scales the lower ones)")
+    llrd_alpha: float = Field(
+        1.0, description="layer-wise decay: each lower layer's rate is alpha times the one above (1: none; paper: 0.9)"
+    )
+    llrd_mode: Literal["paper", "separate", "none"] = Field(
+        "paper",
+        description="paper: one chain down the encoder, the rest at its lowest rate; separate: encoder and decoder "
+        "chains; none: one rate",
+    )
+    weight_decay: float = Field(0.0, description="AdamW weight decay")
+    adam_betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas")
+    normalizer: Normalizer = Field("whisper", description="text normaliser of scoring: whisper, basic or none")
+
+
+class TrainingConfig(BrainConfig):
     """A training YAML (hparams/{whisper,parakeet}_{llrd,lora}.yaml): one expert."""
 
     seed: int = Field(0, description="random seed of the run: initialisation, data order, the fixed-steps sampler")
@@ -270,17 +292,6 @@ class TrainingConfig(Schema):
     pretrained_cache: Optional[str] = Field(
         None, description="folder for the downloaded pretrained files (null: the default caches)"
     )
-    lr: float = Field(1e-5, description="peak learning rate of the top encoder layer (LLRD scales the lower ones)")
-    llrd_alpha: float = Field(
-        1.0, description="layer-wise decay: each lower layer's rate is alpha times the one above (1: none; paper: 0.9)"
-    )
-    llrd_mode: Literal["paper", "separate", "none"] = Field(
-        "paper",
-        description="paper: one chain down the encoder, the rest at its lowest rate; separate: encoder and decoder "
-        "chains; none: one rate",
-    )
-    weight_decay: float = Field(0.0, description="AdamW weight decay")
-    adam_betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas")
     peak_fraction: float = Field(
         0.1, description="slanted triangular schedule (STLR): the peak at this fraction of the steps"
     )
@@ -317,7 +328,6 @@ class TrainingConfig(Schema):
     max_decode_ratio: float = Field(
         1.0, description="Whisper: longest hypothesis, as a fraction of the encoder output's length"
     )
-    normalizer: Normalizer = Field("whisper", description="text normaliser of scoring: whisper, basic or none")
     check_audio: bool = Field(True, description="open every manifest's audio before training (unreadable rows named)")
     max_unreadable_fraction: float = Field(
         MAX_UNREADABLE_FRACTION,
@@ -327,7 +337,7 @@ class TrainingConfig(Schema):
         False, description="test rows whose audio cannot be read are an error unless skipped on purpose (counted)"
     )
     max_unknown_char_fraction: float = Field(
-        0.001,
+        MAX_UNKNOWN_CHAR_FRACTION,
         description="transcript characters a CTC vocabulary lacks (they would become <unk>): above this fraction, stop",
     )
     overwrite: bool = Field(
@@ -486,8 +496,14 @@ class MiniPretrainConfig(TrainingConfig):
     model_source: str = Field("", description="set by the recipe: the freshly built model (<output_folder>/init)")
 
 
-def validate(schema: type[Schema], hparams: Mapping[str, Any], where: str = "hparams") -> dict[str, Any]:
-    """``hparams`` checked against ``schema``; returns a plain dict with every default filled.
+SchemaT = TypeVar("SchemaT", bound=Schema)
+
+
+def validate(schema: type[SchemaT], hparams: Mapping[str, Any], where: str = "hparams") -> SchemaT:
+    """``hparams`` (a YAML's mapping, as loaded) checked against ``schema``; returns the schema's
+    instance, every default filled: the code reads its attributes (``config.lr``,
+    ``config.domains[name].train_csv``). Where a plain dict is needed (SpeechBrain's hparams, a
+    stamp's settings) the caller converts it there, with ``model_dump()``.
 
     Raises :class:`ConfigError` (one line) naming ``where``, each unknown key with the closest
     valid name, and each wrong value, before any work starts.
@@ -509,7 +525,7 @@ def validate(schema: type[Schema], hparams: Mapping[str, Any], where: str = "hpa
         values = None
     if problems:
         raise ConfigError(f"{where} does not fit the {schema.__name__} schema: " + "; ".join(problems))
-    return {key: getattr(values, key) for key in fields}
+    return values
 
 
 # ------------------------------------------------------------ experiment (recipes/average/reproduce.py)

@@ -69,6 +69,7 @@ def evaluate_model(
     from tqdm import tqdm
 
     from aode.brain import ASRBrain
+    from aode.config import BrainConfig
     from aode.data import make_dataset
     from aode.data import unreadable_allowance_of_test_sets
     from aode.models import load_asr_model
@@ -85,19 +86,18 @@ def evaluate_model(
         return results
     label = label or os.path.basename(os.path.normpath(str(model)))
     asr = load_asr_model(model, beam_size=beam_size).eval()
-    hparams = {"normalizer": normalizer, "max_duration": max_duration}
-    brain = ASRBrain(modules={"model": asr}, hparams=hparams, run_opts={"device": device})
+    brain = ASRBrain({"model": asr}, BrainConfig(normalizer=normalizer), run_opts={"device": device})
     for name, (manifest, key) in todo.items():
         dataset = make_dataset(
             manifest,
             asr,
-            hparams,
+            {"max_duration": max_duration},
             skip_log=os.path.join(out_folder, "skipped_audio.csv"),
             max_unreadable_fraction=unreadable_allowance_of_test_sets(skip_unreadable_audio),
         )
         manifest_rows, unreadable = dataset.manifest_rows, dataset.unreadable
         dataset = dataset.filtered_sorted(sort_key="duration", reverse=True)  # less padding
-        brain.hparams.utterance_output = os.path.join(out_folder, f"{name}_utterances.csv")
+        brain.utterance_output = os.path.join(out_folder, f"{name}_utterances.csv")
         start = time.time()
         loader = brain.make_dataloader(
             dataset, sb.Stage.TEST, batch_size=batch_size, num_workers=num_workers, ckpt_prefix=None

@@ -150,20 +150,20 @@ class Experiment:
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         self.cfg = validate(ExperimentConfig, hparams, "experiment hparams")
-        self.out = self.cfg["output_folder"]
-        self.original = self.cfg["original"]
-        self.domains = collections.OrderedDict(self.cfg["domains"])
-        self.forgetting_sets = collections.OrderedDict(self.cfg["forgetting_sets"])
-        self.scenarios = resolve_scenarios(self.cfg["scenarios"])
+        self.out = self.cfg.output_folder
+        self.original = self.cfg.original
+        self.domains = collections.OrderedDict(self.cfg.domains)
+        self.forgetting_sets = collections.OrderedDict(self.cfg.forgetting_sets)
+        self.scenarios = resolve_scenarios(self.cfg.scenarios)
         self.rows = collections.OrderedDict()  # row id -> Row, in table order
         self.eval_folders = {}  # row id -> the eval folder holding its per-utterance errors
         self.counts = {}  # row id -> {set: (utterances scored, in the manifest)}
-        self.add_row("original", self.cfg["original_name"], None, self.original)
-        adapt = self.cfg["adapt_original"]
+        self.add_row("original", self.cfg.original_name, None, self.original)
+        adapt = self.cfg.adapt_original
         if adapt:  # the original as shipped is a row of its own; "original" becomes the adapted one
             self.add_row("pretrained", adapt.shipped_name, None, self.original)
         self.timings = collections.OrderedDict()
-        self.launcher = self.cfg["launcher"]  # how a stage's independent trainings run (aode.launcher)
+        self.launcher = self.cfg.launcher  # how a stage's independent trainings run (aode.launcher)
         os.makedirs(self.out, exist_ok=True)
 
     # ------------------------------------------------------------------ helpers
@@ -183,13 +183,13 @@ class Experiment:
     def test_sets(self) -> Sets:
         sets = collections.OrderedDict((d, spec.test_csv) for d, spec in self.domains.items())
         sets.update(self.forgetting_sets)
-        sets.update(self.cfg["more_forgetting_sets"])
+        sets.update(self.cfg.more_forgetting_sets)
         return sets
 
     def dev_sets(self) -> Sets:
         """The domains' dev sets and the original domain's (greedy soup)."""
         sets = collections.OrderedDict((d, spec.valid_csv) for d, spec in self.domains.items())
-        sets.update(self.cfg["forgetting_dev_sets"])
+        sets.update(self.cfg.forgetting_dev_sets)
         return sets
 
     def train_hparams(
@@ -201,8 +201,8 @@ class Experiment:
         lora: bool = False,
         overrides: Optional[Mapping[str, Any]] = None,
     ) -> dict[str, Any]:
-        key = "lora" if lora else "train"
-        overrides = {**self.cfg[f"{key}_overrides"], **(overrides or {})}
+        given = self.cfg.lora_overrides if lora else self.cfg.train_overrides
+        overrides = {**given, **(overrides or {})}
         overrides.update(
             output_folder=os.path.join(self.out, "experts", name),
             train_csv=train_csv,
@@ -212,10 +212,10 @@ class Experiment:
             init_from=init_from,
             domain=name,
             data_folder=None,
-            overwrite=self.cfg["overwrite"],
-            skip_unreadable_audio=self.cfg["skip_unreadable_audio"],
+            overwrite=self.cfg.overwrite,
+            skip_unreadable_audio=self.cfg.skip_unreadable_audio,
         )
-        return load_yaml(self.cfg[f"{key}_hparams_file"], overrides)
+        return load_yaml(self.cfg.lora_hparams_file if lora else self.cfg.train_hparams_file, overrides)
 
     def expert(
         self, name: str, train_csv: str, valid_csv: str, init_from: Optional[str] = None, lora: bool = False
@@ -244,7 +244,7 @@ class Experiment:
             )
             if os.path.isfile(os.path.join(folder, "config.json")):
                 stamp = training_stamp(validate(TrainingConfig, hparams, f"training hparams of {name}"))
-                if may_reuse(f"expert {name}", folder, recorded_stamp(folder), stamp, self.cfg["overwrite"]):
+                if may_reuse(f"expert {name}", folder, recorded_stamp(folder), stamp, self.cfg.overwrite):
                     logger.info("expert %s: done with the same settings and data, skipping", name)
                     folders[name] = folder
                     continue
@@ -291,8 +291,8 @@ class Experiment:
         if data_members is not None:
             named = dict(data_members)
             member_data = {d: self.domains[d].train_csv for d in data_members}
-            if self.cfg.get("general_data") or self.cfg["forgetting_dev_sets"]:
-                member_data[self.cfg["original_name"]] = self.general_data
+            if self.cfg.general_data or self.cfg.forgetting_dev_sets:
+                member_data[self.cfg.original_name] = self.general_data
             dev_sets = self.dev_sets()
         else:
             named = {folder: folder for folder in members}
@@ -300,21 +300,21 @@ class Experiment:
             named,
             os.path.join(self.out, "merges", _folder_name(name)),
             original=self.original,
-            original_name=self.cfg["original_name"],
+            original_name=self.cfg.original_name,
             method=method,
             options=options,
             include_original=include_original,
             weights=weights,
             weight_rules=weight_rules,
-            seed=self.cfg["seed"],
+            seed=self.cfg.seed,
             member_data=member_data,
             dev_sets=dev_sets,
             statistics_folder=os.path.join(self.out, "statistics"),
             beside_members=True,
-            n_utterances=self.cfg["fisher_utterances"],
-            device=self.cfg["device"],
-            progress=self.cfg["progressbar"],
-            overwrite=self.cfg["overwrite"],
+            n_utterances=self.cfg.fisher_utterances,
+            device=self.cfg.device,
+            progress=self.cfg.progressbar,
+            overwrite=self.cfg.overwrite,
             what=f"merge {name!r}",
             announce=f"[aode] merging {name} ({method}, {len(members)} members"
             f"{' + original' if include_original else ''})",
@@ -325,9 +325,9 @@ class Experiment:
     def general_data(self) -> str:
         """General-domain data for the original's statistics: ``general_data``, else the first
         forgetting dev set."""
-        if self.cfg.get("general_data"):
-            return self.cfg["general_data"]
-        dev = self.cfg.get("forgetting_dev_sets") or {}
+        if self.cfg.general_data:
+            return self.cfg.general_data
+        dev = self.cfg.forgetting_dev_sets
         if not dev:
             raise ValueError("the original's statistics need general-domain data: set general_data")
         return next(iter(dev.values()))
@@ -337,7 +337,7 @@ class Experiment:
         domains' rows (seeded) until every domain has as many rows as the largest."""
         per_domain = {d: _read_rows(getattr(spec, f"{split}_csv")) for d, spec in self.domains.items()}
         rows = []
-        rng = random.Random(self.cfg["seed"])
+        rng = random.Random(self.cfg.seed)
         most = max(len(r) for r in per_domain.values())
         for domain, domain_rows in per_domain.items():
             chosen = list(domain_rows)
@@ -353,11 +353,11 @@ class Experiment:
 
     def _eval_kwargs(self):
         return dict(
-            batch_size=self.cfg["eval_batch_size"],
-            normalizer=self.cfg["normalizer"],
-            device=self.cfg["device"],
-            progress=self.cfg["progressbar"],
-            skip_unreadable_audio=self.cfg["skip_unreadable_audio"],
+            batch_size=self.cfg.eval_batch_size,
+            normalizer=self.cfg.normalizer,
+            device=self.cfg.device,
+            progress=self.cfg.progressbar,
+            skip_unreadable_audio=self.cfg.skip_unreadable_audio,
         )
 
     def evaluate_folders(
@@ -394,7 +394,7 @@ class Experiment:
     def prepare_data(self) -> None:
         """Every ``prepare`` step (the miniature's synthetic corpus among them: the schema makes
         ``synthetic_corpus`` one), then each domain's ``prepare``."""
-        for step in self.cfg["prepare"]:
+        for step in self.cfg.prepare:
             where = {} if step.data_folder is None else {"data_folder": step.data_folder}
             self._timed("prepare", _import(step.function), save_folder=step.save_folder, **where, **step.options)
         for spec in self.domains.values():
@@ -405,13 +405,13 @@ class Experiment:
     def prepare_original(self) -> None:
         """Convert the original from CTranslate2 when asked and missing; adapt it to the
         general domain when asked (the adapted model is then the original of every stage)."""
-        source = self.cfg["original_from_ct2"]
+        source = self.cfg.original_from_ct2
         if source and not os.path.isdir(self.original):
             from aode.convert_ct2 import convert_ct2_whisper
 
             print(f"[aode] converting {source} (CTranslate2) into {self.original}", flush=True)
             self._timed("convert", convert_ct2_whisper, source, self.original)
-        adapt = self.cfg["adapt_original"]
+        adapt = self.cfg.adapt_original
         if adapt:
             print(f"[aode] adapting the original to the general domain ({adapt.train_csv})", flush=True)
             spec = dict(train_csv=adapt.train_csv, valid_csv=adapt.valid_csv, overrides=adapt.overrides)
@@ -420,13 +420,13 @@ class Experiment:
 
     def run(self) -> dict[str, str]:
         start = time.time()
-        added = [s for s in self.scenarios if s not in self.cfg["scenarios"]]
+        added = [s for s in self.scenarios if s not in self.cfg.scenarios]
         if added:
-            print(f"[aode] scenarios {self.cfg['scenarios']} also run {added} (their models are needed)", flush=True)
-        if self.cfg["original_from_ct2"] and not os.path.isdir(self.original):
+            print(f"[aode] scenarios {self.cfg.scenarios} also run {added} (their models are needed)", flush=True)
+        if self.cfg.original_from_ct2 and not os.path.isdir(self.original):
             from aode.convert_ct2 import ct2_source_folder
 
-            ct2_source_folder(self.cfg["original_from_ct2"])  # missing weights refused before any work
+            ct2_source_folder(self.cfg.original_from_ct2)  # missing weights refused before any work
         self.prepare_data()
         self.prepare_original()
         experts = collections.OrderedDict()
@@ -453,7 +453,7 @@ class Experiment:
             self.weighted(experts)
         lora_experts = self.lora() if "lora" in self.scenarios else {}
         if "methods" in self.scenarios:
-            for name, spec in self.cfg["merge_methods"].items():
+            for name, spec in self.cfg.merge_methods.items():
                 self.add_row(
                     f"method_{_folder_name(name)}",
                     name,
@@ -481,7 +481,7 @@ class Experiment:
 
     def sequential(self, experts: Folders) -> None:
         """Fine-tune in each of ``sequential_orders``, each step from the previous (scenario 2)."""
-        for order in self.cfg["sequential_orders"]:
+        for order in self.cfg.sequential_orders:
             previous = experts[order[0]]  # the first step is that domain's expert itself
             for i, d in enumerate(order[1:], start=1):
                 spec = self.domains[d]
@@ -514,10 +514,10 @@ class Experiment:
     def iterate(self) -> None:
         """Iterative AoDE (paper III-C): fine-tune the average on each domain, average again."""
         for with_original, start, scenario in ((False, "aode", "aode"), (True, "aode_orig", "aode_with_original")):
-            if scenario not in self.cfg["iterated"]:
+            if scenario not in self.cfg.iterated:
                 continue
             current = self.rows[start].folder
-            for k in range(2, self.cfg["iterations"] + 1):
+            for k in range(2, self.cfg.iterations + 1):
                 tag = f"iter{k}{'_orig' if with_original else ''}"
                 members = list(
                     self.experts(
@@ -574,7 +574,7 @@ class Experiment:
         """Member weights chosen on the dev sets (aode.search), the original optional."""
         from aode.search import search_weights
 
-        spec = self.cfg["weight_search"]
+        spec = self.cfg.weight_search
         dev_sets = collections.OrderedDict((d, s.valid_csv) for d, s in self.domains.items())
         print("[aode] weight search on the dev sets", flush=True)
         result = self._timed(
@@ -583,15 +583,15 @@ class Experiment:
             list(experts.values()),
             self.original,
             dev_sets,
-            self.cfg["forgetting_dev_sets"],
+            self.cfg.forgetting_dev_sets,
             os.path.join(self.out, "search"),
             method=spec.method,
             objective=spec.objective,
             max_forgetting=spec.max_forgetting,
             n_random=spec.n_random,
-            seed=self.cfg["seed"],
+            seed=self.cfg.seed,
             eval_kwargs=self._eval_kwargs(),
-            progress=self.cfg["progressbar"],
+            progress=self.cfg.progressbar,
         )
         label = spec.objective
         if spec.max_forgetting is not None:
@@ -661,7 +661,7 @@ class Experiment:
         original = self.rows["original"].label
         fine_tuned = {d: self.rows[f"expert_{d}"].label for d in experts}
         averages = [self.rows[i].label for i in ("aode", "aode_orig") if i in self.rows]
-        title = self.cfg["title"]
+        title = self.cfg.title
         outputs = {}
         for name, subtitle in TABLES.items():
             rows = [
@@ -681,7 +681,7 @@ class Experiment:
                 lookup=by_label,
                 title=f"{title}: {subtitle}",
                 counts={r.label: self.counts[r.id] for r in self.rows.values() if r.id in self.counts},
-                more_forgetting_sets=list(self.cfg["more_forgetting_sets"]),
+                more_forgetting_sets=list(self.cfg.more_forgetting_sets),
             )[1]
             ids = {r.label: r.id for r in self.rows.values()}
             write_spread(
@@ -691,7 +691,7 @@ class Experiment:
                 original,
                 list(self.forgetting_sets),
                 reference=averages[-1] if averages else None,
-                seed=self.cfg["seed"],
+                seed=self.cfg.seed,
             )
         atomic_write_json(os.path.join(self.out, "timings.json"), self.timings, indent=1)
         return outputs

@@ -35,6 +35,7 @@ from typing import Union
 
 from aode.config import ORIGINAL_NAME
 from aode.config import ConfigError
+from aode.config import MergeConfig
 from aode.config import provide_merge_methods
 
 __all__ = ["Merged", "merge_members", "read_mergekit_config", "merge_and_evaluate"]
@@ -203,11 +204,11 @@ def read_mergekit_config(hp: dict[str, Any], overrides) -> tuple[dict[str, Any],
         raise ConfigError(f"{hp['mergekit_config']}: {err}") from None
 
 
-def merge_and_evaluate(hp: Mapping[str, Any], mergekit=None) -> Optional[str]:
-    """The merge recipe's job for hparams validated by :class:`aode.config.MergeConfig`
-    (``mergekit``: from :func:`read_mergekit_config`): merge the experts into
-    ``<output_folder>/merged``, decode every model on every test set, write the report and the
-    merged model's card; returns the report's text (None without test sets)."""
+def merge_and_evaluate(config: MergeConfig, mergekit=None) -> Optional[str]:
+    """The merge recipe's job for a validated :class:`aode.config.MergeConfig` (``mergekit``:
+    from :func:`read_mergekit_config`): merge the experts into ``<output_folder>/merged``, decode
+    every model on every test set, write the report and the merged model's card; returns the
+    report's text (None without test sets)."""
     from aode.evaluate import evaluate_models
     from aode.model_card import check_hub_token
     from aode.model_card import push_to_hub
@@ -215,60 +216,60 @@ def merge_and_evaluate(hp: Mapping[str, Any], mergekit=None) -> Optional[str]:
     from aode.models import resolve_model_folder
     from aode.report import write_report
 
-    hp = dict(hp)
-    check_hub_token(hp["push_to_hub"])  # --push_to_hub without a token: exit 2 before any work
+    check_hub_token(config.push_to_hub)  # --push_to_hub without a token: exit 2 before any work
     # Before any work: every member and the original must be reachable (a hub id through the
     # Hugging Face cache, as from_pretrained finds it).
-    original = resolve_model_folder(hp["original"])
-    experts = collections.OrderedDict((name, resolve_model_folder(path)) for name, path in hp["experts"].items())
+    original = resolve_model_folder(config.original)
+    experts = collections.OrderedDict((name, resolve_model_folder(path)) for name, path in config.experts.items())
+    weights, weight_rules = config.weights, config.weight_rules
     if mergekit is not None:  # members' headers: checks and per-tensor weights, before any work
         from aode.merge.mergekit_config import MergekitConfigError
         from aode.merge.mergekit_config import prepare_merge
 
         try:
-            prepared = prepare_merge(mergekit, list(experts.values()), original, hp["include_original"], hp["seed"])
+            prepared = prepare_merge(mergekit, list(experts.values()), original, config.include_original, config.seed)
         except MergekitConfigError as err:
-            raise ConfigError(f"{hp['mergekit_config']}: {err}") from None
-        hp["weights"], hp["weight_rules"] = prepared["weights"], prepared["weight_rules"]
-    out = hp["output_folder"]
-    member_data = dict(hp["member_data"])
+            raise ConfigError(f"{config.mergekit_config}: {err}") from None
+        weights, weight_rules = prepared["weights"], prepared["weight_rules"]
+    out = config.output_folder
+    member_data = dict(config.member_data)
     if "original" in member_data:
-        member_data.setdefault(hp["original_name"], member_data.pop("original"))
+        member_data.setdefault(config.original_name, member_data.pop("original"))
     merged = merge_members(
         experts,
         os.path.join(out, "merged"),
         original=original,
-        original_name=hp["original_name"],
-        method=hp["method"],
-        options=hp["method_options"],
-        include_original=hp["include_original"],
-        weights=hp["weights"],
-        weight_rules=hp["weight_rules"],
-        seed=hp["seed"],
+        original_name=config.original_name,
+        method=config.method,
+        options=config.method_options,
+        include_original=config.include_original,
+        weights=weights,
+        weight_rules=weight_rules,
+        seed=config.seed,
         member_data=member_data,
-        dev_sets=hp["dev_sets"],
+        dev_sets=config.dev_sets,
         statistics_folder=os.path.join(out, "statistics"),
-        n_utterances=hp["statistics_utterances"],
-        batch_size=hp["statistics_batch_size"],
-        device=hp["device"],
-        progress=hp["progressbar"],
-        overwrite=hp["overwrite"],
-        allow_foreign_original=hp["allow_foreign_original"],
+        n_utterances=config.statistics_utterances,
+        batch_size=config.statistics_batch_size,
+        device=config.device,
+        progress=config.progressbar,
+        overwrite=config.overwrite,
+        allow_foreign_original=config.allow_foreign_original,
     )
     if merged.reused:
         print(f"merged model found in {merged.folder}, made from the same members and settings: reused")
     else:
         print(f"merged model written to {merged.folder}")
     merged = merged.folder
-    models = collections.OrderedDict([(hp["original_name"], original)])
-    if hp["evaluate_experts"]:
+    models = collections.OrderedDict([(config.original_name, original)])
+    if config.evaluate_experts:
         models.update(experts)
-    models.update(hp["extra_models"] or {})
-    models[hp["merged_name"]] = merged
-    test_sets = collections.OrderedDict(hp["test_sets"])
+    models.update(config.extra_models)
+    models[config.merged_name] = merged
+    test_sets = collections.OrderedDict(config.test_sets)
     if not test_sets:
         print("no test sets named: nothing evaluated")
-        push_to_hub(merged, hp["push_to_hub"])
+        push_to_hub(merged, config.push_to_hub)
         return None
     counts = {}
     table = evaluate_models(
@@ -276,23 +277,23 @@ def merge_and_evaluate(hp: Mapping[str, Any], mergekit=None) -> Optional[str]:
         test_sets,
         os.path.join(out, "eval"),
         counts=counts,
-        batch_size=hp["eval_batch_size"],
-        normalizer=hp["normalizer"],
-        beam_size=hp["beam_size"],
-        device=hp["device"],
-        progress=hp["progressbar"],
-        skip_unreadable_audio=hp["skip_unreadable_audio"],
+        batch_size=config.eval_batch_size,
+        normalizer=config.normalizer,
+        beam_size=config.beam_size,
+        device=config.device,
+        progress=config.progressbar,
+        skip_unreadable_audio=config.skip_unreadable_audio,
     )
-    write_model_card(merged, table[hp["merged_name"]])  # the card, with the merged model's WER on each test set
+    write_model_card(merged, table[config.merged_name])  # the card, with the merged model's WER on each test set
     _, text = write_report(
         table,
         out,
         next(iter(models)),
-        hp["forgetting_sets"],
-        expert_of=dict(hp["expert_of_test_set"] or {}) or None,
-        title=hp["title"],
+        config.forgetting_sets,
+        expert_of=dict(config.expert_of_test_set) or None,
+        title=config.title,
         counts=counts,
     )
     print(text)
-    push_to_hub(merged, hp["push_to_hub"])  # the finished folder, its card with the WERs and aode.json
+    push_to_hub(merged, config.push_to_hub)  # the finished folder, its card with the WERs and aode.json
     return text

@@ -24,6 +24,7 @@ from typing import Any
 
 from aode.atomic import atomic_write_json
 from aode.config import ConfigError
+from aode.config import TrainingConfig
 
 __all__ = [
     "StaleOutputError",
@@ -189,20 +190,22 @@ TRAINING_KEYS_NOT_IN_STAMP = frozenset(
 )
 
 
-def training_stamp(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """An expert's stamp: every training setting that changes its weights, with the starting
-    model (``model_source``, ``init_from``) and the manifests (``train_csv``, ``valid_csv``)
-    by fingerprint."""
+def training_stamp(config: TrainingConfig) -> dict[str, Any]:
+    """An expert's stamp: every training setting that changes its weights (the settings by
+    name, ``config.model_dump()``), with the starting model (``model_source``, ``init_from``)
+    and the manifests (``train_csv``, ``valid_csv``) by fingerprint."""
     stamp = {
         key: value
-        for key, value in hparams.items()
+        for key, value in config.model_dump().items()
         if key not in TRAINING_KEYS_NOT_IN_STAMP
         and isinstance(value, (int, float, str, bool, list, tuple, dict, type(None)))
     }
-    for key in ("model_source", "init_from"):
-        stamp[key] = model_fingerprint(hparams.get(key) or None)
-    for key in ("train_csv", "valid_csv"):
-        stamp[key] = file_fingerprint(hparams[key])
+    stamp.update(
+        model_source=model_fingerprint(config.model_source or None),
+        init_from=model_fingerprint(config.init_from or None),
+        train_csv=file_fingerprint(config.train_csv),
+        valid_csv=file_fingerprint(config.valid_csv),
+    )
     return _canonical(stamp)
 
 

@@ -82,48 +82,55 @@ def freeze_non_encoder(asr: ASRModel) -> int:
     return frozen
 
 
-def build_model(hparams: Mapping[str, Any]) -> tuple[ASRModel, str]:
+def build_model(config: TrainingConfig) -> tuple[ASRModel, str]:
     """The ASR model of the run: ``init_from`` (an earlier expert or merge) or ``model_source``."""
-    source = hparams["init_from"] or hparams["model_source"]
-    if hparams["init_from"]:
+    source = config.init_from or config.model_source
+    if config.init_from:
         check_same_architecture(
-            load_hf_config(hparams["init_from"]),
-            load_hf_config(hparams["model_source"]),
-            f"init_from {hparams['init_from']!r}",
-            f"model_source {hparams['model_source']!r}",
+            load_hf_config(config.init_from),
+            load_hf_config(config.model_source),
+            f"init_from {config.init_from!r}",
+            f"model_source {config.model_source!r}",
         )
     # the model's training and decoding keys; each family takes those it declares (option_names)
-    options = {key: hparams[key] for key in ("beam_size", "label_smoothing", "max_decode_ratio", "layerdrop")}
-    asr = load_asr_model(source, hparams["family"], save_path=hparams["pretrained_cache"], **options)
-    if hparams["freeze_decoder"]:
+    asr = load_asr_model(
+        source,
+        config.family,
+        save_path=config.pretrained_cache,
+        beam_size=config.beam_size,
+        label_smoothing=config.label_smoothing,
+        max_decode_ratio=config.max_decode_ratio,
+        layerdrop=config.layerdrop,
+    )
+    if config.freeze_decoder:
         freeze_non_encoder(asr)
-    if hparams["lora_rank"]:
+    if config.lora_rank:
         add_lora(
             asr.hf_model,
-            rank=hparams["lora_rank"],
-            alpha=hparams["lora_alpha"],
-            target_modules=hparams["lora_targets"],
-            dropout=hparams["lora_dropout"],
+            rank=config.lora_rank,
+            alpha=config.lora_alpha,
+            target_modules=config.lora_targets,
+            dropout=config.lora_dropout,
         )
     return asr, source
 
 
 # SpeechBrain run options that the hparams files set too (aode.cli.RUN_OPTIONS_IN_HPARAMS, which
 # --help lists). The command line wins over the YAML, the YAML over SpeechBrain's defaults; the
-# value that runs is written back into hparams, so the sampler, the schedule's length and the
+# value that runs is written back into the config, so the sampler, the schedule's length and the
 # exported provenance all see what ran.
 
 
 def resolve_run_options(
-    hparams: dict[str, Any], run_opts: RunOptions | Mapping[str, Any] | None = None
+    config: TrainingConfig, run_opts: RunOptions | Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The run options given explicitly (command line or a dict); ``hparams`` gets the values
+    """The run options given explicitly (command line or a dict); ``config`` gets the values
     that will run.
 
     ``run_opts`` is SpeechBrain's ``RunOptions`` (only its ``overridden_args`` count as given:
     the others are SpeechBrain's defaults, which must not beat the YAML) or a plain dict. An
-    option given explicitly is written into ``hparams``; the rest stay as the YAML has them, and
-    the Brain reads them from there (SpeechBrain's own rule: default < hparams < given). With
+    option given explicitly is written into ``config``; the rest stay as the YAML has them, and
+    the Brain hands them to SpeechBrain (its own rule: default < hparams < given). With
     ``layerdrop`` above 0, DDP is told that some parameters get no gradient in a step
     (``find_unused_parameters``), whatever was given.
     """
@@ -133,52 +140,52 @@ def resolve_run_options(
         given = {key: run_opts[key] for key in run_opts.overridden_args}
     else:
         given = dict(run_opts)
-    for key in RUN_OPTIONS_IN_HPARAMS:
+    for key in RUN_OPTIONS_IN_HPARAMS:  # SpeechBrain's names, which are the config's too
         if key in given:
-            hparams[key] = given[key]
-    if (hparams["layerdrop"] or 0) > 0:
+            setattr(config, key, given[key])
+    if config.layerdrop > 0:
         given.pop("find_unused_parameters", None)
-        hparams["find_unused_parameters"] = True
+        config.find_unused_parameters = True
     return given
 
 
-def log_training_plan(hparams: Mapping[str, Any], batches: int, total_steps: int, world_size: int) -> None:
+def log_training_plan(config: TrainingConfig, batches: int, total_steps: int, world_size: int) -> None:
     """What the user is about to train: effective batch, steps, precision."""
-    accumulation = hparams["grad_accumulation_factor"]
+    accumulation = config.grad_accumulation_factor
     logger.info(
         "training plan: %d epochs x %d batches of %d per process = %d optimizer steps; effective batch %d "
         "(batch %d x accumulation %d x %d processes); precision %s; layerdrop %s",
-        hparams["number_of_epochs"],
+        config.number_of_epochs,
         batches,
-        hparams["batch_size"],
+        config.batch_size,
         total_steps,
-        hparams["batch_size"] * accumulation * world_size,
-        hparams["batch_size"],
+        config.batch_size * accumulation * world_size,
+        config.batch_size,
         accumulation,
         world_size,
-        hparams["precision"],
-        hparams["layerdrop"],
+        config.precision,
+        config.layerdrop,
     )
 
 
-def train_loader_options(hparams: Mapping[str, Any], dataset: DynamicItemDataset) -> tuple[dict[str, Any], int]:
+def train_loader_options(config: TrainingConfig, dataset: DynamicItemDataset) -> tuple[dict[str, Any], int]:
     """Batches per epoch and loader kwargs; ``steps_per_epoch`` fixes the step count.
 
     With ``steps_per_epoch``, a :class:`aode.resume.SeededRandomSampler` (register it with the
     checkpointer); without, SpeechBrain's shuffling (``ReproducibleRandomSampler``, or a
     ``DistributedSampler`` under DDP), whose order is a function of the epoch."""
-    batch_size = hparams["batch_size"]
-    steps = hparams["steps_per_epoch"]
-    accumulation = hparams["grad_accumulation_factor"]
+    batch_size = config.batch_size
+    steps = config.steps_per_epoch
+    accumulation = config.grad_accumulation_factor
     if steps:
         # checkpointable (aode.resume): a resumed run draws the batches the uninterrupted one drew
-        sampler = SeededRandomSampler(dataset, num_samples=steps * batch_size * accumulation, seed=hparams["seed"])
+        sampler = SeededRandomSampler(dataset, num_samples=steps * batch_size * accumulation, seed=config.seed)
         kwargs = {"batch_size": batch_size, "sampler": sampler}
         batches = steps * accumulation
     else:
         kwargs = {"batch_size": batch_size, "shuffle": True}
         batches = math.ceil(len(dataset) / batch_size)
-    kwargs["num_workers"] = hparams["num_workers"]
+    kwargs["num_workers"] = config.num_workers
     return kwargs, batches
 
 
@@ -210,115 +217,116 @@ def export_expert(
 def run(argv: list[str], prepare: Callable[..., Any] | None = None, corpus: str | None = None) -> str:
     """Train one expert; returns the exported folder. ``prepare(**kwargs)`` writes manifests."""
     hparams, run_opts, hparams_file, overrides = load_hparams(argv, {"domain": corpus} if corpus else None)
-    hparams = validate(TrainingConfig, hparams, hparams_file)  # before any work
-    check_hub_token(hparams["push_to_hub"])  # --push_to_hub without a token: exit 2 before any work
-    if prepare is not None and hparams["data_folder"]:
+    config = validate(TrainingConfig, hparams, hparams_file)  # before any work
+    check_hub_token(config.push_to_hub)  # --push_to_hub without a token: exit 2 before any work
+    if prepare is not None and config.data_folder:
         accepted = sorted(set(inspect.signature(prepare).parameters) - {"data_folder", "save_folder"})
         try:
-            known_names(list(hparams["prep_options"]), accepted, f"prep_options key of {prepare.__name__}")
+            known_names(list(config.prep_options), accepted, f"prep_options key of {prepare.__name__}")
         except ValueError as err:
             raise ConfigError(f"{hparams_file}: {err}") from None
     # A folder left by a run with other settings is refused (or cleared with --overwrite) before
     # anything is written into it: its hyperparams.yaml and log still describe its expert.
-    planned = dict(hparams)
+    planned = config.model_copy()
     resolve_run_options(planned, run_opts)
     if sb.utils.distributed.if_main_process():
-        claim_training_folder(hparams["output_folder"], training_stamp(planned), hparams["overwrite"], EXPERT_DIR)
+        claim_training_folder(config.output_folder, training_stamp(planned), config.overwrite, EXPERT_DIR)
     sb.utils.distributed.ddp_init_group(run_opts)
-    if prepare is not None and hparams["data_folder"]:  # a prep error leaves no experiment folder files
-        kwargs = dict(hparams["prep_options"])
-        sb.utils.distributed.run_on_main(
-            prepare, kwargs={"data_folder": hparams["data_folder"], "save_folder": hparams["prep_folder"], **kwargs}
-        )
-    sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
-    folder = train_expert(hparams, run_opts, corpus=corpus)
+    if prepare is not None and config.data_folder:  # a prep error leaves no experiment folder files
+        kwargs = {"data_folder": config.data_folder, "save_folder": config.prep_folder, **config.prep_options}
+        sb.utils.distributed.run_on_main(prepare, kwargs=kwargs)
+    sb.create_experiment_directory(config.output_folder, hyperparams_to_save=hparams_file, overrides=overrides)
+    folder = train_expert(config, run_opts, corpus=corpus)
     if sb.utils.distributed.if_main_process():
-        push_to_hub(folder, hparams["push_to_hub"])  # the finished folder, card and aode.json included
+        push_to_hub(folder, config.push_to_hub)  # the finished folder, card and aode.json included
     return folder
 
 
 def train_expert(
-    hparams: Mapping[str, Any], run_opts: RunOptions | Mapping[str, Any] | None = None, corpus: str | None = None
+    hparams: TrainingConfig | Mapping[str, Any],
+    run_opts: RunOptions | Mapping[str, Any] | None = None,
+    corpus: str | None = None,
 ) -> str:
-    """Fine-tune and export; usable from Python with an already-loaded hparams dict (validated
-    against :class:`aode.config.TrainingConfig`, defaults filled, before any work)."""
-    hparams = validate(TrainingConfig, hparams, "training hparams")
-    run_opts = resolve_run_options(hparams, run_opts)
-    torch.manual_seed(hparams["seed"])
-    output = hparams["output_folder"]
+    """Fine-tune and export. ``hparams``: a validated :class:`aode.config.TrainingConfig`, or a
+    training YAML's mapping as loaded (from Python, the experiment's jobs), validated here before
+    any work."""
+    if type(hparams) is TrainingConfig:
+        config = hparams.model_copy()  # the run options that run are written into it
+    else:
+        config = validate(TrainingConfig, hparams, "training hparams")
+    run_opts = resolve_run_options(config, run_opts)
+    torch.manual_seed(config.seed)
+    output = config.output_folder
     os.makedirs(output, exist_ok=True)
-    stamp = training_stamp(hparams)  # what this run is made from: a folder left by another run is not resumed
+    stamp = training_stamp(config)  # what this run is made from: a folder left by another run is not resumed
     if sb.utils.distributed.if_main_process():
-        claim_training_folder(output, stamp, hparams["overwrite"], EXPERT_DIR)
-    asr, source = build_model(hparams)
+        claim_training_folder(output, stamp, config.overwrite, EXPERT_DIR)
+    asr, source = build_model(config)
     skip_log = os.path.join(output, "skipped_audio.csv")
-    check = hparams["check_audio"]
-    unreadable = hparams["max_unreadable_fraction"]  # then the run stops: an expert of a fraction of its data
-    train_set = make_dataset(hparams["train_csv"], asr, hparams, check, skip_log, "train", unreadable)
-    valid_set = make_dataset(hparams["valid_csv"], asr, hparams, check, skip_log, "train", unreadable)
-    test_csvs = {"test": hparams["test_csv"]} if hparams["test_csv"] else {}
-    test_csvs.update(hparams["extra_test_csvs"] or {})
-    test_unreadable = unreadable_allowance_of_test_sets(hparams["skip_unreadable_audio"])
+    check = config.check_audio
+    unreadable = config.max_unreadable_fraction  # then the run stops: an expert of a fraction of its data
+    hparams = config.model_dump()
+    train_set = make_dataset(config.train_csv, asr, hparams, check, skip_log, "train", unreadable)
+    valid_set = make_dataset(config.valid_csv, asr, hparams, check, skip_log, "train", unreadable)
+    test_csvs = {"test": config.test_csv} if config.test_csv else {}
+    test_csvs.update(config.extra_test_csvs)
+    test_unreadable = unreadable_allowance_of_test_sets(config.skip_unreadable_audio)
     test_sets = {
         name: make_dataset(path, asr, hparams, check, skip_log, max_unreadable_fraction=test_unreadable)
         for name, path in test_csvs.items()
     }
-    loader_kwargs, batches = train_loader_options(hparams, train_set)
-    epochs = hparams["number_of_epochs"]
+    loader_kwargs, batches = train_loader_options(config, train_set)
+    epochs = config.number_of_epochs
     # Under DDP SpeechBrain splits each epoch's batches between the processes.
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     batches = math.ceil(batches / world_size)
-    total_steps = max(1, epochs * batches // hparams["grad_accumulation_factor"])
+    total_steps = max(1, epochs * batches // config.grad_accumulation_factor)
     epoch_counter = sb.utils.epoch_loop.EpochCounter(epochs)
-    scheduler = STLR(total_steps, hparams["peak_fraction"], hparams["stlr_ratio"])
+    scheduler = STLR(total_steps, config.peak_fraction, config.stlr_ratio)
     checkpointer = AtomicCheckpointer(
         os.path.join(output, "save"), recoverables={"model": asr, "scheduler": scheduler, "counter": epoch_counter}
     )
     if isinstance(loader_kwargs.get("sampler"), SeededRandomSampler):
         # optional: a checkpoint written before it existed still loads (resumed inexactly)
         checkpointer.add_recoverable("sampler", loader_kwargs["sampler"], optional_load=True)
-    brain_hparams = dict(hparams)
-    brain_hparams.update(
+    log_training_plan(config, batches, total_steps, world_size)
+    brain = ASRBrain(
+        {"model": asr},
+        config,
+        run_opts=run_opts,
+        checkpointer=checkpointer,
         scheduler=scheduler,
         epoch_counter=epoch_counter,
         train_logger=sb.utils.train_logger.FileTrainLogger(os.path.join(output, "train_log.txt")),
     )
-    log_training_plan(hparams, batches, total_steps, world_size)
-    brain = ASRBrain(
-        modules={"model": asr},
-        opt_class=torch.optim.AdamW,
-        hparams=brain_hparams,
-        run_opts=run_opts,
-        checkpointer=checkpointer,
-    )
-    eval_kwargs = {"batch_size": hparams["eval_batch_size"], "num_workers": hparams["num_workers"]}
+    eval_kwargs = {"batch_size": config.eval_batch_size, "num_workers": config.num_workers}
     brain.fit(
         epoch_counter,
         train_set,
         valid_set,
         train_loader_kwargs=loader_kwargs,
         valid_loader_kwargs=eval_kwargs,
-        progressbar=hparams["progressbar"],
+        progressbar=config.progressbar,
     )
     folder = os.path.join(output, EXPERT_DIR)
     best = brain.checkpointer.find_checkpoint(min_key="WER")
     provenance = {
         "kind": "expert",
-        "base_model": hparams["model_source"],
+        "base_model": config.model_source,
         "base_model_fingerprint": stamp["model_source"],
         STAMP_KEY: stamp,
-        "init_from": hparams["init_from"],
-        "domain": corpus or hparams["domain"],
-        "train_csv": hparams["train_csv"],
+        "init_from": config.init_from,
+        "domain": corpus or config.domain,
+        "train_csv": config.train_csv,
         "dev_wer": best.meta.get("WER") if best else None,
         "hparams": {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool, type(None)))},
-        "lora": {"rank": hparams["lora_rank"], "alpha": hparams["lora_alpha"]} if hparams["lora_rank"] else None,
+        "lora": {"rank": config.lora_rank, "alpha": config.lora_alpha} if config.lora_rank else None,
     }
     export_expert(brain, asr, folder, provenance)
     brain.checkpointer = None  # the model now holds the best weights (LoRA folded in)
     for name, test_set in test_sets.items():
-        brain.hparams.utterance_output = os.path.join(output, f"test_{name}.csv")
-        brain.evaluate(test_set, test_loader_kwargs=eval_kwargs, progressbar=hparams["progressbar"])
+        brain.utterance_output = os.path.join(output, f"test_{name}.csv")
+        brain.evaluate(test_set, test_loader_kwargs=eval_kwargs, progressbar=config.progressbar)
     return folder
 
 

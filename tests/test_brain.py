@@ -5,18 +5,18 @@ import speechbrain as sb
 import torch
 
 from aode.brain import ASRBrain
+from aode.config import BrainConfig
 from aode.data import make_dataset
 from aode.models import load_asr_model
 from aode.schedule import STLR
 
 
 def _brain(asr, max_grad_norm=5.0, lr=3e-3, total_steps=100):
-    hparams = {"lr": lr, "llrd_alpha": 0.9, "scheduler": STLR(total_steps, 0.1)}
     return ASRBrain(
-        modules={"model": asr},
-        opt_class=torch.optim.AdamW,
-        hparams=hparams,
+        {"model": asr},
+        BrainConfig(lr=lr, llrd_alpha=0.9),
         run_opts={"device": "cpu", "max_grad_norm": max_grad_norm},
+        scheduler=STLR(total_steps, 0.1),
     )
 
 
@@ -67,7 +67,7 @@ def test_clipping_covers_every_group(tiny_parakeet, sample_manifest, monkeypatch
 def test_validation_scores_and_writes_utterances(tiny_parakeet, sample_manifest, tmp_path):
     asr = load_asr_model(tiny_parakeet)
     brain = _brain(asr)
-    brain.hparams.utterance_output = str(tmp_path / "utts.csv")
+    brain.utterance_output = str(tmp_path / "utts.csv")
     data = make_dataset(sample_manifest, asr, {})
     brain.evaluate(data, test_loader_kwargs={"batch_size": 4}, progressbar=False)
     assert brain.last_stats["WER"] >= 0

@@ -260,7 +260,7 @@ def test_experiment_merge_methods_options_are_checked_by_the_schema(tmp_path):
     with pytest.raises(ConfigError, match=r"merge_methods\.TIES\.options: unknown ties option 'densty' \(did you"):
         validate(ExperimentConfig, hparams)
     hparams["merge_methods"] = {"TIES": {"method": "ties", "options": {"density": 0.5, "lam": 1.0}}}
-    assert validate(ExperimentConfig, hparams)["merge_methods"]["TIES"].options == {"density": 0.5, "lam": 1.0}
+    assert validate(ExperimentConfig, hparams).merge_methods["TIES"].options == {"density": 0.5, "lam": 1.0}
     assert not os.path.exists(tmp_path / "out")
 
 

@@ -29,7 +29,7 @@ TRAINING = ["whisper_llrd.yaml", "whisper_lora.yaml", "parakeet_llrd.yaml", "par
 def test_shipped_yaml_fits_its_schema(name, schema):
     path = os.path.join(HPARAMS, name)
     values = validate(schema, load_yaml(path), path)
-    assert set(values) == set(schema.model_fields)
+    assert type(values) is schema and set(values.model_dump()) == set(schema.model_fields)
 
 
 EXPERIMENTS = ["mini.yaml", "mini_full.yaml", "real_tiny.yaml", "real_tiny_full.yaml"]
@@ -46,14 +46,14 @@ def test_synthetic_corpus_is_the_last_prepare_step(name, tmp_path):
     ``prepare`` step after the YAML's own, with generate_corpus's folder, seed, scale and config."""
     hparams = load_yaml(os.path.join(HPARAMS, name), {"output_folder": str(tmp_path / "out")})
     values = validate(ExperimentConfig, hparams, name)
-    corpus, steps = values["synthetic_corpus"], values["prepare"]
+    corpus, steps = values.synthetic_corpus, values.prepare
     assert [s.function for s in steps] == [s["function"] for s in hparams.get("prepare") or []] + [
         SYNTHETIC_CORPUS_PREPARE
     ]
     assert steps[-1].save_folder == corpus.folder == hparams["corpus_folder"]
     assert steps[-1].options == {"seed": corpus.seed, "scale": corpus.scale, "config": corpus.config}
-    assert values["synthetic_corpus"] is not None and not os.path.exists(tmp_path / "out")
-    without = validate(ExperimentConfig, {**hparams, "synthetic_corpus": None}, name)["prepare"]
+    assert values.synthetic_corpus is not None and not os.path.exists(tmp_path / "out")
+    without = validate(ExperimentConfig, {**hparams, "synthetic_corpus": None}, name).prepare
     assert [s.function for s in without] == [s["function"] for s in hparams.get("prepare") or []]
 
 
@@ -66,7 +66,7 @@ def test_the_corpus_step_calls_generate_corpus_as_before(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(aode.mini.corpus, "generate_corpus", lambda *args, **kwargs: calls.append((args, kwargs)))
     module, _, function = SYNTHETIC_CORPUS_PREPARE.rpartition(".")
-    step = validate(ExperimentConfig, load_yaml(os.path.join(HPARAMS, "mini.yaml")), "mini.yaml")["prepare"][-1]
+    step = validate(ExperimentConfig, load_yaml(os.path.join(HPARAMS, "mini.yaml")), "mini.yaml").prepare[-1]
     getattr(importlib.import_module(module), function)(save_folder=step.save_folder, **step.options)
     assert calls == [((step.save_folder,), {"seed": 0, "config": None, "scale": 1.0})]
 
@@ -89,14 +89,17 @@ def test_wrong_values_are_refused():
 
 
 def test_defaults_are_declared_once():
-    """The Brain's fallbacks are the schema's (evaluation builds a Brain without training keys)."""
+    """The Brain reads a typed BrainConfig, whose defaults a TrainingConfig has as they are (it is
+    one); evaluation builds one with its normaliser and nothing else."""
     import torch
 
     from aode.brain import ASRBrain
+    from aode.config import BrainConfig
 
-    brain = ASRBrain(modules={"model": torch.nn.Linear(1, 1)}, hparams={}, run_opts={})
-    for key in ("lr", "llrd_alpha", "llrd_mode", "weight_decay", "normalizer"):
-        assert brain._hp(key) == TrainingConfig.model_fields[key].default
+    assert issubclass(TrainingConfig, BrainConfig)
+    brain = ASRBrain({"model": torch.nn.Linear(1, 1)}, BrainConfig(normalizer="basic"), run_opts={})
+    assert brain.config == BrainConfig(normalizer="basic") and brain.config.lr == BrainConfig.model_fields["lr"].default
+    assert not hasattr(brain, "_hp")  # no defaults looked up by name
     assert TrainingConfig.model_fields["eval_batch_size"].default == MergeConfig.model_fields["eval_batch_size"].default
 
 

@@ -189,15 +189,15 @@ def test_experiment_yaml_defaults_and_shipped_files(tmp_path, speaker_csvs):
         if k in ("output_folder", "original", "domains", "forgetting_sets", "train_hparams_file")
     }
     config = validate(ExperimentConfig, minimal)
-    assert config["eval_batch_size"] == EVAL_BATCH_SIZE and config["original_name"] == ORIGINAL_NAME
-    assert config["scenarios"] == ["experts", "aode", "aode_with_original"]
+    assert config.eval_batch_size == EVAL_BATCH_SIZE and config.original_name == ORIGINAL_NAME
+    assert config.scenarios == ["experts", "aode", "aode_with_original"]
     assert Experiment(minimal).rows["original"].label == ORIGINAL_NAME
     for name in ("mini.yaml", "mini_full.yaml"):
         shipped = validate(ExperimentConfig, load_yaml(os.path.join(ROOT, "hparams", name)), name)
-        assert shipped["eval_batch_size"] == 25 and shipped["synthetic_corpus"].folder == shipped["corpus_folder"]
+        assert shipped.eval_batch_size == 25 and shipped.synthetic_corpus.folder == shipped.corpus_folder
     # test_mini's --synthetic_corpus "{scale: 0.03}" replaces the mapping: the folder is corpus_folder
     reduced = load_yaml(os.path.join(ROOT, "hparams", "mini.yaml"), {"synthetic_corpus": {"scale": 0.03}})
-    corpus = validate(ExperimentConfig, reduced)["synthetic_corpus"]
+    corpus = validate(ExperimentConfig, reduced).synthetic_corpus
     assert corpus.folder == reduced["corpus_folder"] and corpus.scale == 0.03
     with pytest.raises(ConfigError, match="weight_search needs forgetting_dev_sets"):
         validate(ExperimentConfig, {**minimal, "scenarios": ["weight_search"]})

@@ -273,10 +273,10 @@ def test_the_command_line_forms(tmp_path):
     def cfg(*argv):
         return validate(ExperimentConfig, load_yaml(MINI, dict(zip(argv[::2], argv[1::2]))))
 
-    assert cfg()["launcher"] == LauncherConfig() and LauncherConfig().kind == "serial"
-    local = cfg("launcher", "local", "jobs", 2)["launcher"]
+    assert cfg().launcher == LauncherConfig() and LauncherConfig().kind == "serial"
+    local = cfg("launcher", "local", "jobs", 2).launcher
     assert (local.kind, local.jobs) == ("local", 2)
-    assert cfg("launcher", {"kind": "local", "jobs": 2})["launcher"] == local
+    assert cfg("launcher", {"kind": "local", "jobs": 2}).launcher == local
     with pytest.raises(ConfigError, match="jobs needs a parallel launcher"):
         cfg("jobs", 2)
     with pytest.raises(ConfigError, match="jobs 2 and launcher.jobs 3 differ"):

@@ -12,7 +12,9 @@ import torch
 from conftest import train_tiny_expert
 
 from aode.brain import ASRBrain
+from aode.config import TrainingConfig
 from aode.config import parse_command_line
+from aode.config import validate
 from aode.models import load_asr_model
 from aode.models import load_hf_config
 from aode.models import resolve_model_folder
@@ -24,27 +26,30 @@ WHISPER_YAML = os.path.join(ROOT, "hparams", "whisper_llrd.yaml")
 PARAKEET_YAML = os.path.join(ROOT, "hparams", "parakeet_llrd.yaml")
 
 
-def _brain(hparams, run_opts):
+def _brain(config, run_opts):
     """SpeechBrain's own Brain decides which option wins; we only feed it."""
-    return ASRBrain(modules={"model": torch.nn.Linear(1, 1)}, hparams=hparams, run_opts=run_opts)
+    return ASRBrain({"model": torch.nn.Linear(1, 1)}, config, run_opts=run_opts)
+
+
+def _config(argv):
+    hparams, run_opts, _, _ = parse_command_line(argv)
+    return validate(TrainingConfig, hparams), run_opts
 
 
 def test_yaml_run_options_reach_the_brain():
-    hparams, run_opts, _, _ = parse_command_line([WHISPER_YAML])
-    assert hparams["grad_accumulation_factor"] == 2  # the shipped file's value
-    opts = resolve_run_options(hparams, run_opts)
-    brain = _brain(hparams, opts)
+    config, run_opts = _config([WHISPER_YAML])
+    assert config.grad_accumulation_factor == 2  # the shipped file's value
+    opts = resolve_run_options(config, run_opts)
+    brain = _brain(config, opts)
     assert brain.grad_accumulation_factor == 2 and brain.precision == "fp32"
 
 
 def test_command_line_run_options_win_and_are_recorded():
-    hparams, run_opts, _, _ = parse_command_line(
-        [WHISPER_YAML, "--precision", "bf16", "--grad_accumulation_factor", "4"]
-    )
-    opts = resolve_run_options(hparams, run_opts)
-    brain = _brain(hparams, opts)
+    config, run_opts = _config([WHISPER_YAML, "--precision", "bf16", "--grad_accumulation_factor", "4"])
+    opts = resolve_run_options(config, run_opts)
+    brain = _brain(config, opts)
     assert (brain.precision, brain.grad_accumulation_factor) == ("bf16", 4)
-    assert (hparams["precision"], hparams["grad_accumulation_factor"]) == ("bf16", 4)  # provenance
+    assert (config.precision, config.grad_accumulation_factor) == ("bf16", 4)  # provenance
 
 
 def test_accumulation_from_the_yaml_sets_the_step_count(tiny_parakeet, sample_manifest, tmp_path):
@@ -99,9 +104,9 @@ def test_layerdrop_is_off_by_default_and_settable(tmp_path):
 
 
 def test_layerdrop_asks_ddp_for_unused_parameters():
-    hparams = {"layerdrop": 0.2}
-    resolve_run_options(hparams, {"find_unused_parameters": False})
-    assert _brain(hparams, {}).find_unused_parameters is True
+    config, _ = _config([PARAKEET_YAML, "--layerdrop", "0.2"])
+    resolve_run_options(config, {"find_unused_parameters": False})
+    assert _brain(config, {}).find_unused_parameters is True
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_parakeet, sample_manifest, 
     original_start = ASRBrain.on_fit_batch_start
 
     def record(self, batch, should_step):
-        seen.append((self.hparams.epoch_counter.current, self.hparams.scheduler.current_step))
+        seen.append((self.epoch_counter.current, self.scheduler.current_step))
         original_start(self, batch, should_step)
 
     monkeypatch.setattr(ASRBrain, "on_fit_batch_start", record)

@@ -38,8 +38,8 @@ def main(argv):
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     hp, _, hparams_file, overrides = parse_command_line(argv)
     hp, mergekit = read_mergekit_config(hp, overrides)  # the merge part from a mergekit config, before any work
-    hp = validate(MergeConfig, hp, hparams_file)  # before any work
-    merge_and_evaluate(hp, mergekit)  # aode.pipeline: merge, evaluate, report, card
+    config = validate(MergeConfig, hp, hparams_file)  # before any work, the method's options among them
+    merge_and_evaluate(config, mergekit)  # aode.pipeline: merge, evaluate, report, card
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ def main(argv):
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     hparams, run_opts, hparams_file, _ = load_hparams(argv)
-    hparams = validate(MiniPretrainConfig, hparams, hparams_file)  # before any work
-    return pretrain_generalist(hparams, run_opts)  # aode.mini.pretrain
+    config = validate(MiniPretrainConfig, hparams, hparams_file)  # before any work
+    return pretrain_generalist(config, run_opts)  # aode.mini.pretrain
 
 
 if __name__ == "__main__":
