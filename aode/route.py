@@ -525,8 +525,9 @@ def train_router(
     model = _LazyModel(original, device)
     stamp = {
         "original": model.fingerprint,
-        "classes": {name: file_fingerprint(m) for name, m in class_manifests.items()},
-        "valid": {name: file_fingerprint(m) for name, m in (valid_manifests or {}).items()},
+        "classes": list(class_manifests),
+        **{f"manifest {name}": file_fingerprint(m) for name, m in class_manifests.items()},
+        **{f"valid manifest {name}": file_fingerprint(m) for name, m in (valid_manifests or {}).items()},
         "layers": list(layers),
         "utterances_per_class": utterances_per_class,
         "threshold": float(threshold),

@@ -248,7 +248,7 @@ def test_reuse_loads_and_a_changed_manifest_recomputes(tiny_parakeet, classes, t
     assert calls == {"pooled": 2, "fit": 2}
     # a changed manifest: that class's features and the fit are computed again
     write_manifest(str(spk1), read_manifest(classes["spk1"])[:4])
-    with pytest.raises(StaleOutputError, match="spk1"):
+    with pytest.raises(StaleOutputError, match="manifest spk1: "):
         train_router(tiny_parakeet, manifests, out, threshold=0.7, progress=False, overwrite=False)
     changed = train_router(tiny_parakeet, manifests, out, batch_size=16, threshold=0.7, progress=False)
     assert calls == {"pooled": 3, "fit": 3}
