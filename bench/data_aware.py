@@ -69,6 +69,7 @@ import tempfile
 import time
 
 import full_size  # the sibling bench: its runner and report helpers (python bench/data_aware.py)
+from full_size import cpu_name
 from full_size import error_tail
 from full_size import mem_total_gib
 from full_size import quote
@@ -76,30 +77,18 @@ from full_size import read
 from full_size import versions_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLES = os.path.join(ROOT, "tests", "data", "samples")
 RECIPE = os.path.join("recipes", "average", "merge.py")
 
 SHAPES = full_size.WHISPER_SHAPES  # whisper-small, and the quick run's tiny Whisper
-# Per-size defaults of the options (the command line replaces them).
-SIZES = {
-    "full": dict(
-        n_utterances=16,
-        batch_size=4,
-        other_utterances=4,
-        fisher_utterances=8,
-        fisher_batch_size=2,
-        pp_utterances=2,
-        timeout=5400,
-    ),
-    "quick": dict(
-        n_utterances=4,
-        batch_size=2,
-        other_utterances=2,
-        fisher_utterances=4,
-        fisher_batch_size=2,
-        pp_utterances=2,
-        timeout=600,
-    ),
+# The options' defaults, (full, quick) (the command line replaces them).
+SIZE_DEFAULTS = {
+    "n_utterances": (16, 4),
+    "batch_size": (4, 2),
+    "other_utterances": (4, 2),
+    "fisher_utterances": (8, 4),
+    "fisher_batch_size": (2, 2),
+    "pp_utterances": (2, 2),
+    "timeout": (5400, 600),
 }
 N_EXPERTS = 4
 EXPERTS = [f"expert{i + 1}" for i in range(N_EXPERTS)]
@@ -165,31 +154,12 @@ def perturbed_copy(src, dst, seed, scale):
 
 
 def sample_rows(n_rows):
-    """The real recordings of tests/data/samples as manifest rows, repeated (new IDs) up to
-    ``n_rows`` rows (at least the 10 recordings once)."""
-    import csv
+    """The real recordings of tests/data/samples as manifest rows (the tests' own,
+    tests/conftest.py), repeated (new IDs) up to ``n_rows`` rows (at least the 10 recordings once)."""
+    sys.path.insert(0, full_size.TESTS)
+    from conftest import sample_rows as recordings
 
-    import soundfile as sf
-
-    from aode.text import normalize_words
-
-    base = []
-    with open(os.path.join(SAMPLES, "speech.csv"), newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            path = os.path.join(SAMPLES, r["wav"])
-            duration = sf.info(path).duration
-            base.append(
-                {
-                    "ID": r["ID"],
-                    "duration": duration,
-                    "wav": path,
-                    "start": 0,
-                    "stop": duration,
-                    "spk_id": r["spk_id"],
-                    "wrd": normalize_words(r["wrd"]),
-                    "wrd_raw": r["wrd"].capitalize() + ".",
-                }
-            )
+    base = recordings()
     rows = []
     for k in range(max(1, -(-n_rows // len(base)))):
         rows += [dict(r, ID=r["ID"] if k == 0 else f"{r['ID']}_r{k}") for r in base]
@@ -315,6 +285,24 @@ def load1():
 
 
 # ----------------------------------------------------------------------------- the bench
+def error_row(key, step, error):
+    """The table row of a step the bench itself failed in (no command's result)."""
+    return {
+        "key": key,
+        "step": step,
+        "cmd": "",
+        "load": load1(),
+        "wall": 0.0,
+        "rss": 0.0,
+        "exit": "bench error",
+        "ok": False,
+        "out": "-",
+        "size": "-",
+        "notes": [],
+        "error": error,
+    }
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -713,33 +701,13 @@ class Bench:
             except Exception as err:  # a broken bench step is recorded too
                 import traceback
 
-                self.rows.append(
-                    {
-                        "key": step,
-                        "step": step,
-                        "cmd": "",
-                        "load": load1(),
-                        "wall": 0.0,
-                        "rss": 0.0,
-                        "exit": "bench error",
-                        "ok": False,
-                        "out": "-",
-                        "size": "-",
-                        "notes": [],
-                        "error": "".join(traceback.format_exception(err))[-2000:],
-                    }
-                )
+                self.rows.append(error_row(step, step, "".join(traceback.format_exception(err))[-2000:]))
                 self.log(f"{step}: bench error {err!r}")
 
     # ---------------------------------------------------------------- report
     def table(self):
         a, info = self.args, self.info or {}
-        cpu = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-        except OSError:
-            pass
+        cpu = cpu_name()
         end = os.getloadavg()
         loads = lambda t: " / ".join(f"{x:.2f}" for x in t)  # noqa: E731
         total = time.perf_counter() - self.started
@@ -861,9 +829,9 @@ def main(argv=None):
     parser.add_argument("--timeout", type=int, help="seconds per command (5400; quick 600)")
     parser.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per command (default 1: shared cores)")
     args = parser.parse_args(argv)
-    for key, value in SIZES["quick" if args.quick else "full"].items():
+    for key, (full, quick) in SIZE_DEFAULTS.items():
         if getattr(args, key) is None:
-            setattr(args, key, value)
+            setattr(args, key, quick if args.quick else full)
     if args.entropy is None:
         args.entropy = args.quick
     for key in ("n_utterances", "batch_size", "other_utterances", "fisher_utterances", "fisher_batch_size"):
@@ -884,22 +852,7 @@ def main(argv=None):
         bench.run_all()
     except Exception as err:
         bench.log(f"bench stopped: {err}")
-        bench.rows.append(
-            {
-                "key": "build",
-                "step": "build the members",
-                "cmd": "",
-                "load": load1(),
-                "wall": 0.0,
-                "rss": 0.0,
-                "exit": "bench error",
-                "ok": False,
-                "out": "-",
-                "size": "-",
-                "notes": [],
-                "error": str(err)[-3000:],
-            }
-        )
+        bench.rows.append(error_row("build", "build the members", str(err)[-3000:]))
     text = bench.table()
     print(text)
     with open(os.path.join(bench.work, "table.md"), "w", encoding="utf-8") as f:

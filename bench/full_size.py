@@ -55,14 +55,18 @@ PREP_OPTIONS = {
     "SPGISpeech": "{test_size: 3, valid_size: 2}",
     "CORAAL": "{n_valid_speakers: 1, n_test_speakers: 1}",
 }
-# run name: (corpus, hparams file). The 1.1B Parakeet runs go one at a time like every run.
+# The recipe runs, (corpus, hparams file), each named <corpus>-<hparams>. The 1.1B Parakeet runs
+# go one at a time like every run.
 RECIPE_RUNS = {
-    "SPGISpeech-whisper_llrd": ("SPGISpeech", "whisper_llrd.yaml"),
-    "DiPCo-whisper_llrd": ("DiPCo", "whisper_llrd.yaml"),
-    "NoisyVCTK-whisper_lora": ("NoisyVCTK", "whisper_lora.yaml"),
-    "GoogleNE-parakeet_lora": ("GoogleNE", "parakeet_lora.yaml"),
-    "CORAAL-parakeet_llrd": ("CORAAL", "parakeet_llrd.yaml"),
-    "JLCorpus-parakeet_llrd": ("JLCorpus", "parakeet_llrd.yaml"),
+    f"{corpus}-{hparams.removesuffix('.yaml')}": (corpus, hparams)
+    for corpus, hparams in (
+        ("SPGISpeech", "whisper_llrd.yaml"),
+        ("DiPCo", "whisper_llrd.yaml"),
+        ("NoisyVCTK", "whisper_lora.yaml"),
+        ("GoogleNE", "parakeet_lora.yaml"),
+        ("CORAAL", "parakeet_llrd.yaml"),
+        ("JLCorpus", "parakeet_llrd.yaml"),
+    )
 }
 MERGE_MEMBERS = ("SPGISpeech-whisper_llrd", "DiPCo-whisper_llrd")
 DDP_CORPUS = "SPGISpeech"
@@ -73,27 +77,26 @@ WHISPER_SHAPES = {
     "full": dict(d_model=768, layers=12, heads=12, ffn=3072),
     "quick": dict(d_model=64, layers=2, heads=2, ffn=128),
 }
+# configuration_parakeet.py's defaults are nvidia/parakeet-ctc-1.1b's encoder, but 24 layers
+PARAKEET_FULL = dict(
+    hidden_size=1024,
+    num_hidden_layers=42,
+    num_attention_heads=8,
+    intermediate_size=4096,
+    subsampling_factor=8,
+    subsampling_conv_channels=256,
+    conv_kernel_size=9,
+    num_mel_bins=80,
+)
 PARAKEET_SHAPES = {
-    # configuration_parakeet.py's defaults are nvidia/parakeet-ctc-1.1b's encoder, but 24 layers
-    "full": dict(
-        hidden_size=1024,
-        num_hidden_layers=42,
-        num_attention_heads=8,
-        intermediate_size=4096,
-        subsampling_factor=8,
-        subsampling_conv_channels=256,
-        conv_kernel_size=9,
-        num_mel_bins=80,
-    ),
-    "quick": dict(
+    "full": PARAKEET_FULL,
+    "quick": dict(  # narrower and shallower, the rest as the full one
+        PARAKEET_FULL,
         hidden_size=144,
         num_hidden_layers=4,
         num_attention_heads=4,
         intermediate_size=576,
-        subsampling_factor=8,
         subsampling_conv_channels=64,
-        conv_kernel_size=9,
-        num_mel_bins=80,
     ),
 }
 PARAKEET_VOCAB = 1025  # 1024 SentencePiece pieces + blank (id 1024, the pad token)
@@ -218,6 +221,17 @@ def mem_available_gib():
 
 
 THREADS = {}  # OMP/MKL threads of every command (--threads)
+
+
+def new_row(run, model, cmd, shown=None):
+    """The result row of a run of ``cmd`` (shown as ``shown``, else as its python command
+    line), with the memory available as it starts."""
+    return {
+        "run": run,
+        "model": model,
+        "cmd": shown or "python " + " ".join(quote(c) for c in cmd[1:]),
+        "mem_start": mem_available_gib(),
+    }
 
 
 def run_command(cmd, log_path, timeout, env=None):
@@ -427,6 +441,13 @@ class Bench:
             + ("" if row["ok"] else "  FAILED:\n" + row["error"])
         )
 
+    def run_logged(self, row, cmd, name):
+        """Run ``cmd`` logged to ``<logs>/<name>.log``, its wall time and peak RSS into ``row``;
+        returns (exit status, the log's text)."""
+        log = os.path.join(self.logs, name + ".log")
+        rc, row["wall"], row["rss"] = run_command(cmd, log, self.args.timeout)
+        return rc, read(log)
+
     # ---------------------------------------------------------------- runs
     def recipe(self, run):
         corpus, hparams = RECIPE_RUNS[run]
@@ -434,16 +455,9 @@ class Bench:
         output = self.output(run)
         shutil.rmtree(output, ignore_errors=True)
         cmd = [sys.executable] + self.recipe_command(corpus, hparams, output, kind)
-        row = {
-            "run": run,
-            "model": kind,
-            "cmd": "python " + " ".join(quote(c) for c in cmd[1:]),
-            "mem_start": mem_available_gib(),
-        }
-        log = os.path.join(self.logs, run + ".log")
+        row = new_row(run, kind, cmd)
         self.log(f"{run}: {row['cmd']}")
-        rc, row["wall"], row["rss"] = run_command(cmd, log, self.args.timeout)
-        text = read(log)
+        rc, text = self.run_logged(row, cmd, run)
         self.finish_recipe(row, text, output)
         self.record(row, text, rc)
 
@@ -514,16 +528,9 @@ class Bench:
             "--output_folder",
             output,
         ]
-        row = {
-            "run": "merge (aode.yaml, 2 Whisper experts)",
-            "model": "whisper",
-            "cmd": "python " + " ".join(quote(c) for c in cmd[1:]),
-            "mem_start": mem_available_gib(),
-        }
-        log = os.path.join(self.logs, "merge.log")
+        row = new_row("merge (aode.yaml, 2 Whisper experts)", "whisper", cmd)
         self.log(f"merge: {row['cmd']}")
-        rc, row["wall"], row["rss"] = run_command(cmd, log, self.args.timeout)
-        text = read(log)
+        rc, text = self.run_logged(row, cmd, "merge")
         merged = os.path.join(output, "merged", "config.json")
         wer = os.path.join(output, "wer.csv")
         problems = [
@@ -557,20 +564,18 @@ class Bench:
             "'audio_s': len(audio) / rate, 'text': out['text'][:80]}))\n"
         )
         cmd = [sys.executable, "-c", code]
-        row = {
-            "run": "transformers.pipeline on the merge",
-            "model": "whisper",
-            "cmd": "pipeline('automatic-speech-recognition', model=<merge>/merged)(spk1_snt1.wav)",
-            "mem_start": mem_available_gib(),
-        }
-        log = os.path.join(self.logs, "pipeline.log")
+        row = new_row(
+            "transformers.pipeline on the merge",
+            "whisper",
+            cmd,
+            shown="pipeline('automatic-speech-recognition', model=<merge>/merged)(spk1_snt1.wav)",
+        )
         self.log("pipeline on the merged folder")
         if not os.path.isfile(os.path.join(merged, "config.json")):
             row.update(wall=0.0, rss=0.0, ok=False, error="no merged model (the merge run failed)")
             self.record(row, "", "not run")
             return
-        rc, row["wall"], row["rss"] = run_command(cmd, log, self.args.timeout)
-        text = read(log)
+        rc, text = self.run_logged(row, cmd, "pipeline")
         found = re.search(r"PIPELINE (\{.*\})", text)
         if found:
             info = json.loads(found[1])
@@ -589,16 +594,9 @@ class Bench:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
         cmd += self.recipe_command(corpus, hparams, output, "whisper")
         cmd += ["--distributed_backend", "gloo", "--device", "cpu"]
-        row = {
-            "run": f"torchrun x2 {corpus}-whisper_llrd (gloo)",
-            "model": "whisper",
-            "cmd": "python " + " ".join(quote(c) for c in cmd[1:]),
-            "mem_start": mem_available_gib(),
-        }
-        log = os.path.join(self.logs, "ddp.log")
+        row = new_row(f"torchrun x2 {corpus}-whisper_llrd (gloo)", "whisper", cmd)
         self.log(f"ddp: {row['cmd']}")
-        rc, row["wall"], row["rss"] = run_command(cmd, log, self.args.timeout)
-        text = read(log)
+        rc, text = self.run_logged(row, cmd, "ddp")
         self.finish_recipe(row, text, output)
         row["note"] = "peak RSS: the largest single process (each rank holds a model + AdamW)"
         self.record(row, text, rc)
@@ -630,12 +628,7 @@ class Bench:
     # ---------------------------------------------------------------- report
     def table(self):
         today = datetime.date.today()
-        cpu = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-        except OSError:
-            pass
+        cpu = cpu_name()
         versions = versions_line()
         total = time.perf_counter() - self.started
         lines = [
@@ -731,6 +724,17 @@ class Bench:
             ]
         lines.append("\nReproduce: `python bench/full_size.py` (`--quick` for tiny models, `--runs` to pick runs).\n")
         return "\n".join(lines)
+
+
+def cpu_name():
+    """The CPU's model name (/proc/cpuinfo), else what platform says."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return cpu
 
 
 def mem_total_gib():
