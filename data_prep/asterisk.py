@@ -286,13 +286,7 @@ def prepare_asterisk(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli_parser(__doc__, f"the Asterisk sounds folder (default: {DEBIAN_SOUNDS}, the Debian install)")
-    for action in parser._actions:  # the installed Debian folder is the default here
-        if action.dest == "data_folder":
-            action.required, action.default = False, DEBIAN_SOUNDS
-        if action.dest == "save_folder":
-            action.required, action.default = False, "results/asterisk"
-            action.help = "where the manifests are written (default: %(default)s)"
+    parser = cli_parser(__doc__, "the Asterisk sounds folder", installed=DEBIAN_SOUNDS, save_folder="results/asterisk")
     parser.add_argument(
         "--transcripts",
         default=None,

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import soundfile as sf
+from tqdm import tqdm
 
 from aode.atomic import atomic_open
 from aode.manifest import write_manifest
@@ -392,6 +393,15 @@ def decode_text(data: bytes) -> str:
         return data.decode("cp1252", errors="replace")
 
 
+def numbered_lines(path: str | os.PathLike, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of the non-blank lines of text file ``path`` (a transcript or
+    an index, one utterance a line), bytes that do not decode replaced."""
+    with open(path, encoding=encoding, errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield lineno, line
+
+
 def read_transcript(path: str | os.PathLike) -> str:
     """The text of a one-utterance transcript file (:func:`decode_text`), whitespace
     collapsed.
@@ -405,6 +415,23 @@ def read_transcript(path: str | os.PathLike) -> str:
     except OSError as err:
         raise ValueError(f"unreadable transcript ({err.strerror or err})") from err
     return " ".join(decode_text(data).split())
+
+
+def transcribed_stems(
+    wavs: Mapping[str, str], txts: Mapping[str, str], skipped: SkipLog, desc: str, id_suffix: str = ""
+) -> Iterator[tuple[str, str | None, str | None]]:
+    """``(stem, transcript path, its text)`` for every stem of ``wavs`` ({stem: audio path})
+    and ``txts`` ({stem: .txt path}), sorted, with a progress bar ``desc``; path and text None
+    where there is no transcript. A transcript that cannot be read goes to ``skipped`` (ID
+    ``stem + id_suffix``), as unreadable audio does, and its stem is left out."""
+    for stem in tqdm(sorted(set(wavs) | set(txts)), desc=desc, unit="file"):
+        txt = txts.get(stem)
+        try:
+            text = read_transcript(txt) if txt else None
+        except ValueError as err:  # unreadable .txt: skipped and logged like unreadable audio
+            skipped.skip(stem + id_suffix, txt, str(err))
+            continue
+        yield stem, txt, text
 
 
 def seeded_split(
@@ -469,14 +496,26 @@ def print_summary(summary: Mapping[str, tuple[int, float]], skipped_counts: Mapp
         print(f"skipped {count}: {reason}")
 
 
-def cli_parser(description: str, data_folder_help: str) -> argparse.ArgumentParser:
+def cli_parser(
+    description: str, data_folder_help: str, installed: str | None = None, save_folder: str | None = None
+) -> argparse.ArgumentParser:
     """The argument parser of a preparation's command line, with the two flags every one
     takes (``--data_folder``, ``--save_folder``); the corpus adds its own options, each with
     the ``dest`` of the ``prepare_<corpus>`` argument it sets. ``description`` may be the
-    module's docstring: its first paragraph is shown."""
+    module's docstring: its first paragraph is shown.
+
+    A corpus that a Debian package installs gives its folder (``installed``) and a
+    ``save_folder``: the defaults of the two flags, which are then optional."""
     parser = argparse.ArgumentParser(description=" ".join(description.strip().split("\n\n")[0].split()))
-    parser.add_argument("--data_folder", required=True, help=data_folder_help)
-    parser.add_argument("--save_folder", required=True, help="where the manifests are written")
+    if installed is not None:
+        data_folder_help += " (default: %(default)s, the Debian install)"
+    parser.add_argument("--data_folder", required=installed is None, default=installed, help=data_folder_help)
+    if save_folder is None:
+        parser.add_argument("--save_folder", required=True, help="where the manifests are written")
+    else:
+        parser.add_argument(
+            "--save_folder", default=save_folder, help="where the manifests are written (default: %(default)s)"
+        )
     return parser
 
 

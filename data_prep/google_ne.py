@@ -57,6 +57,7 @@ from data_prep.common import SkipLog
 from data_prep.common import already_prepared
 from data_prep.common import cli_parser
 from data_prep.common import finish
+from data_prep.common import numbered_lines
 from data_prep.common import prep_options
 from data_prep.common import remove_stale_manifests
 from data_prep.common import require
@@ -136,15 +137,12 @@ def read_line_index(path: str, skipped: SkipLog) -> list[tuple[str, str, int]]:
     """``[(FileID, sentence, line number)]`` of one index file; malformed lines go to
     ``skipped``."""
     entries = []
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parsed = parse_index_line(line)
-            if parsed is None:
-                skipped.skip(line.split("\t")[0].strip(), f"{path}:{lineno}", MALFORMED)
-                continue
-            entries.append((*parsed, lineno))
+    for lineno, line in numbered_lines(path, encoding="utf-8-sig"):
+        parsed = parse_index_line(line)
+        if parsed is None:
+            skipped.skip(line.split("\t")[0].strip(), f"{path}:{lineno}", MALFORMED)
+            continue
+        entries.append((*parsed, lineno))
     return entries
 
 

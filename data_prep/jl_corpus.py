@@ -40,8 +40,6 @@ import re
 import sys
 from collections.abc import Sequence
 
-from tqdm import tqdm
-
 from data_prep.common import PrepOptionsError
 from data_prep.common import SkipLog
 from data_prep.common import already_prepared
@@ -49,11 +47,11 @@ from data_prep.common import cli_parser
 from data_prep.common import finish
 from data_prep.common import folders_below
 from data_prep.common import prep_options
-from data_prep.common import read_transcript
 from data_prep.common import require
 from data_prep.common import require_data_folder
 from data_prep.common import run_cli
 from data_prep.common import seeded_split
+from data_prep.common import transcribed_stems
 from data_prep.common import whole_file_row
 
 logger = logging.getLogger(__name__)
@@ -140,14 +138,8 @@ def _collect(data_folder, skipped):
     if irregular:
         logger.warning("%s: %d stems are not of the documented form (e.g. %s)", CORPUS, len(irregular), irregular[0])
     rows = []
-    for stem in tqdm(sorted(set(wavs) | set(txts)), desc=CORPUS, unit="file"):
+    for stem, txt, text in transcribed_stems(wavs, txts, skipped, CORPUS):
         speaker, emotion = parse_stem(stem)
-        txt = txts.get(stem)
-        try:
-            text = read_transcript(txt) if txt else None
-        except ValueError as err:  # unreadable .txt: skipped and logged like unreadable audio
-            skipped.skip(stem, txt, str(err))
-            continue
         row = whole_file_row(stem, wavs.get(stem), speaker, text, skipped, source=txt, emotion=emotion)
         if row is not None:
             rows.append(row)

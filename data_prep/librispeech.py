@@ -40,6 +40,7 @@ from data_prep.common import already_prepared
 from data_prep.common import cli_parser
 from data_prep.common import find_root
 from data_prep.common import finish
+from data_prep.common import numbered_lines
 from data_prep.common import prep_options
 from data_prep.common import require_data_folder
 from data_prep.common import run_cli
@@ -121,16 +122,13 @@ def _read_split(split_dir, split, skipped):
             if name.endswith(".flac"):
                 audio[name[: -len(".flac")]] = path
             elif name.endswith(".trans.txt"):
-                with open(path, encoding="utf-8-sig", errors="replace") as f:
-                    for lineno, line in enumerate(f, 1):
-                        if not line.strip():
-                            continue
-                        fields = line.split(maxsplit=1)
-                        utt_id = fields[0]
-                        if utt_id in texts:
-                            skipped.skip(utt_id, f"{path}:{lineno}", "duplicate utterance id")
-                            continue
-                        texts[utt_id] = (" ".join(fields[1].split()) if len(fields) > 1 else "", f"{path}:{lineno}")
+                for lineno, line in numbered_lines(path, encoding="utf-8-sig"):
+                    fields = line.split(maxsplit=1)
+                    utt_id = fields[0]
+                    if utt_id in texts:
+                        skipped.skip(utt_id, f"{path}:{lineno}", "duplicate utterance id")
+                        continue
+                    texts[utt_id] = (" ".join(fields[1].split()) if len(fields) > 1 else "", f"{path}:{lineno}")
     rows = []
     for utt_id in tqdm(sorted(set(audio) | set(texts)), desc=f"{CORPUS} {split}", unit="file"):
         text, where = texts.get(utt_id, (None, None))

@@ -62,8 +62,6 @@ import sys
 from collections.abc import Iterable
 from collections.abc import Sequence
 
-from tqdm import tqdm
-
 from data_prep.common import LayoutError
 from data_prep.common import PrepOptionsError
 from data_prep.common import SkipLog
@@ -73,10 +71,10 @@ from data_prep.common import find_root
 from data_prep.common import finish
 from data_prep.common import folders_below
 from data_prep.common import prep_options
-from data_prep.common import read_transcript
 from data_prep.common import require
 from data_prep.common import require_data_folder
 from data_prep.common import run_cli
+from data_prep.common import transcribed_stems
 from data_prep.common import whole_file_row
 
 logger = logging.getLogger(__name__)
@@ -150,15 +148,8 @@ def _collect(wav_dir, txt_dir, skipped, desc, id_suffix=""):
     wavs = _files_by_stem(wav_dir, ".wav")
     txts = _files_by_stem(txt_dir, ".txt")
     rows = []
-    for stem in tqdm(sorted(set(wavs) | set(txts)), desc=desc, unit="file"):
-        utt_id = stem + id_suffix
-        txt = txts.get(stem)
-        try:
-            text = read_transcript(txt) if txt else None
-        except ValueError as err:  # unreadable .txt: skipped and logged like unreadable audio
-            skipped.skip(utt_id, txt, str(err))
-            continue
-        row = whole_file_row(utt_id, wavs.get(stem), _speaker(stem), text, skipped, source=txt)
+    for stem, txt, text in transcribed_stems(wavs, txts, skipped, desc, id_suffix):
+        row = whole_file_row(stem + id_suffix, wavs.get(stem), _speaker(stem), text, skipped, source=txt)
         if row is not None:
             rows.append(row)
     return rows

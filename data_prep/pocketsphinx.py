@@ -31,6 +31,7 @@ from data_prep.common import SkipLog
 from data_prep.common import already_prepared
 from data_prep.common import cli_parser
 from data_prep.common import finish
+from data_prep.common import numbered_lines
 from data_prep.common import prep_options
 from data_prep.common import require_data_folder
 from data_prep.common import run_cli
@@ -76,15 +77,12 @@ def _read_set(root: str, name: str, skipped: SkipLog) -> list[dict]:
     transcription, fileids = (os.path.join(root, name, f) for f in SETS[name])
     texts = {}
     if os.path.isfile(transcription):
-        with open(transcription, encoding="utf-8", errors="replace") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                parsed = parse_line(line)
-                if parsed is None:
-                    skipped.skip(f"{name}_line{lineno}", f"{transcription}:{lineno}", MALFORMED)
-                    continue
-                texts[parsed[0]] = (parsed[1], f"{transcription}:{lineno}")
+        for lineno, line in numbered_lines(transcription):
+            parsed = parse_line(line)
+            if parsed is None:
+                skipped.skip(f"{name}_line{lineno}", f"{transcription}:{lineno}", MALFORMED)
+                continue
+            texts[parsed[0]] = (parsed[1], f"{transcription}:{lineno}")
     else:
         logger.warning("%s: %s has no %s", CORPUS, name, SETS[name][0])
     ids = []
@@ -135,13 +133,9 @@ def prepare_pocketsphinx(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli_parser(__doc__, f"the PocketSphinx test-data folder (default: {DEBIAN_DATA}, the Debian install)")
-    for action in parser._actions:  # the installed Debian folder is the default here
-        if action.dest == "data_folder":
-            action.required, action.default = False, DEBIAN_DATA
-        if action.dest == "save_folder":
-            action.required, action.default = False, "results/pocketsphinx"
-            action.help = "where the manifests are written (default: %(default)s)"
+    parser = cli_parser(
+        __doc__, "the PocketSphinx test-data folder", installed=DEBIAN_DATA, save_folder="results/pocketsphinx"
+    )
     return run_cli(prepare_pocketsphinx, parser, argv, MANIFESTS)
 
 
