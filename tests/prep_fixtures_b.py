@@ -1,4 +1,6 @@
-"""Helpers for the data-prep tests of Noisy VCTK, Google NE, JL Corpus and LibriSpeech.
+"""Helpers for the data-prep tests of Noisy VCTK, Google NE, JL Corpus and LibriSpeech, and
+those every data-prep test shares (a preparation as a script, its manifests read back, its
+rerun).
 
 Miniature corpora are built from the ten real recordings in ``tests/data/samples/speech``
 (16 kHz), written at each corpus's own sample rate and format.
@@ -6,14 +8,22 @@ Miniature corpora are built from the ten real recordings in ``tests/data/samples
 
 import csv
 import functools
+import json
 import os
+import subprocess
+import sys
 from math import gcd
 
 import numpy as np
+import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from data_prep.common import LayoutError
+
 SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "samples")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLITS = ("train", "valid", "test")
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,6 +91,84 @@ def stamps(folder, names=("train.csv", "valid.csv", "test.csv")):
         st = os.stat(os.path.join(folder, name))
         out[name] = (st.st_ino, st.st_mtime_ns)
     return out
+
+
+def corpus_fixture(build, folder):
+    """A pytest fixture giving ``(data folder, save folder, expected rows)``: the miniature
+    that ``build(data folder)`` writes to ``<tmp_path>/<folder>`` (it returns the expected
+    rows), and ``<tmp_path>/prepared`` for the manifests."""
+
+    @pytest.fixture
+    def fixture(tmp_path):
+        root = str(tmp_path / folder)
+        return root, str(tmp_path / "prepared"), build(root)
+
+    return fixture
+
+
+def rows_by_split(save, splits=SPLITS):
+    """``{split: rows}`` of the manifests ``<save>/<split>.csv``."""
+    return {s: read_csv(os.path.join(save, f"{s}.csv")) for s in splits}
+
+
+def check_prepared(save, expected, splits=SPLITS):
+    """Every row of the manifests ``<save>/<split>.csv`` as ``expected`` says
+    (:func:`check_manifest_rows`); returns ``{split: rows}``."""
+    rows = rows_by_split(save, splits)
+    check_manifest_rows(sum(rows.values(), []), expected)
+    return rows
+
+
+def run_script(corpus, *args, cwd=REPO, timeout=None):
+    """``python data_prep/<corpus>.py *args``, as a user runs it: the finished process, its
+    output captured."""
+    script = os.path.join(REPO, "data_prep", f"{corpus}.py")
+    return subprocess.run([sys.executable, script, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def check_help(corpus, options):
+    """``python data_prep/<corpus>.py --help`` works and names the two flags every preparation
+    takes (--data_folder, --save_folder) and each of the corpus's ``options``."""
+    result = run_script(corpus, "--help", timeout=60)
+    assert result.returncode == 0, result.stderr
+    for option in ("--data_folder", "--save_folder", *options):
+        assert option in result.stdout
+
+
+def layout_error(prepare, root, out, manifest="train.csv"):
+    """The message of the LayoutError ``prepare(root, out)`` raises; it names ``root``, and
+    nothing was written (no ``manifest``). A data folder beside ``root`` that does not exist
+    is refused as such first."""
+    with pytest.raises(LayoutError, match="does not exist"):
+        prepare(os.path.join(os.path.dirname(str(root)), "nowhere"), str(out))
+    with pytest.raises(LayoutError) as err:
+        prepare(str(root), str(out))
+    message = str(err.value)
+    assert str(root) in message
+    assert not os.path.exists(os.path.join(out, manifest))
+    return message
+
+
+def recorded_options(save):
+    """The options a preparation recorded in ``<save>/prep_options.json``."""
+    with open(os.path.join(save, "prep_options.json")) as f:
+        return json.load(f)
+
+
+def check_skip_then_redo(prepare, data, save, manifests=("train.csv", "valid.csv", "test.csv"), **changed):
+    """A second ``prepare(data, save)`` skips (returns None, rewrites nothing); one with the
+    ``changed`` options rewrites every file (``manifests`` and the two beside them) and records
+    the options in prep_options.json."""
+    assert prepare(data, save) is not None
+    before = stamps(save, manifests)
+    assert prepare(data, save) is None
+    assert stamps(save, manifests) == before
+    prepare(data, save, **changed)
+    after = stamps(save, manifests)
+    assert all(after[name] != before[name] for name in before)
+    recorded = recorded_options(save)
+    for key, value in changed.items():
+        assert recorded[key] == value
 
 
 def check_manifest_rows(rows, expected):

@@ -3,8 +3,6 @@
 import csv
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import soundfile as sf
@@ -17,7 +15,9 @@ from prep_fixtures_a import ORDER_BASE
 from prep_fixtures_a import ORDER_ROWS
 from prep_fixtures_a import TRUNCATED
 from prep_fixtures_a import make_coraal
+from prep_fixtures_b import check_help
 from prep_fixtures_b import load_with_speechbrain
+from prep_fixtures_b import run_script
 
 from aode.manifest import MANIFEST_COLUMNS
 from aode.manifest import read_manifest
@@ -33,7 +33,7 @@ from data_prep.coraal import read_transcript_table
 from data_prep.coraal import segment_rows
 from data_prep.coraal import split_speakers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI_SPLIT = ("--n_valid_speakers", "1", "--n_test_speakers", "1")  # SPLIT on the command line
 SPLIT = dict(n_valid_speakers=1, n_test_speakers=1)
 
 # ID -> (start, stop, speaker, wrd_raw) of every segment with the default options
@@ -320,34 +320,11 @@ def test_loads_with_speechbrain(tmp_path):
 
 def test_command_line(tmp_path):
     make_coraal(str(tmp_path / "data"))
-    script = os.path.join(REPO, "data_prep", "coraal.py")
-    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
-    for option in (
-        "--data_folder",
-        "--save_folder",
-        "--keep_interviewer",
-        "--max_segment_seconds",
-        "--n_valid_speakers",
-        "--n_test_speakers",
-        "--seed",
-    ):
-        assert option in help_text
-    out = str(tmp_path / "out")
-    run = subprocess.run(
-        [
-            sys.executable,
-            script,
-            "--data_folder",
-            str(tmp_path / "data"),
-            "--save_folder",
-            out,
-            "--n_valid_speakers",
-            "1",
-            "--n_test_speakers",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
+    check_help(
+        "coraal", ("--keep_interviewer", "--max_segment_seconds", "--n_valid_speakers", "--n_test_speakers", "--seed")
+    )
+    run = run_script(
+        "coraal", "--data_folder", str(tmp_path / "data"), "--save_folder", str(tmp_path / "out"), *CLI_SPLIT
     )
     assert run.returncode == 0, run.stderr
     assert "train.csv:" in run.stdout and "skipped 1: pause-only row" in run.stdout
@@ -450,23 +427,7 @@ def test_text_only_layout_is_refused_with_its_cause(tmp_path):
         ),
     }
     # the command line: exit 2, one line
-    script = os.path.join(REPO, "data_prep", "coraal.py")
-    run = subprocess.run(
-        [
-            sys.executable,
-            script,
-            "--data_folder",
-            data,
-            "--save_folder",
-            out,
-            "--n_valid_speakers",
-            "1",
-            "--n_test_speakers",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    run = run_script("coraal", "--data_folder", data, "--save_folder", out, *CLI_SPLIT)
     assert run.returncode == 2, run.stderr
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "audio_partNN" in errors[0]

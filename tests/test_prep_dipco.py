@@ -2,12 +2,12 @@
 
 import csv
 import os
-import subprocess
-import sys
 
 import pytest
 from prep_fixtures_a import DIPCO_SESSIONS
 from prep_fixtures_a import make_dipco
+from prep_fixtures_b import check_help
+from prep_fixtures_b import run_script
 
 from aode.manifest import MANIFEST_COLUMNS
 from aode.manifest import WAV_SEPARATOR
@@ -20,8 +20,6 @@ from data_prep.dipco import clean_words
 from data_prep.dipco import has_redacted
 from data_prep.dipco import parse_time
 from data_prep.dipco import prepare_dipco
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def uid(session, spk, start, stop):
@@ -241,22 +239,8 @@ def test_loads_with_speechbrain(tmp_path):
 
 def test_command_line(tmp_path):
     corpus = make_dipco(str(tmp_path / "data"))
-    script = os.path.join(REPO, "data_prep", "dipco.py")
-    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
-    for option in (
-        "--data_folder",
-        "--save_folder",
-        "--channel",
-        "--max_segment_seconds",
-        "--merge_consecutive",
-        "--n_valid_sessions",
-        "--seed",
-    ):
-        assert option in help_text
-    out = str(tmp_path / "out")
-    run = subprocess.run(
-        [sys.executable, script, "--data_folder", corpus["root"], "--save_folder", out], capture_output=True, text=True
-    )
+    check_help("dipco", ("--channel", "--max_segment_seconds", "--merge_consecutive", "--n_valid_sessions", "--seed"))
+    run = run_script("dipco", "--data_folder", corpus["root"], "--save_folder", str(tmp_path / "out"))
     assert run.returncode == 0, run.stderr
     assert "test.csv: 4 utterances" in run.stdout
     assert "skipped 1: contains [redacted]" in run.stdout
@@ -329,23 +313,14 @@ def test_own_mode_mostly_missing_audio_is_refused(tmp_path):
 
 def test_command_line_exit_status(tmp_path):
     corpus = make_dipco(str(tmp_path / "data"))
-    script = os.path.join(REPO, "data_prep", "dipco.py")
     out = str(tmp_path / "out")
-    good = subprocess.run(
-        [sys.executable, script, "--data_folder", corpus["root"], "--save_folder", out, "--n_valid_sessions", "0"],
-        capture_output=True,
-        text=True,
-    )
+    good = run_script("dipco", "--data_folder", corpus["root"], "--save_folder", out, "--n_valid_sessions", "0")
     assert good.returncode == 0, good.stderr
     assert "train.csv:" in good.stdout and "valid.csv" not in good.stdout
     eval_audio = os.path.join(corpus["base"], "audio", "eval")
     for name in os.listdir(eval_audio):
         os.remove(os.path.join(eval_audio, name))
-    bad = subprocess.run(
-        [sys.executable, script, "--data_folder", corpus["root"], "--save_folder", str(tmp_path / "again")],
-        capture_output=True,
-        text=True,
-    )
+    bad = run_script("dipco", "--data_folder", corpus["root"], "--save_folder", str(tmp_path / "again"))
     assert bad.returncode == 2
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "test.csv came out empty" in errors[0]

@@ -1,20 +1,24 @@
 """Google NE (OpenSLR 70) preparation on a miniature copy of the unzipped archives (48 kHz)."""
 
 import filecmp
-import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
+from prep_fixtures_b import SPLITS
 from prep_fixtures_b import by_id
-from prep_fixtures_b import check_manifest_rows
+from prep_fixtures_b import check_help
+from prep_fixtures_b import check_prepared
+from prep_fixtures_b import check_skip_then_redo
+from prep_fixtures_b import corpus_fixture
+from prep_fixtures_b import layout_error
 from prep_fixtures_b import load_with_speechbrain
 from prep_fixtures_b import read_csv
+from prep_fixtures_b import recorded_options
+from prep_fixtures_b import rows_by_split
+from prep_fixtures_b import run_script
 from prep_fixtures_b import sentence
-from prep_fixtures_b import stamps
 from prep_fixtures_b import truncate
 from prep_fixtures_b import write_audio
 from prep_fixtures_b import write_text
@@ -29,8 +33,6 @@ from data_prep.google_ne import prepare_google_ne
 from data_prep.google_ne import speaker_of
 
 RATE = 48000
-REPO = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))
-SPLITS = ("train", "valid", "test")
 
 # (folder, FileID, tsv line after the FileID) -- the real files' formats, defects included
 LINES = [
@@ -99,21 +101,13 @@ def build_google_ne(root, flat=False):
     return expected
 
 
-def _all_rows(save):
-    return {s: read_csv(os.path.join(save, f"{s}.csv")) for s in SPLITS}
-
-
-@pytest.fixture
-def gne(tmp_path):
-    root = str(tmp_path / "slr70")
-    return root, str(tmp_path / "prepared"), build_google_ne(root)
+gne = corpus_fixture(build_google_ne, "slr70")
 
 
 def test_manifests_row_by_row(gne):
     data, save, expected = gne
     summary = prepare_google_ne(data, save)
-    rows = _all_rows(save)
-    check_manifest_rows(sum(rows.values(), []), expected)
+    rows = check_prepared(save, expected)
     speakers = {s: {r["spk_id"] for r in rows[s]} for s in SPLITS}
     assert len(speakers["valid"]) == 1 and len(speakers["test"]) == 1  # 10 % of 6, at least 1
     assert len(speakers["train"]) == 4
@@ -153,7 +147,7 @@ def test_defects_are_skipped_with_reasons(gne):
     assert "line_index.tsv:" in skipped["ngf_00295_01000000000"]["file"]
     assert skipped["ngm_00123_01888888888"]["reason"] == "empty text after cleaning"
     assert skipped["ngf_00295_00000000009 This line lost its tab"]["reason"] == ("malformed line_index.tsv line")
-    ids = {r["ID"] for rows in _all_rows(save).values() for r in rows}
+    ids = {r["ID"] for rows in rows_by_split(save).values() for r in rows}
     assert ids == set(expected)
 
 
@@ -162,23 +156,17 @@ def test_flat_layout(tmp_path):
     expected = build_google_ne(root, flat=True)
     save = str(tmp_path / "out")
     prepare_google_ne(root, save)
-    check_manifest_rows(sum(_all_rows(save).values(), []), expected)
+    check_prepared(save, expected)
 
 
 def test_layout_errors(tmp_path):
-    with pytest.raises(LayoutError, match="does not exist"):
-        prepare_google_ne(str(tmp_path / "nowhere"), str(tmp_path / "out"))
     root = tmp_path / "zipped"
     root.mkdir()
     (root / "en_ng_female.zip").write_bytes(b"PK")
     write_audio(str(root / "loose" / "ngf_00295_01314275188.wav"), 0, RATE)
-    with pytest.raises(LayoutError) as err:
-        prepare_google_ne(str(root), str(tmp_path / "out"))
-    message = str(err.value)
+    message = layout_error(prepare_google_ne, root, tmp_path / "out")
     assert "en_ng_female/line_index.tsv" in message
-    assert str(root) in message
     assert "unzip en_ng_female.zip" in message
-    assert not os.path.exists(tmp_path / "out" / "train.csv")
 
 
 def test_same_seed_same_split_and_seed_matters(gne, tmp_path):
@@ -187,7 +175,7 @@ def test_same_seed_same_split_and_seed_matters(gne, tmp_path):
     for seed in range(8):
         save = str(tmp_path / f"seed{seed}")
         prepare_google_ne(data, save, seed=seed)
-        rows = _all_rows(save)
+        rows = rows_by_split(save)
         splits.add(tuple(frozenset(r["spk_id"] for r in rows[s]) for s in ("valid", "test")))
         if seed == 0:
             again = str(tmp_path / "seed0_again")
@@ -200,7 +188,7 @@ def test_same_seed_same_split_and_seed_matters(gne, tmp_path):
 def test_fractions(gne):
     data, save, _ = gne
     prepare_google_ne(data, save, valid_fraction=0.2, test_fraction=0.34)
-    rows = _all_rows(save)
+    rows = rows_by_split(save)
     assert len({r["spk_id"] for r in rows["valid"]}) == 1
     assert len({r["spk_id"] for r in rows["test"]}) == 2
     assert len({r["spk_id"] for r in rows["train"]}) == 3
@@ -210,15 +198,7 @@ def test_fractions(gne):
 
 def test_skip_when_prepared_and_redo_when_options_change(gne):
     data, save, _ = gne
-    assert prepare_google_ne(data, save) is not None
-    before = stamps(save)
-    assert prepare_google_ne(data, save) is None
-    assert stamps(save) == before
-    prepare_google_ne(data, save, seed=7)
-    after = stamps(save)
-    assert all(after[name] != before[name] for name in before)
-    with open(os.path.join(save, "prep_options.json")) as f:
-        assert json.load(f)["seed"] == 7
+    check_skip_then_redo(prepare_google_ne, data, save, seed=7)
 
 
 def test_speaker_parsing():
@@ -247,20 +227,14 @@ def test_command_line(gne, capsys):
     out = capsys.readouterr().out
     assert "train.csv:" in out and "test.csv:" in out
     assert "skipped 1: transcript without audio" in out
-    with open(os.path.join(save, "prep_options.json")) as f:
-        assert json.load(f)["seed"] == 3
+    assert recorded_options(save)["seed"] == 3
     with pytest.raises(SystemExit) as exit_:
         main(["--data_folder", data + "_missing", "--save_folder", save + "2"])
     assert exit_.value.code == 2
 
 
 def test_runs_as_a_script():
-    result = subprocess.run(
-        [sys.executable, "data_prep/google_ne.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    for option in ("--data_folder", "--save_folder", "--valid_fraction", "--test_fraction", "--seed"):
-        assert option in result.stdout
+    check_help("google_ne", ("--valid_fraction", "--test_fraction", "--seed"))
 
 
 @pytest.mark.parametrize(
@@ -339,7 +313,7 @@ def test_separately_published_index_files_next_to_the_wavs(gne):
     for gender, text in texts.items():
         write_text(os.path.join(merged, f"line_index_{gender}.tsv"), text)
     prepare_google_ne(data, save)
-    check_manifest_rows(sum(_all_rows(save).values(), []), moved(expected, merged))
+    check_prepared(save, moved(expected, merged))
     skipped = read_csv(os.path.join(save, "skipped.csv"))
     assert len(skipped) == 5  # the planted defects, each once: the repeated index counts once
     assert not any("duplicate" in row["reason"] for row in skipped)
@@ -352,7 +326,7 @@ def test_separate_index_files_above_the_unzipped_folders(gne):
             os.path.join(data, f"en_ng_{gender}", "line_index.tsv"), os.path.join(data, f"line_index_{gender}.tsv")
         )
     prepare_google_ne(data, save)
-    check_manifest_rows(sum(_all_rows(save).values(), []), expected)
+    check_prepared(save, expected)
     skipped = read_csv(os.path.join(save, "skipped.csv"))
     assert len({row["ID"] for row in skipped}) == 5  # the planted defects
     assert not any("duplicate" in row["reason"] for row in skipped)
@@ -380,7 +354,7 @@ def test_index_apart_from_its_wavs_fails_then_rerun_works(gne):
             os.path.join(data, f"en_ng_{gender}", "line_index.tsv"), os.path.join(audio, f"line_index_{gender}.tsv")
         )
     assert prepare_google_ne(data, save) is not None
-    check_manifest_rows(sum(_all_rows(save).values(), []), moved(expected, audio))
+    check_prepared(save, moved(expected, audio))
 
 
 def test_dollar_text_loads_in_speechbrain_and_ours(gne):
@@ -402,9 +376,7 @@ def test_dollar_text_loads_in_speechbrain_and_ours(gne):
 
 
 def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "data_prep/google_ne.py", *args], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    return run_script("google_ne", *args, timeout=120)
 
 
 def test_command_line_exit_status(gne, tmp_path):

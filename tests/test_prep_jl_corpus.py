@@ -3,17 +3,22 @@
 import builtins
 import errno
 import filecmp
-import json
 import os
-import subprocess
-import sys
 
 import pytest
+from prep_fixtures_b import SPLITS
 from prep_fixtures_b import by_id
+from prep_fixtures_b import check_help
 from prep_fixtures_b import check_manifest_rows
+from prep_fixtures_b import check_prepared
+from prep_fixtures_b import check_skip_then_redo
+from prep_fixtures_b import corpus_fixture
+from prep_fixtures_b import layout_error
 from prep_fixtures_b import load_with_speechbrain
 from prep_fixtures_b import read_csv
-from prep_fixtures_b import stamps
+from prep_fixtures_b import recorded_options
+from prep_fixtures_b import rows_by_split
+from prep_fixtures_b import run_script
 from prep_fixtures_b import truncate
 from prep_fixtures_b import write_audio
 from prep_fixtures_b import write_text
@@ -21,7 +26,6 @@ from prep_fixtures_b import write_text
 import data_prep.common
 from aode.text import normalize_words
 from data_prep.common import EmptyPreparationError
-from data_prep.common import LayoutError
 from data_prep.jl_corpus import RAW_DIR
 from data_prep.jl_corpus import WAV_TXT_DIR
 from data_prep.jl_corpus import main
@@ -29,8 +33,6 @@ from data_prep.jl_corpus import parse_stem
 from data_prep.jl_corpus import prepare_jl_corpus
 
 RATE = 44100
-REPO = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))
-SPLITS = ("train", "valid", "test")
 SENTENCES = {
     "1": "Carl leaps into a jeep.",
     "2": "You've got to be kidding!",
@@ -97,21 +99,13 @@ SKIPPED = {
 }
 
 
-def _rows(save):
-    return {s: read_csv(os.path.join(save, f"{s}.csv")) for s in SPLITS}
-
-
-@pytest.fixture
-def jl(tmp_path):
-    root = str(tmp_path / "jl-corpus")
-    return root, str(tmp_path / "prepared"), build_jl(root)
+jl = corpus_fixture(build_jl, "jl-corpus")
 
 
 def test_manifests_row_by_row(jl):
     data, save, expected = jl
     summary = prepare_jl_corpus(data, save)
-    rows = _rows(save)
-    check_manifest_rows(sum(rows.values(), []), expected)
+    rows = check_prepared(save, expected)
     # 21 utterances: 10 % -> 2 valid, 2 test, utterance-level
     assert [len(rows[s]) for s in SPLITS] == [17, 2, 2]
     for s in SPLITS:
@@ -132,15 +126,14 @@ def test_defects_are_skipped_with_reasons(jl):
     for utt_id, reason in SKIPPED.items():
         assert skipped[utt_id]["reason"].startswith(reason), utt_id
     assert skipped["male1_anxious_9a_1"]["file"].endswith("male1_anxious_9a_1.txt")
-    ids = {r["ID"] for rows in _rows(save).values() for r in rows}
+    ids = {r["ID"] for rows in rows_by_split(save).values() for r in rows}
     assert ids == set(expected)
 
 
 def test_speaker_split(jl):
     data, save, expected = jl
     prepare_jl_corpus(data, save, split_by="speaker")
-    rows = _rows(save)
-    check_manifest_rows(sum(rows.values(), []), expected)
+    rows = check_prepared(save, expected)
     speakers = {s: {r["spk_id"] for r in rows[s]} for s in SPLITS}
     assert [len(speakers[s]) for s in SPLITS] == [2, 1, 1]
     assert not speakers["train"] & speakers["valid"]
@@ -156,7 +149,7 @@ def test_canonical_folder_preferred_over_other_copies(jl):
     write_audio(os.path.join(data, "Other", "female1_angry_1a_1.wav"), 9, RATE)
     write_text(os.path.join(data, "Other", "female1_angry_1a_1.txt"), "Something else.")
     prepare_jl_corpus(data, save)
-    rows = sum(_rows(save).values(), [])
+    rows = sum(rows_by_split(save).values(), [])
     check_manifest_rows(rows, expected)
     assert all(f"{os.sep}{WAV_TXT_DIR}{os.sep}" in r["wav"] for r in rows)
 
@@ -167,7 +160,7 @@ def test_files_found_anywhere_without_the_canonical_folder(tmp_path):
     write_audio(os.path.join(root, "c", "female1_angry_1a_1.wav"), 9, RATE)  # a second copy
     save = str(tmp_path / "out")
     prepare_jl_corpus(root, save)
-    check_manifest_rows(sum(_rows(save).values(), []), expected)
+    check_prepared(save, expected)
     skipped = read_csv(os.path.join(save, "skipped.csv"))
     dup = [r for r in skipped if r["ID"] == "female1_angry_1a_1"]
     assert len(dup) == 1 and dup[0]["reason"].startswith("duplicate of ")
@@ -176,22 +169,16 @@ def test_files_found_anywhere_without_the_canonical_folder(tmp_path):
     root2 = str(tmp_path / "jl2")
     expected2 = build_jl(root2)
     prepare_jl_corpus(os.path.join(root2, RAW_DIR, WAV_TXT_DIR), save2)
-    check_manifest_rows(sum(_rows(save2).values(), []), expected2)
+    check_prepared(save2, expected2)
 
 
 def test_layout_errors(tmp_path):
-    with pytest.raises(LayoutError, match="does not exist"):
-        prepare_jl_corpus(str(tmp_path / "nowhere"), str(tmp_path / "out"))
     root = tmp_path / "download"
     root.mkdir()
     (root / "jl-corpus.zip").write_bytes(b"PK")
-    with pytest.raises(LayoutError) as err:
-        prepare_jl_corpus(str(root), str(tmp_path / "out"))
-    message = str(err.value)
+    message = layout_error(prepare_jl_corpus, root, tmp_path / "out")
     assert f"{RAW_DIR}/{WAV_TXT_DIR}/<stem>.wav" in message
-    assert str(root) in message
     assert "unzip jl-corpus.zip" in message
-    assert not os.path.exists(tmp_path / "out" / "train.csv")
 
 
 def test_same_seed_same_split_and_seed_matters(jl, tmp_path):
@@ -210,16 +197,8 @@ def test_same_seed_same_split_and_seed_matters(jl, tmp_path):
 
 def test_skip_when_prepared_and_redo_when_options_change(jl):
     data, save, _ = jl
-    assert prepare_jl_corpus(data, save) is not None
-    before = stamps(save)
-    assert prepare_jl_corpus(data, save) is None
-    assert stamps(save) == before
-    prepare_jl_corpus(data, save, valid_fraction=0.2)
-    after = stamps(save)
-    assert all(after[name] != before[name] for name in before)
+    check_skip_then_redo(prepare_jl_corpus, data, save, valid_fraction=0.2)
     assert len(read_csv(os.path.join(save, "valid.csv"))) == 4
-    with open(os.path.join(save, "prep_options.json")) as f:
-        assert json.load(f)["valid_fraction"] == 0.2
 
 
 def test_parse_stem():
@@ -252,20 +231,14 @@ def test_command_line(jl, capsys):
     out = capsys.readouterr().out
     assert "train.csv:" in out and "valid.csv:" in out
     assert "skipped 1: empty text after cleaning" in out
-    with open(os.path.join(save, "prep_options.json")) as f:
-        assert json.load(f)["split_by"] == "speaker"
+    assert recorded_options(save)["split_by"] == "speaker"
     with pytest.raises(SystemExit) as exit_:
         main(["--data_folder", data + "_missing", "--save_folder", save + "2"])
     assert exit_.value.code == 2
 
 
 def test_runs_as_a_script():
-    result = subprocess.run(
-        [sys.executable, "data_prep/jl_corpus.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    for option in ("--data_folder", "--save_folder", "--valid_fraction", "--test_fraction", "--split_by", "--seed"):
-        assert option in result.stdout
+    check_help("jl_corpus", ("--valid_fraction", "--test_fraction", "--split_by", "--seed"))
 
 
 def test_unreadable_transcript_is_skipped_and_logged(jl, monkeypatch):
@@ -287,7 +260,7 @@ def test_unreadable_transcript_is_skipped_and_logged(jl, monkeypatch):
     assert skipped["female1_angry_1a_1"]["reason"] == "unreadable transcript (Permission denied)"
     assert skipped["female1_angry_1a_1"]["file"] == locked
     del expected["female1_angry_1a_1"]
-    check_manifest_rows(sum(_rows(save).values(), []), expected)
+    check_prepared(save, expected)
 
 
 def test_broken_layout_fails_clearly_and_rerun_works(jl, tmp_path):
@@ -318,38 +291,21 @@ def test_broken_layout_fails_clearly_and_rerun_works(jl, tmp_path):
     for name in os.listdir(aside):  # fixed: the rerun does the work
         os.rename(aside / name, os.path.join(folder, name))
     assert prepare_jl_corpus(data, save) is not None
-    check_manifest_rows(sum(_rows(save).values(), []), expected)
+    check_prepared(save, expected)
 
 
 def test_command_line_subprocess(jl):
     data, save, expected = jl
-    command = [
-        sys.executable,
-        "data_prep/jl_corpus.py",
-        "--data_folder",
-        data,
-        "--save_folder",
-        save,
-        "--split_by",
-        "speaker",
-        "--seed",
-        "7",
-    ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = run_script(
+        "jl_corpus", "--data_folder", data, "--save_folder", save, "--split_by", "speaker", "--seed", "7", timeout=120
+    )
     assert result.returncode == 0, result.stderr
-    rows = _rows(save)
-    check_manifest_rows(sum(rows.values(), []), expected)
+    rows = check_prepared(save, expected)
     assert [len({r["spk_id"] for r in rows[s]}) for s in SPLITS] == [2, 1, 1]
     assert f"test.csv: {len(rows['test'])} utterances" in result.stdout
     for s in SPLITS:
         assert len(load_with_speechbrain(os.path.join(save, f"{s}.csv"))) == len(rows[s])
-    broken = subprocess.run(
-        command[:2] + ["--data_folder", str(data) + "_missing", "--save_folder", save + "2"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    broken = run_script("jl_corpus", "--data_folder", str(data) + "_missing", "--save_folder", save + "2", timeout=120)
     assert broken.returncode == 2
     assert broken.stderr.startswith("error: JL Corpus data_folder")
     assert "Traceback" not in broken.stderr

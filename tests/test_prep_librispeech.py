@@ -1,18 +1,19 @@
 """LibriSpeech test-clean/test-other preparation on a miniature copy (16 kHz FLAC)."""
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 from prep_fixtures_b import by_id
+from prep_fixtures_b import check_help
 from prep_fixtures_b import check_manifest_rows
+from prep_fixtures_b import check_skip_then_redo
+from prep_fixtures_b import corpus_fixture
+from prep_fixtures_b import layout_error
 from prep_fixtures_b import load_with_speechbrain
 from prep_fixtures_b import read_csv
+from prep_fixtures_b import run_script
 from prep_fixtures_b import samples
-from prep_fixtures_b import stamps
 from prep_fixtures_b import truncate
 from prep_fixtures_b import write_audio
 from prep_fixtures_b import write_text
@@ -25,7 +26,6 @@ from data_prep.librispeech import manifest_name
 from data_prep.librispeech import prepare_librispeech
 
 RATE = 16000
-REPO = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))
 MANIFESTS = ("test_clean.csv", "test_other.csv")
 # split -> speaker -> chapter -> utterance numbers
 LAYOUT = {
@@ -84,10 +84,7 @@ SKIPPED = {
 }
 
 
-@pytest.fixture
-def libri(tmp_path):
-    parent = str(tmp_path / "corpora")
-    return parent, str(tmp_path / "prepared"), build_librispeech(parent)
+libri = corpus_fixture(build_librispeech, "corpora")
 
 
 def test_manifests_row_by_row(libri):
@@ -135,32 +132,18 @@ def test_splits_option(libri):
 
 
 def test_layout_errors(tmp_path):
-    with pytest.raises(LayoutError, match="does not exist"):
-        prepare_librispeech(str(tmp_path / "nowhere"), str(tmp_path / "out"))
     parent = tmp_path / "dl"
     (parent / "LibriSpeech" / "test-clean").mkdir(parents=True)
     (parent / "test-other.tar.gz").write_bytes(b"\x1f\x8b")
-    with pytest.raises(LayoutError) as err:
-        prepare_librispeech(str(parent), str(tmp_path / "out"))
-    message = str(err.value)
+    message = layout_error(prepare_librispeech, parent, tmp_path / "out", "test_clean.csv")
     assert "LibriSpeech/test-other/<spk>/<chapter>/" in message
     assert "missing: test-other" in message
-    assert str(parent) in message
     assert "extract test-other.tar.gz" in message
-    assert not os.path.exists(tmp_path / "out" / "test_clean.csv")
 
 
 def test_skip_when_prepared_and_redo_when_options_change(libri):
     parent, save, _ = libri
-    assert prepare_librispeech(parent, save) is not None
-    before = stamps(save, MANIFESTS)
-    assert prepare_librispeech(parent, save) is None
-    assert stamps(save, MANIFESTS) == before
-    prepare_librispeech(parent, save, splits=["test-other", "test-clean"])
-    after = stamps(save, MANIFESTS)
-    assert all(after[name] != before[name] for name in before)
-    with open(os.path.join(save, "prep_options.json")) as f:
-        assert json.load(f)["splits"] == ["test-other", "test-clean"]
+    check_skip_then_redo(prepare_librispeech, parent, save, MANIFESTS, splits=["test-other", "test-clean"])
 
 
 def test_manifests_load_in_speechbrain(libri):
@@ -187,12 +170,7 @@ def test_command_line(libri, capsys):
 
 
 def test_runs_as_a_script():
-    result = subprocess.run(
-        [sys.executable, "data_prep/librispeech.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    for option in ("--data_folder", "--save_folder", "--splits"):
-        assert option in result.stdout
+    check_help("librispeech", ("--splits",))
 
 
 def test_only_test_clean_present(libri, caplog):
@@ -242,9 +220,7 @@ def test_split_folder_without_data_fails_then_rerun_works(libri):
 
 
 def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "data_prep/librispeech.py", *args], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    return run_script("librispeech", *args, timeout=120)
 
 
 def test_command_line_exit_status(libri, tmp_path):

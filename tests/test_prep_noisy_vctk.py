@@ -1,18 +1,20 @@
 """Noisy VCTK preparation on a miniature copy of the DataShare layout (48 kHz WAVs)."""
 
-import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 from prep_fixtures_b import by_id
+from prep_fixtures_b import check_help
 from prep_fixtures_b import check_manifest_rows
+from prep_fixtures_b import check_skip_then_redo
+from prep_fixtures_b import corpus_fixture
+from prep_fixtures_b import layout_error
 from prep_fixtures_b import load_with_speechbrain
 from prep_fixtures_b import read_csv
+from prep_fixtures_b import recorded_options
+from prep_fixtures_b import run_script
 from prep_fixtures_b import sentence
-from prep_fixtures_b import stamps
 from prep_fixtures_b import truncate
 from prep_fixtures_b import write_audio
 from prep_fixtures_b import write_text
@@ -26,7 +28,6 @@ from data_prep.noisy_vctk import main
 from data_prep.noisy_vctk import prepare_noisy_vctk
 
 RATE = 48000
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _utterance(root, audio_dir, txt_dir, utt_id, index, text, expected, rate=RATE):
@@ -97,11 +98,7 @@ def _speechbrain_text(text):
     return re.sub(r"\$(?=[\w.])", "\uff04", text)
 
 
-@pytest.fixture
-def vctk(tmp_path):
-    root = tmp_path / "DS_10283_2791"
-    expected = build_vctk(str(root))
-    return str(root), str(tmp_path / "prepared"), expected
+vctk = corpus_fixture(build_vctk, "DS_10283_2791")
 
 
 def test_manifests_row_by_row(vctk):
@@ -170,36 +167,21 @@ def test_56spk_and_valid_speakers(tmp_path):
 
 
 def test_layout_errors(tmp_path):
-    with pytest.raises(LayoutError, match="does not exist"):
-        prepare_noisy_vctk(str(tmp_path / "nowhere"), str(tmp_path / "out"))
     root = tmp_path / "partial"
     (root / "noisy_trainset_28spk_wav").mkdir(parents=True)
     (root / "trainset_28spk_txt").mkdir()
     (root / "noisy_testset_wav").mkdir()
     (root / "testset_txt.zip").write_bytes(b"PK")
-    with pytest.raises(LayoutError) as err:
-        prepare_noisy_vctk(str(root), str(tmp_path / "out"))
-    message = str(err.value)
+    message = layout_error(prepare_noisy_vctk, root, tmp_path / "out")
     assert "missing: testset_txt" in message
-    assert str(root) in message
     assert "unzip testset_txt.zip" in message
-    assert not os.path.exists(tmp_path / "out" / "train.csv")
     with pytest.raises(ValueError, match="train_set"):
         prepare_noisy_vctk(str(root), str(tmp_path / "out"), train_set="11spk")
 
 
 def test_skip_when_prepared_and_redo_when_options_change(vctk):
     data, save, _ = vctk
-    assert prepare_noisy_vctk(data, save) is not None
-    before = stamps(save)
-    assert prepare_noisy_vctk(data, save) is None
-    assert stamps(save) == before
-    prepare_noisy_vctk(data, save, valid_speakers=["p226"])
-    after = stamps(save)
-    for name in before:
-        assert after[name] != before[name], name
-    with open(os.path.join(save, "prep_options.json")) as f:
-        assert json.load(f)["valid_speakers"] == ["p226"]
+    check_skip_then_redo(prepare_noisy_vctk, data, save, valid_speakers=["p226"])
     assert {r["spk_id"] for r in read_manifest(os.path.join(save, "valid.csv"))} == {"p226"}
 
 
@@ -232,12 +214,7 @@ def test_command_line(vctk, capsys):
 
 
 def test_runs_as_a_script():
-    result = subprocess.run(
-        [sys.executable, "data_prep/noisy_vctk.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    for option in ("--data_folder", "--save_folder", "--train_set", "--audio", "--valid_speakers"):
-        assert option in result.stdout
+    check_help("noisy_vctk", ("--train_set", "--audio", "--valid_speakers"))
 
 
 # Speakers of the real 56-speaker set, as its transcript files name them (trainset_56spk_txt/
@@ -275,8 +252,7 @@ def test_56spk_default_validation_speakers_come_from_the_set(tmp_path):
     assert len(valid) == 1 and valid <= set(SPEAKERS_56)
     assert train == set(SPEAKERS_56) - valid
     assert {r["spk_id"] for r in rows["test"]} == {"p232", "p257"}
-    with open(os.path.join(save, "prep_options.json")) as f:
-        options = json.load(f)
+    options = recorded_options(save)
     assert options["seed"] == 1234 and options["valid_speakers"] == "seeded draw"
     for split in ("train", "valid", "test"):
         assert len(load_with_speechbrain(os.path.join(save, f"{split}.csv"))) == len(rows[split])
@@ -307,8 +283,7 @@ def test_28spk_default_options_unchanged(vctk):
     what the earlier version wrote, so the rerun is skipped as already done."""
     data, save, _ = vctk
     prepare_noisy_vctk(data, save)
-    with open(os.path.join(save, "prep_options.json")) as f:
-        options = json.load(f)
+    options = recorded_options(save)
     assert options == {
         "audio": "noisy",
         "corpus": "noisy_vctk",
@@ -426,29 +401,18 @@ def test_command_line_subprocess_56spk(tmp_path):
     root = str(tmp_path / "vctk56")
     expected = build_56spk(root)
     save = str(tmp_path / "out")
-    command = [
-        sys.executable,
-        "data_prep/noisy_vctk.py",
-        "--data_folder",
-        root,
-        "--save_folder",
-        save,
-        "--train_set",
-        "56spk",
-        "--seed",
-        "5",
-    ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    command = ["--data_folder", root, "--save_folder", save, "--train_set", "56spk", "--seed", "5"]
+    result = run_script("noisy_vctk", *command, timeout=120)
     assert result.returncode == 0, result.stderr
     rows = {s: _manifest(save, s) for s in ("train", "valid", "test")}
     assert f"train.csv: {len(rows['train'])} utterances" in result.stdout
     assert "test.csv: 2 utterances" in result.stdout
     check_manifest_rows(sum(rows.values(), []), expected)
     assert {r["spk_id"] for r in rows["valid"]} <= set(SPEAKERS_56)
-    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    again = run_script("noisy_vctk", *command, timeout=120)
     assert again.returncode == 0 and "already prepared" in again.stdout
     # the default 28spk set is not there: exit status 2 and one line that names it
-    broken = subprocess.run(command[:6], cwd=REPO, capture_output=True, text=True, timeout=120)
+    broken = run_script("noisy_vctk", *command[:4], timeout=120)
     assert broken.returncode == 2
     assert broken.stderr.startswith("error: Noisy VCTK layout not found")
     assert "noisy_trainset_28spk_wav" in broken.stderr and "Traceback" not in broken.stderr

@@ -3,15 +3,15 @@
 import csv
 import os
 import shutil
-import subprocess
-import sys
 import unicodedata
 
 import numpy as np
 import pytest
 from prep_fixtures_a import make_spgispeech
 from prep_fixtures_a import write_wav
+from prep_fixtures_b import check_help
 from prep_fixtures_b import load_with_speechbrain
+from prep_fixtures_b import run_script
 
 import data_prep.spgispeech as spgispeech
 from aode.manifest import MANIFEST_COLUMNS
@@ -22,7 +22,7 @@ from data_prep.common import LayoutError
 from data_prep.spgispeech import prepare_spgispeech
 from data_prep.spgispeech import utterance_id
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI_SIZES = ("--test_size", "2", "--valid_size", "1")  # the split sizes the command-line tests give
 
 
 def manifests(folder):
@@ -181,44 +181,13 @@ def test_utterance_id():
 
 def test_command_line(tmp_path):
     corpus = make_spgispeech(str(tmp_path / "data"))
-    script = os.path.join(REPO, "data_prep", "spgispeech.py")
-    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
-    for option in (
-        "--data_folder",
-        "--save_folder",
-        "--test_size",
-        "--valid_size",
-        "--max_train_hours",
-        "--check_audio",
-        "--seed",
-    ):
-        assert option in help_text
+    check_help("spgispeech", ("--test_size", "--valid_size", "--max_train_hours", "--check_audio", "--seed"))
     out = str(tmp_path / "out")
-    run = subprocess.run(
-        [
-            sys.executable,
-            script,
-            "--data_folder",
-            corpus["root"],
-            "--save_folder",
-            out,
-            "--test_size",
-            "2",
-            "--valid_size",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=str(tmp_path),
-    )
+    run = run_script("spgispeech", "--data_folder", corpus["root"], "--save_folder", out, *CLI_SIZES, cwd=str(tmp_path))
     assert run.returncode == 0, run.stderr
     assert "test.csv: 2 utterances" in run.stdout and "valid.csv: 1 utterances" in run.stdout
     assert "skipped 1: audio file missing" in run.stdout
-    run = subprocess.run(
-        [sys.executable, script, "--data_folder", str(tmp_path / "nope"), "--save_folder", out],
-        capture_output=True,
-        text=True,
-    )
+    run = run_script("spgispeech", "--data_folder", str(tmp_path / "nope"), "--save_folder", out)
     assert run.returncode == 2 and "does not exist" in run.stderr
 
 
@@ -387,25 +356,8 @@ def test_dollar_amounts_survive_both_csv_readers(tmp_path):
 
 def test_command_line_on_kenshos_layout(tmp_path):
     corpus = make_spgispeech(str(tmp_path / "data"), kensho=True)
-    script = os.path.join(REPO, "data_prep", "spgispeech.py")
     out = str(tmp_path / "out")
-    run = subprocess.run(
-        [
-            sys.executable,
-            script,
-            "--data_folder",
-            corpus["root"],
-            "--save_folder",
-            out,
-            "--test_size",
-            "2",
-            "--valid_size",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=str(tmp_path),
-    )
+    run = run_script("spgispeech", "--data_folder", corpus["root"], "--save_folder", out, *CLI_SIZES, cwd=str(tmp_path))
     assert run.returncode == 0, run.stderr
     train = len(corpus["good"]["train"]) - 1
     for line in (
@@ -419,11 +371,8 @@ def test_command_line_on_kenshos_layout(tmp_path):
 
     # the audio archive not unpacked: exit 2, one line that says so
     shutil.rmtree(corpus["audio_dir"])
-    run = subprocess.run(
-        [sys.executable, script, "--data_folder", corpus["root"], "--save_folder", str(tmp_path / "out2")],
-        capture_output=True,
-        text=True,
-        cwd=str(tmp_path),
+    run = run_script(
+        "spgispeech", "--data_folder", corpus["root"], "--save_folder", str(tmp_path / "out2"), cwd=str(tmp_path)
     )
     assert run.returncode == 2
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
