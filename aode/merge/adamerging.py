@@ -94,20 +94,16 @@ DEFAULTS = {
 
 def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The options with defaults applied; a ValueError naming a bad or unknown one."""
-    from aode.config import known_names
+    from .checks import data_options
 
-    unknown = [k for k in options if k not in DEFAULTS and k != "data"]
-    if unknown:
-        known_names(unknown, sorted([*DEFAULTS, "data"]), "adamerging option")
-    out = {**DEFAULTS, **options}
-    data = out.get("data")
-    if not data:
-        raise ValueError(
-            "adamerging needs data: option data = {name: manifest} with the target domains' dev sets and "
-            "the general domain's (the recipes fill it from dev_sets)"
-        )
-    if isinstance(data, (str, os.PathLike)):
-        data = [data]
+    out, data = data_options(
+        "adamerging",
+        options,
+        DEFAULTS,
+        "data",
+        "adamerging needs data: option data = {name: manifest} with the target domains' dev sets and "
+        "the general domain's (the recipes fill it from dev_sets)",
+    )
     out["data"] = dict(data) if isinstance(data, dict) else {os.path.basename(os.fspath(p)): p for p in data}
     missing = [p for p in out["data"].values() if not os.path.isfile(p)]
     if missing:

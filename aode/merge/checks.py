@@ -15,6 +15,7 @@ agree between members, since they are copied, not merged.
 import inspect
 import logging
 import math
+import os
 from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -176,6 +177,26 @@ def check_method_options(method: str, options: Mapping | None) -> dict:
         raise ValueError("; ".join(problems))
     spec.check_values(options)
     return options
+
+
+def data_options(
+    method: str, options: Mapping[str, Any], defaults: Mapping[str, Any], data_key: str, missing: str
+) -> tuple[dict[str, Any], Any]:
+    """The options of a whole-model method that reads data: ``options`` with ``defaults``
+    applied (a ValueError naming any option that is neither a default's nor ``data_key``),
+    and the value of ``data_key`` (manifests), one path alone as a list of one; a ValueError
+    ``missing`` when it is not given."""
+    from aode.config import known_names
+
+    choices = sorted([*defaults, data_key])
+    unknown = [k for k in options if k not in choices]
+    if unknown:
+        known_names(unknown, choices, f"{method} option")
+    out = {**defaults, **options}
+    data = out.get(data_key)
+    if not data:
+        raise ValueError(missing)
+    return out, [data] if isinstance(data, (str, os.PathLike)) else data
 
 
 def option_defaults(fn: Callable, given: Mapping) -> dict:

@@ -128,21 +128,16 @@ class _Stop(Exception):
 
 def check_options(options: Mapping[str, Any], n_inputs: int) -> dict[str, Any]:
     """The options with defaults applied; a ValueError naming a bad or unknown one."""
-    from aode.config import known_names
+    from .checks import data_options
 
-    choices = sorted([*DEFAULTS, "member_manifests"])
-    unknown = [k for k in options if k not in choices]
-    if unknown:
-        known_names(unknown, choices, "regmean_pp option")
-    out = {**DEFAULTS, **options}
-    manifests = out.get("member_manifests")
-    if not manifests:
-        raise ValueError(
-            "regmean_pp needs member_manifests: one manifest per input, each member's own training data "
-            "(with include_base the original's general-domain data last; the recipes fill it from member_data)"
-        )
-    if isinstance(manifests, (str, os.PathLike)):
-        manifests = [manifests]
+    out, manifests = data_options(
+        "regmean_pp",
+        options,
+        DEFAULTS,
+        "member_manifests",
+        "regmean_pp needs member_manifests: one manifest per input, each member's own training data "
+        "(with include_base the original's general-domain data last; the recipes fill it from member_data)",
+    )
     manifests = [os.fspath(m) for m in manifests]
     if len(manifests) != n_inputs:
         raise ValueError(
