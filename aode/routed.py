@@ -641,9 +641,8 @@ def memory_report(model: RoutedASR) -> dict[str, Any]:
         router = 0
     elif isinstance(model.router, nn.Module):
         router = _tensor_bytes(list(model.router.parameters()) + list(model.router.buffers()))
-    else:
-        folder = os.path.join(model.folder, "router")
-        router = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(folder) for f in fs)
+    else:  # aode.route.Router: its tensors (standardisation and classifier) as held
+        router = sum(t.numel() * t.element_size() for t in vars(model.router).values() if torch.is_tensor(t))
     total = base + deltas + swapped + router
     return {
         "one_model_bytes": base,

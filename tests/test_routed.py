@@ -326,3 +326,36 @@ def test_transcribe_command(ctc_routed, sample_manifest, tmp_path):
     ):
         with pytest.raises(CompactError if "batch" not in message else ConfigError, match=message):
             transcribe_main(list(args))
+
+
+def test_with_a_real_router(tiny_parakeet, ctc_routed, sample_manifest, tmp_path):
+    """aode.route.Router saved in the folder, loaded with it, routing from the base's states."""
+    from aode.route import Router
+
+    _, experts = ctc_routed
+    g = torch.Generator().manual_seed(0)
+    dim = 2 * 32  # mean and deviation of one 32-wide encoder state
+    router = Router(
+        ("a", "b", "general"),
+        (1,),
+        0.4,
+        torch.zeros(dim),
+        torch.ones(dim),
+        torch.randn(3, dim, generator=g),
+        torch.zeros(3),
+    )
+    folder = build_routed_model(tiny_parakeet, experts, tmp_path / "r", rank=4, router=router)
+    info = json.load(open(os.path.join(folder, "routed.json")))
+    assert info["route_of_class"] == {"a": "a", "b": "b", "general": "base"} and info["threshold"] == 0.4
+    routed = RoutedASR(folder).eval()
+    assert isinstance(routed.router, Router)
+    batch = _batch(routed, sample_manifest, 4)
+    wavs, lens = batch.sig
+    hyps, routes = routed.transcribe_routed(wavs, lens)
+    classes = router.route(load_asr_model(os.path.join(folder, "base")).eval(), wavs, lens)
+    assert routes == [{"general": "base"}.get(c, c) for c in classes]
+    assert hyps == routed.transcribe(wavs, lens, routes)
+    results = evaluate_routed(folder, {"s": sample_manifest}, tmp_path / "eval", normalizer="basic", progress=False)
+    assert results["s"]["routing"] == "router"
+    assert sum(results["s"]["route_counts"].values()) == results["s"]["utterances"]
+    assert memory_report(routed)["router_bytes"] == 8 * router.num_parameters  # float64 as held
