@@ -27,12 +27,18 @@ def parameter_keys(folder):
     return {k for k in stored_keys(folder) if k in names}
 
 
+def _estimate(model, manifest, out, **options):
+    """estimate_fisher into the file ``out``, without a progress bar."""
+    return estimate_fisher(model, manifest, out_path=str(out), progress=False, **options)
+
+
+SIX = dict(n_utterances=6, batch_size=3, seed=0)  # fisher_a's estimate
+
+
 @pytest.fixture(scope="module")
 def fisher_a(tiny_parakeet, sample_manifest, tmp_path_factory):
     out = tmp_path_factory.mktemp("fisher") / "a.safetensors"
-    return estimate_fisher(
-        tiny_parakeet, sample_manifest, out_path=str(out), n_utterances=6, batch_size=3, seed=0, progress=False
-    ), str(out)
+    return _estimate(tiny_parakeet, sample_manifest, out, **SIX), str(out)
 
 
 def test_keys_values(fisher_a, tiny_parakeet):
@@ -54,15 +60,7 @@ def test_keys_values(fisher_a, tiny_parakeet):
 
 def test_deterministic_and_cached(fisher_a, tiny_parakeet, sample_manifest, tmp_path):
     fisher, path = fisher_a
-    again = estimate_fisher(
-        tiny_parakeet,
-        sample_manifest,
-        out_path=str(tmp_path / "b.safetensors"),
-        n_utterances=6,
-        batch_size=3,
-        seed=0,
-        progress=False,
-    )
+    again = _estimate(tiny_parakeet, sample_manifest, tmp_path / "b.safetensors", **SIX)
     assert all(torch.equal(again[k], fisher[k]) for k in fisher)
     mtime = os.path.getmtime(path)
     cached = estimate_fisher(tiny_parakeet, "/nonexistent.csv", out_path=path)  # no computation
@@ -94,22 +92,13 @@ def test_per_utterance_matches_hand_computation(tiny_parakeet, tmp_path):
     rows = sample_rows()[:2]
     manifest = str(tmp_path / "two.csv")
     write_manifest(manifest, rows)
-    fisher = estimate_fisher(
-        tiny_parakeet,
-        manifest,
-        out_path=str(tmp_path / "f1.safetensors"),
-        n_utterances=2,
-        per_utterance=True,
-        progress=False,
-    )
+    fisher = _estimate(tiny_parakeet, manifest, tmp_path / "f1.safetensors", n_utterances=2, per_utterance=True)
     expected, grads = _hand_fisher(tiny_parakeet, rows)
     assert set(fisher) == set(expected)
     for name in fisher:
         torch.testing.assert_close(fisher[name], expected[name], rtol=1e-4, atol=1e-10)
     # one batch of both: n * (n * g_b**2) / n with g_b the mean gradient = (g1 + g2)**2 / 2
-    batched = estimate_fisher(
-        tiny_parakeet, manifest, out_path=str(tmp_path / "f2.safetensors"), n_utterances=2, batch_size=2, progress=False
-    )
+    batched = _estimate(tiny_parakeet, manifest, tmp_path / "f2.safetensors", n_utterances=2, batch_size=2)
     for name in batched:
         want = (grads[0][name] + grads[1][name]) ** 2 / 2
         torch.testing.assert_close(batched[name], want, rtol=1e-3, atol=1e-8)
@@ -137,14 +126,7 @@ def test_fisher_merge(tiny_parakeet, sample_manifest, tmp_path):
 
 def test_whisper_keys(tiny_whisper, sample_manifest, tmp_path):
     """Whisper exports are WhisperForConditionalGeneration: keys carry the ``model.`` prefix."""
-    fisher = estimate_fisher(
-        tiny_whisper,
-        sample_manifest,
-        out_path=str(tmp_path / "w.safetensors"),
-        n_utterances=2,
-        batch_size=2,
-        progress=False,
-    )
+    fisher = _estimate(tiny_whisper, sample_manifest, tmp_path / "w.safetensors", n_utterances=2, batch_size=2)
     keys = stored_keys(tiny_whisper)
     assert set(fisher) == keys
     assert all(k.startswith("model.") for k in fisher)

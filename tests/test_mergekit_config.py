@@ -21,6 +21,7 @@ import yaml
 from conftest import perturbed_copy
 from safetensors.torch import load_file
 from safetensors.torch import save_file
+from test_mergekit_parity import load_oracle
 
 from aode.merge import merge_models
 from aode.merge.mergekit_config import MergekitConfigError
@@ -56,14 +57,7 @@ CLOSE = {
 
 
 def _load(name):
-    folder = ORACLES[name]
-    with open(os.path.join(folder, "cases.json")) as f:
-        meta = json.load(f)
-    return (
-        meta,
-        load_file(os.path.join(folder, "inputs.safetensors")),
-        load_file(os.path.join(folder, "outputs.safetensors")),
-    )
+    return load_oracle(ORACLES[name])
 
 
 META = {name: _load(name) for name in ORACLES}

@@ -46,13 +46,14 @@ TOLERANCE = {
 }
 
 
-def load_oracle():
-    with open(os.path.join(DATA, "cases.json")) as f:
+def load_oracle(folder=DATA):
+    """(cases.json, inputs, outputs) of the mergekit oracle in ``folder`` (make_oracle.py's)."""
+    with open(os.path.join(folder, "cases.json")) as f:
         meta = json.load(f)
     return (
         meta,
-        load_file(os.path.join(DATA, "inputs.safetensors")),
-        load_file(os.path.join(DATA, "outputs.safetensors")),
+        load_file(os.path.join(folder, "inputs.safetensors")),
+        load_file(os.path.join(folder, "outputs.safetensors")),
     )
 
 

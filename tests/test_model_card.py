@@ -111,6 +111,11 @@ def test_original_included_is_listed_as_a_member(setup, tiny_parakeet, tmp_path)
     assert set(_metadata(out)["tags"]) == GENERIC_TAGS | {"model-merging", "average"}
 
 
+def _merge_of_two(method, weights, **info):
+    """The aode.json of a merge of the members /x/a and /x/b."""
+    return {"kind": "merge", "method": method, "members": ["/x/a", "/x/b"], "weights": weights, **info}
+
+
 def _folder_with_provenance(tiny_parakeet, folder, info):
     os.makedirs(folder)
     shutil.copy(os.path.join(tiny_parakeet, "config.json"), folder)
@@ -127,7 +132,7 @@ def test_hub_original_is_named_by_its_id_and_its_license_kept(tiny_parakeet, tmp
     merged = _folder_with_provenance(
         tiny_parakeet,
         tmp_path / "merged",
-        {"kind": "merge", "method": "average", "members": ["/x/a", "/x/b"], "weights": [1, 1], "base": str(snapshot)},
+        _merge_of_two("average", [1, 1], base=str(snapshot)),
     )
     data = ModelCard(model_card(merged)).data.to_dict()
     assert data["base_model"] == "someorg/tiny-asr" and data["license"] == "cc-by-4.0"
@@ -135,13 +140,11 @@ def test_hub_original_is_named_by_its_id_and_its_license_kept(tiny_parakeet, tmp
     no_base = _folder_with_provenance(
         tiny_parakeet,
         tmp_path / "no_base",
-        {
-            "kind": "merge",
-            "method": "average",
-            "members": ["/x/a", "/x/b"],
-            "weights": [1, 1],
-            "member_provenance": [{"kind": "expert", "base_model": "someorg/tiny-asr", "domain": d} for d in "AB"],
-        },
+        _merge_of_two(
+            "average",
+            [1, 1],
+            member_provenance=[{"kind": "expert", "base_model": "someorg/tiny-asr", "domain": d} for d in "AB"],
+        ),
     )
     data = ModelCard(model_card(no_base)).data.to_dict()
     assert data["base_model"] == "someorg/tiny-asr" and "license" not in data
@@ -167,16 +170,14 @@ def test_adamerging_card_summarises_the_learnt_coefficients(tiny_parakeet, tmp_p
     folder = _folder_with_provenance(
         tiny_parakeet,
         tmp_path / "ada",
-        {
-            "kind": "merge",
-            "method": "adamerging",
-            "members": ["/x/a", "/x/b"],
-            "weights": [0.5, 0.5],
-            "weight_rules": [[n, c] for n, c in coefficients.items()],
-            "base": "/x/orig",
-            "options": {"lam": 1.0},
-            "adamerging": record,
-        },
+        _merge_of_two(
+            "adamerging",
+            [0.5, 0.5],
+            weight_rules=[[n, c] for n, c in coefficients.items()],
+            base="/x/orig",
+            options={"lam": 1.0},
+            adamerging=record,
+        ),
     )
     text = model_card(folder)
     # member 1: 0, 0.1, 0.2 four times each -> mean 0.1, min 0, max 0.2;

@@ -97,10 +97,9 @@ def setup(tiny_parakeet, tmp_path_factory):
 EVAL = {"batch_size": 8}
 
 
-@pytest.fixture(scope="module")
-def searched(setup):
-    out = str(setup["root"] / "out")
-    chosen = search_weights(
+def _search(setup, out, **settings):
+    """The search of the setup's experts into ``out``: two random draws, seed 0."""
+    return search_weights(
         setup["experts"],
         setup["base"],
         setup["dev"],
@@ -110,8 +109,14 @@ def searched(setup):
         seed=0,
         eval_kwargs=EVAL,
         progress=False,
+        **settings,
     )
-    return out, chosen
+
+
+@pytest.fixture(scope="module")
+def searched(setup):
+    out = str(setup["root"] / "out")
+    return out, _search(setup, out)
 
 
 def _load(out):
@@ -147,19 +152,7 @@ def test_rerun_constrained_does_not_remerge(setup, searched):
         c["id"]: os.path.getmtime(os.path.join(c["folder"], "model.safetensors")) for c in _load(out)["candidates"]
     }
     bound = sorted(c["forgetting"] for c in _load(out)["candidates"])[8]
-    chosen = search_weights(
-        setup["experts"],
-        setup["base"],
-        setup["dev"],
-        setup["forgetting"],
-        out,
-        objective="constrained",
-        max_forgetting=bound,
-        n_random=2,
-        seed=0,
-        eval_kwargs=EVAL,
-        progress=False,
-    )
+    chosen = _search(setup, out, objective="constrained", max_forgetting=bound)
     result = _load(out)
     after = {c["id"]: os.path.getmtime(os.path.join(c["folder"], "model.safetensors")) for c in result["candidates"]}
     assert after == before
