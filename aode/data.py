@@ -21,6 +21,7 @@ import speechbrain as sb
 import torch
 import torchaudio
 
+from aode.config import MAX_UNKNOWN_CHAR_FRACTION
 from aode.config import MAX_UNREADABLE_FRACTION
 from aode.config import ConfigError
 from aode.manifest import read_manifest
@@ -109,13 +110,17 @@ def check_manifest(
 def make_dataset(
     path: str | os.PathLike,
     model: ASRModel,
-    hparams: Mapping[str, Any],
+    _settings: Mapping[str, Any] | None = None,
+    *,
     check_audio: bool = True,
     skip_log: str | os.PathLike | None = None,
     stage: str = "test",
     max_unreadable_fraction: float = 0.0,
+    max_duration: float | None = None,
+    max_unknown_char_fraction: float = MAX_UNKNOWN_CHAR_FRACTION,
 ) -> DynamicItemDataset:
-    """A ``DynamicItemDataset`` from a manifest with ``sig`` and the model's text items.
+    """A ``DynamicItemDataset`` from a manifest with ``sig`` and the model's text items;
+    utterances longer than ``max_duration`` seconds (None: none) are left out.
 
     Rows whose audio cannot be read are refused (:class:`UnreadableAudioError`, the count and
     the first files named) when they are more than ``max_unreadable_fraction`` of the manifest
@@ -124,10 +129,19 @@ def make_dataset(
     counted and (with ``skip_log``) appended to that CSV. The dataset's ``manifest_rows`` and
     ``unreadable`` (IDs) say what was dropped.
     Transcripts the model cannot use are refused (:func:`aode.transcripts.check_transcripts`;
-    ``stage``: ``"train"`` for training and validation sets, ``"test"`` for test sets).
+    ``stage``: ``"train"`` for training and validation sets, ``"test"`` for test sets; above
+    ``max_unknown_char_fraction`` of characters a CTC vocabulary lacks, a training set is).
+
+    ``_settings``: TRANSITIONAL, for the one caller that still passes a mapping,
+    ``aode/merge/adamerging.py`` (``{"max_duration": ...}``); remove it with that call.
     """
+    if _settings is not None:
+        unknown = sorted(set(_settings) - {"max_duration"})
+        if unknown:
+            raise TypeError(f"make_dataset takes its settings as keyword arguments, not in a mapping: {unknown}")
+        max_duration = _settings.get("max_duration", max_duration)
     rows, bad = check_manifest(path, check_audio)
-    check_transcripts(rows, model, path, hparams.get("max_unknown_char_fraction", 0.001), stage)
+    check_transcripts(rows, model, path, max_unknown_char_fraction, stage)
     if len(bad) > max_unreadable_fraction * len(rows):
         first = "; ".join(reason for _, reason in bad[:3])
         raise UnreadableAudioError(
@@ -160,7 +174,6 @@ def make_dataset(
         entry["duration"] = float(entry["duration"])
     dataset = sb.dataio.dataset.DynamicItemDataset(data)
     add_pipelines(dataset, model)
-    max_duration = hparams.get("max_duration")
     if max_duration:
         dataset = dataset.filtered_sorted(key_max_value={"duration": float(max_duration)})
     dataset.manifest_rows = len(rows)
@@ -196,9 +209,7 @@ def subset_loader(
     that per-member statistics (Fisher, Gram matrices) use."""
     import random
 
-    dataset = make_dataset(
-        manifest, model, {"max_duration": max_duration}, max_unreadable_fraction=MAX_UNREADABLE_FRACTION
-    )
+    dataset = make_dataset(manifest, model, max_duration=max_duration, max_unreadable_fraction=MAX_UNREADABLE_FRACTION)
     ids = list(dataset.data_ids)
     if len(ids) < n_utterances:
         logger.info("the manifest has %d usable utterances (< %d): using all", len(ids), n_utterances)

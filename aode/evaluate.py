@@ -91,7 +91,7 @@ def evaluate_model(
         dataset = make_dataset(
             manifest,
             asr,
-            {"max_duration": max_duration},
+            max_duration=max_duration,
             skip_log=os.path.join(out_folder, "skipped_audio.csv"),
             max_unreadable_fraction=unreadable_allowance_of_test_sets(skip_unreadable_audio),
         )

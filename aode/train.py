@@ -262,17 +262,21 @@ def train_expert(
     if sb.utils.distributed.if_main_process():
         claim_training_folder(output, stamp, config.overwrite, EXPERT_DIR)
     asr, source = build_model(config)
-    skip_log = os.path.join(output, "skipped_audio.csv")
-    check = config.check_audio
-    unreadable = config.max_unreadable_fraction  # then the run stops: an expert of a fraction of its data
-    hparams = config.model_dump()
-    train_set = make_dataset(config.train_csv, asr, hparams, check, skip_log, "train", unreadable)
-    valid_set = make_dataset(config.valid_csv, asr, hparams, check, skip_log, "train", unreadable)
+    data = dict(
+        check_audio=config.check_audio,
+        skip_log=os.path.join(output, "skipped_audio.csv"),
+        max_duration=config.max_duration,
+        max_unknown_char_fraction=config.max_unknown_char_fraction,
+    )
+    # above max_unreadable_fraction the run stops: an expert of a fraction of its data
+    training = dict(data, stage="train", max_unreadable_fraction=config.max_unreadable_fraction)
+    train_set = make_dataset(config.train_csv, asr, **training)
+    valid_set = make_dataset(config.valid_csv, asr, **training)
     test_csvs = {"test": config.test_csv} if config.test_csv else {}
     test_csvs.update(config.extra_test_csvs)
     test_unreadable = unreadable_allowance_of_test_sets(config.skip_unreadable_audio)
     test_sets = {
-        name: make_dataset(path, asr, hparams, check, skip_log, max_unreadable_fraction=test_unreadable)
+        name: make_dataset(path, asr, **data, max_unreadable_fraction=test_unreadable)
         for name, path in test_csvs.items()
     }
     loader_kwargs, batches = train_loader_options(config, train_set)
@@ -319,7 +323,7 @@ def train_expert(
         "domain": corpus or config.domain,
         "train_csv": config.train_csv,
         "dev_wer": best.meta.get("WER") if best else None,
-        "hparams": {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool, type(None)))},
+        "hparams": {k: v for k, v in config.model_dump().items() if isinstance(v, (int, float, str, bool, type(None)))},
         "lora": {"rank": config.lora_rank, "alpha": config.lora_alpha} if config.lora_rank else None,
     }
     export_expert(brain, asr, folder, provenance)

@@ -21,7 +21,7 @@ def _brain(asr, max_grad_norm=5.0, lr=3e-3, total_steps=100):
 
 
 def _batch(asr, manifest, n=4):
-    data = make_dataset(manifest, asr, {})
+    data = make_dataset(manifest, asr)
     return sb.dataio.batch.PaddedBatch([data[i] for i in range(n)])
 
 
@@ -68,7 +68,7 @@ def test_validation_scores_and_writes_utterances(tiny_parakeet, sample_manifest,
     asr = load_asr_model(tiny_parakeet)
     brain = _brain(asr)
     brain.utterance_output = str(tmp_path / "utts.csv")
-    data = make_dataset(sample_manifest, asr, {})
+    data = make_dataset(sample_manifest, asr)
     brain.evaluate(data, test_loader_kwargs={"batch_size": 4}, progressbar=False)
     assert brain.last_stats["WER"] >= 0
     lines = (tmp_path / "utts.csv").read_text().splitlines()

@@ -140,7 +140,7 @@ def test_gram_equals_direct_computation(tiny_parakeet, two_rows, tmp_path):
     module = dict(asr.hf_model.named_modules())["encoder.layers.1.feed_forward2.linear2"]
     seen = []
     handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().reshape(-1, 64)))
-    dataset = make_dataset(two_rows, asr, {})
+    dataset = make_dataset(two_rows, asr)
     with torch.no_grad():
         for i in range(len(dataset)):
             asr(*asr.batch_inputs(sb.dataio.batch.PaddedBatch([dataset[i]])))

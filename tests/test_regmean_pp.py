@@ -112,7 +112,7 @@ def _own_grams(folder, module_names, manifest, state=None):
         )
         for m in module_names
     ]
-    dataset = make_dataset(manifest, asr, {})
+    dataset = make_dataset(manifest, asr)
     with torch.no_grad():
         for i in range(len(dataset)):
             asr(*asr.batch_inputs(sb.dataio.batch.PaddedBatch([dataset[i]])))

@@ -120,18 +120,18 @@ def test_make_dataset_checks_the_transcripts(ctc, tmp_path):
     path = str(tmp_path / "empty.csv")
     write_manifest(path, rows)
     with pytest.raises(TranscriptError, match="spk1_snt4"):
-        make_dataset(path, ctc, {}, check_audio=False)  # a test set: empty references too
+        make_dataset(path, ctc, check_audio=False)  # a test set: empty references too
     rows = sample_rows()
     rows[0]["wrd"] = "the child almost hurt the 2 small dogs"
     write_manifest(path, rows)
-    assert len(make_dataset(path, ctc, {}, check_audio=False)) == len(rows)  # scored as it is
+    assert len(make_dataset(path, ctc, check_audio=False)) == len(rows)  # scored as it is
     with pytest.raises(TranscriptError, match="1 digit in 1 transcript"):
-        make_dataset(path, ctc, {"max_unknown_char_fraction": 1.0}, check_audio=False, stage="train")
+        make_dataset(path, ctc, max_unknown_char_fraction=1.0, check_audio=False, stage="train")
     rows[0]["wrd"] = "The child almost hurt the small dog"
     write_manifest(path, rows)
     with pytest.raises(TranscriptError, match="max_unknown_char_fraction 0.001"):
-        make_dataset(path, ctc, {}, check_audio=False, stage="train")
-    assert len(make_dataset(path, ctc, {"max_unknown_char_fraction": 0.01}, check_audio=False, stage="train")) == 10
+        make_dataset(path, ctc, check_audio=False, stage="train")
+    assert len(make_dataset(path, ctc, max_unknown_char_fraction=0.01, check_audio=False, stage="train")) == 10
 
 
 def _train_command_line(tmp_path, train_rows):
