@@ -37,6 +37,7 @@ import collections
 import csv
 import dataclasses
 import importlib
+import json
 import logging
 import os
 import random
@@ -49,6 +50,7 @@ from typing import Optional
 from typing import Union
 
 from aode.atomic import atomic_folder
+from aode.atomic import atomic_open
 from aode.atomic import atomic_write_json
 from aode.config import ConfigError
 from aode.config import ExperimentConfig
@@ -201,6 +203,9 @@ class Experiment:
         lora: bool = False,
         overrides: Optional[Mapping[str, Any]] = None,
     ) -> dict[str, Any]:
+        """The training YAML of expert ``name`` (the LoRA one with ``lora``) as loaded, with the
+        experiment's overrides: a mapping, as a job is handed to aode.train.train_expert (which
+        validates it as a TrainingConfig)."""
         given = self.cfg.lora_overrides if lora else self.cfg.train_overrides
         overrides = {**given, **(overrides or {})}
         overrides.update(
@@ -475,7 +480,10 @@ class Experiment:
             self.weight_search(experts)
         if "greedy_soup" in self.scenarios:
             self.greedy_soup(experts, self.dev_table(experts))
+        routed = self.routed(experts, lora_experts) if "routed" in self.scenarios else {}
         table = self.evaluate()
+        if routed:
+            self.evaluate_routed(table, routed)
         self.timings["total"] = time.time() - start
         return self.report(table, experts, lora_experts)
 
@@ -630,6 +638,216 @@ class Experiment:
         name = "+".join(soup)
         folder = experts[soup[0]] if len(soup) == 1 else self.merge(f"soup {name}", [experts[x] for x in soup])
         self.add_row("greedy_soup", f"Greedy soup ({name})", "greedy_soup", folder)
+
+    def routed(self, experts: Folders, lora_experts: Folders) -> dict[str, tuple[str, Optional[dict[str, str]]]]:
+        """The routed scenario (issue 20; :mod:`aode.route`, :mod:`aode.routed`): a router on the
+        original's encoder states (domains and general data as classes); per delta form of
+        ``routing.forms`` a routed model and two rows, routed by the router and by the oracle
+        (each domain's set by its own delta, the forgetting sets by the base); with
+        ``routing.held_out``, a second router without those domains and a row of the first
+        form routed by it. Returns ``{row id: (routed folder, routes per set or None)}``."""
+        from aode.route import GENERAL
+        from aode.route import router_report
+        from aode.route import train_router
+        from aode.routed import BASE_ROUTE
+
+        routing = self.cfg.routing
+        root = os.path.join(self.out, "routed")
+        features = os.path.join(root, "features")
+        routers = {"router": list(self.domains)}
+        if routing.held_out:
+            without = "router_without_" + "-".join(routing.held_out)
+            routers[without] = [d for d in self.domains if d not in routing.held_out]
+        general_dev = next(iter(self.cfg.forgetting_dev_sets.values()), None)
+        truth = {d: d for d in self.domains} | {
+            s: GENERAL for s in (*self.forgetting_sets, *self.cfg.more_forgetting_sets)
+        }
+        for name, domains in routers.items():
+            print(f"[aode] routing: {name} ({', '.join(domains)}, {GENERAL})", flush=True)
+            classes = {d: self.domains[d].train_csv for d in domains} | {GENERAL: self.general_data()}
+            valid = {d: self.domains[d].valid_csv for d in domains} | ({GENERAL: general_dev} if general_dev else {})
+            router = self._timed(
+                "routed",
+                train_router,
+                self.original,
+                classes,
+                os.path.join(root, name),
+                layers=routing.layers,
+                utterances_per_class=routing.utterances_per_class,
+                threshold=routing.threshold,
+                batch_size=self.cfg.eval_batch_size,
+                device=self.cfg.device,
+                seed=self.cfg.seed,
+                progress=self.cfg.progressbar,
+                valid_manifests=valid,
+                overwrite=self.cfg.overwrite,
+                feature_cache=features,
+            )
+            self._timed(
+                "routed",
+                router_report,
+                router,
+                self.original,
+                self.test_sets(),
+                os.path.join(root, name, "test_report"),
+                labels=truth,
+                held_out=[d for d in self.domains if d not in domains],
+                batch_size=self.cfg.eval_batch_size,
+                device=self.cfg.device,
+                progress=self.cfg.progressbar,
+                feature_cache=features,
+            )
+        oracle_routes = {d: d for d in self.domains} | {s: BASE_ROUTE for s, c in truth.items() if c == GENERAL}
+        rows = {}
+        for label, form in routing.forms.items():
+            members = experts if form.form == "svd" else lora_experts
+            folder = self._routed_model(_folder_name(label), form, members, os.path.join(root, "router"))
+            row_id = f"routed_{_folder_name(label)}"
+            self.add_row(row_id, f"Routed ({label})", "routed")
+            self.add_row(f"oracle_{row_id}", f"Oracle routed ({label})", "routed")
+            rows[row_id], rows[f"oracle_{row_id}"] = (folder, None), (folder, oracle_routes)
+            if len(routers) > 1 and len(rows) == 2:  # the first form, routed without the held-out domains
+                name = list(routers)[1]
+                folder = self._routed_model(f"{_folder_name(label)}_{name}", form, members, os.path.join(root, name))
+                self.add_row(f"{row_id}_{name}", f"Routed ({label}, {name.replace('_', ' ')})", "routed")
+                rows[f"{row_id}_{name}"] = (folder, None)
+        return rows
+
+    def _routed_model(self, name: str, form: Any, members: Folders, router: str) -> str:
+        """``<out>/routed/<name>``: the routed model of ``members`` with ``router``, reused when
+        made from the same models, form and router (:mod:`aode.reuse`)."""
+        from aode.reuse import file_fingerprint
+        from aode.reuse import model_fingerprint
+        from aode.reuse import read_stamp_file
+        from aode.reuse import write_stamp_file
+        from aode.routed import build_routed_model
+
+        folder = os.path.join(self.out, "routed", name)
+        stamp = {
+            "base": model_fingerprint(self.original),
+            "experts": {d: model_fingerprint(f) for d, f in members.items()},
+            "form": form.model_dump(),
+            "fallback": self.cfg.routing.fallback,
+            "router": {
+                f: file_fingerprint(os.path.join(router, f))
+                for f in sorted(os.listdir(router))
+                if f.startswith("router.")
+            },
+        }
+        if os.path.isdir(folder) and may_reuse(
+            f"routed model {name}", folder, read_stamp_file(folder), stamp, self.cfg.overwrite
+        ):
+            return folder
+        print(f"[aode] routed model {name} ({form.form}, rank {form.rank})", flush=True)
+        self._timed(
+            "routed",
+            build_routed_model,
+            self.original,
+            members,
+            folder,
+            form=form.form,
+            rank=form.rank if form.form == "svd" else None,
+            energy=form.energy,
+            router=router,
+            fallback=self.cfg.routing.fallback,
+            overwrite=True,
+        )
+        write_stamp_file(folder, stamp)
+        return folder
+
+    def evaluate_routed(self, table: Table, rows: Mapping[str, tuple[str, Optional[dict[str, str]]]]) -> None:
+        """The routed rows' WERs into ``table`` (each row's results cached in ``eval/<row id>/``
+        under the routed folder's content and its routing), then ``routed/routing.md``: per
+        routed model, the router's share of right routes per set, memory and decoding throughput
+        against one model."""
+        from aode.evaluate import scored_counts
+        from aode.routed import evaluate_routed
+
+        sets = self.test_sets()
+        for row_id, (folder, routes_of_set) in rows.items():
+            cache = os.path.join(self.out, "eval", row_id)
+            results = self._timed(
+                "evaluate",
+                evaluate_routed,
+                folder,
+                sets,
+                cache,
+                routes_of_set=routes_of_set,
+                label=row_id,
+                **self._eval_kwargs(),
+            )
+            table[row_id] = {s: results[s]["wer"] for s in sets}
+            self.counts[row_id] = scored_counts(results)
+            self.eval_folders[row_id] = cache
+        self._timed("routed", self.routing_table, {r: f for r, (f, routes) in rows.items() if routes is None})
+
+    def routing_table(self, folders: Mapping[str, str]) -> None:
+        """``routed/routing.md`` and ``.json``: per routed row, the share of each test set's
+        utterances that went to its own route (the forgetting sets': the general route), the
+        share sent to the fallback, the model folder's size, memory and throughput against one
+        model (measured on ``routing.throughput_utterances`` test utterances, cached)."""
+        from aode.report import markdown
+        from aode.reuse import read_stamp_file
+        from aode.reuse import write_stamp_file
+        from aode.routed import measure_throughput
+        from aode.routed import read_routed_info
+
+        root = os.path.join(self.out, "routed")
+        subset = self._throughput_subset(os.path.join(root, "throughput"))
+        records = []
+        for row_id, folder in folders.items():
+            info = read_routed_info(folder)
+            general = info["general_route"]
+            shares = {}
+            for s in self.test_sets():
+                with open(os.path.join(self.eval_folders[row_id], f"{s}.json"), encoding="utf-8") as f:
+                    routes = list(json.load(f)["routes"].values())
+                own = s if s in self.domains else general
+                shares[s] = (
+                    sum(r == own for r in routes) / len(routes),
+                    sum(r == "fallback" for r in routes) / len(routes),
+                )
+            measured = os.path.join(root, f"throughput_{row_id}.json")
+            stamp = {"routed": read_stamp_file(folder), "utterances": subset, "batch_size": self.cfg.eval_batch_size}
+            if os.path.isfile(measured) and may_reuse("throughput", measured, read_stamp_file(measured), stamp, True):
+                with open(measured, encoding="utf-8") as f:
+                    speed = json.load(f)
+            else:
+                speed = measure_throughput(
+                    folder, subset, batch_size=self.cfg.eval_batch_size, device=self.cfg.device, oracle=False
+                )
+                atomic_write_json(measured, speed, indent=1)
+                write_stamp_file(measured, stamp)
+            sizes = info["sizes"]
+            records.append(
+                {
+                    "row": self.rows[row_id].label,
+                    **{f"to own route: {s}": round(100 * own, 1) for s, (own, _) in shares.items()},
+                    "to fallback %": round(100 * sum(fb for _, fb in shares.values()) / len(shares), 1),
+                    "deltas / model size": round(sizes["all_deltas_bytes"] / sizes["model_bytes"], 3),
+                    "memory / one model": round(speed["memory"]["ratio_to_one_model"], 3),
+                    "throughput / one model": round(speed["routed_utt_per_s"] / speed["base_utt_per_s"], 3),
+                }
+            )
+        atomic_write_json(os.path.join(root, "routing.json"), records, indent=1)
+        with atomic_open(os.path.join(root, "routing.md")) as f:
+            f.write(markdown(records) + "\n")
+
+    def _throughput_subset(self, folder: str) -> dict[str, str]:
+        """``{domain: manifest}`` of the first rows of each domain's test set, together
+        ``routing.throughput_utterances`` utterances (decoded mixed, in a seeded order)."""
+        per_set = max(1, self.cfg.routing.throughput_utterances // len(self.domains))
+        subset = {}
+        for d, spec in self.domains.items():
+            with open(spec.test_csv, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                rows, columns = list(reader)[:per_set], reader.fieldnames
+            subset[d] = os.path.join(folder, f"{d}.csv")
+            with atomic_open(subset[d], newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        return subset
 
     def evaluate(self) -> Table:
         """``{row id: {test set: WER}}`` for every row with a model folder, each folder once."""
