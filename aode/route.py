@@ -71,9 +71,12 @@ ROUTER_FILE = "router.json"
 WEIGHTS_FILE = "router.safetensors"
 FORMAT_VERSION = 1
 POOLING = "mean_std"  # per dimension, over valid frames; population standard deviation
-# Chosen on the miniature (docs/results/router_mini.md); negative indices count from the last
-# encoder state (-1: the last layer's output).
-DEFAULT_LAYERS: tuple[int, ...] = (-1,)
+# Chosen on the miniature (docs/results/router_mini.md; original aode/mini_generalist, 4 layers,
+# 200 utterances per class, 600 test utterances, threshold 0.5): routed right, all test sets
+# together: layer 2 and the last 92.5 %, last only 91.7 %, middle (2) only 90.2 %, front end
+# (0) 89.8 %, all five states 92.8 % (2.5 times the features). 2 is the middle of a 4-layer
+# encoder: pass layers for deeper ones. Negative indices count from the last encoder state.
+DEFAULT_LAYERS: tuple[int, ...] = (2, -1)
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_L2 = 1e-3
 VALIDATION_THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -499,6 +502,11 @@ def train_router(
     cached per manifest (``features/``), so another ``layers``, ``threshold`` or ``l2`` only
     refits. ``feature_cache``: another folder for that cache (default ``out_folder/features``),
     shared by routers of one original, e.g. to compare layer choices.
+
+    Default ``layers`` (:data:`DEFAULT_LAYERS`): the middle (2) and the last encoder state,
+    measured best for its size on the miniature: 92.5 % of the 600 test utterances routed
+    right (vctk 97, coraal 100, jl 99, ne 100, general test_clean 74, test_other 85 %),
+    against 91.7 % for the last layer alone and 90.2 % for the middle alone.
 
     ``threshold``: how to pick it. With ``valid_manifests`` (``{class: manifest}``, classes of
     the router) the router folder gets ``thresholds.csv``/``.md``: for each threshold the
