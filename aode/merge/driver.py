@@ -205,6 +205,15 @@ class _Inputs:
                     s.close()
 
 
+def _refuse_unknown(function: str, keywords: dict, settings: type) -> None:
+    """The TypeError Python raises for a keyword ``function`` does not take (one not a field of
+    the dataclass ``settings`` that its ``**keywords`` fill), before any other check."""
+    names = {f.name for f in fields(settings)}
+    unknown = [k for k in keywords if k not in names]
+    if unknown:
+        raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")
+
+
 @contextlib.contextmanager
 def _torch_threads(num_threads):
     saved = torch.get_num_threads()
@@ -297,6 +306,7 @@ def merge_models(
 
     Returns the output folder path.
     """
+    _refuse_unknown("merge_models", run, MergeRun)
     plan = MergePlan(members, method, weights, base, include_base, weight_rules, options, seed)
     how = MergeRun(**run)
     if plan.spec.whole_model:
