@@ -63,6 +63,8 @@ from aode.model_folder import PROVENANCE_FILE
 from aode.model_folder import read_config_json
 from aode.model_folder import read_provenance
 
+PathLike = str | os.PathLike
+
 __all__ = [
     "CARD_FILE",
     "TAGS",
@@ -90,10 +92,7 @@ _LONG_LIST = 10
 
 
 def model_card(
-    folder: str | os.PathLike,
-    results: Mapping[str, Any] | None = None,
-    name: str | None = None,
-    repo_id: str | None = None,
+    folder: PathLike, results: Mapping[str, Any] | None = None, name: str | None = None, repo_id: str | None = None
 ) -> str:
     """The ``README.md`` text of model folder ``folder`` (module docstring).
 
@@ -122,10 +121,7 @@ def model_card(
 
 
 def write_model_card(
-    folder: str | os.PathLike,
-    results: Mapping[str, Any] | None = None,
-    name: str | None = None,
-    repo_id: str | None = None,
+    folder: PathLike, results: Mapping[str, Any] | None = None, name: str | None = None, repo_id: str | None = None
 ) -> str:
     """Write :func:`model_card` to ``<folder>/README.md`` atomically; returns its path."""
     path = os.path.join(os.fspath(folder), CARD_FILE)
@@ -135,7 +131,7 @@ def write_model_card(
     return path
 
 
-def card_results(folder: str | os.PathLike) -> dict[str, dict[str, float]]:
+def card_results(folder: PathLike) -> dict[str, dict[str, float]]:
     """The test results an existing card reports, ``{test set: {"wer": ..., "cer": ...}}``
     (read back from its ``model-index``); empty when the folder has no card or no results."""
     path = os.path.join(os.fspath(folder), CARD_FILE)
@@ -550,7 +546,7 @@ def check_hub_token(repo_id: str | None) -> str | None:
     return token
 
 
-def push_to_hub(folder: str | os.PathLike, repo_id: str | None, token: str | None = None) -> Any:
+def push_to_hub(folder: PathLike, repo_id: str | None, token: str | None = None) -> Any:
     """Upload the finished model folder ``folder`` to the hub repository ``repo_id`` (created
     when missing); a no-op returning None when ``repo_id`` is None.
 

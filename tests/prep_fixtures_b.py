@@ -135,16 +135,22 @@ def check_help(corpus, options):
         assert option in result.stdout
 
 
-def layout_error(prepare, root, out, manifest="train.csv"):
+def layout_error(prepare, root, out, manifest="train.csv", zipped=None):
     """The message of the LayoutError ``prepare(root, out)`` raises; it names ``root``, and
     nothing was written (no ``manifest``). A data folder beside ``root`` that does not exist
-    is refused as such first."""
+    is refused as such first. ``zipped``: an archive put in ``root`` that the message says
+    to unzip."""
     with pytest.raises(LayoutError, match="does not exist"):
         prepare(os.path.join(os.path.dirname(str(root)), "nowhere"), str(out))
+    if zipped is not None:
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, zipped), "wb") as f:
+            f.write(b"PK")
     with pytest.raises(LayoutError) as err:
         prepare(str(root), str(out))
     message = str(err.value)
     assert str(root) in message
+    assert zipped is None or f"unzip {zipped}" in message
     assert not os.path.exists(os.path.join(out, manifest))
     return message
 
@@ -153,6 +159,14 @@ def recorded_options(save):
     """The options a preparation recorded in ``<save>/prep_options.json``."""
     with open(os.path.join(save, "prep_options.json")) as f:
         return json.load(f)
+
+
+def check_exits_on_missing_data(main, data, save):
+    """The preparation's command line ``main`` exits with status 2 when the data folder does
+    not exist."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--data_folder", data + "_missing", "--save_folder", save + "2"])
+    assert exit_.value.code == 2
 
 
 def check_skip_then_redo(prepare, data, save, manifests=("train.csv", "valid.csv", "test.csv"), **changed):

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 from prep_fixtures_b import by_id
+from prep_fixtures_b import check_exits_on_missing_data
 from prep_fixtures_b import check_help
 from prep_fixtures_b import check_manifest_rows
 from prep_fixtures_b import check_skip_then_redo
@@ -164,9 +165,7 @@ def test_command_line(libri, capsys):
     assert f"test_other.csv: {len(expected['test-other'])} utterances" in out
     assert "test_clean.csv" not in out
     assert "skipped 1: transcript without audio" in out
-    with pytest.raises(SystemExit) as exit_:
-        main(["--data_folder", parent + "_missing", "--save_folder", save + "2"])
-    assert exit_.value.code == 2
+    check_exits_on_missing_data(main, parent, save)
 
 
 def test_runs_as_a_script():
