@@ -19,6 +19,7 @@ from conftest import perturbed_copy
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300
 MERGE = [sys.executable, "recipes/average/merge.py", "hparams/aode.yaml"]
+REPRODUCE = [sys.executable, "recipes/average/reproduce.py", "hparams/mini.yaml"]
 # No test sets: these cases fail before any evaluation.
 NO_EVAL = ["--test_sets", "{}", "--forgetting_sets", "null", "--expert_of_test_set", "{}", "--progressbar", "False"]
 
@@ -117,13 +118,23 @@ def _train(corpus, data_folder, model, out, prep_options):
 
 
 @pytest.fixture(scope="module")
-def runs(models, corpora, tmp_path_factory):
+def runs(models, corpora, sample_manifest, tmp_path_factory):
     """{case: (finished process, its output folder)}, every case run once, two at a time."""
     out = tmp_path_factory.mktemp("cli_runs")
+    member_data = "{A: " + sample_manifest + ", B: " + sample_manifest + "}"
+    regmean_alpha_2 = ("--method", "regmean", "--method_options", "{alpha: 2}", "--member_data", member_data)
+    experiment_regmean_alpha_2 = "{RegMean: {method: regmean, options: {alpha: 2}}}"
     cases = {
         "unknown_option": _merge(models, str(out / "a1"), "--method", "ties", "--method_options", "{densty: 0.3}"),
         "option_type": _merge(models, str(out / "a2"), "--method", "ties", "--method_options", "{density: abc}"),
         "option_range": _merge(models, str(out / "a3"), "--method", "dare_ties", "--method_options", "{density: 1.5}"),
+        # a data-aware method: its Gram statistics would be computed first (in <output_folder>/statistics)
+        "statistics_option": _merge(models, str(out / "a4"), *regmean_alpha_2),
+        "experiment_statistics_option": [
+            *REPRODUCE,
+            *("--output_folder", str(out / "a5"), "--scenarios", "[methods]"),
+            *("--merge_methods", experiment_regmean_alpha_2),
+        ],
         "absent_model": _merge(models, str(out / "b"), original="openai/whisper-nonexistent"),
         "width": _merge(models, str(out / "c1"), experts=("e1", "wide")),
         "model_type": _merge(models, str(out / "c2"), experts=("e1", "whisper")),
@@ -172,6 +183,20 @@ def test_merge_option_of_the_wrong_type_or_range(runs):
     assert not os.path.exists(out)
     run, out = runs["option_range"]
     assert "dare_ties option density must be a fraction from 0 to 1 (got 1.5)" in _error_line(run)
+    assert not os.path.exists(out)
+
+
+def test_options_of_a_statistics_method_are_refused_before_any_statistics(runs):
+    """RegMean's Gram statistics (and Fisher's) are computed before the merge: a wrong option
+    is refused by the schema first, from the merge recipe's command line and from an
+    experiment's merge_methods alike, and no statistics file (no folder) is written."""
+    run, out = runs["statistics_option"]
+    line = _error_line(run)
+    assert "method_options: regmean option alpha must lie in [0, 1] (got 2)" in line
+    assert not os.path.exists(out)
+    run, out = runs["experiment_statistics_option"]
+    line = _error_line(run)
+    assert "merge_methods.RegMean.options: regmean option alpha must lie in [0, 1] (got 2)" in line
     assert not os.path.exists(out)
 
 
