@@ -635,6 +635,61 @@ class WeightSearchConfig(Schema):
         return _known_merge_method(value)
 
 
+class RoutedFormConfig(Schema):
+    """One delta form of the routed model (aode.compact): ``svd`` compresses each full expert's
+    task vector per matrix at ``rank`` (or ``energy``); ``lora`` reads the LoRA experts natively."""
+
+    form: Literal["svd", "lora"] = Field(description="svd: the full experts, compressed; lora: the LoRA experts")
+    rank: Optional[int] = Field(16, description="svd: the rank of each matrix's delta (null: by energy)")
+    energy: Optional[float] = Field(None, description="svd: keep this fraction of each delta's energy instead")
+
+    @model_validator(mode="after")
+    def _rank_or_energy(self):
+        if self.form == "svd" and (self.rank is None) == (self.energy is None):
+            raise ValueError("svd needs exactly one of rank and energy")
+        if self.rank is not None and self.rank < 1:
+            raise ValueError("rank must be at least 1")
+        if self.energy is not None and not 0 < self.energy <= 1:
+            raise ValueError("energy must be in (0, 1]")
+        return self
+
+
+class RoutingConfig(Schema):
+    """The routed model (the experiment's ``routed`` scenario, aode.route and aode.routed): a
+    router on the original's encoder states, and the experts as compact deltas."""
+
+    forms: dict[str, RoutedFormConfig] = Field(
+        {"SVD r16": RoutedFormConfig(form="svd", rank=16)},
+        description="label: {form, rank}: one routed model (two rows: router and oracle routing) per entry",
+    )
+    utterances_per_class: int = Field(200, description="router training: utterances drawn per domain and general")
+    layers: Optional[list[int]] = Field(
+        None, description="encoder states the router pools (0: front end, -1: last); null: aode.route's default"
+    )
+    threshold: float = Field(0.5, description="below this top-class probability an utterance takes the fallback")
+    fallback: Literal["with_original", "mean", "base"] = Field(
+        "with_original", description="the unsure route: base + sum of deltas / (n + 1), / n, or the base alone"
+    )
+    held_out: list[str] = Field(
+        [], description="domains left out of a second router, whose report says where their utterances go"
+    )
+    throughput_utterances: int = Field(100, description="test utterances timed for decoding throughput")
+
+    @field_validator("utterances_per_class", "throughput_utterances")
+    @classmethod
+    def _positive(cls, value):
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("threshold")
+    @classmethod
+    def _probability(cls, value):
+        if not 0 <= value <= 1:
+            raise ValueError("must be in [0, 1]")
+        return value
+
+
 class LauncherConfig(Schema):
     """How an experiment runs the independent trainings of a stage (the experts; the LoRA experts;
     each iteration's fine-tunes): ``serial`` in this process (the default), ``local``: ``jobs``
@@ -730,7 +785,7 @@ class ExperimentConfig(Schema):
         ["experts", "aode", "aode_with_original"],
         description="which scenarios run (each pulls in those it needs): experts, sequential, aode, "
         "aode_with_original, combined, resampled, iterative, weighted, lora, oracle, methods, fisher, "
-        "weight_search, greedy_soup",
+        "weight_search, greedy_soup, routed",
     )
     sequential_orders: list[list[str]] = Field(
         [], description="sequential: the domain orders fine-tuned one after another"
@@ -766,6 +821,9 @@ class ExperimentConfig(Schema):
         description="how a stage's trainings run: serial, local or slurm, or a mapping (keys below)",
     )
     jobs: Optional[int] = Field(None, description="shortcut for launcher.jobs: --launcher local --jobs 2")
+    routing: RoutingConfig = Field(
+        default_factory=RoutingConfig, description="routed: the router and the delta forms (keys below)"
+    )
 
     @field_validator("launcher", mode="before")
     @classmethod
@@ -781,6 +839,7 @@ class ExperimentConfig(Schema):
         "sequential_orders",
         "merge_methods",
         "weight_search",
+        "routing",
         "train_overrides",
         "lora_overrides",
         mode="before",
@@ -816,6 +875,12 @@ class ExperimentConfig(Schema):
             raise ValueError("weight_search needs forgetting_dev_sets (dev sets of the original domain)")
         if "lora" in self.scenarios and not self.lora_hparams_file:
             raise ValueError("lora needs lora_hparams_file")
+        if "routed" in self.scenarios:
+            if any(f.form == "lora" for f in self.routing.forms.values()) and "lora" not in self.scenarios:
+                raise ValueError("routing form lora needs the lora scenario (its LoRA experts)")
+            known_names(self.routing.held_out, self.domains, "domain in routing.held_out")
+            if len(self.routing.held_out) >= len(self.domains):
+                raise ValueError("routing.held_out: the router needs at least one domain left")
         corpus = self.synthetic_corpus
         if corpus is not None:
             if corpus.folder is None:

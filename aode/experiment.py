@@ -664,7 +664,7 @@ class Experiment:
         }
         for name, domains in routers.items():
             print(f"[aode] routing: {name} ({', '.join(domains)}, {GENERAL})", flush=True)
-            classes = {d: self.domains[d].train_csv for d in domains} | {GENERAL: self.general_data()}
+            classes = {d: self.domains[d].train_csv for d in domains} | {GENERAL: self.general_data}
             valid = {d: self.domains[d].valid_csv for d in domains} | ({GENERAL: general_dev} if general_dev else {})
             router = self._timed(
                 "routed",
@@ -672,7 +672,7 @@ class Experiment:
                 self.original,
                 classes,
                 os.path.join(root, name),
-                layers=routing.layers,
+                **({} if routing.layers is None else {"layers": routing.layers}),
                 utterances_per_class=routing.utterances_per_class,
                 threshold=routing.threshold,
                 batch_size=self.cfg.eval_batch_size,

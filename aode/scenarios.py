@@ -37,6 +37,7 @@ SCENARIOS = (
     Scenario("fisher", "Fisher-weighted averaging", ("experts",), "methods"),
     Scenario("weight_search", "merge weights searched on the dev sets", ("experts",), "methods"),
     Scenario("greedy_soup", "greedy soup on the dev sets", ("experts",), "methods"),
+    Scenario("routed", "a router and the experts as compact deltas: routed, and oracle routed", ("experts",)),
 )
 SCENARIO_BY_ID = {s.id: s for s in SCENARIOS}
 SCENARIO_IDS = tuple(SCENARIO_BY_ID)

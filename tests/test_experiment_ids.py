@@ -32,7 +32,9 @@ from aode.reuse import training_stamp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes", "average"))
-ALL = list(SCENARIO_IDS)
+# routed builds and decodes real deltas of real models, which the fakes below do not make:
+# tests/test_experiment.py::test_reproduce_routed runs it on tiny real models instead
+ALL = [s for s in SCENARIO_IDS if s != "routed"]
 # what `scenarios: [iterative]` alone gives: the experts and both averages it starts from
 ITERATIVE_TABLE7 = [
     "Pretrained",
@@ -149,7 +151,7 @@ def test_scenario_table_ids_labels_and_needs():
     assert resolve_scenarios([]) == ("experts",)
     assert resolve_scenarios(["iterative"]) == ("experts", "aode", "aode_with_original", "iterative")
     assert resolve_scenarios(["greedy_soup", "sequential"]) == ("experts", "sequential", "greedy_soup")
-    assert resolve_scenarios(ALL) == SCENARIO_IDS
+    assert resolve_scenarios(SCENARIO_IDS) == SCENARIO_IDS
 
 
 def test_misspelt_scenario_fails_before_any_work(tmp_path, speaker_csvs, fake):
