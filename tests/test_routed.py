@@ -70,7 +70,7 @@ def test_route_equals_the_materialised_model(
     base = tiny_parakeet if family == "ctc" else tiny_whisper
     options = WHISPER_OPTIONS if family == "whisper" else {}
     routed = RoutedASR(folder, **options).eval()
-    batch = _batch(routed, sample_manifest)
+    batch = _batch(routed, sample_manifest, 4 if family == "ctc" else 2)
     hooks = [n for n, m in routed.info["routes"].items()]
     assert set(hooks) == {"a", "b", "base", "fallback"}
     assert "hook" in routed._mechanism.values() and "swap" in routed._mechanism.values()
@@ -82,7 +82,8 @@ def test_route_equals_the_materialised_model(
             want = dense(*dense.batch_inputs(batch))["logits"]
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (route, (got - want).abs().max())
         wavs, lens = batch.sig
-        assert routed.transcribe(wavs, lens, [route] * len(wavs)) == dense.transcribe(wavs, lens)
+        if family == "ctc" or route == "a":
+            assert routed.transcribe(wavs, lens, [route] * len(wavs)) == dense.transcribe(wavs, lens)
     # a route really changes the outputs
     routed.set_route("base")
     with torch.no_grad():
@@ -114,12 +115,13 @@ def test_base_is_bit_identical_after_many_switches(family, ctc_routed, whisper_r
     plain = load_asr_model(os.path.join(folder, "base"), **options).eval()
     before = {n: t.clone() for n, t in routed.hf_model.state_dict().items()}
     batch = _batch(routed, sample_manifest, 2)
+    decode_every = 6 if family == "ctc" else 24
     wavs, lens = batch.sig
     g = torch.Generator().manual_seed(0)
     names = ["a", "b", "fallback", "base"]
     for step in range(25):
         routed.set_route(names[int(torch.randint(4, (1,), generator=g))])
-        if step % 6 == 0:
+        if step % decode_every == 0:
             routed.transcribe(wavs, lens, ["a", "fallback"])
     routed.set_route("a")
     hooked = {routed._hf_of[s] for s, m in routed._mechanism.items() if m == "hook"}
@@ -139,9 +141,9 @@ def test_mixed_batch_by_groups(family, ctc_routed, whisper_routed, sample_manife
     folder, _ = ctc_routed if family == "ctc" else whisper_routed
     options = WHISPER_OPTIONS if family == "whisper" else {}
     routed = RoutedASR(folder, **options).eval()
-    batch = _batch(routed, sample_manifest, 4)
+    routes = ["b", "a", "fallback", "b"] if family == "ctc" else ["b", "a", "b"]
+    batch = _batch(routed, sample_manifest, len(routes))
     wavs, lens = batch.sig
-    routes = ["b", "a", "fallback", "b"]
     mixed = routed.transcribe(wavs, lens, routes)
     samples = (lens * wavs.shape[1]).round().long()
     alone = [
