@@ -250,10 +250,10 @@ def train_expert(
     """Fine-tune and export. ``hparams``: a validated :class:`aode.config.TrainingConfig`, or a
     training YAML's mapping as loaded (from Python, the experiment's jobs), validated here before
     any work."""
-    if type(hparams) is TrainingConfig:
-        config = hparams.model_copy()  # the run options that run are written into it
-    else:
+    if isinstance(hparams, Mapping):
         config = validate(TrainingConfig, hparams, "training hparams")
+    else:
+        config = hparams.model_copy()  # the run options that run are written into it, not the caller's
     run_opts = resolve_run_options(config, run_opts)
     torch.manual_seed(config.seed)
     output = config.output_folder
