@@ -32,7 +32,14 @@ def test_shipped_yaml_fits_its_schema(name, schema):
     assert type(values) is schema and set(values.model_dump()) == set(schema.model_fields)
 
 
-EXPERIMENTS = ["mini.yaml", "mini_full.yaml", "real_tiny.yaml", "real_tiny_full.yaml"]
+EXPERIMENTS = [
+    "mini.yaml",
+    "mini_full.yaml",
+    "mini_routed.yaml",
+    "real_tiny.yaml",
+    "real_tiny_full.yaml",
+    "real_tiny_routed.yaml",
+]
 
 
 def test_every_shipped_yaml_has_a_schema():
