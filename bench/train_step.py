@@ -47,7 +47,7 @@ def make_batch(asr, batch_size):
 
     path = os.path.join(tempfile.mkdtemp(), "bench.csv")
     write_manifest(path, sample_rows())
-    data = make_dataset(path, asr, {})
+    data = make_dataset(path, asr)
     return sb.dataio.batch.PaddedBatch([data[i % len(data)] for i in range(batch_size)])
 
 

@@ -161,9 +161,7 @@ def _endless_batches(manifest, asr, batch_size, seed, n_utterances, max_duration
     from aode.config import MAX_UNREADABLE_FRACTION
     from aode.data import make_dataset
 
-    dataset = make_dataset(
-        manifest, asr, {"max_duration": max_duration}, max_unreadable_fraction=MAX_UNREADABLE_FRACTION
-    )
+    dataset = make_dataset(manifest, asr, max_duration=max_duration, max_unreadable_fraction=MAX_UNREADABLE_FRACTION)
     ids = list(range(len(dataset)))
     rng = random.Random(seed)
     if n_utterances is not None and n_utterances < len(ids):
