@@ -42,6 +42,91 @@ def read_cached(path, key):
     return result if result.get("key") == key else None
 
 
+def split_cached(test_sets, out_folder, key_of):
+    """``({set: cached result}, {set: (manifest, key)} still to decode)``: a set's result in
+    ``<out_folder>/<set>.json`` is reused only when it was made under ``key_of(set, manifest)``."""
+    results, todo = {}, {}
+    for name, manifest in test_sets.items():
+        key = key_of(name, manifest)
+        cached = read_cached(os.path.join(out_folder, f"{name}.json"), key)
+        if cached is not None:
+            results[name] = cached
+        else:
+            todo[name] = (manifest, key)
+    return results, todo
+
+
+def test_brain(asr, normalizer, device):
+    """The Brain that decodes and scores test sets with ``asr`` (an :class:`aode.models.ASRModel`)."""
+    from aode.brain import ASRBrain
+    from aode.config import BrainConfig
+
+    return ASRBrain({"model": asr}, BrainConfig(normalizer=normalizer), run_opts={"device": device})
+
+
+def decode_set(
+    brain,
+    name,
+    manifest,
+    out_folder,
+    batch_size=8,
+    num_workers=0,
+    progress=True,
+    max_duration=None,
+    skip_unreadable_audio=False,
+    label="model",
+):
+    """Decode and score one test set with ``brain``'s model: ``wer``, ``cer``, the counts
+    (scored, in the manifest, unreadable IDs), ``seconds`` and the per-utterance
+    ``hypotheses``; the per-utterance errors go to ``<out_folder>/<name>_utterances.csv``."""
+    import speechbrain as sb
+    from tqdm import tqdm
+
+    from aode.data import make_dataset
+    from aode.data import unreadable_allowance_of_test_sets
+
+    dataset = make_dataset(
+        manifest,
+        brain.asr,
+        max_duration=max_duration,
+        skip_log=os.path.join(out_folder, "skipped_audio.csv"),
+        max_unreadable_fraction=unreadable_allowance_of_test_sets(skip_unreadable_audio),
+    )
+    manifest_rows, unreadable = dataset.manifest_rows, dataset.unreadable
+    dataset = dataset.filtered_sorted(sort_key="duration", reverse=True)  # less padding
+    brain.utterance_output = os.path.join(out_folder, f"{name}_utterances.csv")
+    start = time.time()
+    loader = brain.make_dataloader(
+        dataset, sb.Stage.TEST, batch_size=batch_size, num_workers=num_workers, ckpt_prefix=None
+    )
+    brain.on_stage_start(sb.Stage.TEST)
+    brain.modules.eval()
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=f"{label} on {name}", unit="batch", disable=not progress, dynamic_ncols=True):
+            brain.evaluate_batch(batch, stage=sb.Stage.TEST)
+        brain.on_stage_end(sb.Stage.TEST, 0.0, None)
+    stats = brain.last_stats
+    result = {
+        "wer": stats["WER"],
+        "cer": stats["CER"],
+        "utterances": len(brain.utterances),
+        "manifest_utterances": manifest_rows,
+        "unreadable": unreadable,
+        "seconds": round(time.time() - start, 2),
+        "hypotheses": brain.utterances,
+    }
+    logger.info(
+        "%s on %s: WER %.2f (%d of %d utts, %.1f s)",
+        label,
+        name,
+        stats["WER"],
+        len(brain.utterances),
+        manifest_rows,
+        result["seconds"],
+    )
+    return result
+
+
 def evaluate_model(
     model,
     test_sets,
@@ -65,75 +150,32 @@ def evaluate_model(
     skipped, listed in ``skipped_audio.csv`` and counted. ``label`` names the model in the
     progress bar (default: the folder's name).
     """
-    import speechbrain as sb
-    from tqdm import tqdm
-
-    from aode.brain import ASRBrain
-    from aode.config import BrainConfig
-    from aode.data import make_dataset
-    from aode.data import unreadable_allowance_of_test_sets
     from aode.models import load_asr_model
 
-    results, todo = {}, {}
-    for name, manifest in test_sets.items():
-        key = cache_key(model, manifest, normalizer, beam_size, max_duration, skip_unreadable_audio)
-        cached = read_cached(os.path.join(out_folder, f"{name}.json"), key)
-        if cached is not None:
-            results[name] = cached
-        else:
-            todo[name] = (manifest, key)
+    results, todo = split_cached(
+        test_sets,
+        out_folder,
+        lambda name, manifest: cache_key(model, manifest, normalizer, beam_size, max_duration, skip_unreadable_audio),
+    )
     if not todo:
         return results
     label = label or os.path.basename(os.path.normpath(str(model)))
-    asr = load_asr_model(model, beam_size=beam_size).eval()
-    brain = ASRBrain({"model": asr}, BrainConfig(normalizer=normalizer), run_opts={"device": device})
+    brain = test_brain(load_asr_model(model, beam_size=beam_size).eval(), normalizer, device)
     for name, (manifest, key) in todo.items():
-        dataset = make_dataset(
-            manifest,
-            asr,
-            max_duration=max_duration,
-            skip_log=os.path.join(out_folder, "skipped_audio.csv"),
-            max_unreadable_fraction=unreadable_allowance_of_test_sets(skip_unreadable_audio),
-        )
-        manifest_rows, unreadable = dataset.manifest_rows, dataset.unreadable
-        dataset = dataset.filtered_sorted(sort_key="duration", reverse=True)  # less padding
-        brain.utterance_output = os.path.join(out_folder, f"{name}_utterances.csv")
-        start = time.time()
-        loader = brain.make_dataloader(
-            dataset, sb.Stage.TEST, batch_size=batch_size, num_workers=num_workers, ckpt_prefix=None
-        )
-        brain.on_stage_start(sb.Stage.TEST)
-        brain.modules.eval()
-        with torch.inference_mode():
-            for batch in tqdm(
-                loader, desc=f"{label} on {name}", unit="batch", disable=not progress, dynamic_ncols=True
-            ):
-                brain.evaluate_batch(batch, stage=sb.Stage.TEST)
-            brain.on_stage_end(sb.Stage.TEST, 0.0, None)
-        stats = brain.last_stats
-        result = {
-            "model": str(model),
-            "test_set": name,
-            "manifest": manifest,
-            "key": key,
-            "wer": stats["WER"],
-            "cer": stats["CER"],
-            "utterances": len(brain.utterances),
-            "manifest_utterances": manifest_rows,
-            "unreadable": unreadable,
-            "seconds": round(time.time() - start, 2),
-            "hypotheses": brain.utterances,
-        }
-        atomic_write_json(os.path.join(out_folder, f"{name}.json"), result, indent=1)
-        logger.info(
-            "%s on %s: WER %.2f (%d of %d utts, %.1f s)",
-            label,
+        decoded = decode_set(
+            brain,
             name,
-            stats["WER"],
-            len(brain.utterances),
-            manifest_rows,
-            result["seconds"],
+            manifest,
+            out_folder,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=progress,
+            max_duration=max_duration,
+            skip_unreadable_audio=skip_unreadable_audio,
+            label=label,
         )
+        result = {"model": str(model), "test_set": name, "manifest": manifest, "key": key, **decoded}
+        atomic_write_json(os.path.join(out_folder, f"{name}.json"), result, indent=1)
         results[name] = result
     return results
 

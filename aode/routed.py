@@ -748,26 +748,6 @@ def routed_fingerprint(folder: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _test_brain(model: nn.Module, normalizer: str, device: str) -> Any:
-    """The Brain that aode.evaluate builds to decode a test set, for ``model``. (The Brain's
-    constructor is being changed from hparams to a BrainConfig: both are accepted until
-    aode.evaluate offers a way to decode an ASRModel that it does not load itself.)"""
-    from aode.brain import ASRBrain
-
-    try:
-        from aode.config import BrainConfig
-    except ImportError:
-        return ASRBrain(modules={"model": model}, hparams={"normalizer": normalizer}, run_opts={"device": device})
-    return ASRBrain({"model": model}, BrainConfig(normalizer=normalizer), run_opts={"device": device})
-
-
-def _set_utterance_output(brain: Any, path: str) -> None:
-    if hasattr(brain, "utterance_output"):
-        brain.utterance_output = path
-    else:
-        brain.hparams.utterance_output = path
-
-
 def evaluate_routed(
     folder: str | os.PathLike,
     test_sets: Mapping[str, str],
@@ -789,13 +769,10 @@ def evaluate_routed(
     ``routes_of_set``, oracle routing, else ``router``), ``routes`` (``{utterance: route}``)
     and ``route_counts``; cached in ``<out_folder>/<set>.json`` under a key of the routed
     folder's content, the manifest, the routing and the scoring settings."""
-    import speechbrain as sb
-    from tqdm import tqdm
-
-    from aode.data import make_dataset
-    from aode.data import unreadable_allowance_of_test_sets
     from aode.evaluate import cache_key
-    from aode.evaluate import read_cached
+    from aode.evaluate import decode_set
+    from aode.evaluate import split_cached
+    from aode.evaluate import test_brain
 
     folder = os.fspath(folder)
     info = read_routed_info(folder)
@@ -807,64 +784,41 @@ def evaluate_routed(
         missing = sorted(set(test_sets) - set(routes_of_set))
         raise CompactError(f"{folder} has no router and routes_of_set gives no route for {missing}")
     fingerprint = routed_fingerprint(folder)
-    results, todo = {}, {}
-    for name, manifest in test_sets.items():
+
+    def key_of(name, manifest):
         key = cache_key(None, manifest, normalizer, beam_size, max_duration, skip_unreadable_audio)
-        key.update(model=fingerprint, routing=routes_of_set.get(name, "router"))
-        cached = read_cached(os.path.join(out_folder, f"{name}.json"), key)
-        if cached is not None:
-            results[name] = cached
-        else:
-            todo[name] = (manifest, key)
+        return key | {"model": fingerprint, "routing": routes_of_set.get(name, "router")}
+
+    results, todo = split_cached(test_sets, out_folder, key_of)
     if not todo:
         return results
     label = label or os.path.basename(os.path.normpath(folder))
     routed = RoutedASR(folder, beam_size=beam_size).eval()
-    hparams = {"max_duration": max_duration}
-    brain = _test_brain(routed, normalizer, device)
+    brain = test_brain(routed, normalizer, device)
     for name, (manifest, key) in todo.items():
         routing = routes_of_set.get(name)
         routed.use_route(routing)
         routed.route_log = {}
-        dataset = make_dataset(
+        decoded = decode_set(
+            brain,
+            name,
             manifest,
-            routed,
-            hparams,
-            skip_log=os.path.join(out_folder, "skipped_audio.csv"),
-            max_unreadable_fraction=unreadable_allowance_of_test_sets(skip_unreadable_audio),
+            out_folder,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=progress,
+            max_duration=max_duration,
+            skip_unreadable_audio=skip_unreadable_audio,
+            label=label,
         )
-        manifest_rows, unreadable = dataset.manifest_rows, dataset.unreadable
-        dataset = dataset.filtered_sorted(sort_key="duration", reverse=True)
-        _set_utterance_output(brain, os.path.join(out_folder, f"{name}_utterances.csv"))
-        start = time.time()
-        loader = brain.make_dataloader(
-            dataset, sb.Stage.TEST, batch_size=batch_size, num_workers=num_workers, ckpt_prefix=None
-        )
-        brain.on_stage_start(sb.Stage.TEST)
-        brain.modules.eval()
-        with torch.inference_mode():
-            for batch in tqdm(loader, desc=f"{label} on {name}", unit="batch", disable=not progress):
-                brain.evaluate_batch(batch, stage=sb.Stage.TEST)
-            brain.on_stage_end(sb.Stage.TEST, 0.0, None)
-        stats = brain.last_stats
-        result = {
-            "model": folder,
-            "test_set": name,
-            "manifest": manifest,
-            "key": key,
-            "wer": stats["WER"],
-            "cer": stats["CER"],
-            "utterances": len(brain.utterances),
-            "manifest_utterances": manifest_rows,
-            "unreadable": unreadable,
-            "seconds": round(time.time() - start, 2),
+        result = {"model": folder, "test_set": name, "manifest": manifest, "key": key, **decoded}
+        result |= {
             "routing": routing or "router",
             "routes": dict(routed.route_log),
             "route_counts": dict(Counter(routed.route_log.values())),
-            "hypotheses": brain.utterances,
         }
         atomic_write_json(os.path.join(out_folder, f"{name}.json"), result, indent=1)
-        logger.info("%s on %s: WER %.2f (%s)", label, name, stats["WER"], result["route_counts"])
+        logger.info("%s on %s: routes %s", label, name, result["route_counts"])
         results[name] = result
     routed.use_route(None)
     return results
