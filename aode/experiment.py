@@ -58,6 +58,7 @@ from aode.config import TrainingConfig
 from aode.config import load_yaml
 from aode.config import validate
 from aode.manifest import write_manifest
+from aode.pipeline import evaluation_options
 from aode.pipeline import merge_members
 from aode.report import write_report
 from aode.reuse import may_reuse
@@ -357,13 +358,7 @@ class Experiment:
         return path
 
     def _eval_kwargs(self):
-        return dict(
-            batch_size=self.cfg.eval_batch_size,
-            normalizer=self.cfg.normalizer,
-            device=self.cfg.device,
-            progress=self.cfg.progressbar,
-            skip_unreadable_audio=self.cfg.skip_unreadable_audio,
-        )
+        return evaluation_options(self.cfg)
 
     def evaluate_folders(
         self, models: Mapping[str, str], sets: Sets, root: str, legacy: Optional[Mapping[str, list[str]]] = None

@@ -35,10 +35,11 @@ from typing import Union
 
 from aode.config import ORIGINAL_NAME
 from aode.config import ConfigError
+from aode.config import ExperimentConfig
 from aode.config import MergeConfig
 from aode.config import provide_merge_methods
 
-__all__ = ["Merged", "merge_members", "read_mergekit_config", "merge_and_evaluate"]
+__all__ = ["Merged", "merge_members", "read_mergekit_config", "merge_and_evaluate", "evaluation_options"]
 
 
 def _method_names():
@@ -204,6 +205,18 @@ def read_mergekit_config(hp: dict[str, Any], overrides) -> tuple[dict[str, Any],
         raise ConfigError(f"{hp['mergekit_config']}: {err}") from None
 
 
+def evaluation_options(config: MergeConfig | ExperimentConfig) -> dict[str, Any]:
+    """How a merge's or an experiment's models are decoded and scored: the config's settings as
+    :func:`aode.evaluate.evaluate_model` takes them (both YAML kinds declare them alike)."""
+    return dict(
+        batch_size=config.eval_batch_size,
+        normalizer=config.normalizer,
+        device=config.device,
+        progress=config.progressbar,
+        skip_unreadable_audio=config.skip_unreadable_audio,
+    )
+
+
 def merge_and_evaluate(config: MergeConfig, mergekit=None) -> Optional[str]:
     """The merge recipe's job for a validated :class:`aode.config.MergeConfig` (``mergekit``:
     from :func:`read_mergekit_config`): merge the experts into ``<output_folder>/merged``, decode
@@ -239,16 +252,16 @@ def merge_and_evaluate(config: MergeConfig, mergekit=None) -> Optional[str]:
         experts,
         os.path.join(out, "merged"),
         original=original,
+        weights=weights,
+        weight_rules=weight_rules,
+        member_data=member_data,
+        statistics_folder=os.path.join(out, "statistics"),
         original_name=config.original_name,
         method=config.method,
         options=config.method_options,
         include_original=config.include_original,
-        weights=weights,
-        weight_rules=weight_rules,
         seed=config.seed,
-        member_data=member_data,
         dev_sets=config.dev_sets,
-        statistics_folder=os.path.join(out, "statistics"),
         n_utterances=config.statistics_utterances,
         batch_size=config.statistics_batch_size,
         device=config.device,
@@ -277,12 +290,8 @@ def merge_and_evaluate(config: MergeConfig, mergekit=None) -> Optional[str]:
         test_sets,
         os.path.join(out, "eval"),
         counts=counts,
-        batch_size=config.eval_batch_size,
-        normalizer=config.normalizer,
         beam_size=config.beam_size,
-        device=config.device,
-        progress=config.progressbar,
-        skip_unreadable_audio=config.skip_unreadable_audio,
+        **evaluation_options(config),
     )
     write_model_card(merged, table[config.merged_name])  # the card, with the merged model's WER on each test set
     _, text = write_report(

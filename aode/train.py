@@ -92,16 +92,9 @@ def build_model(config: TrainingConfig) -> tuple[ASRModel, str]:
             f"init_from {config.init_from!r}",
             f"model_source {config.model_source!r}",
         )
-    # the model's training and decoding keys; each family takes those it declares (option_names)
-    asr = load_asr_model(
-        source,
-        config.family,
-        save_path=config.pretrained_cache,
-        beam_size=config.beam_size,
-        label_smoothing=config.label_smoothing,
-        max_decode_ratio=config.max_decode_ratio,
-        layerdrop=config.layerdrop,
-    )
+    # the model's training and decoding keys, by name: each family takes those it declares (option_names)
+    options = config.model_dump(include={"beam_size", "label_smoothing", "max_decode_ratio", "layerdrop"})
+    asr = load_asr_model(source, config.family, save_path=config.pretrained_cache, **options)
     if config.freeze_decoder:
         freeze_non_encoder(asr)
     if config.lora_rank:
