@@ -12,9 +12,7 @@ import csv
 import functools
 import logging
 import os
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
-from typing import Any
 
 import soundfile as sf
 import speechbrain as sb
@@ -110,7 +108,6 @@ def check_manifest(
 def make_dataset(
     path: str | os.PathLike,
     model: ASRModel,
-    _settings: Mapping[str, Any] | None = None,
     *,
     check_audio: bool = True,
     skip_log: str | os.PathLike | None = None,
@@ -131,15 +128,7 @@ def make_dataset(
     Transcripts the model cannot use are refused (:func:`aode.transcripts.check_transcripts`;
     ``stage``: ``"train"`` for training and validation sets, ``"test"`` for test sets; above
     ``max_unknown_char_fraction`` of characters a CTC vocabulary lacks, a training set is).
-
-    ``_settings``: TRANSITIONAL, for the one caller that still passes a mapping,
-    ``aode/merge/adamerging.py`` (``{"max_duration": ...}``); remove it with that call.
     """
-    if _settings is not None:
-        unknown = sorted(set(_settings) - {"max_duration"})
-        if unknown:
-            raise TypeError(f"make_dataset takes its settings as keyword arguments, not in a mapping: {unknown}")
-        max_duration = _settings.get("max_duration", max_duration)
     rows, bad = check_manifest(path, check_audio)
     check_transcripts(rows, model, path, max_unknown_char_fraction, stage)
     if len(bad) > max_unreadable_fraction * len(rows):

@@ -30,7 +30,7 @@ def _batch(asr, manifest, n=4):
 
     from aode.data import make_dataset
 
-    dataset = make_dataset(manifest, asr, {})
+    dataset = make_dataset(manifest, asr)
     return PaddedBatch([dataset[i] for i in range(n)])
 
 
