@@ -161,20 +161,22 @@ def evaluate_model(
         return results
     label = label or os.path.basename(os.path.normpath(str(model)))
     brain = test_brain(load_asr_model(model, beam_size=beam_size).eval(), normalizer, device)
+    options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress, max_duration=max_duration)
+    return results | decode_sets(brain, todo, out_folder, str(model), label, skip_unreadable_audio, **options)
+
+
+def decode_sets(brain, todo, out_folder, model, label, skip_unreadable_audio=False, around_set=None, **options):
+    """:func:`decode_set` for each ``{set: (manifest, cache key)}`` of ``todo``, each result
+    written to ``<out_folder>/<set>.json`` with the model, set, manifest and key; returns them.
+    ``around_set(name)``, when given, runs before a set is decoded and returns a function that
+    gives, after, what the result adds (a routed model's routes)."""
+    results = {}
     for name, (manifest, key) in todo.items():
+        after = around_set(name) if around_set else dict
         decoded = decode_set(
-            brain,
-            name,
-            manifest,
-            out_folder,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            progress=progress,
-            max_duration=max_duration,
-            skip_unreadable_audio=skip_unreadable_audio,
-            label=label,
+            brain, name, manifest, out_folder, skip_unreadable_audio=skip_unreadable_audio, label=label, **options
         )
-        result = {"model": str(model), "test_set": name, "manifest": manifest, "key": key, **decoded}
+        result = {"model": model, "test_set": name, "manifest": manifest, "key": key, **decoded, **after()}
         atomic_write_json(os.path.join(out_folder, f"{name}.json"), result, indent=1)
         results[name] = result
     return results

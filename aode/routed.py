@@ -770,7 +770,7 @@ def evaluate_routed(
     and ``route_counts``; cached in ``<out_folder>/<set>.json`` under a key of the routed
     folder's content, the manifest, the routing and the scoring settings."""
     from aode.evaluate import cache_key
-    from aode.evaluate import decode_set
+    from aode.evaluate import decode_sets
     from aode.evaluate import split_cached
     from aode.evaluate import test_brain
 
@@ -795,31 +795,24 @@ def evaluate_routed(
     label = label or os.path.basename(os.path.normpath(folder))
     routed = RoutedASR(folder, beam_size=beam_size).eval()
     brain = test_brain(routed, normalizer, device)
-    for name, (manifest, key) in todo.items():
-        routing = routes_of_set.get(name)
-        routed.use_route(routing)
+
+    def around_set(name):
+        routed.use_route(routes_of_set.get(name))
         routed.route_log = {}
-        decoded = decode_set(
-            brain,
-            name,
-            manifest,
-            out_folder,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            progress=progress,
-            max_duration=max_duration,
-            skip_unreadable_audio=skip_unreadable_audio,
-            label=label,
-        )
-        result = {"model": folder, "test_set": name, "manifest": manifest, "key": key, **decoded}
-        result |= {
-            "routing": routing or "router",
-            "routes": dict(routed.route_log),
-            "route_counts": dict(Counter(routed.route_log.values())),
-        }
-        atomic_write_json(os.path.join(out_folder, f"{name}.json"), result, indent=1)
-        logger.info("%s on %s: routes %s", label, name, result["route_counts"])
-        results[name] = result
+
+        def routes():
+            counts = dict(Counter(routed.route_log.values()))
+            logger.info("%s on %s: routes %s", label, name, counts)
+            return {
+                "routing": routes_of_set.get(name, "router"),
+                "routes": dict(routed.route_log),
+                "route_counts": counts,
+            }
+
+        return routes
+
+    options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress, max_duration=max_duration)
+    results |= decode_sets(brain, todo, out_folder, folder, label, skip_unreadable_audio, around_set, **options)
     routed.use_route(None)
     return results
 
