@@ -2,11 +2,37 @@
 
 import csv
 import os
+import subprocess
 
 import pytest
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 SAMPLES = os.path.join(DATA, "samples")
+
+
+def run_training(cmd, cwd, out, timeout=300):
+    """Run a training command line (one thread a process) and check that it exported its expert."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, cwd=str(cwd), env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.isfile(os.path.join(out, "expert", "model.safetensors"))
+    return result
+
+
+def recipe_paths(model_source, output_folder, train_csv, valid_csv, test_csv):
+    """A corpus recipe's command-line options for a model and its manifests (``"null"``: no test set)."""
+    return [
+        "--model_source",
+        str(model_source),
+        "--output_folder",
+        str(output_folder),
+        "--train_csv",
+        str(train_csv),
+        "--valid_csv",
+        str(valid_csv),
+        "--test_csv",
+        str(test_csv),
+    ]
 
 
 def sample_rows():

@@ -11,6 +11,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes", "average"))
 
 
+def _two_domains(tmp_path, original, csvs):
+    """The head of an experiment YAML: speakers spk1 and spk2 as domains a and b, all as clean."""
+    return f"""title: tiny
+output_folder: {tmp_path / "exp"}
+original: {original}
+domains:
+    a: {{train_csv: {csvs["spk1"]}, valid_csv: {csvs["spk1"]}, test_csv: {csvs["spk1"]}}}
+    b: {{train_csv: {csvs["spk2"]}, valid_csv: {csvs["spk2"]}, test_csv: {csvs["spk2"]}}}
+forgetting_sets:
+    clean: {csvs["all"]}"""
+
+
 def _yaml(path, text):
     path.write_text(text)
     return str(path)
@@ -80,14 +92,7 @@ def test_reproduce_every_scenario(tiny_parakeet, speaker_csvs, tmp_path):
     hp = _yaml(
         tmp_path / "exp.yaml",
         f"""
-title: tiny
-output_folder: {tmp_path / "exp"}
-original: {tiny_parakeet}
-domains:
-    a: {{train_csv: {speaker_csvs["spk1"]}, valid_csv: {speaker_csvs["spk1"]}, test_csv: {speaker_csvs["spk1"]}}}
-    b: {{train_csv: {speaker_csvs["spk2"]}, valid_csv: {speaker_csvs["spk2"]}, test_csv: {speaker_csvs["spk2"]}}}
-forgetting_sets:
-    clean: {speaker_csvs["all"]}
+{_two_domains(tmp_path, tiny_parakeet, speaker_csvs)}
     other: {speaker_csvs["all"]}
 scenarios: [experts, sequential, aode, aode_with_original, combined, resampled, iterative, weighted, lora, oracle,
             methods, fisher, weight_search, greedy_soup]
@@ -192,14 +197,7 @@ def test_reproduce_routed(tiny_parakeet, speaker_csvs, tmp_path):
     hp = _yaml(
         tmp_path / "exp.yaml",
         f"""
-title: tiny
-output_folder: {tmp_path / "exp"}
-original: {tiny_parakeet}
-domains:
-    a: {{train_csv: {speaker_csvs["spk1"]}, valid_csv: {speaker_csvs["spk1"]}, test_csv: {speaker_csvs["spk1"]}}}
-    b: {{train_csv: {speaker_csvs["spk2"]}, valid_csv: {speaker_csvs["spk2"]}, test_csv: {speaker_csvs["spk2"]}}}
-forgetting_sets:
-    clean: {speaker_csvs["all"]}
+{_two_domains(tmp_path, tiny_parakeet, speaker_csvs)}
 scenarios: [experts, aode_with_original, lora, oracle, routed]
 general_data: {speaker_csvs["all"]}
 routing:

@@ -9,6 +9,8 @@ import sys
 import pytest
 import speechbrain as sb
 import torch
+from conftest import recipe_paths
+from conftest import run_training
 from conftest import train_tiny_expert
 
 from aode.brain import ASRBrain
@@ -125,16 +127,7 @@ def test_torchrun_with_layerdrop_finishes(tiny_parakeet, sample_manifest, tmp_pa
         "gloo",
         "--device",
         "cpu",
-        "--model_source",
-        tiny_parakeet,
-        "--output_folder",
-        str(out),
-        "--train_csv",
-        sample_manifest,
-        "--valid_csv",
-        sample_manifest,
-        "--test_csv",
-        "null",
+        *recipe_paths(tiny_parakeet, str(out), sample_manifest, sample_manifest, "null"),
         "--number_of_epochs",
         "1",
         "--steps_per_epoch",
@@ -148,10 +141,7 @@ def test_torchrun_with_layerdrop_finishes(tiny_parakeet, sample_manifest, tmp_pa
         "--seed",
         "3",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert os.path.isfile(out / "expert" / "model.safetensors")
+    run_training(cmd, tmp_path, out, timeout=300)
 
 
 def test_init_from_another_size_is_refused(tiny_whisper, sample_manifest, tmp_path):

@@ -20,6 +20,7 @@ import tempfile
 import time
 
 import pytest
+from conftest import recipe_paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 240
@@ -38,16 +39,7 @@ def command(tiny_parakeet, sample_manifest):
             sys.executable,
             os.path.join(ROOT, "recipes", "JLCorpus", "train.py"),
             os.path.join(ROOT, "hparams", "parakeet_llrd.yaml"),
-            "--model_source",
-            tiny_parakeet,
-            "--output_folder",
-            str(out),
-            "--train_csv",
-            sample_manifest,
-            "--valid_csv",
-            sample_manifest,
-            "--test_csv",
-            "null",
+            *recipe_paths(tiny_parakeet, str(out), sample_manifest, sample_manifest, "null"),
             "--number_of_epochs",
             "2",
             "--steps_per_epoch",

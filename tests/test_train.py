@@ -2,11 +2,12 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import speechbrain as sb
+from conftest import recipe_paths
+from conftest import run_training
 
 from aode.brain import ASRBrain
 from aode.data import UnreadableAudioError
@@ -161,16 +162,7 @@ def test_torchrun_two_process_gloo(tiny_parakeet, sample_manifest, tmp_path):
         "gloo",
         "--device",
         "cpu",
-        "--model_source",
-        tiny_parakeet,
-        "--output_folder",
-        str(out),
-        "--train_csv",
-        sample_manifest,
-        "--valid_csv",
-        sample_manifest,
-        "--test_csv",
-        sample_manifest,
+        *recipe_paths(tiny_parakeet, str(out), sample_manifest, sample_manifest, sample_manifest),
         "--number_of_epochs",
         "1",
         "--steps_per_epoch",
@@ -182,8 +174,5 @@ def test_torchrun_two_process_gloo(tiny_parakeet, sample_manifest, tmp_path):
         "--lr",
         "0.001",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert os.path.isfile(out / "expert" / "model.safetensors")
+    result = run_training(cmd, tmp_path, out, timeout=600)
     assert "expert written to" in result.stdout
