@@ -654,13 +654,21 @@ class Experiment:
             without = "router_without_" + "-".join(routing.held_out)
             routers[without] = [d for d in self.domains if d not in routing.held_out]
         general_dev = next(iter(self.cfg.forgetting_dev_sets.values()), None)
+        if not self.cfg.general_data:
+            print(
+                f"[aode] routing: general_data is not set; the router's general class is trained on the "
+                f"forgetting dev set {self.general_data} (and its thresholds are not validated on general data)",
+                flush=True,
+            )
         truth = {d: d for d in self.domains} | {
             s: GENERAL for s in (*self.forgetting_sets, *self.cfg.more_forgetting_sets)
         }
         for name, domains in routers.items():
             print(f"[aode] routing: {name} ({', '.join(domains)}, {GENERAL})", flush=True)
             classes = {d: self.domains[d].train_csv for d in domains} | {GENERAL: self.general_data}
-            valid = {d: self.domains[d].valid_csv for d in domains} | ({GENERAL: general_dev} if general_dev else {})
+            valid = {d: self.domains[d].valid_csv for d in domains}
+            if general_dev and os.path.abspath(general_dev) != os.path.abspath(self.general_data):
+                valid[GENERAL] = general_dev  # never the data the general class was trained on
             router = self._timed(
                 "routed",
                 train_router,
