@@ -72,6 +72,7 @@ def timed(fn, steps, device):
 
 def run(name, steps, warmup, device):
     from aode.brain import ASRBrain
+    from aode.config import BrainConfig
     from aode.models import load_asr_model
     from aode.schedule import STLR
 
@@ -89,9 +90,9 @@ def run(name, steps, warmup, device):
 
     asr = load_asr_model(folder)
     brain = ASRBrain(
-        modules={"model": asr},
-        opt_class=torch.optim.AdamW,
-        hparams={"lr": 1e-5, "llrd_alpha": 0.9, "scheduler": STLR(1000)},
+        {"model": asr},
+        BrainConfig(lr=1e-5, llrd_alpha=0.9),
+        scheduler=STLR(1000),
         run_opts={"device": device, "max_grad_norm": 5.0},
     )
     brain.on_fit_start()
