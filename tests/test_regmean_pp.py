@@ -237,7 +237,7 @@ def test_bad_input_before_any_output(setup, tmp_path):
         merge({"member_manifests": [manifests[0], str(tmp_path / "nope.csv")]})
     with pytest.raises(ValueError, match=r"unknown regmean_pp option 'alpah'.*did you mean 'alpha'"):
         merge({"member_manifests": manifests, "alpah": 0.5})
-    with pytest.raises(ValueError, match=r"regmean_pp: alpha must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"regmean_pp option alpha must lie in \[0, 1\]"):
         merge({"member_manifests": manifests, "alpha": 2})
     with pytest.raises(ValueError, match="n_utterances must be a positive integer"):
         merge({"member_manifests": manifests, "n_utterances": 0})

@@ -66,6 +66,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .checks import one_of
+from .checks import positive_integer
+from .checks import positive_number
 from .registry import register
 
 if TYPE_CHECKING:
@@ -267,6 +270,12 @@ def _merged_parameters(params, deltas, names, lam):
     whole_model=True,
     needs_data=True,
     options={**DEFAULTS, "data": None},
+    checks={
+        "objective": one_of("entropy", "loss"),
+        "steps": positive_integer,
+        "lr": positive_number,
+        "batch_size": positive_integer,
+    },
 )
 def adamerge(plan: MergePlan, output: str | os.PathLike, run: MergeRun) -> str:
     """Learn the coefficients, then merge with them (module docstring). ``plan``: the

@@ -123,6 +123,26 @@ def interval(low: float, high: float, *, open_low: bool = False, allow_none: boo
     return check
 
 
+def positive_integer(value: Any) -> str | None:
+    """A whole number of at least 1 (steps, utterances, a batch size)."""
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    return None if whole and value >= 1 else "must be a positive integer"
+
+
+def positive_number(value: Any) -> str | None:
+    """A finite number above 0 (a learning rate)."""
+    return None if _is_number(value) and math.isfinite(value) and value > 0 else "must be a number > 0"
+
+
+def one_of(*choices: str) -> Callable:
+    """A check: one of ``choices``."""
+
+    def check(value):
+        return None if value in choices else f"must be one of {list(choices)}"
+
+    return check
+
+
 def boolean(value: Any) -> str | None:
     """True or false."""
     return None if isinstance(value, bool) else "must be true or false"

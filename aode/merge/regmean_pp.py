@@ -91,8 +91,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .checks import positive_integer
 from .linear import weighted_average
 from .registry import register
+from .regmean import CHECKS as REGMEAN_CHECKS
 from .regmean import DEFAULT_ALPHA
 from .regmean import DEFAULT_RIDGE
 from .regmean import _check_options as _check_regmean_options
@@ -402,6 +404,7 @@ def _check_plan(plan):
     whole_model=True,
     needs_member_data=True,
     options={**DEFAULTS, "member_manifests": None},
+    checks={**REGMEAN_CHECKS, "n_utterances": positive_integer, "batch_size": positive_integer},
 )
 def regmean_pp(plan: MergePlan, output: str | os.PathLike, run: MergeRun) -> str:
     """RegMean++ (module docstring): Grams from the progressively merged model, then RegMean's
