@@ -709,7 +709,7 @@ class Experiment:
             self.add_row(row_id, f"Routed ({label})", "routed")
             self.add_row(f"oracle_{row_id}", f"Oracle routed ({label})", "routed")
             rows[row_id], rows[f"oracle_{row_id}"] = (folder, None), (folder, oracle_routes)
-            if len(routers) > 1 and len(rows) == 2:  # the first form, routed without the held-out domains
+            if len(routers) > 1 and label == next(iter(routing.forms)):  # the first form, without the held-out
                 name = list(routers)[1]
                 folder = self._routed_model(f"{_folder_name(label)}_{name}", form, members, os.path.join(root, name))
                 self.add_row(f"{row_id}_{name}", f"Routed ({label}, {name.replace('_', ' ')})", "routed")
