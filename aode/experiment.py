@@ -767,6 +767,7 @@ class Experiment:
         from aode.routed import evaluate_routed
 
         sets = self.test_sets()
+        routed_by_router = {}  # row id -> (folder, {set: the route of each utterance})
         for row_id, (folder, routes_of_set) in rows.items():
             cache = os.path.join(self.out, "eval", row_id)
             results = self._timed(
@@ -782,9 +783,11 @@ class Experiment:
             table[row_id] = {s: results[s]["wer"] for s in sets}
             self.counts[row_id] = scored_counts(results)
             self.eval_folders[row_id] = cache
-        self._timed("routed", self.routing_table, {r: f for r, (f, routes) in rows.items() if routes is None})
+            if routes_of_set is None:
+                routed_by_router[row_id] = (folder, {s: list(results[s]["routes"].values()) for s in sets})
+        self._timed("routed", self.routing_table, routed_by_router)
 
-    def routing_table(self, folders: Mapping[str, str]) -> None:
+    def routing_table(self, rows: Mapping[str, tuple[str, Mapping[str, list[str]]]]) -> None:
         """``routed/routing.md`` and ``.json``: per routed row, the share of each test set's
         utterances that went to its own route (the forgetting sets': the general route), the
         share sent to the fallback, the model folder's size, memory and throughput against one
@@ -798,13 +801,11 @@ class Experiment:
         root = os.path.join(self.out, "routed")
         subset = self._throughput_subset(os.path.join(root, "throughput"))
         records = []
-        for row_id, folder in folders.items():
+        for row_id, (folder, routes_by_set) in rows.items():
             info = read_routed_info(folder)
             general = info["general_route"]
             shares = {}
-            for s in self.test_sets():
-                with open(os.path.join(self.eval_folders[row_id], f"{s}.json"), encoding="utf-8") as f:
-                    routes = list(json.load(f)["routes"].values())
+            for s, routes in routes_by_set.items():
                 own = s if s in self.domains else general
                 shares[s] = (
                     sum(r == own for r in routes) / len(routes),
