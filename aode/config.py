@@ -666,6 +666,11 @@ class RoutingConfig(Schema):
     layers: Optional[list[int]] = Field(
         None, description="encoder states the router pools (0: front end, -1: last); null: aode.route's default"
     )
+    general_data: Optional[list[str]] = Field(
+        None,
+        description="the router's general class: manifests, each sampled alike (synthetic and real general "
+        "speech); null: the experiment's general_data",
+    )
     threshold: float = Field(0.5, description="below this top-class probability an utterance takes the fallback")
     fallback: Literal["with_original", "mean", "base"] = Field(
         "with_original", description="the unsure route: base + sum of deltas / (n + 1), / n, or the base alone"

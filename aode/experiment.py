@@ -653,8 +653,10 @@ class Experiment:
         if routing.held_out:
             without = "router_without_" + "-".join(routing.held_out)
             routers[without] = [d for d in self.domains if d not in routing.held_out]
-        general_dev = next(iter(self.cfg.forgetting_dev_sets.values()), None)
-        if not self.cfg.general_data:
+        general_train = routing.general_data or [self.general_data]
+        trained_on = {os.path.abspath(m) for m in general_train}
+        general_dev = [m for m in self.cfg.forgetting_dev_sets.values() if os.path.abspath(m) not in trained_on]
+        if not (routing.general_data or self.cfg.general_data):
             print(
                 f"[aode] routing: general_data is not set; the router's general class is trained on the "
                 f"forgetting dev set {self.general_data} (and its thresholds are not validated on general data)",
@@ -665,10 +667,11 @@ class Experiment:
         }
         for name, domains in routers.items():
             print(f"[aode] routing: {name} ({', '.join(domains)}, {GENERAL})", flush=True)
-            classes = {d: self.domains[d].train_csv for d in domains} | {GENERAL: self.general_data}
+            general = general_train[0] if len(general_train) == 1 else general_train  # one: the stamp as before
+            classes = {d: self.domains[d].train_csv for d in domains} | {GENERAL: general}
             valid = {d: self.domains[d].valid_csv for d in domains}
-            if general_dev and os.path.abspath(general_dev) != os.path.abspath(self.general_data):
-                valid[GENERAL] = general_dev  # never the data the general class was trained on
+            if general_dev:  # never the data the general class was trained on
+                valid[GENERAL] = general_dev[0] if len(general_dev) == 1 else general_dev
             router = self._timed(
                 "routed",
                 train_router,

@@ -436,16 +436,34 @@ def _select(states: list[torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
 # ------------------------------------------------------------------------------ training
 
 
-def _check_classes(class_manifests: Mapping[str, str]) -> None:
-    if len(class_manifests) < 2:
+ClassManifests = Mapping[str, "str | Sequence[str]"]
+
+
+def _sources(manifests: str | Sequence[str]) -> list[str]:
+    """A class's manifests as a list: one path, or several sources of the same class."""
+    return [os.fspath(manifests)] if isinstance(manifests, (str, os.PathLike)) else [os.fspath(m) for m in manifests]
+
+
+def _check_classes(class_manifests: ClassManifests, what: str = "class") -> None:
+    if what == "class" and len(class_manifests) < 2:
         raise ValueError(f"a router needs at least two classes, got {list(class_manifests)}")
     if FALLBACK in class_manifests:
         raise ValueError(f"{FALLBACK!r} is the router's answer when unsure and cannot be a class")
-    for name, manifest in class_manifests.items():
-        if not os.path.isfile(manifest):
-            raise FileNotFoundError(f"class {name!r}: manifest {manifest} does not exist")
-        if not _count_rows(manifest):
-            raise ValueError(f"class {name!r}: manifest {manifest} has no rows")
+    for name, manifests in class_manifests.items():
+        if not _sources(manifests):
+            raise ValueError(f"{what} {name!r}: no manifest")
+        for manifest in _sources(manifests):
+            if not os.path.isfile(manifest):
+                raise FileNotFoundError(f"{what} {name!r}: manifest {manifest} does not exist")
+            if not _count_rows(manifest):
+                raise ValueError(f"{what} {name!r}: manifest {manifest} has no rows")
+
+
+def _fingerprints(manifests: str | Sequence[str]) -> Any:
+    """One manifest's fingerprint as before (a stamp made by an earlier version stays valid),
+    a list for several."""
+    sources = _sources(manifests)
+    return file_fingerprint(sources[0]) if isinstance(manifests, (str, os.PathLike)) else [file_fingerprint(m) for m in sources]
 
 
 def threshold_table(
@@ -472,7 +490,7 @@ def threshold_table(
 
 def train_router(
     original: str | os.PathLike,
-    class_manifests: Mapping[str, str],
+    class_manifests: ClassManifests,
     out_folder: str | os.PathLike,
     *,
     layers: Sequence[int] = DEFAULT_LAYERS,
@@ -482,7 +500,7 @@ def train_router(
     device: str = "cpu",
     seed: int = 0,
     progress: bool = True,
-    valid_manifests: Mapping[str, str] | None = None,
+    valid_manifests: ClassManifests | None = None,
     l2: float = DEFAULT_L2,
     overwrite: bool = True,
     feature_cache: str | os.PathLike | None = None,
@@ -490,7 +508,9 @@ def train_router(
     """Train a router on the original model's encoder states and save it to ``out_folder``.
 
     ``class_manifests``: ``{class: manifest}``, the domains and :data:`GENERAL` (its training
-    manifest). Up to ``utterances_per_class`` rows of each are drawn with ``seed``
+    manifest); a list of manifests for a class of several sources (a general class of
+    synthetic and of real speech), each source sampled alike. Up to ``utterances_per_class``
+    rows of each manifest are drawn with ``seed``
     (:func:`aode.data.subset_loader`, the sampling of the Fisher and Gram statistics), pooled
     (:data:`POOLING` of ``layers``) and fitted (:func:`fit_logistic`, ``l2``).
 
@@ -525,17 +545,15 @@ def train_router(
         unknown = sorted(set(valid_manifests) - set(class_manifests))
         if unknown:
             raise ValueError(f"valid_manifests name classes the router does not have: {unknown}")
-        for name, manifest in valid_manifests.items():
-            if not _count_rows(manifest):
-                raise ValueError(f"validation class {name!r}: manifest {manifest} has no rows")
+        _check_classes(valid_manifests, "validation class")
     if utterances_per_class < 1:
         raise ValueError(f"utterances_per_class must be positive, got {utterances_per_class}")
     model = _LazyModel(original, device)
     stamp = {
         "original": model.fingerprint,
         "classes": list(class_manifests),
-        **{f"manifest {name}": file_fingerprint(m) for name, m in class_manifests.items()},
-        **{f"valid manifest {name}": file_fingerprint(m) for name, m in (valid_manifests or {}).items()},
+        **{f"manifest {name}": _fingerprints(m) for name, m in class_manifests.items()},
+        **{f"valid manifest {name}": _fingerprints(m) for name, m in (valid_manifests or {}).items()},
         "layers": list(layers),
         "utterances_per_class": utterances_per_class,
         "threshold": float(threshold),
@@ -556,15 +574,16 @@ def train_router(
     classes = tuple(class_manifests)
     xs, ys, extraction = [], [], {"utterances": 0, "seconds": 0.0, "audio_seconds": 0.0}
     num_states = None
-    for index, (name, manifest) in enumerate(class_manifests.items()):
-        feats = _manifest_features(model, name, manifest, cache, utterances_per_class, seed, batch_size, progress)
-        num_states = len(feats["states"])
-        xs.append(_select(feats["states"], layers))
-        ys.append(torch.full((len(feats["ids"]),), index, dtype=torch.long))
-        if feats["seconds"]:
-            extraction["utterances"] += len(feats["ids"])
-            extraction["seconds"] += feats["seconds"]
-            extraction["audio_seconds"] += feats["audio_seconds"]
+    for index, (name, manifests) in enumerate(class_manifests.items()):
+        for manifest in _sources(manifests):
+            feats = _manifest_features(model, name, manifest, cache, utterances_per_class, seed, batch_size, progress)
+            num_states = len(feats["states"])
+            xs.append(_select(feats["states"], layers))
+            ys.append(torch.full((len(feats["ids"]),), index, dtype=torch.long))
+            if feats["seconds"]:
+                extraction["utterances"] += len(feats["ids"])
+                extraction["seconds"] += feats["seconds"]
+                extraction["audio_seconds"] += feats["audio_seconds"]
     x, y = torch.cat(xs), torch.cat(ys)
     start = time.perf_counter()
     mean, std, weight, bias = fit_logistic(x, y, len(classes), l2)
@@ -572,7 +591,9 @@ def train_router(
     info = {
         "made_from": stamp,
         "original": original,
-        "manifests": dict(class_manifests),
+        "manifests": {
+            name: os.fspath(m) if isinstance(m, (str, os.PathLike)) else _sources(m) for name, m in class_manifests.items()
+        },
         "training": {
             "utterances": {c: int((y == i).sum()) for i, c in enumerate(classes)},
             "l2": l2,
@@ -588,12 +609,13 @@ def train_router(
     info["training"]["accuracy"] = sum(n == classes[i] for n, i in zip(names, y.tolist())) / len(names)
     if valid_manifests:
         vx, labels = [], []
-        for name, manifest in valid_manifests.items():
-            feats = _manifest_features(
-                model, f"valid_{name}", manifest, cache, utterances_per_class, seed, batch_size, progress
-            )
-            vx.append(_select(feats["states"], layers))
-            labels += [name] * len(feats["ids"])
+        for name, manifests in valid_manifests.items():
+            for manifest in _sources(manifests):
+                feats = _manifest_features(
+                    model, f"valid_{name}", manifest, cache, utterances_per_class, seed, batch_size, progress
+                )
+                vx.append(_select(feats["states"], layers))
+                labels += [name] * len(feats["ids"])
         rows = threshold_table(router, torch.cat(vx), labels)
         info["validation"] = {"utterances": len(labels), "thresholds": rows}
         _write_table(rows, os.path.join(out_folder, "thresholds"))

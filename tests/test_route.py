@@ -129,6 +129,35 @@ def test_same_seed_same_router(trained, tiny_parakeet, classes, tmp_path):
     assert not torch.equal(a.mean, b.mean)
 
 
+def test_a_class_of_several_manifests_is_their_union(trained, tiny_parakeet, classes, tmp_path):
+    """A general class given as two sources (the real model's synthetic and real general speech)
+    trains on both: the oracle is the same rows in one manifest, which gives the same router
+    (a convex fit: the same solution whatever the order of the rows)."""
+    router, _ = trained
+    rows = read_manifest(classes[GENERAL])
+    halves = [str(tmp_path / "first.csv"), str(tmp_path / "second.csv")]
+    write_manifest(halves[0], rows[: len(rows) // 2])
+    write_manifest(halves[1], rows[len(rows) // 2 :])
+    split = train_router(
+        tiny_parakeet,
+        {"spk1": classes["spk1"], GENERAL: halves},
+        tmp_path / "split",
+        layers=(1, -1),
+        utterances_per_class=10,
+        progress=False,
+        valid_manifests={GENERAL: halves},
+    )
+    assert split.info["training"]["utterances"] == router.info["training"]["utterances"]
+    assert split.info["manifests"][GENERAL] == halves
+    assert split.info["validation"]["utterances"] == len(rows)
+    for name in ("mean", "std"):
+        torch.testing.assert_close(getattr(split, name), getattr(router, name), atol=1e-5, rtol=1e-5)
+    features = torch.randn(7, router.feature_dim)
+    torch.testing.assert_close(split.probabilities(features), router.probabilities(features), atol=2e-3, rtol=0)
+    with pytest.raises(FileNotFoundError, match="general"):
+        train_router(tiny_parakeet, {"spk1": classes["spk1"], GENERAL: [halves[0], "nowhere.csv"]}, tmp_path / "x")
+
+
 def test_save_load_round_trip(trained, tiny_parakeet, classes, tmp_path):
     router, folder = trained
     loaded = Router.load(folder)
