@@ -679,6 +679,12 @@ class RoutingConfig(Schema):
         [], description="domains left out of a second router, whose report says where their utterances go"
     )
     throughput_utterances: int = Field(100, description="test utterances timed for decoding throughput")
+    operating_points: bool = Field(
+        False,
+        description="sweep the router's rule (threshold, general bias, fallback) on every set decoded once per "
+        "route (aode.operating); the rule with most gain within forgetting_budget on validation gets a row",
+    )
+    forgetting_budget: float = Field(2.0, description="operating_points: the validation Forgetting % allowed")
 
     @field_validator("utterances_per_class", "throughput_utterances")
     @classmethod

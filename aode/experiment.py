@@ -126,6 +126,20 @@ def _read_rows(path):
         return list(csv.DictReader(f))
 
 
+def _same_router(folder: str, router: Any) -> bool:
+    """Whether ``folder`` holds ``router``: the same training stamp and decision rule."""
+    from aode.route import Router
+
+    if not os.path.isfile(os.path.join(folder, "router.json")):
+        return False
+    saved = Router.load(folder)
+    return (saved.threshold, saved.general_bias, saved.info.get("made_from")) == (
+        router.threshold,
+        router.general_bias,
+        router.info.get("made_from"),
+    )
+
+
 def _folder_name(name):
     return name.replace(" ", "_").replace("/", "-")
 
@@ -478,7 +492,10 @@ class Experiment:
         routed = self.routed(experts, lora_experts) if "routed" in self.scenarios else {}
         table = self.evaluate()
         if routed:
+            if self.cfg.routing.operating_points:
+                routed = routed | self.operating_points(table, experts, lora_experts)
             self.evaluate_routed(table, routed)
+            self._check_operating_points(table)
         self.timings["total"] = time.time() - start
         return self.report(table, experts, lora_experts)
 
@@ -654,8 +671,7 @@ class Experiment:
             without = "router_without_" + "-".join(routing.held_out)
             routers[without] = [d for d in self.domains if d not in routing.held_out]
         general_train = routing.general_data or [self.general_data]
-        trained_on = {os.path.abspath(m) for m in general_train}
-        general_dev = [m for m in self.cfg.forgetting_dev_sets.values() if os.path.abspath(m) not in trained_on]
+        general_dev = list(self._general_dev_sets().values())
         if not (routing.general_data or self.cfg.general_data):
             print(
                 f"[aode] routing: general_data is not set; the router's general class is trained on the "
@@ -719,7 +735,134 @@ class Experiment:
                 rows[f"{row_id}_{name}"] = (folder, None)
         return rows
 
-    def _routed_model(self, name: str, form: Any, members: Folders, router: str) -> str:
+    def _general_dev_sets(self) -> Sets:
+        """The general domain's dev sets the router's general class was not trained on."""
+        trained_on = {os.path.abspath(m) for m in self.cfg.routing.general_data or [self.general_data]}
+        return {n: m for n, m in self.cfg.forgetting_dev_sets.items() if os.path.abspath(m) not in trained_on}
+
+    def operating_points(
+        self, table: Table, experts: Folders, lora_experts: Folders
+    ) -> dict[str, tuple[str, Optional[dict[str, str]]]]:
+        """``routing.operating_points`` (:mod:`aode.operating`): per delta form, every test and
+        validation set decoded once per route, every rule of the grid scored from those costs,
+        the rule with the most validation gain within ``routing.forgetting_budget`` chosen, and
+        a routed model with that rule as a row of its own (``routed/operating/<form>/``)."""
+        from aode.operating import choose
+        from aode.operating import route_costs
+        from aode.operating import sweep
+        from aode.operating import write_operating_report
+        from aode.route import Router
+        from aode.route import set_features
+        from aode.routed import read_routed_info
+
+        routing = self.cfg.routing
+        root = os.path.join(self.out, "routed")
+        router = Router.load(os.path.join(root, "router"))
+        tests = self.test_sets()
+        valids = {f"{d} valid": spec.valid_csv for d, spec in self.domains.items()} | self._general_dev_sets()
+        if not self._general_dev_sets():
+            raise ConfigError("routing.operating_points needs a forgetting dev set the router was not trained on")
+        features = self._timed(
+            "routed",
+            set_features,
+            router,
+            self.original,
+            tests | valids,
+            os.path.join(root, "features"),
+            batch_size=self.cfg.eval_batch_size,
+            device=self.cfg.device,
+            progress=self.cfg.progressbar,
+        )
+        by_label = {r.label: table[r.id] for r in self.rows.values() if r.id in table}
+        marks = {}
+        for row_id, label in (("aode_orig", "AoDE with orig."), ("aode", "AoDE")):
+            if row_id in table:
+                forget, kept = self._forgetting_and_gain(table[row_id], table, experts)
+                marks[label] = (forget, kept)
+        self._predicted = {}
+        rows = {}
+        for label, form in routing.forms.items():
+            name = _folder_name(label)
+            folder = os.path.join(root, name)
+            out = os.path.join(root, "operating", name)
+            print(f"[aode] operating points of routed {label}: every set decoded once per route", flush=True)
+            costs = self._timed(
+                "routed", route_costs, folder, tests | valids, os.path.join(out, "costs"), **self._eval_kwargs()
+            )
+            route_of_class = read_routed_info(folder)["route_of_class"]
+            valid_rows = sweep(
+                router,
+                {s: features[s] for s in valids},
+                costs,
+                route_of_class,
+                forgetting_sets=list(self._general_dev_sets()),
+                target_sets={f"{d} valid": d for d in self.domains},
+            )
+            test_rows = sweep(
+                router,
+                {s: features[s] for s in tests},
+                costs,
+                route_of_class,
+                forgetting_sets=list(self.forgetting_sets),
+                target_sets={d: d for d in self.domains},
+                reference={d: table[f"expert_{d}"][d] for d in self.domains},
+            )
+            chosen = choose(valid_rows, routing.forgetting_budget)
+            write_operating_report(
+                valid_rows,
+                test_rows,
+                chosen,
+                out,
+                budget=routing.forgetting_budget,
+                title=f"{self.cfg.title}: routed {label}, rules of the router",
+                marks=marks,
+            )
+            if chosen is None:
+                print(f"[aode] routed {label}: no rule within {routing.forgetting_budget} % on validation", flush=True)
+                continue
+            tuned = router.with_rule(threshold=chosen["threshold"], general_bias=chosen["general_bias"])
+            router_folder = os.path.join(root, f"router_{name}_chosen")
+            if not _same_router(router_folder, tuned):  # kept as it is: the routed model made from it is reused
+                tuned.save(router_folder)
+            fallback = self.cfg.routing.fallback if chosen["fallback"] == "fallback" else "base"
+            members = experts if form.form == "svd" else lora_experts
+            tuned_folder = self._routed_model(f"{name}_chosen", form, members, router_folder, fallback=fallback)
+            row_id = f"routed_{name}_chosen"
+            self.add_row(row_id, f"Routed ({label}, rule chosen on validation)", "routed")
+            rows[row_id] = (tuned_folder, None)
+            predicted = next(
+                r for r in test_rows if all(r[k] == chosen[k] for k in ("threshold", "general_bias", "fallback"))
+            )
+            self._predicted[row_id] = (predicted["WER"], out)
+        return rows
+
+    def _forgetting_and_gain(self, wers: Mapping[str, float], table: Table, experts: Folders) -> tuple[float, float]:
+        from aode.report import forgetting
+        from aode.report import gain_kept
+
+        base = table["original"]
+        return forgetting(wers, base, list(self.forgetting_sets)), gain_kept(
+            wers, base, {d: table[f"expert_{d}"] for d in experts}
+        )
+
+    def _check_operating_points(self, table: Table) -> None:
+        """The chosen rule's row, decoded, against the WERs its sweep predicted: a difference
+        means the cost table or the rule's routes are not what the routed model does (features
+        batched differently can move an utterance sitting on the threshold)."""
+        for row_id, (predicted, out) in getattr(self, "_predicted", {}).items():
+            diff = {s: round(table[row_id][s] - w, 4) for s, w in predicted.items()}
+            worst = max(abs(d) for d in diff.values())
+            with open(os.path.join(out, "operating.md"), "a", encoding="utf-8") as f:
+                f.write(
+                    f"\nDecoded as a routed model of its own ({self.rows[row_id].label}): largest difference from "
+                    f"the WERs the sweep predicted {worst:.4f} (per set: {diff}).\n"
+                )
+            if worst > 0.01:
+                print(f"[aode] warning: {row_id} decoded differs from its sweep by up to {worst:.2f} WER", flush=True)
+
+    def _routed_model(
+        self, name: str, form: Any, members: Folders, router: str, fallback: Optional[str] = None
+    ) -> str:
         """``<out>/routed/<name>``: the routed model of ``members`` with ``router``, reused when
         made from the same models, form and router (:mod:`aode.reuse`)."""
         from aode.reuse import file_fingerprint
@@ -728,12 +871,13 @@ class Experiment:
         from aode.reuse import write_stamp_file
         from aode.routed import build_routed_model
 
+        fallback = fallback or self.cfg.routing.fallback
         folder = os.path.join(self.out, "routed", name)
         stamp = {
             "base": model_fingerprint(self.original),
             "experts": {d: model_fingerprint(f) for d, f in members.items()},
             "form": form.model_dump(),
-            "fallback": self.cfg.routing.fallback,
+            "fallback": fallback,
             "router": {
                 f: file_fingerprint(os.path.join(router, f))
                 for f in sorted(os.listdir(router))
@@ -755,7 +899,7 @@ class Experiment:
             rank=form.rank if form.form == "svd" else None,
             energy=form.energy,
             router=router,
-            fallback=self.cfg.routing.fallback,
+            fallback=fallback,
             overwrite=True,
         )
         write_stamp_file(folder, stamp)

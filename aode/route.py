@@ -62,6 +62,7 @@ __all__ = [
     "train_router",
     "router_report",
     "pooled_states",
+    "set_features",
 ]
 
 FALLBACK = "fallback"  # what route() returns when the router is unsure
@@ -152,6 +153,9 @@ class Router:
     ``classes``: the domain names plus :data:`GENERAL`; ``layers``: the
     :meth:`~aode.models.ASRModel.encoder_states` entries pooled (negative: from the last);
     ``threshold``: below this top-class probability :meth:`route` answers :data:`FALLBACK`.
+    ``general_bias``: log-odds added to :data:`GENERAL`'s score before the softmax: a
+    positive bias sends an utterance to an expert only when the router is surer (a wrong
+    expert costs forgetting, a missed one only gain; :mod:`aode.operating` measures both).
     ``num_states``: how many encoder states the model it was trained on gives (checked).
     ``info``: what :func:`train_router` records (stamp, numbers), saved in ``router.json``.
     """
@@ -167,10 +171,12 @@ class Router:
         bias: torch.Tensor,
         num_states: int | None = None,
         info: Mapping[str, Any] | None = None,
+        general_bias: float = 0.0,
     ) -> None:
         self.classes: tuple[str, ...] = tuple(classes)
         self.layers: tuple[int, ...] = tuple(int(i) for i in layers)
         self.threshold: float = float(threshold)
+        self.general_bias: float = float(general_bias)
         # kept at float32 precision (what router.safetensors stores), computed in float64: a
         # loaded router predicts exactly as the one that was saved
         self.mean, self.std, self.weight, self.bias = (
@@ -184,6 +190,8 @@ class Router:
             raise ValueError(f"a router needs at least two distinct classes, got {self.classes}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be a probability in [0, 1], got {self.threshold}")
+        if self.general_bias and GENERAL not in self.classes:
+            raise ValueError(f"general_bias {self.general_bias} needs a {GENERAL!r} class; classes {self.classes}")
         dim = self.mean.shape[0]
         if (
             self.std.shape != (dim,)
@@ -224,7 +232,25 @@ class Router:
                 f"(batch, {self.feature_dim}) from Router.features"
             )
         z = (features.detach().cpu().double() - self.mean) / self.std
-        return torch.softmax(z @ self.weight.T + self.bias, dim=-1).float()
+        logits = z @ self.weight.T + self.bias
+        if self.general_bias:
+            logits[:, self.classes.index(GENERAL)] += self.general_bias
+        return torch.softmax(logits, dim=-1).float()
+
+    def with_rule(self, threshold: float | None = None, general_bias: float | None = None) -> Router:
+        """This router with another decision rule (the same fitted classifier)."""
+        return Router(
+            self.classes,
+            self.layers,
+            self.threshold if threshold is None else threshold,
+            self.mean,
+            self.std,
+            self.weight,
+            self.bias,
+            num_states=self.num_states,
+            info=self.info,
+            general_bias=self.general_bias if general_bias is None else general_bias,
+        )
 
     def predict(self, features: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         """The top class of each row (never :data:`FALLBACK`) and its probability ``(batch,)``."""
@@ -261,12 +287,13 @@ class Router:
             "classes": list(self.classes),
             "layers": list(self.layers),
             "threshold": self.threshold,
+            "general_bias": self.general_bias,
             "pooling": POOLING,
             "classifier": "logistic",
             "feature_dim": self.feature_dim,
             "num_states": self.num_states,
             "num_parameters": self.num_parameters,
-            **{k: v for k, v in self.info.items() if k not in ("classes", "layers", "threshold")},
+            **{k: v for k, v in self.info.items() if k not in ("classes", "layers", "threshold", "general_bias")},
         }
         atomic_write_json(os.path.join(folder, ROUTER_FILE), record, indent=1)
 
@@ -283,7 +310,9 @@ class Router:
         if record.get("format_version") != FORMAT_VERSION or record.get("pooling") != POOLING:
             raise ValueError(f"{path}: unsupported router format {record.get('format_version')!r}")
         tensors = load_file(os.path.join(folder, WEIGHTS_FILE))
-        info = {k: v for k, v in record.items() if k not in ("classes", "layers", "threshold", "num_states")}
+        info = {
+            k: v for k, v in record.items() if k not in ("classes", "layers", "threshold", "num_states", "general_bias")
+        }
         return cls(
             record["classes"],
             record["layers"],
@@ -294,12 +323,13 @@ class Router:
             tensors["bias"],
             num_states=record.get("num_states"),
             info=info,
+            general_bias=record.get("general_bias", 0.0),  # routers saved before it had none
         )
 
     def __repr__(self) -> str:
         return (
             f"Router(classes={self.classes}, layers={self.layers}, threshold={self.threshold}, "
-            f"features={self.feature_dim})"
+            f"general_bias={self.general_bias}, features={self.feature_dim})"
         )
 
 
@@ -427,6 +457,26 @@ def _manifest_features(
     )
     logger.info("%s: %d utterances' features in %.1f s (%.1f utt/s)", name, len(ids), seconds, len(ids) / seconds)
     return {"ids": ids, "states": states, "seconds": seconds, "audio_seconds": audio_seconds}
+
+
+def set_features(
+    router: Router,
+    original: str | os.PathLike,
+    sets: Mapping[str, str],
+    feature_cache: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, tuple[list[str], torch.Tensor]]:
+    """``{set: (utterance IDs, router features)}`` of every utterance of each manifest, from
+    (and into) the feature cache that :func:`train_router` and :func:`router_report` share."""
+    model = _LazyModel(os.fspath(original), device)
+    out = {}
+    for name, manifest in sets.items():
+        feats = _manifest_features(model, name, manifest, os.fspath(feature_cache), None, 0, batch_size, progress)
+        out[name] = (feats["ids"], _select(feats["states"], router.layers))
+    return out
 
 
 def _select(states: list[torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
@@ -756,7 +806,7 @@ def router_report(
             )
         x = _select(feats["states"], router.layers)
         names, probs = router.predict(x)
-        routed = [n if p >= router.threshold else FALLBACK for n, p in zip(names, probs.tolist())]
+        routed = router.decide(x)
         true = truth[name]
         n = len(routed)
         counts = {c: routed.count(c) for c in (*router.classes, FALLBACK)}

@@ -207,7 +207,12 @@ def build_routed_model(
         "route_of_class": route_of_class,
         "router": None
         if router is None
-        else {"classes": list(router.classes), "layers": list(router.layers), "threshold": router.threshold},
+        else {
+            "classes": list(router.classes),
+            "layers": list(router.layers),
+            "threshold": router.threshold,
+            "general_bias": router.general_bias,
+        },
         "threshold": None if router is None else router.threshold,
         "sizes": {
             "model_bytes": model_bytes,

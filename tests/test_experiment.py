@@ -200,11 +200,14 @@ def test_reproduce_routed(tiny_parakeet, speaker_csvs, tmp_path):
 {_two_domains(tmp_path, tiny_parakeet, speaker_csvs)}
 scenarios: [experts, aode_with_original, lora, oracle, routed]
 general_data: {speaker_csvs["all"]}
+forgetting_dev_sets: {{dev: {speaker_csvs["spk1"]}}}
 routing:
     forms: {{"SVD whole": {{form: svd, rank: 4096}}, LoRA: {{form: lora}}}}
     utterances_per_class: 4
     held_out: [b]
     throughput_utterances: 4
+    operating_points: true
+    forgetting_budget: 1000
 train_hparams_file: {ROOT}/hparams/parakeet_llrd.yaml
 train_overrides: {{lr: 0.003, number_of_epochs: 1, steps_per_epoch: 1, batch_size: 2, num_workers: 0,
                   progressbar: False, normalizer: basic}}
@@ -229,10 +232,26 @@ progressbar: False
         "Routed (SVD whole)",
         "Routed (SVD whole, router without b)",
         "Routed (LoRA)",
+        "Routed (SVD whole, rule chosen on validation)",
+        "Routed (LoRA, rule chosen on validation)",
     ]
     assert all(r["memory / one model"] > 1 and r["throughput / one model"] > 0 for r in routing)
     report = json.load(open(out / "routed" / "router_without_b" / "test_report" / "report.json"))
     assert report["confusion"]["rows"][-1] == "b"  # the held-out domain: where its utterances went
+    # operating points: the rule the routed rows use, scored from the per-route cost table, gives
+    # the WERs that decoding with the router gave; the chosen rule's own row, decoded, gives the
+    # WERs its sweep predicted
+    for form in ("SVD_whole", "LoRA"):
+        rules = list(csv.DictReader(open(out / "routed" / "operating" / form / "operating.csv")))
+        assert len(rules) == 2 * 7 * 6
+        default = next(r for r in rules if (r["threshold"], r["general_bias"], r["fallback"]) == ("0.5", "0.0", "fallback"))
+        for s in ("a", "b", "clean"):
+            decoded = json.load(open(out / "eval" / f"routed_{form}" / f"{s}.json"))["wer"]
+            assert float(default[f"test WER {s}"]) == pytest.approx(decoded, abs=1e-9), (form, s)
+        label = f"Routed ({form.replace('_', ' ')}, rule chosen on validation)"
+        assert label in table7
+        text = (out / "routed" / "operating" / form / "operating.md").read_text()
+        assert "largest difference from the WERs the sweep predicted 0.0000" in text, text
     # resumable: a rerun trains, builds and decodes nothing
     files = {p: os.path.getmtime(p) for p in out.rglob("*.safetensors")}
     files.update({p: os.path.getmtime(p) for p in (out / "eval").rglob("*.json")})
