@@ -121,6 +121,15 @@ from pydantic import field_validator  # noqa: E402
 from typing_extensions import Annotated  # noqa: E402
 
 
+def _at_least_one(value: int) -> int:
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+AtLeastOne = Annotated[int, AfterValidator(_at_least_one)]  # counts and sizes: batch sizes, utterances, epochs
+
+
 def _non_empty(what: str) -> AfterValidator:
     """A field validator: the mapping or list must name at least one ``what``."""
 
@@ -307,13 +316,15 @@ class TrainingConfig(BrainConfig):
     )
     lora_targets: list[str] = Field(["q_proj", "v_proj"], description="module names that get LoRA adapters")
     lora_dropout: float = Field(0.0, description="dropout on the LoRA path")
-    number_of_epochs: int = Field(1, description="training epochs")
+    number_of_epochs: AtLeastOne = Field(1, description="training epochs")
     steps_per_epoch: Optional[int] = Field(
         None, description="fixed batches per epoch (seeded sampler) instead of a pass over the data"
     )
-    batch_size: int = Field(8, description="training utterances per batch and process")
-    eval_batch_size: int = Field(EVAL_BATCH_SIZE, description="utterances per batch when decoding dev and test sets")
-    grad_accumulation_factor: int = Field(1, description="batches accumulated per optimizer step")
+    batch_size: AtLeastOne = Field(8, description="training utterances per batch and process")
+    eval_batch_size: AtLeastOne = Field(
+        EVAL_BATCH_SIZE, description="utterances per batch when decoding dev and test sets"
+    )
+    grad_accumulation_factor: AtLeastOne = Field(1, description="batches accumulated per optimizer step")
     max_duration: Optional[float] = Field(None, description="leave out utterances longer than this (seconds)")
     num_workers: int = Field(0, description="data loader worker processes")
     precision: PRECISION = Field("fp32", description="training precision (bf16 / fp16 autocast on a GPU)")
@@ -324,7 +335,7 @@ class TrainingConfig(BrainConfig):
     layerdrop: float = Field(
         0.0, description="layerdrop while fine-tuning (hub configs may carry 0.1; the paper fine-tunes without)"
     )
-    beam_size: int = Field(1, description="beam width of decoding (1: greedy)")
+    beam_size: AtLeastOne = Field(1, description="beam width of decoding (1: greedy)")
     max_decode_ratio: float = Field(
         1.0, description="Whisper: longest hypothesis, as a fraction of the encoder output's length"
     )
@@ -347,13 +358,6 @@ class TrainingConfig(BrainConfig):
     push_to_hub: Optional[str] = Field(
         None, description="a hub repo id: upload the expert when it is exported (needs a Hugging Face token)"
     )
-
-    @field_validator("batch_size", "number_of_epochs", "grad_accumulation_factor", "beam_size", "eval_batch_size")
-    @classmethod
-    def _positive(cls, value):
-        if value < 1:
-            raise ValueError("must be at least 1")
-        return value
 
     @field_validator("max_unreadable_fraction", "max_unknown_char_fraction")
     @classmethod
@@ -399,8 +403,8 @@ class MergeConfig(Schema):
     dev_sets: dict[str, str] = Field(
         {}, description="adamerging: dev manifests, name: manifest (the target domains' and the general one)"
     )
-    statistics_utterances: int = Field(200, description="utterances per member for Fisher / Gram statistics")
-    statistics_batch_size: int = Field(8, description="batch size of the statistics passes")
+    statistics_utterances: AtLeastOne = Field(200, description="utterances per member for Fisher / Gram statistics")
+    statistics_batch_size: AtLeastOne = Field(8, description="batch size of the statistics passes")
     test_sets: dict[str, str] = Field(
         {}, description="every model is decoded on each, name: manifest; empty: merge only"
     )
@@ -415,8 +419,8 @@ class MergeConfig(Schema):
     evaluate_experts: bool = Field(True, description="decode the experts too (one row each)")
     extra_models: dict[str, str] = Field({}, description="more rows, name: model folder (e.g. earlier merges)")
     merged_name: str = Field("merged", description="the merged model's row name in the tables")
-    eval_batch_size: int = Field(EVAL_BATCH_SIZE, description="utterances per batch when decoding")
-    beam_size: int = Field(1, description="beam width of decoding (1: greedy)")
+    eval_batch_size: AtLeastOne = Field(EVAL_BATCH_SIZE, description="utterances per batch when decoding")
+    beam_size: AtLeastOne = Field(1, description="beam width of decoding (1: greedy)")
     normalizer: Normalizer = Field("whisper", description="text normaliser of scoring: whisper, basic or none")
     device: str = Field("cpu", description="where statistics, data-aware merges and decoding run (cuda:0 on a GPU)")
     skip_unreadable_audio: bool = Field(
@@ -450,13 +454,6 @@ class MergeConfig(Schema):
     def _member_data_named(cls, value, info):
         names = [*(info.data.get("experts") or {}), info.data.get("original_name", ORIGINAL_NAME), "original"]
         known_names(list(value), names, "member_data entry (an expert's name, or original)")
-        return value
-
-    @field_validator("statistics_utterances", "statistics_batch_size")
-    @classmethod
-    def _positive(cls, value):
-        if value < 1:
-            raise ValueError("must be at least 1")
         return value
 
     @field_validator("forgetting_sets")
@@ -662,7 +659,9 @@ class RoutingConfig(Schema):
         {"SVD r16": RoutedFormConfig(form="svd", rank=16)},
         description="label: {form, rank}: one routed model (two rows: router and oracle routing) per entry",
     )
-    utterances_per_class: int = Field(200, description="router training: utterances drawn per domain and general")
+    utterances_per_class: AtLeastOne = Field(
+        200, description="router training: utterances drawn per domain and general"
+    )
     layers: Optional[list[int]] = Field(
         None, description="encoder states the router pools (0: front end, -1: last); null: aode.route's default"
     )
@@ -678,20 +677,13 @@ class RoutingConfig(Schema):
     held_out: list[str] = Field(
         [], description="domains left out of a second router, whose report says where their utterances go"
     )
-    throughput_utterances: int = Field(100, description="test utterances timed for decoding throughput")
+    throughput_utterances: AtLeastOne = Field(100, description="test utterances timed for decoding throughput")
     operating_points: bool = Field(
         False,
         description="sweep the router's rule (threshold, general bias, fallback) on every set decoded once per "
         "route (aode.operating); the rule with most gain within forgetting_budget on validation gets a row",
     )
     forgetting_budget: float = Field(2.0, description="operating_points: the validation Forgetting % allowed")
-
-    @field_validator("utterances_per_class", "throughput_utterances")
-    @classmethod
-    def _positive(cls, value):
-        if value < 1:
-            raise ValueError("must be at least 1")
-        return value
 
     @field_validator("threshold")
     @classmethod
@@ -710,24 +702,17 @@ class LauncherConfig(Schema):
     kind: Literal["serial", "local", "slurm"] = Field(
         "serial", description="serial: in this process; local: parallel processes here; slurm: a submitit job array"
     )
-    jobs: Optional[int] = Field(
+    jobs: Optional[AtLeastOne] = Field(
         None, description="at a time; local: default one per GPU (2 without GPUs); slurm: default all"
     )
     partition: Optional[str] = Field(None, description="slurm: the partition (required)")
     gpus_per_job: int = Field(1, description="a job trains in one process: 1 (a GPU each), or 0 (CPU only)")
-    cpus_per_job: Optional[int] = Field(None, description="slurm: --cpus-per-task, and the job's torch threads")
-    timeout_min: int = Field(24 * 60, description="slurm: the job's time limit in minutes")
+    cpus_per_job: Optional[AtLeastOne] = Field(None, description="slurm: --cpus-per-task, and the job's torch threads")
+    timeout_min: AtLeastOne = Field(24 * 60, description="slurm: the job's time limit in minutes")
     slurm_additional_parameters: dict[str, Any] = Field(
         {}, description="any other sbatch option: {mem: 64G, account: x}"
     )
     folder: Optional[str] = Field(None, description="logs and submitit's files; null: <output_folder>/jobs")
-
-    @field_validator("jobs", "cpus_per_job", "timeout_min")
-    @classmethod
-    def _positive(cls, value):
-        if value is not None and value < 1:
-            raise ValueError("must be at least 1")
-        return value
 
     @field_validator("gpus_per_job")
     @classmethod
@@ -801,14 +786,14 @@ class ExperimentConfig(Schema):
     sequential_orders: list[list[str]] = Field(
         [], description="sequential: the domain orders fine-tuned one after another"
     )
-    iterations: int = Field(3, description="iterative: rounds of fine-tune then average")
+    iterations: AtLeastOne = Field(3, description="iterative: rounds of fine-tune then average")
     iterated: list[Literal["aode", "aode_with_original"]] = Field(
         ["aode", "aode_with_original"], description="iterative: which averages are iterated (the paper: both)"
     )
     merge_methods: dict[str, MergeMethodConfig] = Field(
         {}, description="methods: the table's rows, label: {method, options, ...} (keys below)"
     )
-    fisher_utterances: int = Field(200, description="per member, for every statistics file (Fisher, Gram)")
+    fisher_utterances: AtLeastOne = Field(200, description="per member, for every statistics file (Fisher, Gram)")
     general_data: Optional[str] = Field(
         None, description="general-domain data for the original's statistics; null: the first forgetting dev set"
     )
@@ -819,7 +804,7 @@ class ExperimentConfig(Schema):
     train_overrides: dict[str, Any] = Field({}, description="keys of TrainingConfig that replace the file's")
     lora_hparams_file: Optional[str] = Field(None, description="lora: the LoRA training YAML")
     lora_overrides: dict[str, Any] = Field({}, description="lora: keys of TrainingConfig that replace the file's")
-    eval_batch_size: int = Field(EVAL_BATCH_SIZE, description="utterances per batch when decoding")
+    eval_batch_size: AtLeastOne = Field(EVAL_BATCH_SIZE, description="utterances per batch when decoding")
     normalizer: Normalizer = Field("whisper", description="text normaliser of scoring: whisper, basic or none")
     device: str = Field("cpu", description="where merges, statistics and decoding run (cuda:0 on a GPU)")
     skip_unreadable_audio: bool = Field(
@@ -831,7 +816,7 @@ class ExperimentConfig(Schema):
         default_factory=LauncherConfig,
         description="how a stage's trainings run: serial, local or slurm, or a mapping (keys below)",
     )
-    jobs: Optional[int] = Field(None, description="shortcut for launcher.jobs: --launcher local --jobs 2")
+    jobs: Optional[AtLeastOne] = Field(None, description="shortcut for launcher.jobs: --launcher local --jobs 2")
     routing: RoutingConfig = Field(
         default_factory=RoutingConfig, description="routed: the router and the delta forms (keys below)"
     )
@@ -868,13 +853,6 @@ class ExperimentConfig(Schema):
     @classmethod
     def _training_keys(cls, value):
         return known_training_keys(value)
-
-    @field_validator("iterations", "eval_batch_size", "fisher_utterances")
-    @classmethod
-    def _positive(cls, value):
-        if value < 1:
-            raise ValueError("must be at least 1")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self):
