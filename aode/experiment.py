@@ -773,7 +773,6 @@ class Experiment:
             device=self.cfg.device,
             progress=self.cfg.progressbar,
         )
-        by_label = {r.label: table[r.id] for r in self.rows.values() if r.id in table}
         marks = {}
         for row_id, label in (("aode_orig", "AoDE with orig."), ("aode", "AoDE")):
             if row_id in table:
@@ -860,9 +859,7 @@ class Experiment:
             if worst > 0.01:
                 print(f"[aode] warning: {row_id} decoded differs from its sweep by up to {worst:.2f} WER", flush=True)
 
-    def _routed_model(
-        self, name: str, form: Any, members: Folders, router: str, fallback: Optional[str] = None
-    ) -> str:
+    def _routed_model(self, name: str, form: Any, members: Folders, router: str, fallback: Optional[str] = None) -> str:
         """``<out>/routed/<name>``: the routed model of ``members`` with ``router``, reused when
         made from the same models, form and router (:mod:`aode.reuse`)."""
         from aode.reuse import file_fingerprint

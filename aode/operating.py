@@ -86,7 +86,9 @@ def route_costs(
     return costs
 
 
-def rule_routes(router: Any, features: Mapping[str, tuple[list[str], Any]], rule: Rule, route_of_class: Mapping[str, str]):
+def rule_routes(
+    router: Any, features: Mapping[str, tuple[list[str], Any]], rule: Rule, route_of_class: Mapping[str, str]
+):
     """``{set: {utterance: route}}`` under ``rule``: the router's decision (with the rule's
     threshold and general bias) mapped to routes, the unsure to the rule's fallback route."""
     from aode.route import FALLBACK
@@ -94,9 +96,7 @@ def rule_routes(router: Any, features: Mapping[str, tuple[list[str], Any]], rule
     decide = router.with_rule(threshold=rule.threshold, general_bias=rule.general_bias)
     out = {}
     for name, (ids, x) in features.items():
-        out[name] = {
-            i: rule.fallback if c == FALLBACK else route_of_class[c] for i, c in zip(ids, decide.decide(x))
-        }
+        out[name] = {i: rule.fallback if c == FALLBACK else route_of_class[c] for i, c in zip(ids, decide.decide(x))}
     return out
 
 
@@ -273,11 +273,16 @@ def _plot(rows, front, chosen, path, title, budget, marks) -> None:
         )
     ax.plot([r["test Forgetting %"] for r in front], [r["test Gain kept"] for r in front], color="grey", lw=1)
     if chosen is not None:
-        match = next(
-            r for r in rows if all(r[k] == chosen[k] for k in ("threshold", "general_bias", "fallback"))
+        match = next(r for r in rows if all(r[k] == chosen[k] for k in ("threshold", "general_bias", "fallback")))
+        ax.scatter(
+            [match["test Forgetting %"]],
+            [match["test Gain kept"]],
+            s=90,
+            marker="*",
+            color="red",
+            label="chosen on validation",
+            zorder=3,
         )
-        ax.scatter([match["test Forgetting %"]], [match["test Gain kept"]], s=90, marker="*", color="red",
-                   label="chosen on validation", zorder=3)
     for (label, (x, y)), marker in zip(marks.items(), "sDP^v"):
         ax.scatter([x], [y], s=50, marker=marker, color="black", label=label, zorder=3)
     ax.axvline(budget, color="red", lw=0.8, ls="--")

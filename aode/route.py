@@ -513,7 +513,11 @@ def _fingerprints(manifests: str | Sequence[str]) -> Any:
     """One manifest's fingerprint as before (a stamp made by an earlier version stays valid),
     a list for several."""
     sources = _sources(manifests)
-    return file_fingerprint(sources[0]) if isinstance(manifests, (str, os.PathLike)) else [file_fingerprint(m) for m in sources]
+    return (
+        file_fingerprint(sources[0])
+        if isinstance(manifests, (str, os.PathLike))
+        else [file_fingerprint(m) for m in sources]
+    )
 
 
 def threshold_table(
@@ -642,7 +646,8 @@ def train_router(
         "made_from": stamp,
         "original": original,
         "manifests": {
-            name: os.fspath(m) if isinstance(m, (str, os.PathLike)) else _sources(m) for name, m in class_manifests.items()
+            name: os.fspath(m) if isinstance(m, (str, os.PathLike)) else _sources(m)
+            for name, m in class_manifests.items()
         },
         "training": {
             "utterances": {c: int((y == i).sum()) for i, c in enumerate(classes)},

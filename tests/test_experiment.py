@@ -244,7 +244,9 @@ progressbar: False
     for form in ("SVD_whole", "LoRA"):
         rules = list(csv.DictReader(open(out / "routed" / "operating" / form / "operating.csv")))
         assert len(rules) == 2 * 7 * 6
-        default = next(r for r in rules if (r["threshold"], r["general_bias"], r["fallback"]) == ("0.5", "0.0", "fallback"))
+        default = next(
+            r for r in rules if (r["threshold"], r["general_bias"], r["fallback"]) == ("0.5", "0.0", "fallback")
+        )
         for s in ("a", "b", "clean"):
             decoded = json.load(open(out / "eval" / f"routed_{form}" / f"{s}.json"))["wer"]
             assert float(default[f"test WER {s}"]) == pytest.approx(decoded, abs=1e-9), (form, s)

@@ -54,9 +54,7 @@ ROUTE_OF_CLASS = {"d": "d", GENERAL: "base"}
 
 
 def rows_of(router, **kw):
-    rows = sweep(
-        router, FEATURES, COSTS, ROUTE_OF_CLASS, forgetting_sets=["gen"], target_sets={"d": "d"}, **kw
-    )
+    rows = sweep(router, FEATURES, COSTS, ROUTE_OF_CLASS, forgetting_sets=["gen"], target_sets={"d": "d"}, **kw)
     return {(r["threshold"], r["general_bias"], r["fallback"]): r for r in rows}
 
 
