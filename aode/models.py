@@ -16,10 +16,12 @@ import logging
 import os
 import re
 import types
+from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import TypeVar
@@ -250,6 +252,41 @@ def transformer_layer(name: str) -> Layer | None:
     return None
 
 
+class _EncoderStop(Exception):
+    """Raised by a hook to end an encoder pass once the states asked for are captured."""
+
+
+def _hidden_states_up_to(run: Callable[[], Any], layers: Sequence[nn.Module], up_to: int | None) -> list[torch.Tensor]:
+    """The encoder's hidden states 0..``up_to`` (all, with None or ``up_to`` at the last):
+    ``run()`` is the encoder call with ``output_hidden_states=True``. Below the last state the
+    pass stops at the input of layer ``up_to``: state ``i`` is the input of layer ``i`` (what
+    transformers records for every state but the last, which is after a final norm where the
+    encoder has one), so the layers above are never computed."""
+    if up_to is None or up_to >= len(layers):
+        return list(run().hidden_states)
+    captured: list[torch.Tensor] = []
+
+    def capture(module, args, kwargs):
+        captured.append(args[0] if args else kwargs["hidden_states"])
+        if len(captured) == up_to + 1:
+            raise _EncoderStop
+
+    handles = [layer.register_forward_pre_hook(capture, with_kwargs=True) for layer in layers[: up_to + 1]]
+    try:
+        run()
+    except _EncoderStop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(captured) != up_to + 1:
+        raise RuntimeError(f"the encoder ran {len(captured)} of the {up_to + 1} layers whose inputs were asked for")
+    return captured
+
+
+_ENCODER_LAYER_MODULE = re.compile(r"(?:^|\.)encoder\.layers\.(\d+)$")
+
+
 class ASRModel(nn.Module):
     """What every model family provides; the Brain, the data pipelines, Fisher estimation and
     the benchmarks use only this, so nothing outside this module branches on the family.
@@ -322,9 +359,24 @@ class ASRModel(nn.Module):
         audio, without its transcripts: the unsupervised objective of AdaMerging."""
         raise NotImplementedError
 
-    def encoder_states(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def encoder_layers(self) -> list[nn.Module]:
+        """The encoder's layers in order (``encoder.layers.<i>`` of :attr:`hf_model`, the
+        transformers convention): ``len(encoder_states) == len(encoder_layers()) + 1``."""
+        found = {}
+        for name, module in self.hf_model.named_modules():
+            if match := _ENCODER_LAYER_MODULE.search(name):
+                found[int(match.group(1))] = module
+        if sorted(found) != list(range(len(found))) or not found:
+            raise NotImplementedError(f"{type(self).__name__}: no encoder.layers.<i> modules to list")
+        return [found[i] for i in range(len(found))]
+
+    def encoder_states(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor, up_to: int | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The hidden states of the encoder for a padded batch of 16 kHz waveforms (``wav_lens``:
-        SpeechBrain's relative lengths): ``(states, valid_frames)``.
+        SpeechBrain's relative lengths): ``(states, valid_frames)``. ``up_to``: only states
+        0..``up_to``, the layers above left uncomputed (a router that reads a middle layer
+        costs part of an encoder pass); the states are those of the full pass.
 
         ``states`` is a list of ``(batch, frames, dim)`` tensors as transformers'
         ``output_hidden_states`` gives them: index 0 the input of the first encoder layer (the
@@ -560,14 +612,16 @@ class WhisperASR(ASRModel):
     # Whisper's encoder: 10 ms mel hop, then a stride-2 convolution: one frame per 320 samples
     SAMPLES_PER_ENCODER_FRAME = 320
 
-    def encoder_states(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def encoder_states(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor, up_to: int | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Whisper pads (or trims) every clip to 30 s, so each state has
         ``max_source_positions`` (1500) frames; the valid ones are those of the audio, one per
         320 samples rounded up (at most 1500). Index 0: the convolutions' output plus the
         positions; the last: the final layer's output after the encoder's layer norm."""
         mel = self.whisper._get_mel(wavs)
-        out = self.hf_model.encoder(mel, output_hidden_states=True)
-        states = list(out.hidden_states)
+        encoder = self.hf_model.encoder
+        states = _hidden_states_up_to(lambda: encoder(mel, output_hidden_states=True), encoder.layers, up_to)
         samples = (wav_lens.to(torch.float64) * wavs.shape[1]).round().long()
         valid = (samples + self.SAMPLES_PER_ENCODER_FRAME - 1) // self.SAMPLES_PER_ENCODER_FRAME
         return states, valid.clamp(min=1, max=states[-1].shape[1]).to(states[-1].device)
@@ -702,15 +756,18 @@ class CTCASR(ASRModel):
         out_lens = self.output_lengths(inputs["attention_mask"]).clamp(max=logits.shape[1])
         return {"logits": logits, "out_lens": out_lens}
 
-    def encoder_states(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def encoder_states(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor, up_to: int | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The model's own ``hidden_states`` on the inputs of :meth:`features` (each clip's
         features from its own audio, with the attention mask): index 0 the input of the first
         layer (Parakeet: the subsampling's output, scaled; wav2vec2: the projected features
         with positions), then each layer's output. Valid frames: the model's output lengths
         of the attention mask (as :meth:`forward`'s ``out_lens``)."""
         inputs = self.features(wavs, wav_lens)
-        out = self.model(**inputs, output_hidden_states=True)
-        states = list(out.hidden_states)
+        states = _hidden_states_up_to(
+            lambda: self.model(**inputs, output_hidden_states=True), self.encoder_layers(), up_to
+        )
         valid = self.output_lengths(inputs["attention_mask"]).clamp(min=1, max=states[-1].shape[1])
         return states, valid.to(states[-1].device)
 

@@ -128,9 +128,11 @@ def _pooled(
     asr.eval()
     try:
         device = _model_device(asr)
-        states, valid = asr.encoder_states(wavs.to(device), wav_lens.to(device))
-        chosen = range(len(states)) if layers is None else _check_layers(layers, len(states))
-        return [_pool(states[i], valid).cpu() for i in chosen], len(states)
+        num_states = len(asr.encoder_layers()) + 1
+        chosen = range(num_states) if layers is None else _check_layers(layers, num_states)
+        # the encoder stops at the highest state read: a router on middle layers costs part of a pass
+        states, valid = asr.encoder_states(wavs.to(device), wav_lens.to(device), up_to=max(chosen))
+        return [_pool(states[i], valid).cpu() for i in chosen], num_states
     finally:
         asr.train(was_training)
 

@@ -66,6 +66,39 @@ def test_encoder_states_shapes_valid_frames_and_padding(tiny_model, two_recordin
     assert not torch.allclose(pooled_batch[-1][0], pooled_batch[-1][1])  # two utterances differ
 
 
+def test_a_pass_up_to_a_middle_state_gives_the_full_passs_states_and_stops(tiny_model, two_recordings):
+    """``up_to``: the states below the last are the full pass's own (the oracle: transformers'
+    output_hidden_states), and the layers above are never run (counted by a hook)."""
+    asr = load_asr_model(tiny_model).eval()
+    short, long = two_recordings
+    batch = torch.zeros(2, len(long))
+    batch[0, : len(short)], batch[1] = short, long
+    lens = torch.tensor([len(short) / len(long), 1.0])
+    layers = asr.encoder_layers()
+    runs = [0] * len(layers)
+    handles = [
+        layer.register_forward_hook(lambda *_, i=i: runs.__setitem__(i, runs[i] + 1)) for i, layer in enumerate(layers)
+    ]
+    try:
+        with torch.no_grad():
+            full, valid = asr.encoder_states(batch, lens)
+            assert len(full) == len(layers) + 1 and runs == [1] * len(layers)
+            for up_to in range(len(layers) + 1):
+                runs[:] = [0] * len(layers)
+                states, part_valid = asr.encoder_states(batch, lens, up_to=up_to)
+                assert len(states) == up_to + 1 and torch.equal(part_valid, valid)
+                for a, b in zip(states, full):
+                    assert torch.equal(a, b), up_to
+                assert runs == [1] * min(up_to, len(layers)) + [0] * (len(layers) - min(up_to, len(layers)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    # a router reading only the front end's state pools what the full pass gives
+    pooled_full = pooled_states(asr, batch, lens)
+    pooled_front = pooled_states(asr, batch, lens, layers=[0])
+    torch.testing.assert_close(pooled_front[0], pooled_full[0], atol=0, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def classes(speaker_csvs):
     """Two classes: speaker 1 as a domain, speaker 2 as the general data."""
