@@ -956,7 +956,12 @@ class Experiment:
                     sum(r == "fallback" for r in routes) / len(routes),
                 )
             measured = os.path.join(root, f"throughput_{row_id}.json")
-            stamp = {"routed": read_stamp_file(folder), "utterances": subset, "batch_size": self.cfg.eval_batch_size}
+            stamp = {
+                "routed": read_stamp_file(folder),
+                "utterances": subset,
+                "batch_size": self.cfg.eval_batch_size,
+                "protocol": "warm-up, then median of 3",
+            }
             if os.path.isfile(measured) and may_reuse("throughput", measured, read_stamp_file(measured), stamp, True):
                 with open(measured, encoding="utf-8") as f:
                     speed = json.load(f)

@@ -687,41 +687,58 @@ def measure_throughput(
     device: str = "cpu",
     oracle: bool = True,
     seed: int = 0,
+    repeats: int = 3,
     **options: Any,
 ) -> dict[str, Any]:
     """Utterances per second of the routed model and of the base model alone on the same
     batches: the utterances of every manifest (``{route or set name: manifest}``), mixed in a
     seeded order so that a batch holds several routes; ``oracle``: each utterance's route is
-    its manifest's name, else the router decides. Also the memory report."""
+    its manifest's name, else the router decides. Both models first decode every batch once
+    untimed (a first pass pays for the kernels of each new input shape, which once made the
+    model timed first look slower), then are timed in turn ``repeats`` times: the medians,
+    and every time. Also the memory report."""
     import random
+    import statistics
 
     utterances = _read_utterances(manifests)
     random.Random(seed).shuffle(utterances)
     batches = list(_batches(utterances, batch_size))
     plain = load_asr_model(os.path.join(folder, "base"), **options).eval().to(device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for _, wavs, lens in batches:
-            plain.transcribe(wavs.to(device), lens.to(device))
-    base_seconds = time.perf_counter() - start
-    del plain
     routed = RoutedASR(folder, **options).eval().to(device)
     counts = Counter()
-    start = time.perf_counter()
-    with torch.inference_mode():
+
+    def run_plain():
+        for _, wavs, lens in batches:
+            plain.transcribe(wavs.to(device), lens.to(device))
+
+    def run_routed():
         for chunk, wavs, lens in batches:
             routes = [name for _, name, _ in chunk] if oracle else None
             _, used = routed.transcribe_routed(wavs.to(device), lens.to(device), routes)
             counts.update(used)
-    routed_seconds = time.perf_counter() - start
+
+    times = {"base": [], "routed": []}
+    with torch.inference_mode():
+        run_plain()
+        run_routed()
+        counts.clear()
+        for _ in range(repeats):
+            for name, run in (("base", run_plain), ("routed", run_routed)):
+                start = time.perf_counter()
+                run()
+                times[name].append(round(time.perf_counter() - start, 3))
+    base_seconds, routed_seconds = statistics.median(times["base"]), statistics.median(times["routed"])
     n = len(utterances)
     return {
         "utterances": n,
         "batch_size": batch_size,
         "routing": "oracle" if oracle else "router",
-        "route_counts": dict(counts),
-        "base_seconds": round(base_seconds, 3),
-        "routed_seconds": round(routed_seconds, 3),
+        "route_counts": {name: count // repeats for name, count in counts.items()},
+        "protocol": f"one untimed pass each, then {repeats} timed passes in turn; medians",
+        "base_seconds": base_seconds,
+        "routed_seconds": routed_seconds,
+        "base_times": times["base"],
+        "routed_times": times["routed"],
         "base_utt_per_s": n / base_seconds,
         "routed_utt_per_s": n / routed_seconds,
         "memory": memory_report(routed),

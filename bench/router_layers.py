@@ -61,7 +61,7 @@ def main(argv=None):
     corpus = os.path.join(args.results, "corpus")
     domains = info["domains"]
     tests = {d: os.path.join(corpus, d, "test.csv") for d in domains} | {
-        s: os.path.join(corpus, "general", f"{s.split('_', 1)[1]}.csv") for s in ("general_clean", "general_other")
+        f"general_{s}": os.path.join(corpus, "general", f"test_{s}.csv") for s in ("clean", "other")
     }
     valids = {f"{d} valid": os.path.join(corpus, d, "valid.csv") for d in domains} | {
         "general_valid": os.path.join(corpus, "general", "valid.csv")
@@ -107,7 +107,7 @@ def main(argv=None):
         keys = ("threshold", "general_bias", "fallback")
         chosen_test = next(r for r in test_rows if all(r[k] == chosen[k] for k in keys)) if chosen else None
         bound = choose(test_rows, args.budget)
-        routed_folder = os.path.join(out, "routed")
+        routed_folder = os.path.join(out, f"routed_{args.form}")
         if not os.path.isdir(routed_folder):
             build_routed_model(
                 info["base"], info["experts"], routed_folder, form=info["form"], rank=info["rank"],
