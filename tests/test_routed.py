@@ -361,3 +361,21 @@ def test_with_a_real_router(tiny_parakeet, ctc_routed, sample_manifest, tmp_path
     assert results["s"]["routing"] == "router"
     assert sum(results["s"]["route_counts"].values()) == results["s"]["utterances"]
     assert memory_report(routed)["router_bytes"] == 8 * router.num_parameters  # float64 as held
+
+
+def test_throughput_protocol(ctc_routed, sample_manifest):
+    """measure_throughput: an untimed pass, then ``repeats`` timed passes of each model; the
+    medians are what the rates are made of, and the route counts are one pass's."""
+    import statistics
+
+    from aode.manifest import read_manifest
+    from aode.routed import measure_throughput
+
+    folder, _ = ctc_routed
+    n = len(read_manifest(sample_manifest))
+    result = measure_throughput(folder, {"a": sample_manifest, "b": sample_manifest}, batch_size=3, repeats=3)
+    assert result["utterances"] == 2 * n
+    assert len(result["base_times"]) == len(result["routed_times"]) == 3
+    assert result["base_seconds"] == statistics.median(result["base_times"])
+    assert result["routed_utt_per_s"] == pytest.approx(2 * n / statistics.median(result["routed_times"]))
+    assert result["route_counts"] == {"a": n, "b": n}
