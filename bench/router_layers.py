@@ -72,7 +72,10 @@ def main(argv=None):
     for d in domains:
         with open(os.path.join(args.results, "eval", f"expert_{d}", f"{d}.json"), encoding="utf-8") as f:
             experts[d] = json.load(f)["wer"]
-    subset = {os.path.splitext(os.path.basename(p))[0]: p for p in sorted(glob.glob(os.path.join(routed, "throughput", "*.csv")))}
+    subset = {
+        os.path.splitext(os.path.basename(p))[0]: p
+        for p in sorted(glob.glob(os.path.join(routed, "throughput", "*.csv")))
+    }
     records = []
     for layers in args.layers:
         name = "layers_" + "_".join(str(i) for i in layers)
@@ -90,18 +93,32 @@ def main(argv=None):
         )
         labels = {d: d for d in domains} | {"general_clean": "general", "general_other": "general"}
         report = router_report(
-            router, original, tests, os.path.join(out, "test_report"), labels=labels, progress=False,
+            router,
+            original,
+            tests,
+            os.path.join(out, "test_report"),
+            labels=labels,
+            progress=False,
             feature_cache=os.path.join(routed, "features"),
         )
         features = set_features(router, original, tests | valids, os.path.join(routed, "features"), progress=False)
         common = dict(route_of_class=info["route_of_class"])
         valid_rows = sweep(
-            router, {s: features[s] for s in valids}, costs, forgetting_sets=["general_valid"],
-            target_sets={f"{d} valid": d for d in domains}, **common,
+            router,
+            {s: features[s] for s in valids},
+            costs,
+            forgetting_sets=["general_valid"],
+            target_sets={f"{d} valid": d for d in domains},
+            **common,
         )
         test_rows = sweep(
-            router, {s: features[s] for s in tests}, costs, forgetting_sets=["general_clean", "general_other"],
-            target_sets={d: d for d in domains}, reference=experts, **common,
+            router,
+            {s: features[s] for s in tests},
+            costs,
+            forgetting_sets=["general_clean", "general_other"],
+            target_sets={d: d for d in domains},
+            reference=experts,
+            **common,
         )
         chosen = choose(valid_rows, args.budget)
         keys = ("threshold", "general_bias", "fallback")
@@ -110,8 +127,14 @@ def main(argv=None):
         routed_folder = os.path.join(out, f"routed_{args.form}")
         if not os.path.isdir(routed_folder):
             build_routed_model(
-                info["base"], info["experts"], routed_folder, form=info["form"], rank=info["rank"],
-                energy=info["energy"], router=os.path.join(out, "router"), fallback=info["fallback"],
+                info["base"],
+                info["experts"],
+                routed_folder,
+                form=info["form"],
+                rank=info["rank"],
+                energy=info["energy"],
+                router=os.path.join(out, "router"),
+                fallback=info["fallback"],
             )
         speed = measure_throughput(routed_folder, subset, batch_size=args.batch_size, oracle=False)
         sets = report["sets"]
