@@ -175,6 +175,7 @@ class Experiment:
         self.rows = collections.OrderedDict()  # row id -> Row, in table order
         self.eval_folders = {}  # row id -> the eval folder holding its per-utterance errors
         self.counts = {}  # row id -> {set: (utterances scored, in the manifest)}
+        self._predicted = {}  # operating points: row id -> (the WERs its sweep predicted, its report folder)
         self.add_row("original", self.cfg.original_name, None, self.original)
         adapt = self.cfg.adapt_original
         if adapt:  # the original as shipped is a row of its own; "original" becomes the adapted one
@@ -760,8 +761,6 @@ class Experiment:
         router = Router.load(os.path.join(root, "router"))
         tests = self.test_sets()
         valids = {f"{d} valid": spec.valid_csv for d, spec in self.domains.items()} | self._general_dev_sets()
-        if not self._general_dev_sets():
-            raise ConfigError("routing.operating_points needs a forgetting dev set the router was not trained on")
         features = self._timed(
             "routed",
             set_features,
@@ -778,7 +777,6 @@ class Experiment:
             if row_id in table:
                 forget, kept = self._forgetting_and_gain(table[row_id], table, experts)
                 marks[label] = (forget, kept)
-        self._predicted = {}
         rows = {}
         for label, form in routing.forms.items():
             name = _folder_name(label)
@@ -848,7 +846,7 @@ class Experiment:
         """The chosen rule's row, decoded, against the WERs its sweep predicted: a difference
         means the cost table or the rule's routes are not what the routed model does (features
         batched differently can move an utterance sitting on the threshold)."""
-        for row_id, (predicted, out) in getattr(self, "_predicted", {}).items():
+        for row_id, (predicted, out) in self._predicted.items():
             diff = {s: round(table[row_id][s] - w, 4) for s, w in predicted.items()}
             worst = max(abs(d) for d in diff.values())
             with open(os.path.join(out, "operating.md"), "a", encoding="utf-8") as f:

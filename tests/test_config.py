@@ -167,3 +167,24 @@ def test_merge_methods_are_never_passed_unchecked():
     assert "refused: aode.config cannot check merge methods" in result.stdout
     assert "import aode.pipeline" in result.stdout
     assert result.stdout.strip().endswith("[]")  # nothing of the merge package was imported
+
+
+def test_operating_points_need_a_general_dev_set_the_router_did_not_learn_from():
+    """Checked with the schema, before any expert is trained: the rule is chosen on a general dev
+    set, and one the router's general class was trained on would under-state forgetting."""
+    hparams = load_yaml(os.path.join(HPARAMS, "mini_routed.yaml"))
+    config = validate(ExperimentConfig, hparams)
+    assert config.routing.operating_points and config.forgetting_dev_sets
+    dev = next(iter(hparams["forgetting_dev_sets"].values()))
+    for bad in (
+        {"forgetting_dev_sets": {}},
+        {"general_data": dev},  # the router's general class is the dev set itself
+        {"general_data": None},  # ... which is also what it falls back to
+        {"routing": {**hparams["routing"], "general_data": [dev]}},
+    ):
+        with pytest.raises(ConfigError, match="operating_points needs a forgetting dev set"):
+            validate(ExperimentConfig, {**hparams, **bad})
+    validate(
+        ExperimentConfig,
+        {**hparams, "routing": {**hparams["routing"], "operating_points": False}, "general_data": None},
+    )
