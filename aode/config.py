@@ -854,6 +854,14 @@ class ExperimentConfig(Schema):
     def _training_keys(cls, value):
         return known_training_keys(value)
 
+    def router_dev_sets(self) -> dict[str, str]:
+        """The forgetting dev sets the router's general class is not trained on (its training
+        data: routing.general_data, else general_data, else the first forgetting dev set): the
+        only ones its thresholds and rules may be validated on."""
+        general = self.general_data or next(iter(self.forgetting_dev_sets.values()), None)
+        trained_on = {os.path.abspath(m) for m in self.routing.general_data or [general] if m}
+        return {n: m for n, m in self.forgetting_dev_sets.items() if os.path.abspath(m) not in trained_on}
+
     @model_validator(mode="after")
     def _consistent(self):
         for order in self.sequential_orders:
@@ -870,14 +878,11 @@ class ExperimentConfig(Schema):
             known_names(self.routing.held_out, self.domains, "domain in routing.held_out")
             if len(self.routing.held_out) >= len(self.domains):
                 raise ValueError("routing.held_out: the router needs at least one domain left")
-            if self.routing.operating_points:
-                general = self.general_data or next(iter(self.forgetting_dev_sets.values()), "")
-                trained_on = {os.path.abspath(m) for m in self.routing.general_data or [general]}
-                if not any(os.path.abspath(m) not in trained_on for m in self.forgetting_dev_sets.values()):
-                    raise ValueError(
-                        "routing.operating_points needs a forgetting dev set that the router's general class "
-                        "is not trained on (forgetting_dev_sets, general_data, routing.general_data)"
-                    )
+            if self.routing.operating_points and not self.router_dev_sets():
+                raise ValueError(
+                    "routing.operating_points needs a forgetting dev set that the router's general class "
+                    "is not trained on (forgetting_dev_sets, general_data, routing.general_data)"
+                )
         corpus = self.synthetic_corpus
         if corpus is not None:
             if corpus.folder is None:

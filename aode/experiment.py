@@ -672,7 +672,7 @@ class Experiment:
             without = "router_without_" + "-".join(routing.held_out)
             routers[without] = [d for d in self.domains if d not in routing.held_out]
         general_train = routing.general_data or [self.general_data]
-        general_dev = list(self._general_dev_sets().values())
+        general_dev = list(self.cfg.router_dev_sets().values())
         if not (routing.general_data or self.cfg.general_data):
             print(
                 f"[aode] routing: general_data is not set; the router's general class is trained on the "
@@ -736,11 +736,6 @@ class Experiment:
                 rows[f"{row_id}_{name}"] = (folder, None)
         return rows
 
-    def _general_dev_sets(self) -> Sets:
-        """The general domain's dev sets the router's general class was not trained on."""
-        trained_on = {os.path.abspath(m) for m in self.cfg.routing.general_data or [self.general_data]}
-        return {n: m for n, m in self.cfg.forgetting_dev_sets.items() if os.path.abspath(m) not in trained_on}
-
     def operating_points(
         self, table: Table, experts: Folders, lora_experts: Folders
     ) -> dict[str, tuple[str, Optional[dict[str, str]]]]:
@@ -749,7 +744,10 @@ class Experiment:
         the rule with the most validation gain within ``routing.forgetting_budget`` chosen, and
         a routed model with that rule as a row of its own (``routed/operating/<form>/``)."""
         from aode.operating import choose
+        from aode.operating import forgetting_and_gain
         from aode.operating import route_costs
+        from aode.operating import row_of_rule
+        from aode.operating import rule_of
         from aode.operating import sweep
         from aode.operating import write_operating_report
         from aode.route import Router
@@ -760,7 +758,8 @@ class Experiment:
         root = os.path.join(self.out, "routed")
         router = Router.load(os.path.join(root, "router"))
         tests = self.test_sets()
-        valids = {f"{d} valid": spec.valid_csv for d, spec in self.domains.items()} | self._general_dev_sets()
+        general_dev = self.cfg.router_dev_sets()
+        valids = {f"{d} valid": spec.valid_csv for d, spec in self.domains.items()} | general_dev
         features = self._timed(
             "routed",
             set_features,
@@ -772,11 +771,14 @@ class Experiment:
             device=self.cfg.device,
             progress=self.cfg.progressbar,
         )
-        marks = {}
-        for row_id, label in (("aode_orig", "AoDE with orig."), ("aode", "AoDE")):
-            if row_id in table:
-                forget, kept = self._forgetting_and_gain(table[row_id], table, experts)
-                marks[label] = (forget, kept)
+        expert_wers = {d: table[f"expert_{d}"][d] for d in self.domains}
+        marks = {
+            label: forgetting_and_gain(
+                table[row_id], table["original"], list(self.forgetting_sets), expert_wers, experts
+            )
+            for row_id, label in (("aode_orig", "AoDE with orig."), ("aode", "AoDE"))
+            if row_id in table
+        }
         rows = {}
         for label, form in routing.forms.items():
             name = _folder_name(label)
@@ -792,7 +794,7 @@ class Experiment:
                 {s: features[s] for s in valids},
                 costs,
                 route_of_class,
-                forgetting_sets=list(self._general_dev_sets()),
+                forgetting_sets=list(general_dev),
                 target_sets={f"{d} valid": d for d in self.domains},
             )
             test_rows = sweep(
@@ -802,7 +804,7 @@ class Experiment:
                 route_of_class,
                 forgetting_sets=list(self.forgetting_sets),
                 target_sets={d: d for d in self.domains},
-                reference={d: table[f"expert_{d}"][d] for d in self.domains},
+                reference=expert_wers,
             )
             chosen = choose(valid_rows, routing.forgetting_budget)
             write_operating_report(
@@ -827,20 +829,8 @@ class Experiment:
             row_id = f"routed_{name}_chosen"
             self.add_row(row_id, f"Routed ({label}, rule chosen on validation)", "routed")
             rows[row_id] = (tuned_folder, None)
-            predicted = next(
-                r for r in test_rows if all(r[k] == chosen[k] for k in ("threshold", "general_bias", "fallback"))
-            )
-            self._predicted[row_id] = (predicted["WER"], out)
+            self._predicted[row_id] = (row_of_rule(test_rows, rule_of(chosen))["WER"], out)
         return rows
-
-    def _forgetting_and_gain(self, wers: Mapping[str, float], table: Table, experts: Folders) -> tuple[float, float]:
-        from aode.report import forgetting
-        from aode.report import gain_kept
-
-        base = table["original"]
-        return forgetting(wers, base, list(self.forgetting_sets)), gain_kept(
-            wers, base, {d: table[f"expert_{d}"] for d in experts}
-        )
 
     def _check_operating_points(self, table: Table) -> None:
         """The chosen rule's row, decoded, against the WERs its sweep predicted: a difference

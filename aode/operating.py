@@ -26,7 +26,17 @@ from typing import NamedTuple
 
 from aode.atomic import atomic_path
 
-__all__ = ["Rule", "route_costs", "rule_routes", "sweep", "choose", "write_operating_report"]
+__all__ = [
+    "Rule",
+    "rule_of",
+    "row_of_rule",
+    "route_costs",
+    "rule_routes",
+    "forgetting_and_gain",
+    "sweep",
+    "choose",
+    "write_operating_report",
+]
 
 BIASES = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
 THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -44,6 +54,16 @@ class Rule(NamedTuple):
 
     def label(self) -> str:
         return f"threshold {self.threshold:g}, general bias {self.general_bias:g}, unsure -> {self.fallback}"
+
+
+def rule_of(row: Mapping[str, Any]) -> Rule:
+    """The rule a row of :func:`sweep` (or of the report) was scored under."""
+    return Rule(*(row[k] for k in Rule._fields))
+
+
+def row_of_rule(rows: Sequence[Mapping[str, Any]], rule: Rule) -> Mapping[str, Any]:
+    """The row of ``rows`` scored under ``rule`` (the same rule on another set of sets)."""
+    return next(r for r in rows if rule_of(r) == rule)
 
 
 def _read_utterance_costs(path: str) -> dict[str, tuple[int, int]]:
@@ -108,9 +128,16 @@ def _wer(costs: Mapping[str, Mapping[str, tuple[int, int]]], routes: Mapping[str
     return 100.0 * errors / words
 
 
-def _score(wers, base, forgetting_sets, reference, target_sets):
+def forgetting_and_gain(
+    wers: Mapping[str, float],
+    base: Mapping[str, float],
+    forgetting_sets: Sequence[str],
+    reference: Mapping[str, float],
+    target_sets: Sequence[str],
+) -> tuple[float, float]:
     """Forgetting % (summed WER over the forgetting sets against the base's) and Gain kept
-    (mean over target sets of the share of the reference's gain over the base)."""
+    (mean over target sets of the share of the reference's gain over the base), as the tables
+    compute them (:mod:`aode.report`)."""
     from aode.report import forgetting
     from aode.report import gain_kept
 
@@ -150,7 +177,7 @@ def sweep(
                 rule = Rule(float(threshold), float(bias), fallback)
                 routes = rule_routes(router, features, rule, route_of_class)
                 wers = {s: _wer(costs[s], routes[s]) for s in features}
-                forget, kept = _score(wers, base, forgetting_sets, reference, target_sets)
+                forget, kept = forgetting_and_gain(wers, base, forgetting_sets, reference, target_sets)
                 n = sum(len(r) for r in routes.values())
                 to_expert = sum(r not in (BASE_ROUTE, fallback) for rs in routes.values() for r in rs.values())
                 rows.append(
@@ -199,14 +226,13 @@ def write_operating_report(
     ``marks``: ``{label: (forgetting, gain kept)}`` of other rows, e.g. AoDE with orig.)."""
     out_folder = os.fspath(out_folder)
     os.makedirs(out_folder, exist_ok=True)
-    keys = ("threshold", "general_bias", "fallback")
     merged = []
     for v, t in zip(valid_rows, test_rows):
-        if tuple(v[k] for k in keys) != tuple(t[k] for k in keys):
+        if rule_of(v) != rule_of(t):
             raise ValueError("validation and test rows are not the same rules in the same order")
         merged.append(
             {
-                **{k: t[k] for k in keys},
+                **rule_of(t)._asdict(),
                 "valid Forgetting %": v["Forgetting %"],
                 "valid Gain kept": v["Gain kept"],
                 "test Forgetting %": t["Forgetting %"],
@@ -225,10 +251,9 @@ def write_operating_report(
     if chosen is None:
         lines.append(f"No rule forgets at most {budget:g} % on the validation sets.")
     else:
-        match = next(m for m in merged if all(m[k] == chosen[k] for k in keys))
+        match = row_of_rule(merged, rule_of(chosen))
         lines += [
-            f"Chosen on validation (most Gain kept at Forgetting <= {budget:g} %): "
-            f"{Rule(chosen['threshold'], chosen['general_bias'], chosen['fallback']).label()}.",
+            f"Chosen on validation (most Gain kept at Forgetting <= {budget:g} %): {rule_of(chosen).label()}.",
             f"Validation: Forgetting {_fmt(match['valid Forgetting %'])} %, Gain kept {_fmt(match['valid Gain kept'])} "
             f"(of this routed model's oracle gain). Test: Forgetting {_fmt(match['test Forgetting %'])} %, "
             f"Gain kept {_fmt(match['test Gain kept'])}.",
@@ -273,7 +298,7 @@ def _plot(rows, front, chosen, path, title, budget, marks) -> None:
         )
     ax.plot([r["test Forgetting %"] for r in front], [r["test Gain kept"] for r in front], color="grey", lw=1)
     if chosen is not None:
-        match = next(r for r in rows if all(r[k] == chosen[k] for k in ("threshold", "general_bias", "fallback")))
+        match = row_of_rule(rows, rule_of(chosen))
         ax.scatter(
             [match["test Forgetting %"]],
             [match["test Gain kept"]],

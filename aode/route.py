@@ -497,8 +497,6 @@ def _sources(manifests: str | Sequence[str]) -> list[str]:
 
 
 def _check_classes(class_manifests: ClassManifests, what: str = "class") -> None:
-    if what == "class" and len(class_manifests) < 2:
-        raise ValueError(f"a router needs at least two classes, got {list(class_manifests)}")
     if FALLBACK in class_manifests:
         raise ValueError(f"{FALLBACK!r} is the router's answer when unsure and cannot be a class")
     for name, manifests in class_manifests.items():
@@ -596,6 +594,8 @@ def train_router(
     """
     original = os.fspath(original)
     out_folder = os.fspath(out_folder)
+    if len(class_manifests) < 2:
+        raise ValueError(f"a router needs at least two classes, got {list(class_manifests)}")
     _check_classes(class_manifests)
     if valid_manifests:
         unknown = sorted(set(valid_manifests) - set(class_manifests))

@@ -711,17 +711,17 @@ def measure_throughput(
         for _, wavs, lens in batches:
             plain.transcribe(wavs.to(device), lens.to(device))
 
-    def run_routed():
+    def run_routed(counts=None):
         for chunk, wavs, lens in batches:
             routes = [name for _, name, _ in chunk] if oracle else None
             _, used = routed.transcribe_routed(wavs.to(device), lens.to(device), routes)
-            counts.update(used)
+            if counts is not None:
+                counts.update(used)
 
     times = {"base": [], "routed": []}
     with torch.inference_mode():
         run_plain()
-        run_routed()
-        counts.clear()
+        run_routed(counts)  # the untimed pass counts the routes
         for _ in range(repeats):
             for name, run in (("base", run_plain), ("routed", run_routed)):
                 start = time.perf_counter()
@@ -733,7 +733,7 @@ def measure_throughput(
         "utterances": n,
         "batch_size": batch_size,
         "routing": "oracle" if oracle else "router",
-        "route_counts": {name: count // repeats for name, count in counts.items()},
+        "route_counts": dict(counts),
         "protocol": f"one untimed pass each, then {repeats} timed passes in turn; medians",
         "base_seconds": base_seconds,
         "routed_seconds": routed_seconds,

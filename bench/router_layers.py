@@ -41,6 +41,8 @@ def main(argv=None):
 
     from aode.operating import choose
     from aode.operating import route_costs
+    from aode.operating import row_of_rule
+    from aode.operating import rule_of
     from aode.operating import sweep
     from aode.report import markdown
     from aode.route import Router
@@ -121,8 +123,7 @@ def main(argv=None):
             **common,
         )
         chosen = choose(valid_rows, args.budget)
-        keys = ("threshold", "general_bias", "fallback")
-        chosen_test = next(r for r in test_rows if all(r[k] == chosen[k] for k in keys)) if chosen else None
+        chosen_test = row_of_rule(test_rows, rule_of(chosen)) if chosen else None
         bound = choose(test_rows, args.budget)
         routed_folder = os.path.join(out, f"routed_{args.form}")
         if not os.path.isdir(routed_folder):
